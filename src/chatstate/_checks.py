@@ -1,0 +1,79 @@
+"""Checks of the arguments every store and middleware take, in one place so all agree."""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+
+from chatstate.errors import ConfigurationError, InvalidSessionIdError
+
+MAX_SESSION_ID_LENGTH = 256
+
+# C0 and C1 control characters, DEL, and lone surrogates (which cannot be encoded as UTF-8).
+_FORBIDDEN = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+def check_session_id(session_id: object) -> str:
+    """Return ``session_id`` if it is a valid session id, else raise InvalidSessionIdError."""
+    if type(session_id) is not str:
+        if not isinstance(session_id, str):
+            raise InvalidSessionIdError(
+                f"session id must be a str, got {type(session_id).__name__}"
+            )
+        session_id = str(session_id)
+    if not session_id:
+        raise InvalidSessionIdError("session id must not be empty")
+    if len(session_id) > MAX_SESSION_ID_LENGTH:
+        raise InvalidSessionIdError(
+            f"session id is {len(session_id)} characters long; the limit is {MAX_SESSION_ID_LENGTH}"
+        )
+    bad = _FORBIDDEN.search(session_id)
+    if bad is not None:
+        raise InvalidSessionIdError(
+            f"session id contains the control or invalid character U+{ord(bad.group()):04X} "
+            f"at index {bad.start()}"
+        )
+    return session_id
+
+
+def check_max_messages(max_messages: object, *, name: str = "max_messages") -> int | None:
+    """Normalise a bound on the number of messages: a positive int, or None/-1 for unlimited."""
+    if max_messages is None:
+        return None
+    if type(max_messages) is not int:
+        raise ConfigurationError(
+            f"{name} must be an int (or None / -1 for unlimited), got {type(max_messages).__name__}"
+        )
+    if max_messages == -1:
+        return None
+    if max_messages < 1:
+        raise ConfigurationError(
+            f"{name} must be at least 1, or -1 for unlimited; got {max_messages}"
+        )
+    return max_messages
+
+
+def check_limit(limit: object) -> int | None:
+    """Normalise the ``limit`` of a load: a positive int, or None for everything."""
+    if limit is None:
+        return None
+    if type(limit) is not int or limit < 0:
+        raise ConfigurationError(f"limit must be a non-negative int or None, got {limit!r}")
+    return limit
+
+
+def check_ttl(ttl: object, *, name: str = "ttl") -> float | None:
+    """Normalise a time to live to seconds: a positive timedelta or number, or None for never."""
+    if ttl is None:
+        return None
+    if isinstance(ttl, timedelta):
+        seconds = ttl.total_seconds()
+    elif isinstance(ttl, int | float) and not isinstance(ttl, bool):
+        seconds = float(ttl)
+    else:
+        raise ConfigurationError(
+            f"{name} must be a timedelta, a number of seconds or None, got {type(ttl).__name__}"
+        )
+    if not seconds > 0 or seconds == float("inf"):
+        raise ConfigurationError(f"{name} must be positive and finite, got {ttl!r}")
+    return seconds

@@ -1,0 +1,102 @@
+"""The exceptions chatstate raises.
+
+Every error is a :class:`ChatStateError`, so one ``except`` catches them all; errors of the layers
+below (pydantic, a store's client library, a provider's HTTP client) are translated at the boundary
+and chained with ``raise ... from exc``, so callers never have to catch a dependency's exceptions.
+
+::
+
+    ChatStateError
+    ├── InvalidInputError (also ValueError): bad input, rejected before anything is stored
+    │   ├── InvalidSessionIdError
+    │   ├── InvalidMessageError
+    │   └── ConfigurationError
+    ├── StoreError: a state store failed
+    │   ├── StateLoadError: history could not be loaded
+    │   ├── StateSaveError: messages were not stored (carries them, for a retry)
+    │   └── CorruptEntryError: a stored entry cannot be decoded
+    │       └── UnsupportedFormatError: an entry written by a newer format version
+    ├── ProviderError: the model provider failed or answered with something that is not a reply
+    └── PipelineError: the middleware chain is misassembled (for example, nothing produced a reply)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from chatstate.messages import Message
+
+__all__ = [
+    "ChatStateError",
+    "ConfigurationError",
+    "CorruptEntryError",
+    "InvalidInputError",
+    "InvalidMessageError",
+    "InvalidSessionIdError",
+    "PipelineError",
+    "ProviderError",
+    "StateLoadError",
+    "StateSaveError",
+    "StoreError",
+    "UnsupportedFormatError",
+]
+
+
+class ChatStateError(Exception):
+    """Root of every error raised by chatstate."""
+
+
+class InvalidInputError(ChatStateError, ValueError):
+    """Input was rejected before anything was read or stored."""
+
+
+class InvalidSessionIdError(InvalidInputError):
+    """A session id is empty, too long, not a string or holds control characters."""
+
+
+class InvalidMessageError(InvalidInputError):
+    """Something that should be a valid :class:`~chatstate.Message` is not."""
+
+
+class ConfigurationError(InvalidInputError):
+    """An option or a configuration value is out of its range."""
+
+
+class StoreError(ChatStateError):
+    """A state store failed. ``session_id`` names the session, where one was involved."""
+
+    def __init__(self, message: str, *, session_id: str | None = None) -> None:
+        super().__init__(message)
+        self.session_id = session_id
+
+
+class StateLoadError(StoreError):
+    """The history of a session could not be loaded."""
+
+
+class StateSaveError(StoreError):
+    """Messages were not stored. ``messages`` holds them, in order, so the caller can retry."""
+
+    def __init__(
+        self, message: str, *, session_id: str | None = None, messages: Sequence[Message] = ()
+    ) -> None:
+        super().__init__(message, session_id=session_id)
+        self.messages: tuple[Message, ...] = tuple(messages)
+
+
+class CorruptEntryError(StoreError):
+    """A stored entry cannot be decoded into a message."""
+
+
+class UnsupportedFormatError(CorruptEntryError):
+    """A stored entry was written in a format this version of chatstate does not know."""
+
+
+class ProviderError(ChatStateError):
+    """The model provider failed, or answered with something that is not an assistant message."""
+
+
+class PipelineError(ChatStateError):
+    """The middleware chain did not produce a reply, or is assembled wrongly."""

@@ -1,0 +1,294 @@
+"""Messages, and the one place where they become stored entries and back.
+
+A stored entry is a small versioned envelope around the message's JSON::
+
+    byte 0     format version (1)
+    byte 1     low 4 bits: codec (0 = JSON); high 4 bits: compression (0 = none, 1 = zlib)
+    byte 2...  the payload
+
+Readers accept every version up to their own and raise :class:`UnsupportedFormatError` for newer
+ones, so history written today stays readable after an upgrade, and an old reader never guesses at a
+format it does not know.
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from collections.abc import Iterable, Mapping, Sequence
+from types import MappingProxyType
+from typing import Annotated, Any, Literal, TypeAlias
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    JsonValue,
+    PlainSerializer,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from chatstate.errors import CorruptEntryError, InvalidMessageError, UnsupportedFormatError
+
+__all__ = [
+    "FORMAT_VERSION",
+    "ContentPart",
+    "ImagePart",
+    "Message",
+    "Role",
+    "TextPart",
+    "ToolCall",
+    "decode_entry",
+    "encode_entry",
+]
+
+Role: TypeAlias = Literal["system", "user", "assistant", "tool"]
+
+FORMAT_VERSION = 1
+"""The entry format this version writes (and the newest it reads)."""
+
+_CODEC_JSON = 0
+_COMPRESSION_NONE = 0
+_COMPRESSION_ZLIB = 1
+_PLAIN_HEADER = bytes((FORMAT_VERSION, _CODEC_JSON | _COMPRESSION_NONE << 4))
+_ZLIB_HEADER = bytes((FORMAT_VERSION, _CODEC_JSON | _COMPRESSION_ZLIB << 4))
+
+
+def _freeze(value: Any) -> Any:
+    """Make a JSON value immutable: dicts become read-only mappings, lists become tuples."""
+    if isinstance(value, dict):
+        return MappingProxyType({key: _freeze(item) for key, item in value.items()})
+    if isinstance(value, list | tuple):
+        return tuple(_freeze(item) for item in value)
+    return value
+
+
+def _thaw(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {key: _thaw(item) for key, item in value.items()}
+    if isinstance(value, tuple):
+        return [_thaw(item) for item in value]
+    return value
+
+
+def _freeze_metadata(value: Mapping[str, JsonValue]) -> Mapping[str, JsonValue]:
+    return _EMPTY_METADATA if not value else _freeze(value)
+
+
+_EMPTY_METADATA: Mapping[str, JsonValue] = MappingProxyType({})
+
+# Frozen so that a message shared between the caller and the in-memory store can never change
+# underneath either of them; this is what lets stores hand out messages without deep copies.
+Metadata = Annotated[
+    Mapping[str, JsonValue],
+    AfterValidator(_freeze_metadata),
+    PlainSerializer(_thaw, return_type=dict[str, JsonValue]),
+]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", str_strip_whitespace=False)
+
+
+class TextPart(_Frozen):
+    """A piece of text content."""
+
+    type: Literal["text"] = "text"
+    text: str
+
+
+class ImagePart(_Frozen):
+    """An image, by URL (``https:`` or a ``data:`` URL)."""
+
+    type: Literal["image_url"] = "image_url"
+    url: str
+    detail: Literal["auto", "low", "high"] | None = None
+
+
+ContentPart: TypeAlias = Annotated[TextPart | ImagePart, Field(discriminator="type")]
+
+
+class ToolCall(_Frozen):
+    """A call of a tool that an assistant message asks for.
+
+    ``arguments`` is JSON text, kept exactly as given so that it round-trips byte for byte; a dict
+    is accepted too and written as compact JSON. :attr:`args` parses it.
+    """
+
+    id: str = Field(min_length=1)
+    """Links the call to the ``tool`` message that carries its result (``tool_call_id``)."""
+    name: str = Field(min_length=1)
+    """The name of the tool."""
+    arguments: str = "{}"
+    """The arguments, as JSON text."""
+
+    @field_validator("arguments", mode="before")
+    @classmethod
+    def _dump_arguments(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+        return value
+
+    @field_validator("arguments")
+    @classmethod
+    def _check_arguments(cls, value: str) -> str:
+        try:
+            json.loads(value)
+        except ValueError as exc:
+            raise ValueError(f"tool call arguments must be JSON text: {exc}") from None
+        return value
+
+    @property
+    def args(self) -> Any:
+        """The arguments, parsed."""
+        return json.loads(self.arguments)
+
+
+class Message(_Frozen):
+    """One message of a conversation. Immutable; equal when every field is equal.
+
+    ``content`` is text, or a sequence of parts (text and images). An assistant message that only
+    calls tools may have no content; a ``tool`` message answers the call named by ``tool_call_id``.
+    """
+
+    role: Role
+    """Who wrote it: ``system``, ``user``, ``assistant`` or ``tool``."""
+    content: str | tuple[ContentPart, ...] | None = None
+    """Text, or parts; ``None`` only for an assistant message that calls tools."""
+    name: str | None = None
+    """An optional name of the author (a user name, a tool name)."""
+    tool_calls: tuple[ToolCall, ...] = ()
+    """The tools an assistant message calls."""
+    tool_call_id: str | None = None
+    """For a ``tool`` message: the id of the call it answers."""
+    metadata: Metadata = Field(default_factory=lambda: _EMPTY_METADATA)
+    """Application data kept with the message (JSON values, read-only); never sent to a provider
+    by the built-in middlewares."""
+
+    @model_validator(mode="after")
+    def _check_roles(self) -> Message:
+        if self.content is None and not (self.role == "assistant" and self.tool_calls):
+            raise ValueError(f"a {self.role} message needs content")
+        if self.tool_calls and self.role != "assistant":
+            raise ValueError("only assistant messages can have tool_calls")
+        if self.role == "tool":
+            if not self.tool_call_id:
+                raise ValueError("a tool message needs the tool_call_id of the call it answers")
+        elif self.tool_call_id is not None:
+            raise ValueError("only tool messages can have a tool_call_id")
+        if len(self.tool_calls) > 1 and len({call.id for call in self.tool_calls}) != len(
+            self.tool_calls
+        ):
+            raise ValueError("tool call ids must be unique within a message")
+        return self
+
+    @property
+    def text(self) -> str:
+        """The text of the message: the content, or its text parts joined; ``""`` if none."""
+        content = self.content
+        if isinstance(content, str):
+            return content
+        if not content:
+            return ""
+        return "".join(part.text for part in content if isinstance(part, TextPart))
+
+
+def as_messages(messages: Iterable[Message]) -> list[Message]:
+    """Check that ``messages`` is a sequence of :class:`Message` and return it as a new list."""
+    if isinstance(messages, str | bytes | Message | Mapping) or not isinstance(messages, Iterable):
+        raise InvalidMessageError(
+            f"expected a sequence of chatstate.Message, got {type(messages).__name__}"
+        )
+    result = list(messages)
+    for index, item in enumerate(result):
+        if not isinstance(item, Message):
+            raise InvalidMessageError(
+                f"messages[{index}] is a {type(item).__name__}, not a chatstate.Message"
+            )
+    return result
+
+
+def make_message(role: object, content: object, **fields: Any) -> Message:
+    """Build a message from loose input, turning pydantic's error into InvalidMessageError."""
+    try:
+        return Message(role=role, content=content, **fields)
+    except ValidationError as exc:
+        raise InvalidMessageError(_describe(exc)) from exc
+
+
+def _describe(exc: ValidationError) -> str:
+    problems = []
+    for error in exc.errors(include_url=False):
+        where = ".".join(str(part) for part in error["loc"])
+        problems.append(f"{where}: {error['msg']}" if where else str(error["msg"]))
+    return "invalid message: " + "; ".join(problems)
+
+
+def encode_entry(message: Message, *, compress_over: int | None = None) -> bytes:
+    """Serialise a message into a stored entry.
+
+    With ``compress_over`` set, a payload longer than that many bytes is zlib-compressed when that
+    makes it smaller.
+    """
+    payload = message.__pydantic_serializer__.to_json(message, exclude_defaults=True)
+    if compress_over is not None and len(payload) > compress_over:
+        packed = zlib.compress(payload, 6)
+        if len(packed) < len(payload):
+            return _ZLIB_HEADER + packed
+    return _PLAIN_HEADER + payload
+
+
+def decode_entry(entry: bytes) -> Message:
+    """Parse a stored entry back into a message.
+
+    Raises :class:`UnsupportedFormatError` for an entry of a newer format and
+    :class:`CorruptEntryError` for one that is damaged.
+    """
+    if len(entry) < 2:
+        raise CorruptEntryError(f"stored entry is too short ({len(entry)} bytes)")
+    version, flags = entry[0], entry[1]
+    if version != FORMAT_VERSION:
+        if version > FORMAT_VERSION:
+            raise UnsupportedFormatError(
+                f"stored entry has format version {version}; this chatstate reads up to "
+                f"{FORMAT_VERSION} (upgrade chatstate to read it)"
+            )
+        raise CorruptEntryError(f"stored entry has an invalid format version {version}")
+    codec, compression = flags & 0x0F, flags >> 4
+    if codec != _CODEC_JSON:
+        raise UnsupportedFormatError(f"stored entry uses unknown codec {codec}")
+    payload = entry[2:]
+    if compression == _COMPRESSION_ZLIB:
+        try:
+            payload = zlib.decompress(payload)
+        except zlib.error as exc:
+            raise CorruptEntryError(f"stored entry does not decompress: {exc}") from exc
+    elif compression != _COMPRESSION_NONE:
+        raise UnsupportedFormatError(f"stored entry uses unknown compression {compression}")
+    try:
+        return Message.model_validate_json(payload)
+    except ValidationError as exc:
+        raise CorruptEntryError(f"stored entry is not a valid message: {_describe(exc)}") from exc
+
+
+def decode_entries(
+    entries: Sequence[bytes],
+    *,
+    on_corrupt: Literal["skip", "raise"],
+    session_id: str,
+) -> tuple[list[Message], int]:
+    """Decode stored entries, oldest first; returns the messages and how many were skipped."""
+    messages: list[Message] = []
+    skipped = 0
+    for entry in entries:
+        try:
+            messages.append(decode_entry(entry))
+        except CorruptEntryError as exc:
+            if on_corrupt == "raise":
+                exc.session_id = session_id
+                raise
+            skipped += 1
+    return messages, skipped

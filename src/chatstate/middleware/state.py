@@ -1,0 +1,150 @@
+"""StateMiddleware: loads a session's history before the turn and stores the turn after it."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Literal
+
+from chatstate._checks import check_max_messages, check_ttl
+from chatstate._locks import KeyedLock
+from chatstate.errors import ChatStateError, ConfigurationError, StateLoadError, StateSaveError
+from chatstate.pipeline import CallNext, RequestContext
+from chatstate.stores.base import StateStore
+
+__all__ = ["StateMiddleware", "StateMiddlewareConfig"]
+
+logger = logging.getLogger("chatstate.state")
+
+LoadErrorPolicy = Literal["continue", "raise"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StateMiddlewareConfig:
+    """How :class:`StateMiddleware` keeps history.
+
+    - ``max_messages``: the newest messages kept per session and sent to the provider
+      (default 20); ``-1`` keeps everything, which makes every turn slower as history grows.
+    - ``ttl``: how long a session lives after its last turn; ``None`` for ever.
+    - ``on_load_error``: ``"continue"`` runs the turn with empty history when loading fails (logged
+      with the session id and counted in ``StateMiddleware.load_errors``); ``"raise"`` raises
+      :class:`~chatstate.errors.StateLoadError`.
+    - ``lock``: serialise concurrent turns of one session in this process, so turns never
+      interleave (on by default).
+    """
+
+    max_messages: int = 20
+    ttl: timedelta | None = None
+    on_load_error: LoadErrorPolicy = "continue"
+    lock: bool = True
+
+    def __post_init__(self) -> None:
+        check_max_messages(self.max_messages)
+        if self.ttl is not None and not isinstance(self.ttl, timedelta):
+            raise ConfigurationError(
+                f"ttl must be a timedelta or None, got {type(self.ttl).__name__}"
+            )
+        check_ttl(self.ttl)
+        if self.on_load_error not in ("continue", "raise"):
+            raise ConfigurationError(
+                f"on_load_error must be 'continue' or 'raise', got {self.on_load_error!r}"
+            )
+        if not isinstance(self.lock, bool):
+            raise ConfigurationError(f"lock must be a bool, got {type(self.lock).__name__}")
+
+
+class StateMiddleware:
+    """Gives each turn its session's history, and stores the turn.
+
+    Before the rest of the chain it loads the newest ``max_messages`` of the session into
+    ``context.history``; after it, it appends the turn's new messages (the user's message and the
+    reply) in ONE atomic ``append``, trimmed to ``max_messages``, with the expiry refreshed. With
+    ``lock`` on, turns of one session run one at a time; other sessions never wait.
+    """
+
+    __slots__ = (
+        "_limit",
+        "_locks",
+        "_raise_on_load_error",
+        "_ttl",
+        "config",
+        "load_errors",
+        "store",
+    )
+
+    def __init__(self, store: StateStore, config: StateMiddlewareConfig | None = None) -> None:
+        for method in ("load", "append"):
+            if not callable(getattr(store, method, None)):
+                raise ConfigurationError(
+                    f"store must implement the StateStore protocol; "
+                    f"{type(store).__name__} has no {method}()"
+                )
+        self.store = store
+        self.config = config = config if config is not None else StateMiddlewareConfig()
+        self._limit = check_max_messages(config.max_messages)
+        self._ttl = config.ttl
+        self._raise_on_load_error = config.on_load_error == "raise"
+        self._locks = KeyedLock() if config.lock else None
+        self.load_errors = 0
+        """Loads that failed (and, with ``on_load_error="continue"``, were replaced by [])."""
+
+    def __repr__(self) -> str:
+        return f"StateMiddleware({self.store!r}, {self.config!r})"
+
+    async def __call__(self, context: RequestContext, call_next: CallNext) -> None:
+        locks = self._locks
+        if locks is None:
+            await self._run(context, call_next)
+            return
+        session_id = context.session_id
+        await locks.acquire(session_id)
+        try:
+            await self._run(context, call_next)
+        finally:
+            locks.release(session_id)
+
+    async def _run(self, context: RequestContext, call_next: CallNext) -> None:
+        session_id = context.session_id
+        started = time.perf_counter()
+        try:
+            context.history = await self.store.load(session_id, limit=self._limit)
+        except Exception as exc:
+            self.load_errors += 1
+            if self._raise_on_load_error:
+                if isinstance(exc, ChatStateError):
+                    raise
+                raise StateLoadError(
+                    f"loading session {session_id!r} failed: {type(exc).__name__}: {exc}",
+                    session_id=session_id,
+                ) from exc
+            logger.warning(
+                "loading session %r failed (%s: %s); continuing with empty history",
+                session_id,
+                type(exc).__name__,
+                exc,
+            )
+            context.history = []
+        loaded = time.perf_counter()
+        context.timings["load"] = loaded - started
+
+        await call_next(context)
+        if context.response is None:
+            return  # nothing answered: the pipeline reports it, and half a turn is not stored
+
+        saving = time.perf_counter()
+        new_messages = context.new_messages
+        try:
+            await self.store.append(
+                session_id, new_messages, max_messages=self._limit, ttl=self._ttl
+            )
+        except StateSaveError:
+            raise
+        except Exception as exc:
+            raise StateSaveError(
+                f"storing the turn of session {session_id!r} failed: {type(exc).__name__}: {exc}",
+                session_id=session_id,
+                messages=new_messages,
+            ) from exc
+        context.timings["save"] = time.perf_counter() - saving

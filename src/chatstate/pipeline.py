@@ -1,0 +1,160 @@
+"""The middleware pipeline: a chain built once, run once per request."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol, TypeAlias
+
+from chatstate._checks import check_session_id
+from chatstate.errors import ConfigurationError, InvalidMessageError, PipelineError
+from chatstate.messages import Message, make_message
+
+__all__ = ["CallNext", "ExecutionResult", "Middleware", "Pipeline", "RequestContext"]
+
+
+@dataclass(slots=True, eq=False)
+class RequestContext:
+    """What one request carries through the chain; middlewares read and fill it in.
+
+    The built-in middlewares fill ``history`` (state), ``messages`` and ``response`` (provider), and
+    add every message of the turn that should be stored to ``new_messages``.
+    """
+
+    session_id: str
+    """The session the request belongs to (already checked)."""
+    message: Message
+    """The new message of this turn."""
+    options: dict[str, Any] = field(default_factory=dict)
+    """Keyword options for the provider (``execute_with_session(..., temperature=0)``)."""
+    history: list[Message] = field(default_factory=list)
+    """The session's stored history, oldest first, as loaded before the provider runs."""
+    messages: list[Message] = field(default_factory=list)
+    """The messages sent to the provider."""
+    response: Message | None = None
+    """The provider's reply."""
+    new_messages: list[Message] = field(default_factory=list)
+    """The messages of this turn, in order, that the state middleware stores after the reply."""
+    timings: dict[str, float] = field(default_factory=dict)
+    """Seconds spent per stage: ``load``, ``provider``, ``save``, ``total``."""
+    state: dict[str, Any] = field(default_factory=dict)
+    """Free space for middlewares to pass things to each other."""
+    history_loader: Callable[[], Awaitable[list[Message]]] | None = None
+    """Set by a middleware that defers loading: :meth:`get_history` calls it once."""
+
+    async def get_history(self) -> list[Message]:
+        """The session's history, loading it first if a middleware deferred the load."""
+        loader = self.history_loader
+        if loader is not None:
+            self.history_loader = None
+            self.history = await loader()
+        return self.history
+
+
+CallNext: TypeAlias = Callable[[RequestContext], Awaitable[None]]
+"""Runs the rest of the chain for a request."""
+
+
+class Middleware(Protocol):
+    """One link of the chain: do something, ``await call_next(context)`` (or answer without it),
+    then do something after."""
+
+    async def __call__(self, context: RequestContext, call_next: CallNext) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutionResult:
+    """The outcome of one turn."""
+
+    session_id: str
+    response: Message
+    """The assistant's reply."""
+    messages: list[Message]
+    """The messages the provider was given (system prompt, history, the new message)."""
+    new_messages: list[Message]
+    """The messages the turn added to the session (the new message and the reply)."""
+    timings: dict[str, float]
+    """Seconds spent per stage: ``load``, ``provider``, ``save``, ``total``."""
+
+
+class _Link:
+    """Binds a middleware to the rest of the chain; calling it starts the middleware directly,
+    without a wrapper coroutine of its own."""
+
+    __slots__ = ("middleware", "next")
+
+    def __init__(self, middleware: Middleware, next: CallNext) -> None:
+        self.middleware = middleware
+        self.next = next
+
+    def __call__(self, context: RequestContext) -> Awaitable[None]:
+        return self.middleware(context, self.next)
+
+
+async def _end_of_chain(context: RequestContext) -> None:
+    if context.response is None:
+        raise PipelineError(
+            "the middleware chain ended without a reply: put a ProviderMiddleware last"
+        )
+
+
+class Pipeline:
+    """An async middleware chain, built once and run per request.
+
+    ``Pipeline(StateMiddleware(store, config), ProviderMiddleware(provider))``: the first middleware
+    runs first and wraps all the others. A pipeline is safe to share between any number of
+    concurrent requests.
+    """
+
+    __slots__ = ("_handler", "middlewares")
+
+    def __init__(self, *middlewares: Middleware) -> None:
+        if not middlewares:
+            raise ConfigurationError("a Pipeline needs at least one middleware")
+        for index, middleware in enumerate(middlewares):
+            if not callable(middleware):
+                raise ConfigurationError(
+                    f"middleware {index} ({type(middleware).__name__}) is not callable"
+                )
+        self.middlewares: tuple[Middleware, ...] = middlewares
+        handler: CallNext = _end_of_chain
+        for middleware in reversed(middlewares):
+            handler = _Link(middleware, handler)
+        self._handler = handler
+
+    def __repr__(self) -> str:
+        names = ", ".join(type(middleware).__name__ for middleware in self.middlewares)
+        return f"Pipeline({names})"
+
+    async def execute_with_session(
+        self, session_id: str, role: str, content: Any, **options: Any
+    ) -> ExecutionResult:
+        """Run one turn: ``content`` from ``role`` in session ``session_id``.
+
+        ``options`` go to the provider. Raises :class:`~chatstate.errors.InvalidInputError` for a
+        bad session id, role or content, before anything is loaded or stored.
+        """
+        return await self.execute(session_id, make_message(role, content), **options)
+
+    async def execute(self, session_id: str, message: Message, **options: Any) -> ExecutionResult:
+        """Run one turn with a ready-made :class:`Message` (for example a tool result)."""
+        started = time.perf_counter()
+        session_id = check_session_id(session_id)
+        if not isinstance(message, Message):
+            raise InvalidMessageError(f"expected a chatstate.Message, got {type(message).__name__}")
+        context = RequestContext(
+            session_id=session_id, message=message, options=options, new_messages=[message]
+        )
+        await self._handler(context)
+        response = context.response
+        if response is None:
+            raise PipelineError(f"no middleware produced a reply for session {session_id!r}")
+        context.timings["total"] = time.perf_counter() - started
+        return ExecutionResult(
+            session_id=session_id,
+            response=response,
+            messages=context.messages,
+            new_messages=context.new_messages,
+            timings=context.timings,
+        )

@@ -1,0 +1,74 @@
+"""The :class:`StateStore` protocol that every store implements."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import timedelta
+from types import TracebackType
+from typing import Protocol, Self, TypeAlias, runtime_checkable
+
+from chatstate.messages import Message
+
+__all__ = ["TTL", "StateStore"]
+
+TTL: TypeAlias = timedelta | float | None
+"""A time to live: a timedelta, a number of seconds, or None for never."""
+
+
+@runtime_checkable
+class StateStore(Protocol):
+    """Where conversation history lives, one ordered list of messages per session.
+
+    A third-party store fits without subclassing: any class with these methods is a ``StateStore``
+    (and can prove it against :class:`chatstate.testing.StateStoreConformance`). Every method is
+    safe to call concurrently from many tasks of one event loop. Bad input (an invalid session id,
+    something that is not a :class:`Message`, an out-of-range option) raises a subclass of
+    :class:`~chatstate.errors.InvalidInputError` before anything is changed.
+    """
+
+    async def load(self, session_id: str, *, limit: int | None = None) -> list[Message]:
+        """Return the newest ``limit`` messages of the session (all if None), oldest first.
+
+        An unknown or expired session has no messages: ``[]``. The list is the caller's own to
+        change.
+        """
+        ...
+
+    async def save(self, session_id: str, messages: Sequence[Message], *, ttl: TTL = None) -> None:
+        """Replace the whole history of the session, atomically. An empty sequence deletes it."""
+        ...
+
+    async def append(
+        self,
+        session_id: str,
+        messages: Sequence[Message],
+        *,
+        max_messages: int | None = None,
+        ttl: TTL = None,
+    ) -> int:
+        """Append ``messages`` atomically, keep the newest ``max_messages`` (None or -1: all) and
+        set the session to expire ``ttl`` from now (None: never). Returns the new length.
+
+        Either every message is stored or, with an error, none is; a failed append raises
+        :class:`~chatstate.errors.StateSaveError` carrying the messages.
+        """
+        ...
+
+    async def delete(self, session_id: str) -> bool:
+        """Forget the session now. Returns whether it existed."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release the store's resources (connections, background tasks). Idempotent."""
+        ...
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()

@@ -1,0 +1,244 @@
+"""The in-memory store: fast, per process, for development, tests, demos and single instances."""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import time
+import weakref
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+
+from chatstate._checks import check_limit, check_max_messages, check_session_id, check_ttl
+from chatstate.errors import ConfigurationError
+from chatstate.messages import Message, as_messages
+from chatstate.stores.base import TTL, StateStore
+
+__all__ = ["InMemoryStateStore"]
+
+_SWEEP_CHUNK = 1000
+
+
+class _Session:
+    __slots__ = ("expires_at", "messages")
+
+    def __init__(self) -> None:
+        self.messages: list[Message] = []
+        self.expires_at: float | None = None
+
+
+class InMemoryStateStore(StateStore):
+    """History kept in this process's memory.
+
+    Messages are stored as the immutable :class:`Message` objects they are, so a load costs a dict
+    lookup and a list slice; returned lists are new lists the caller may change freely.
+
+    - ``max_sessions``: at most this many sessions are kept; adding one more evicts the least
+      recently used (loaded or written). ``None`` for no cap.
+    - ``sweep_interval``: seconds between background sweeps that reclaim expired sessions (they are
+      never returned in any case: every access checks expiry). The sweep runs as a task of the event
+      loop that first writes a session with a TTL, works in chunks so it never blocks the loop, and
+      stops with :meth:`aclose`. ``None`` turns it off; :meth:`sweep` runs one by hand.
+    - ``clock``: a monotonic clock in seconds, to be replaced in tests.
+
+    Safe for any number of tasks on one event loop; not for use from several threads at once.
+    """
+
+    def __init__(
+        self,
+        *,
+        max_sessions: int | None = 100_000,
+        sweep_interval: float | None = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if max_sessions is not None and (type(max_sessions) is not int or max_sessions < 1):
+            raise ConfigurationError(
+                f"max_sessions must be a positive int or None, got {max_sessions!r}"
+            )
+        if sweep_interval is not None:
+            check_ttl(sweep_interval, name="sweep_interval")
+        self._sessions: OrderedDict[str, _Session] = OrderedDict()
+        # (expires_at, session_id) for every expiry ever set; entries that a later write made stale
+        # are skipped when popped, and the heap is rebuilt when they outnumber the live ones.
+        self._expiry_heap: list[tuple[float, str]] = []
+        self._max_sessions = max_sessions
+        self._sweep_interval = sweep_interval
+        self._clock = clock
+        self._sweeper: asyncio.Task[None] | None = None
+        self._closed = False
+        self.evictions = 0
+        """Sessions evicted because ``max_sessions`` was reached."""
+        self.expirations = 0
+        """Expired sessions reclaimed (by access or by a sweep)."""
+
+    def __repr__(self) -> str:
+        return (
+            f"InMemoryStateStore(sessions={len(self._sessions)}, max_sessions={self._max_sessions})"
+        )
+
+    @property
+    def sessions_in_memory(self) -> int:
+        """Sessions held in memory now, expired ones not yet reclaimed included."""
+        return len(self._sessions)
+
+    async def load(self, session_id: str, *, limit: int | None = None) -> list[Message]:
+        session = self._sessions.get(session_id)
+        if session is None:
+            check_session_id(session_id)
+            check_limit(limit)
+            return []
+        # Only valid ids are ever stored, so a hit needs no id check: this is the hot path.
+        expires_at = session.expires_at
+        if expires_at is not None and expires_at <= self._clock():
+            self._expire(session_id)
+            check_limit(limit)
+            return []
+        self._sessions.move_to_end(session_id)
+        if limit is None:
+            return session.messages[:]
+        if type(limit) is not int or limit < 0:
+            check_limit(limit)
+        return session.messages[-limit:] if limit else []
+
+    async def save(self, session_id: str, messages: Sequence[Message], *, ttl: TTL = None) -> None:
+        session_id = check_session_id(session_id)
+        new = as_messages(messages)
+        seconds = check_ttl(ttl)
+        if not new:
+            self._sessions.pop(session_id, None)
+            return
+        session = self._session_for_write(session_id)
+        session.messages = new
+        self._set_expiry(session_id, session, seconds)
+
+    async def append(
+        self,
+        session_id: str,
+        messages: Sequence[Message],
+        *,
+        max_messages: int | None = None,
+        ttl: TTL = None,
+    ) -> int:
+        session_id = check_session_id(session_id)
+        new = as_messages(messages)
+        bound = check_max_messages(max_messages)
+        seconds = check_ttl(ttl)
+        if not new:
+            live = self._live(session_id)
+            return len(live.messages) if live is not None else 0
+        session = self._session_for_write(session_id)
+        stored = session.messages
+        stored.extend(new)
+        if bound is not None and len(stored) > bound:
+            del stored[:-bound]
+        self._set_expiry(session_id, session, seconds)
+        return len(stored)
+
+    async def delete(self, session_id: str) -> bool:
+        session_id = check_session_id(session_id)
+        if self._live(session_id) is None:
+            return False
+        del self._sessions[session_id]
+        return True
+
+    async def sweep(self) -> int:
+        """Reclaim every expired session now and return how many; yields between chunks."""
+        removed = 0
+        while True:
+            count, finished = self._sweep_chunk(self._clock())
+            removed += count
+            if finished:
+                return removed
+            await asyncio.sleep(0)
+
+    async def aclose(self) -> None:
+        """Stop the background sweep. The data stays readable; expiry is still checked on access."""
+        self._closed = True
+        task, self._sweeper = self._sweeper, None
+        if task is not None and not task.done():
+            task.cancel()
+
+    # -- internals -----------------------------------------------------------------------------
+
+    def _live(self, session_id: str) -> _Session | None:
+        session = self._sessions.get(session_id)
+        if session is None:
+            return None
+        if session.expires_at is not None and session.expires_at <= self._clock():
+            self._expire(session_id)
+            return None
+        return session
+
+    def _expire(self, session_id: str) -> None:
+        del self._sessions[session_id]
+        self.expirations += 1
+
+    def _session_for_write(self, session_id: str) -> _Session:
+        session = self._live(session_id)
+        if session is not None:
+            self._sessions.move_to_end(session_id)
+            return session
+        if self._max_sessions is not None:
+            while len(self._sessions) >= self._max_sessions:
+                self._sessions.popitem(last=False)
+                self.evictions += 1
+        session = self._sessions[session_id] = _Session()
+        return session
+
+    def _set_expiry(self, session_id: str, session: _Session, seconds: float | None) -> None:
+        if seconds is None:
+            session.expires_at = None
+            return
+        expires_at = session.expires_at = self._clock() + seconds
+        heap = self._expiry_heap
+        heapq.heappush(heap, (expires_at, session_id))
+        if len(heap) > 2 * len(self._sessions) + 1024:
+            self._rebuild_heap()
+        if not self._closed and self._sweep_interval is not None:
+            self._ensure_sweeper(self._sweep_interval)
+
+    def _rebuild_heap(self) -> None:
+        self._expiry_heap = [
+            (session.expires_at, session_id)
+            for session_id, session in self._sessions.items()
+            if session.expires_at is not None
+        ]
+        heapq.heapify(self._expiry_heap)
+
+    def _sweep_chunk(self, now: float) -> tuple[int, bool]:
+        heap, sessions = self._expiry_heap, self._sessions
+        removed = 0
+        for _ in range(_SWEEP_CHUNK):
+            if not heap or heap[0][0] > now:
+                return removed, True
+            expires_at, session_id = heapq.heappop(heap)
+            session = sessions.get(session_id)
+            # A stale entry: the session was rewritten, deleted or re-created since this was pushed.
+            if session is not None and session.expires_at == expires_at:
+                self._expire(session_id)
+                removed += 1
+        return removed, False
+
+    def _ensure_sweeper(self, interval: float) -> None:
+        task = self._sweeper
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        # A task of a loop that has since closed never finishes: start one on the current loop.
+        if task is not None and not task.done() and task.get_loop() is loop:
+            return
+        self._sweeper = loop.create_task(
+            _sweep_forever(weakref.ref(self), interval), name="chatstate-memory-sweep"
+        )
+
+
+async def _sweep_forever(store_ref: weakref.ref[InMemoryStateStore], interval: float) -> None:
+    # Holds the store only weakly, so an abandoned store can still be garbage collected.
+    while True:
+        await asyncio.sleep(interval)
+        store = store_ref()
+        if store is None:
+            return
+        await store.sweep()
+        del store
