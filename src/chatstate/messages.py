@@ -26,8 +26,10 @@ from pydantic import (
     Field,
     JsonValue,
     PlainSerializer,
+    SerializerFunctionWrapHandler,
     ValidationError,
     field_validator,
+    model_serializer,
     model_validator,
 )
 
@@ -93,14 +95,23 @@ class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", str_strip_whitespace=False)
 
 
-class TextPart(_Frozen):
+class _Part(_Frozen):
+    @model_serializer(mode="wrap")
+    def _keep_type(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # The discriminator must survive exclude_defaults, or a stored part cannot be read back.
+        data: dict[str, Any] = handler(self)
+        data["type"] = self.type  # type: ignore[attr-defined]
+        return data
+
+
+class TextPart(_Part):
     """A piece of text content."""
 
     type: Literal["text"] = "text"
     text: str
 
 
-class ImagePart(_Frozen):
+class ImagePart(_Part):
     """An image, by URL (``https:`` or a ``data:`` URL)."""
 
     type: Literal["image_url"] = "image_url"

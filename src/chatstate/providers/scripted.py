@@ -24,9 +24,9 @@ _FACT = re.compile(
 )
 _CALL_ME = re.compile(rf"\b(?:call me|i am called|i'm called) ({_WORD})", re.IGNORECASE)
 _LIVE_IN = re.compile(
-    rf"\bi (?:live|am living|'m living) in ({_WORD}(?: [A-Z][\w'-]*)*)", re.IGNORECASE
+    rf"\bi (?:live|am living|'m living) in ({_WORD}(?: (?-i:[A-Z])[\w'-]*)*)", re.IGNORECASE
 )
-_ASK_FACT = re.compile(rf"\bwhat(?:'s| is| are) my ((?:{_WORD} ){{0,2}}?{_WORD})\b", re.IGNORECASE)
+_ASK_FACT = re.compile(rf"\bwhat(?:'s| is| are) my ((?:{_WORD} ){{0,2}}{_WORD})\b", re.IGNORECASE)
 _ASK_NAME = re.compile(r"\bwho am i\b", re.IGNORECASE)
 _ASK_HOME = re.compile(r"\bwhere do i live\b", re.IGNORECASE)
 _ASK_COUNT = re.compile(r"\bhow many messages\b", re.IGNORECASE)

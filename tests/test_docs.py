@@ -1,0 +1,67 @@
+"""Every example and every Python block of the README runs, and does what it says."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = sorted((ROOT / "examples").glob("*.py"))
+README_BLOCKS = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.DOTALL)
+
+
+def _run(*args: str, cwd: Path = ROOT) -> str:
+    done = subprocess.run(
+        [sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+def test_the_main_example_remembers_and_bounds_history() -> None:
+    output = _run("examples/basic_conversation.py")
+    assert "[user-123] assistant: Your name is Alice." in output
+    assert "[user-456] assistant: I don't know your name yet." in output
+    assert "Stored history of user-123 (6 messages)" in output
+
+
+@pytest.mark.parametrize("example", EXAMPLES, ids=lambda path: path.name)
+def test_every_example_runs(example: Path) -> None:
+    _run(str(example))
+
+
+def test_the_readme_has_python_blocks() -> None:
+    assert len(README_BLOCKS) >= 2
+
+
+@pytest.mark.parametrize("index", range(len(README_BLOCKS)))
+def test_every_readme_block_runs(index: int, tmp_path: Path) -> None:
+    block = README_BLOCKS[index]
+    if re.search(r"^class Test", block, re.MULTILINE):
+        # A test module: run it with pytest, as a user would.
+        (tmp_path / "test_block.py").write_text(block)
+        output = _run(
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "-o",
+            "asyncio_mode=auto",
+            "-o",
+            "asyncio_default_fixture_loop_scope=function",
+            "-W",
+            "error",
+            "test_block.py",
+            cwd=tmp_path,
+        )
+        passed = re.search(r"(\d+) passed", output)
+        assert passed and int(passed.group(1)) >= 50 and "failed" not in output, output
+    else:
+        script = tmp_path / "block.py"
+        script.write_text(block)
+        _run(str(script), cwd=tmp_path)

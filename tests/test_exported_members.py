@@ -1,0 +1,34 @@
+import types
+
+import pytest
+
+import chatstate
+import chatstate.middleware
+import chatstate.providers
+import chatstate.stores
+import chatstate.testing
+
+
+def _isort_style(name: str) -> tuple[int, str]:
+    # ruff's RUF022 order: CONSTANTS, then Classes, then functions and the rest.
+    kind = 0 if name.isupper() else 1 if name[:1].isupper() else 2
+    return kind, name
+
+
+@pytest.mark.parametrize(
+    "module",
+    [chatstate, chatstate.middleware, chatstate.providers, chatstate.stores, chatstate.testing],
+    ids=lambda module: module.__name__,
+)
+def test_all_is_sorted_and_complete(module: types.ModuleType) -> None:
+    public = {
+        name
+        for name, value in vars(module).items()
+        if not name.startswith("_") and not isinstance(value, types.ModuleType)
+    }
+    assert module.__all__ == sorted(module.__all__, key=_isort_style)
+    assert set(module.__all__) - {"__version__"} == public
+
+
+def test_version() -> None:
+    assert chatstate.__version__ == "0.1.0"

@@ -1,0 +1,145 @@
+"""What the in-memory store does beyond the conformance suite: LRU cap, sweeps, its own config."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import weakref
+
+import pytest
+
+from chatstate import ConfigurationError, InMemoryStateStore, Message
+
+from .conftest import FakeClock
+
+
+def _msg(text: str) -> list[Message]:
+    return [Message(role="user", content=text)]
+
+
+async def test_least_recently_used_sessions_are_evicted_at_the_cap() -> None:
+    store = InMemoryStateStore(max_sessions=3)
+    for name in "abc":
+        await store.append(name, _msg(name))
+    await store.load("a")  # a is now the most recently used; b the least
+    await store.append("d", _msg("d"))
+    assert await store.load("b") == []
+    assert [await store.load(name) for name in "acd"] == [_msg("a"), _msg("c"), _msg("d")]
+    assert store.sessions_in_memory == 3
+    assert store.evictions == 1
+
+
+async def test_expired_sessions_are_reclaimed_by_a_sweep(clock: FakeClock) -> None:
+    store = InMemoryStateStore(clock=clock, sweep_interval=None)
+    for index in range(2500):
+        await store.append(f"s{index}", _msg("x"), ttl=10 if index % 2 else 100)
+    await store.append("forever", _msg("x"))
+    clock.advance(11)
+    assert store.sessions_in_memory == 2501  # expired, but not yet reclaimed
+    assert await store.sweep() == 1250
+    assert store.sessions_in_memory == 1251
+    assert store.expirations == 1250
+    clock.advance(100)
+    assert await store.sweep() == 1250
+    assert store.sessions_in_memory == 1
+    assert await store.load("forever") == _msg("x")
+
+
+async def test_a_sweep_keeps_sessions_whose_ttl_was_refreshed(clock: FakeClock) -> None:
+    store = InMemoryStateStore(clock=clock, sweep_interval=None)
+    await store.append("s", _msg("1"), ttl=10)
+    clock.advance(8)
+    await store.append("s", _msg("2"), ttl=10)
+    clock.advance(8)
+    assert await store.sweep() == 0
+    assert await store.load("s") == _msg("1") + _msg("2")
+
+
+async def test_sweeping_yields_to_the_event_loop_between_chunks(clock: FakeClock) -> None:
+    store = InMemoryStateStore(clock=clock, sweep_interval=None)
+    for index in range(5000):
+        await store.append(f"s{index}", _msg("x"), ttl=1)
+    clock.advance(2)
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0)
+
+    task = asyncio.create_task(ticker())
+    await asyncio.sleep(0)
+    assert await store.sweep() == 5000
+    task.cancel()
+    assert ticks >= 4  # the loop ran other tasks while 5,000 sessions were swept in chunks
+
+
+async def test_the_expiry_index_stays_bounded_under_repeated_refreshes(clock: FakeClock) -> None:
+    store = InMemoryStateStore(clock=clock, sweep_interval=None)
+    for _ in range(20_000):
+        await store.append("hot", _msg("x"), ttl=60, max_messages=1)
+    assert len(store._expiry_heap) <= 2 * store.sessions_in_memory + 1024
+
+
+async def test_the_background_sweep_reclaims_without_being_asked() -> None:
+    store = InMemoryStateStore(sweep_interval=0.01)
+    await store.append("s", _msg("x"), ttl=0.001)
+    for _ in range(200):
+        await asyncio.sleep(0.01)
+        if store.sessions_in_memory == 0:
+            break
+    assert store.sessions_in_memory == 0
+    await store.aclose()
+
+
+async def test_aclose_stops_the_background_sweep() -> None:
+    store = InMemoryStateStore(sweep_interval=0.01)
+    await store.append("s", _msg("x"), ttl=60)
+    task = store._sweeper
+    assert task is not None and not task.done()
+    await store.aclose()
+    await asyncio.sleep(0)
+    assert task.done()
+    await store.append("t", _msg("x"), ttl=60)
+    assert store._sweeper is None  # a closed store starts no new task
+
+
+async def test_an_abandoned_store_is_garbage_collected_despite_its_sweeper() -> None:
+    store = InMemoryStateStore(sweep_interval=0.01)
+    await store.append("s", _msg("x"), ttl=60)
+    task = store._sweeper
+    ref = weakref.ref(store)
+    del store
+    gc.collect()
+    assert ref() is None
+    for _ in range(100):
+        await asyncio.sleep(0.01)
+        if task is not None and task.done():
+            break
+    assert task is not None and task.done()
+
+
+async def test_returned_lists_share_the_immutable_messages() -> None:
+    store = InMemoryStateStore()
+    message = Message(role="user", content="x", metadata={"k": [1]})
+    await store.append("s", [message])
+    loaded = await store.load("s")
+    assert loaded[0] is message  # no deep copy: it cannot change anyway
+    assert loaded is not await store.load("s")
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"max_sessions": 0}, {"max_sessions": "10"}, {"sweep_interval": 0}, {"sweep_interval": -1}],
+    ids=repr,
+)
+def test_bad_store_options_are_rejected(options: dict[str, object]) -> None:
+    with pytest.raises(ConfigurationError):
+        InMemoryStateStore(**options)  # type: ignore[arg-type]
+
+
+def test_repr_names_the_size() -> None:
+    assert (
+        repr(InMemoryStateStore(max_sessions=5)) == "InMemoryStateStore(sessions=0, max_sessions=5)"
+    )

@@ -1,0 +1,204 @@
+from __future__ import annotations
+
+import zlib
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from pydantic import ValidationError
+
+from chatstate import (
+    CorruptEntryError,
+    ImagePart,
+    InvalidMessageError,
+    Message,
+    TextPart,
+    ToolCall,
+    UnsupportedFormatError,
+)
+from chatstate.messages import (
+    FORMAT_VERSION,
+    decode_entries,
+    decode_entry,
+    encode_entry,
+    make_message,
+)
+from chatstate.testing import sample_conversation
+
+
+def test_messages_are_equal_by_value_and_frozen() -> None:
+    first = Message(role="user", content="hi", metadata={"a": [1, 2]})
+    assert first == Message(role="user", content="hi", metadata={"a": [1, 2]})
+    assert first != Message(role="user", content="hi")
+    with pytest.raises(ValidationError):
+        first.content = "changed"  # type: ignore[misc]
+
+
+def test_metadata_is_read_only_all_the_way_down() -> None:
+    message = Message(role="user", content="hi", metadata={"tags": ["a"], "nested": {"k": 1}})
+    with pytest.raises(TypeError):
+        message.metadata["new"] = 1  # type: ignore[index]
+    with pytest.raises(TypeError):
+        message.metadata["nested"]["k"] = 2  # type: ignore[index, call-overload]
+    assert message.metadata["tags"] == ("a",)
+    assert message.model_dump()["metadata"] == {"tags": ["a"], "nested": {"k": 1}}
+
+
+def test_caller_dict_given_as_metadata_is_not_shared() -> None:
+    given = {"k": [1]}
+    message = Message(role="user", content="hi", metadata=given)
+    given["k"].append(2)
+    given["other"] = []
+    assert message.model_dump()["metadata"] == {"k": [1]}
+
+
+def test_content_parts_and_text() -> None:
+    message = Message(
+        role="user",
+        content=[
+            {"type": "text", "text": "a"},
+            {"type": "image_url", "url": "https://x/y.png"},
+            TextPart(text="b"),
+        ],
+    )
+    assert message.content == (
+        TextPart(text="a"),
+        ImagePart(url="https://x/y.png"),
+        TextPart(text="b"),
+    )
+    assert message.text == "ab"
+    assert (
+        Message(role="assistant", content=None, tool_calls=[ToolCall(id="1", name="f")]).text == ""
+    )
+
+
+def test_tool_call_arguments_are_json_text_and_accept_a_dict() -> None:
+    call = ToolCall(id="c", name="f", arguments={"city": "Paris", "n": [1]})
+    assert call.arguments == '{"city":"Paris","n":[1]}'
+    assert call.args == {"city": "Paris", "n": [1]}
+    spaced = ToolCall(id="c", name="f", arguments='{ "city" : "Paris" }')
+    assert spaced.arguments == '{ "city" : "Paris" }'  # kept byte for byte
+    with pytest.raises(ValidationError, match="JSON"):
+        ToolCall(id="c", name="f", arguments="{not json")
+
+
+@pytest.mark.parametrize(
+    ("fields", "problem"),
+    [
+        ({"role": "robot", "content": "x"}, "role"),
+        ({"role": "user"}, "needs content"),
+        ({"role": "user", "content": None}, "needs content"),
+        ({"role": "tool", "content": "42"}, "tool_call_id"),
+        ({"role": "user", "content": "x", "tool_call_id": "c"}, "only tool messages"),
+        (
+            {"role": "user", "content": "x", "tool_calls": [{"id": "c", "name": "f"}]},
+            "only assistant",
+        ),
+        (
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [{"id": "c", "name": "f"}, {"id": "c", "name": "g"}],
+            },
+            "unique",
+        ),
+        ({"role": "user", "content": "x", "extra": 1}, "extra"),
+        ({"role": "user", "content": 42}, "content"),
+        ({"role": "user", "content": "x", "metadata": {"k": object()}}, "metadata"),
+        ({"role": "user", "content": [{"type": "video", "url": "x"}]}, "content"),
+    ],
+)
+def test_invalid_messages_name_the_problem(fields: dict[str, Any], problem: str) -> None:
+    with pytest.raises(ValidationError, match=problem):
+        Message(**fields)
+    loose = dict(fields)
+    role, content = loose.pop("role", None), loose.pop("content", None)
+    with pytest.raises(InvalidMessageError, match=problem):
+        make_message(role, content, **loose)
+
+
+def test_entry_envelope_carries_the_format_version() -> None:
+    entry = encode_entry(Message(role="user", content="hi"))
+    assert entry[0] == FORMAT_VERSION == 1
+    assert entry == b'\x01\x00{"role":"user","content":"hi"}'  # defaults are not stored
+
+
+def test_a_version_1_entry_written_today_stays_readable() -> None:
+    # These bytes are frozen: they are what 0.1.0 writes; every later version must read them.
+    stored = (
+        b'\x01\x00{"role":"assistant","tool_calls":[{"id":"c1","name":"f","arguments":'
+        b'"{\\"a\\":1}"}],"metadata":{"x":[1,{"y":2}]}}'
+    )
+    assert decode_entry(stored) == Message(
+        role="assistant",
+        tool_calls=[ToolCall(id="c1", name="f", arguments='{"a":1}')],
+        metadata={"x": [1, {"y": 2}]},
+    )
+
+
+@pytest.mark.parametrize("message", sample_conversation(), ids=lambda m: m.role)
+def test_every_kind_of_message_round_trips_through_an_entry(message: Message) -> None:
+    assert decode_entry(encode_entry(message)) == message
+
+
+def test_large_entries_can_be_compressed_and_mixed_with_plain_ones() -> None:
+    big = Message(role="user", content="the quick brown fox jumps over the lazy dog " * 100)
+    small = Message(role="user", content="hi")
+    packed = encode_entry(big, compress_over=1024)
+    assert packed[1] >> 4 == 1 and len(packed) < len(encode_entry(big)) / 4
+    assert encode_entry(small, compress_over=1024) == encode_entry(small)
+    assert [decode_entry(e) for e in (packed, encode_entry(small))] == [big, small]
+
+
+@pytest.mark.parametrize(
+    ("entry", "error", "problem"),
+    [
+        (b"", CorruptEntryError, "too short"),
+        (b"\x01", CorruptEntryError, "too short"),
+        (b"\x00\x00{}", CorruptEntryError, "invalid format version 0"),
+        (b"\x02\x00{}", UnsupportedFormatError, "format version 2"),
+        (b"\x01\x05{}", UnsupportedFormatError, "codec 5"),
+        (b"\x01\x70{}", UnsupportedFormatError, "compression 7"),
+        (b"\x01\x10not zlib", CorruptEntryError, "decompress"),
+        (b"\x01\x00{not json", CorruptEntryError, "not a valid message"),
+        (b'\x01\x00{"role":"robot","content":"x"}', CorruptEntryError, "role"),
+        (b"\x01\x10" + zlib.compress(b"[]"), CorruptEntryError, "not a valid message"),
+    ],
+)
+def test_bad_entries_raise_typed_errors(entry: bytes, error: type[Exception], problem: str) -> None:
+    with pytest.raises(error, match=problem):
+        decode_entry(entry)
+
+
+def test_decode_entries_skips_or_raises_by_policy() -> None:
+    good = [encode_entry(Message(role="user", content=str(i))) for i in range(3)]
+    entries = [good[0], b"\x01\x00garbage", good[1], b"\x09\x00{}", good[2]]
+    messages, skipped = decode_entries(entries, on_corrupt="skip", session_id="s")
+    assert [m.text for m in messages] == ["0", "1", "2"] and skipped == 2
+    with pytest.raises(CorruptEntryError) as caught:
+        decode_entries(entries, on_corrupt="raise", session_id="s")
+    assert caught.value.session_id == "s"
+
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda children: (
+        st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=5), children, max_size=3)
+    ),
+    max_leaves=10,
+)
+
+
+@given(
+    role=st.sampled_from(["system", "user", "assistant"]),
+    content=st.text() | st.lists(st.builds(TextPart, text=st.text()), max_size=3),
+    name=st.none() | st.text(min_size=1),
+    metadata=st.dictionaries(st.text(max_size=8), _json, max_size=4),
+    compress_over=st.none() | st.integers(min_value=0, max_value=200),
+)
+def test_any_message_round_trips_through_an_entry(
+    role: Any, content: Any, name: str | None, metadata: dict[str, Any], compress_over: int | None
+) -> None:
+    message = Message(role=role, content=content, name=name, metadata=metadata)
+    assert decode_entry(encode_entry(message, compress_over=compress_over)) == message
