@@ -5,12 +5,14 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
+import fakeredis
 import pytest
 
-from chatstate import InMemoryStateStore, StateStore
+from chatstate import InMemoryStateStore, RedisStateStore, StateStore
 from chatstate.testing import StateStoreConformance
 
 from .conftest import FakeClock
+from .redis_time import advance_redis_time
 
 
 @dataclass
@@ -29,7 +31,18 @@ async def _memory() -> AsyncIterator[Backend]:
         yield Backend(store, advance)
 
 
-BACKENDS = {"memory": _memory}
+async def _fakeredis() -> AsyncIterator[Backend]:
+    client = fakeredis.FakeAsyncRedis()
+
+    async def advance(seconds: float) -> None:
+        await advance_redis_time(client, seconds)
+
+    async with RedisStateStore(client) as store:
+        yield Backend(store, advance)
+    await client.aclose()
+
+
+BACKENDS = {"memory": _memory, "fakeredis": _fakeredis}
 
 
 @pytest.fixture(params=sorted(BACKENDS))

@@ -1,5 +1,7 @@
 """chatstate: async-first conversation state for LLM applications."""
 
+from typing import TYPE_CHECKING, Any
+
 from chatstate.errors import (
     ChatStateError,
     ConfigurationError,
@@ -13,12 +15,16 @@ from chatstate.errors import (
     StateSaveError,
     StoreError,
     UnsupportedFormatError,
+    WrongTypeError,
 )
 from chatstate.messages import ContentPart, ImagePart, Message, Role, TextPart, ToolCall
 from chatstate.middleware import ProviderMiddleware, StateMiddleware, StateMiddlewareConfig
 from chatstate.pipeline import CallNext, ExecutionResult, Middleware, Pipeline, RequestContext
 from chatstate.providers import Provider, ScriptedProvider
 from chatstate.stores import InMemoryStateStore, StateStore
+
+if TYPE_CHECKING:
+    from chatstate.stores.redis import RedisStateStore
 
 __version__ = "0.1.0"
 
@@ -41,6 +47,7 @@ __all__ = [
     "Provider",
     "ProviderError",
     "ProviderMiddleware",
+    "RedisStateStore",
     "RequestContext",
     "Role",
     "ScriptedProvider",
@@ -53,5 +60,15 @@ __all__ = [
     "TextPart",
     "ToolCall",
     "UnsupportedFormatError",
+    "WrongTypeError",
     "__version__",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # The Redis store is imported on first use: it needs the `redis` extra, which the core does not.
+    if name == "RedisStateStore":
+        from chatstate.stores.redis import RedisStateStore
+
+        return RedisStateStore
+    raise AttributeError(f"module 'chatstate' has no attribute {name!r}")

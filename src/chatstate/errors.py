@@ -14,6 +14,7 @@ and chained with ``raise ... from exc``, so callers never have to catch a depend
     ├── StoreError: a state store failed
     │   ├── StateLoadError: history could not be loaded
     │   ├── StateSaveError: messages were not stored (carries them, for a retry)
+    │   ├── WrongTypeError: a session's key holds data that chatstate did not write
     │   └── CorruptEntryError: a stored entry cannot be decoded
     │       └── UnsupportedFormatError: an entry written by a newer format version
     ├── ProviderError: the model provider failed or answered with something that is not a reply
@@ -41,6 +42,7 @@ __all__ = [
     "StateSaveError",
     "StoreError",
     "UnsupportedFormatError",
+    "WrongTypeError",
 ]
 
 
@@ -84,6 +86,10 @@ class StateSaveError(StoreError):
     ) -> None:
         super().__init__(message, session_id=session_id)
         self.messages: tuple[Message, ...] = tuple(messages)
+
+
+class WrongTypeError(StoreError):
+    """A session's key holds data of another type (not written by chatstate); it is left as is."""
 
 
 class CorruptEntryError(StoreError):

@@ -1,6 +1,20 @@
 """State stores: the protocol and the built-in implementations."""
 
+from typing import TYPE_CHECKING, Any
+
 from chatstate.stores.base import TTL, StateStore
 from chatstate.stores.memory import InMemoryStateStore
 
-__all__ = ["TTL", "InMemoryStateStore", "StateStore"]
+if TYPE_CHECKING:
+    from chatstate.stores.redis import RedisStateStore
+
+__all__ = ["TTL", "InMemoryStateStore", "RedisStateStore", "StateStore"]
+
+
+def __getattr__(name: str) -> Any:
+    # Imported on first use: the Redis store needs the `redis` extra.
+    if name == "RedisStateStore":
+        from chatstate.stores.redis import RedisStateStore
+
+        return RedisStateStore
+    raise AttributeError(f"module 'chatstate.stores' has no attribute {name!r}")
