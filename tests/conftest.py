@@ -2,10 +2,13 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+
+from .servers import LocalRedisCluster, RedisServer
 
 pytest.register_assert_rewrite("chatstate.testing")
 
@@ -62,3 +65,23 @@ def _no_network(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.setattr(socket.socket, "connect", connect)
     monkeypatch.setattr(socket.socket, "connect_ex", connect_ex)
     yield
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """A real redis-server for the whole test session; tests keep apart by key prefix."""
+    with RedisServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[LocalRedisCluster]:
+    """A real 3-master Redis Cluster for the whole test session."""
+    with LocalRedisCluster() as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def key_prefix() -> str:
+    """A prefix no other test uses, so tests sharing a server never see each other's keys."""
+    return f"test-{uuid.uuid4().hex[:12]}"

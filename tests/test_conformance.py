@@ -7,12 +7,14 @@ from dataclasses import dataclass
 
 import fakeredis
 import pytest
+from redis.asyncio import Redis, RedisCluster
 
 from chatstate import InMemoryStateStore, RedisStateStore, StateStore
 from chatstate.testing import StateStoreConformance
 
 from .conftest import FakeClock
 from .redis_time import advance_redis_time
+from .servers import LocalRedisCluster, RedisServer
 
 
 @dataclass
@@ -31,23 +33,53 @@ async def _memory() -> AsyncIterator[Backend]:
         yield Backend(store, advance)
 
 
-async def _fakeredis() -> AsyncIterator[Backend]:
-    client = fakeredis.FakeAsyncRedis()
-
+async def _redis_backend(client: Redis | RedisCluster, prefix: str) -> AsyncIterator[Backend]:
     async def advance(seconds: float) -> None:
-        await advance_redis_time(client, seconds)
+        await advance_redis_time(client, seconds, match=f"{prefix}:*")
 
-    async with RedisStateStore(client) as store:
-        yield Backend(store, advance)
-    await client.aclose()
+    try:
+        async with RedisStateStore(client, prefix=prefix) as store:
+            yield Backend(store, advance)
+    finally:
+        await client.aclose()
 
 
-BACKENDS = {"memory": _memory, "fakeredis": _fakeredis}
+async def _fakeredis(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
+    async for backend in _redis_backend(fakeredis.FakeAsyncRedis(), "test"):
+        yield backend
 
 
-@pytest.fixture(params=sorted(BACKENDS))
+async def _redis(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
+    server: RedisServer = request.getfixturevalue("redis_server")
+    client = Redis.from_url(server.url)
+    async for backend in _redis_backend(client, request.getfixturevalue("key_prefix")):
+        yield backend
+
+
+async def _cluster(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
+    cluster: LocalRedisCluster = request.getfixturevalue("redis_cluster")
+    client = RedisCluster.from_url(cluster.url)
+    await client.initialize()
+    async for backend in _redis_backend(client, request.getfixturevalue("key_prefix")):
+        yield backend
+
+
+async def _memory_backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
+    async for backend in _memory():
+        yield backend
+
+
+BACKENDS = {
+    "memory": _memory_backend,
+    "fakeredis": _fakeredis,
+    "redis": _redis,
+    "redis-cluster": _cluster,
+}
+
+
+@pytest.fixture(params=list(BACKENDS))
 async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
-    async for made in BACKENDS[request.param]():
+    async for made in BACKENDS[request.param](request):
         yield made
 
 

@@ -1,0 +1,172 @@
+"""The Redis store against real redis-server processes: round trips, sharing, the cluster."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from redis.asyncio import ConnectionPool, Redis, RedisCluster
+from redis.asyncio.connection import Connection
+
+from chatstate import (
+    Message,
+    Pipeline,
+    ProviderMiddleware,
+    RedisStateStore,
+    ScriptedProvider,
+    StateLoadError,
+    StateMiddleware,
+    StateMiddlewareConfig,
+)
+
+from .servers import LocalRedisCluster, RedisServer
+
+
+class CountingConnection(Connection):
+    """Counts the writes to the server: one per round trip, however many commands it carries."""
+
+    sent = 0
+
+    async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        CountingConnection.sent += 1
+        await super().send_packed_command(command, check_health)
+
+
+@pytest.fixture
+async def client(redis_server: RedisServer) -> AsyncIterator[Redis]:
+    client = Redis.from_url(redis_server.url)
+    yield client
+    await client.aclose()
+
+
+def _turn(index: int) -> list[Message]:
+    return [
+        Message(role="user", content=f"question {index}"),
+        Message(role="assistant", content=f"answer {index}"),
+    ]
+
+
+@pytest.mark.parametrize("sliding", [False, True], ids=["plain", "sliding ttl"])
+async def test_one_round_trip_per_load_and_per_append(
+    redis_server: RedisServer, key_prefix: str, sliding: bool
+) -> None:
+    pool = ConnectionPool(port=redis_server.port, connection_class=CountingConnection)
+    client = Redis(connection_pool=pool)
+    store = RedisStateStore(
+        client, prefix=key_prefix, sliding_ttl=timedelta(hours=1) if sliding else None
+    )
+    await store.append("warm-up", _turn(0), max_messages=20, ttl=60)  # connects, caches scripts
+    await store.load("warm-up", limit=20)
+    CountingConnection.sent = 0
+    for index in range(50):
+        await store.append(f"s{index % 5}", _turn(index), max_messages=20, ttl=60)
+    assert CountingConnection.sent == 50
+    for index in range(50):
+        await store.load(f"s{index % 5}", limit=20)
+    assert CountingConnection.sent == 100
+    await client.aclose()
+    await pool.aclose()
+
+
+async def test_scripts_are_reloaded_after_a_script_flush(client: Redis, key_prefix: str) -> None:
+    store = RedisStateStore(client, prefix=key_prefix)
+    await store.append("s", _turn(1))
+    await client.script_flush()  # as after a server restart
+    assert await store.append("s", _turn(2), max_messages=3) == 3
+    await store.save("t", _turn(3))
+    assert await store.load("t") == _turn(3)
+
+
+def _pipeline(store: RedisStateStore, **config: Any) -> Pipeline:
+    async def reply(messages: Sequence[Message]) -> str:
+        await asyncio.sleep(0)
+        return f"answer to {messages[-1].text}"
+
+    return Pipeline(
+        StateMiddleware(store, StateMiddlewareConfig(**config)),
+        ProviderMiddleware(ScriptedProvider(reply)),
+    )
+
+
+async def test_two_instances_share_one_conversation(
+    redis_server: RedisServer, key_prefix: str
+) -> None:
+    async with (
+        RedisStateStore.from_url(redis_server.url, prefix=key_prefix) as first,
+        RedisStateStore.from_url(redis_server.url, prefix=key_prefix) as second,
+    ):
+        assert first.client.connection_pool is not second.client.connection_pool  # type: ignore[union-attr]
+        one = Pipeline(StateMiddleware(first), ProviderMiddleware(ScriptedProvider()))
+        two = Pipeline(StateMiddleware(second), ProviderMiddleware(ScriptedProvider()))
+        await one.execute_with_session("user-1", "user", "My name is Alice")
+        result = await two.execute_with_session("user-1", "user", "What's my name?")
+        assert result.response.text == "Your name is Alice."
+        assert len(await first.load("user-1")) == 4
+
+
+@pytest.mark.parametrize("max_messages", [1000, 10])
+async def test_concurrent_turns_on_one_session_from_two_instances(
+    redis_server: RedisServer, key_prefix: str, max_messages: int
+) -> None:
+    async with (
+        RedisStateStore.from_url(redis_server.url, prefix=key_prefix) as first,
+        RedisStateStore.from_url(redis_server.url, prefix=key_prefix) as second,
+    ):
+        pipes = [
+            _pipeline(store, max_messages=max_messages, ttl=timedelta(minutes=10))
+            for store in (first, second)
+        ]
+        await asyncio.gather(
+            *(pipes[i % 2].execute_with_session("shared", "user", f"q{i}") for i in range(100))
+        )
+        history = await first.load("shared")
+        assert len(history) == min(200, max_messages)  # none lost, the bound respected
+        for question, answer in zip(history[::2], history[1::2], strict=True):
+            assert question.role == "user"  # every turn whole: its reply right after it
+            assert answer.text == f"answer to {question.text}"
+        if max_messages >= 200:
+            assert {m.text for m in history[::2]} == {f"q{i}" for i in range(100)}
+        assert 0 < await first.client.pttl(first.key("shared")) <= 600_000  # type: ignore[misc]
+
+
+async def test_a_many_session_workload_across_the_cluster(
+    redis_cluster: LocalRedisCluster, key_prefix: str
+) -> None:
+    client = RedisCluster.from_url(redis_cluster.url)
+    await client.initialize()
+    store = RedisStateStore(client, prefix=key_prefix)
+    pipe = _pipeline(store, max_messages=6, ttl=timedelta(minutes=5))
+    sessions = [f"user-{index}" for index in range(150)]
+    for round_ in range(3):
+        await asyncio.gather(
+            *(pipe.execute_with_session(sid, "user", f"{sid}/{round_}") for sid in sessions)
+        )
+    for sid in sessions:
+        history = await store.load(sid)
+        assert [m.text for m in history[::2]] == [f"{sid}/{r}" for r in range(3)]
+    slots = {client.keyslot(store.key(sid)) for sid in sessions}
+    nodes = {client.get_node_from_key(store.key(sid)).name for sid in sessions}
+    assert len(slots) > 100 and len(nodes) == 3  # the sessions really are spread out
+    await client.aclose()
+
+
+async def test_acl_credentials_in_the_url(redis_server: RedisServer, client: Redis) -> None:
+    await client.acl_setuser(
+        "chatstate-test", enabled=True, passwords=["+s3cret"], keys=["*"], commands=["+@all"]
+    )
+    try:
+        url = f"redis://chatstate-test:s3cret@127.0.0.1:{redis_server.port}/0"
+        async with RedisStateStore.from_url(url, prefix="acl") as store:
+            await store.append("s", _turn(1))
+            assert await store.load("s") == _turn(1)
+            await store.delete("s")
+        bad = f"redis://chatstate-test:wrong@127.0.0.1:{redis_server.port}/0"
+        async with RedisStateStore.from_url(bad, prefix="acl") as store:
+            with pytest.raises(StateLoadError, match="Authentication") as caught:
+                await store.load("s")
+            assert "wrong" not in str(caught.value)
+    finally:
+        await client.acl_deluser("chatstate-test")
