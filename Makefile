@@ -43,8 +43,10 @@ unit: $(VENV)/.installed-dev redis-server
 
 test: lint typecheck unit
 
-bench: $(VENV)/.installed-dev
-	$(BIN)/python benchmarks/bench_memory.py $(ARGS)
+# ARGS="--quick" for a smoke run; the Redis part starts its own throw-away redis-server.
+bench: $(VENV)/.installed-dev redis-server
+	$(BIN)/python benchmarks/memory_store.py $(ARGS)
+	$(BIN)/python benchmarks/redis_store.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

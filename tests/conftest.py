@@ -8,9 +8,10 @@ from typing import Any
 
 import pytest
 
-from .servers import LocalRedisCluster, RedisServer
-
+# Before anything imports chatstate.testing, so that its assertions explain their failures.
 pytest.register_assert_rewrite("chatstate.testing")
+
+from chatstate.testing.redis_server import LocalRedisCluster, RedisServer  # noqa: E402
 
 
 class FakeClock:

@@ -11,10 +11,10 @@ from redis.asyncio import Redis, RedisCluster
 
 from chatstate import InMemoryStateStore, RedisStateStore, StateStore
 from chatstate.testing import StateStoreConformance
+from chatstate.testing.redis_server import LocalRedisCluster, RedisServer
 
 from .conftest import FakeClock
 from .redis_time import advance_redis_time
-from .servers import LocalRedisCluster, RedisServer
 
 
 @dataclass

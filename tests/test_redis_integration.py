@@ -21,8 +21,7 @@ from chatstate import (
     StateMiddleware,
     StateMiddlewareConfig,
 )
-
-from .servers import LocalRedisCluster, RedisServer
+from chatstate.testing.redis_server import LocalRedisCluster, RedisServer
 
 
 class CountingConnection(Connection):

@@ -8,6 +8,7 @@ from datetime import timedelta
 from chatstate.errors import ConfigurationError, InvalidSessionIdError
 
 MAX_SESSION_ID_LENGTH = 256
+_INFINITY = float("inf")
 
 # C0 and C1 control characters, DEL, and lone surrogates (which cannot be encoded as UTF-8).
 _FORBIDDEN = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
@@ -66,6 +67,10 @@ def check_ttl(ttl: object, *, name: str = "ttl") -> float | None:
     """Normalise a time to live to seconds: a positive timedelta or number, or None for never."""
     if ttl is None:
         return None
+    if type(ttl) is int or type(ttl) is float:  # the common case, without the slower checks
+        if 0 < ttl < _INFINITY:
+            return float(ttl)
+        raise ConfigurationError(f"{name} must be positive and finite, got {ttl!r}")
     if isinstance(ttl, timedelta):
         seconds = ttl.total_seconds()
     elif isinstance(ttl, int | float) and not isinstance(ttl, bool):

@@ -209,7 +209,17 @@ class Message(_Frozen):
 
 def as_messages(messages: Iterable[Message]) -> list[Message]:
     """Check that ``messages`` is a sequence of :class:`Message` and return it as a new list."""
-    if isinstance(messages, str | bytes | Message | Mapping) or not isinstance(messages, Iterable):
+    kind = type(messages)
+    if kind is list or kind is tuple:  # the common case, without the slower ABC checks
+        result = list(messages)
+        for item in result:
+            if type(item) is not Message:
+                break
+        else:
+            return result
+    elif isinstance(messages, str | bytes | Message | Mapping) or not isinstance(
+        messages, Iterable
+    ):
         raise InvalidMessageError(
             f"expected a sequence of chatstate.Message, got {type(messages).__name__}"
         )

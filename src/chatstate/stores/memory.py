@@ -119,7 +119,8 @@ class InMemoryStateStore(StateStore):
         max_messages: int | None = None,
         ttl: TTL = None,
     ) -> int:
-        session_id = check_session_id(session_id)
+        if session_id not in self._sessions:  # stored ids were checked when first written
+            session_id = check_session_id(session_id)
         new = as_messages(messages)
         bound = check_max_messages(max_messages)
         seconds = check_ttl(ttl)

@@ -1,14 +1,20 @@
-"""Throw-away redis-server processes for the tests: one server, or a 3-master cluster.
+"""Throw-away redis-server processes for tests and benchmarks: one server, or a 3-master cluster.
 
-Each runs on a free loopback port in its own directory and is stopped by the test that started it
-(atexit kills any survivor). A missing redis-server binary is an error, never a skip: `make test`
-installs it.
+Each runs on a free loopback port in its own temporary directory and is stopped by whoever started
+it (atexit kills any survivor). A missing redis-server binary is an error, never a skip (Debian and
+Ubuntu: ``apt-get install redis-server``)::
+
+    with RedisServer() as server:          # or RedisServer("--appendonly", "yes").start()
+        store = RedisStateStore.from_url(server.url)
+        ...
+        server.kill(); server.restart()    # faults: SIGKILL, SIGSTOP (pause/resume), restart
 """
 
 from __future__ import annotations
 
 import atexit
 import contextlib
+import functools
 import os
 import shutil
 import signal
@@ -16,6 +22,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -33,7 +40,10 @@ def _kill_survivors() -> None:
 def redis_binary(name: str = "redis-server") -> str:
     path = shutil.which(name)
     if path is None:
-        raise RuntimeError(f"{name} is not installed: run `make test`, which installs it")
+        raise RuntimeError(
+            f"{name} is not installed (Debian: apt-get install redis-server; in this repository "
+            "`make test` installs it)"
+        )
     return path
 
 
@@ -61,10 +71,12 @@ def find_free_port(*, cluster_bus: bool = False) -> int:
     raise RuntimeError("no free port found")
 
 
-def _wait_for(predicate: object, timeout: float, what: str, log: Path | None = None) -> None:
+def _wait_for(
+    predicate: Callable[[], bool], timeout: float, what: str, log: Path | None = None
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
+        if predicate():
             return
         time.sleep(0.02)
     tail = log.read_text(errors="replace")[-2000:] if log is not None and log.exists() else ""
@@ -229,7 +241,7 @@ class LocalRedisCluster:
             )
         for node in self.nodes:
             _wait_for(
-                lambda port=node.port: _cluster_ok(port),  # type: ignore[misc]
+                functools.partial(_cluster_ok, node.port),
                 timeout,
                 f"cluster node {node.port} did not reach cluster_state:ok",
                 node.log,
