@@ -106,6 +106,8 @@ def test_tool_call_arguments_are_json_text_and_accept_a_dict() -> None:
         ({"role": "user", "content": "x", "extra": 1}, "extra"),
         ({"role": "user", "content": 42}, "content"),
         ({"role": "user", "content": "x", "metadata": {"k": object()}}, "metadata"),
+        ({"role": "user", "content": "x", "metadata": {"k": [float("inf")]}}, "JSON number"),
+        ({"role": "user", "content": "x", "metadata": {"k": float("nan")}}, "JSON number"),
         ({"role": "user", "content": [{"type": "video", "url": "x"}]}, "content"),
     ],
 )
@@ -182,7 +184,11 @@ def test_decode_entries_skips_or_raises_by_policy() -> None:
 
 
 _json = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(),
     lambda children: (
         st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=5), children, max_size=3)
     ),

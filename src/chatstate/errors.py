@@ -15,6 +15,7 @@ and chained with ``raise ... from exc``, so callers never have to catch a depend
     │   ├── StateLoadError: history could not be loaded
     │   ├── StateSaveError: messages were not stored (carries them, for a retry)
     │   ├── WrongTypeError: a session's key holds data that chatstate did not write
+    │   ├── LeaseTimeoutError: another instance held a session's lease for too long
     │   └── CorruptEntryError: a stored entry cannot be decoded
     │       └── UnsupportedFormatError: an entry written by a newer format version
     ├── ProviderError: the model provider failed or answered with something that is not a reply
@@ -36,6 +37,7 @@ __all__ = [
     "InvalidInputError",
     "InvalidMessageError",
     "InvalidSessionIdError",
+    "LeaseTimeoutError",
     "PipelineError",
     "ProviderError",
     "StateLoadError",
@@ -90,6 +92,11 @@ class StateSaveError(StoreError):
 
 class WrongTypeError(StoreError):
     """A session's key holds data of another type (not written by chatstate); it is left as is."""
+
+
+class LeaseTimeoutError(StoreError):
+    """A session's turn lease could not be taken in time: another turn of the session (perhaps in
+    another instance) held it all along."""
 
 
 class CorruptEntryError(StoreError):

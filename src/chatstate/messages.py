@@ -14,6 +14,7 @@ format it does not know.
 from __future__ import annotations
 
 import json
+import math
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from types import MappingProxyType
@@ -65,6 +66,9 @@ def _freeze(value: Any) -> Any:
         return MappingProxyType({key: _freeze(item) for key, item in value.items()})
     if isinstance(value, list | tuple):
         return tuple(_freeze(item) for item in value)
+    if isinstance(value, float) and not math.isfinite(value):
+        # JSON has no infinity or NaN: stored, it would come back as null.
+        raise ValueError(f"metadata must be JSON, and {value} is not a JSON number")
     return value
 
 

@@ -12,7 +12,7 @@ from chatstate._checks import check_max_messages, check_ttl
 from chatstate._locks import KeyedLock
 from chatstate.errors import ChatStateError, ConfigurationError, StateLoadError, StateSaveError
 from chatstate.pipeline import CallNext, RequestContext
-from chatstate.stores.base import StateStore
+from chatstate.stores.base import SessionLeases, StateStore
 
 __all__ = ["StateMiddleware", "StateMiddlewareConfig"]
 
@@ -33,12 +33,20 @@ class StateMiddlewareConfig:
       :class:`~chatstate.errors.StateLoadError`.
     - ``lock``: serialise concurrent turns of one session in this process, so turns never
       interleave (on by default).
+    - ``lease_ttl``: also serialise turns of one session across every instance sharing the store,
+      with the store's lease (the Redis store: SET NX PX with a token, renewed while held,
+      released only by its owner). A lease whose holder died frees itself after ``lease_ttl``.
+      ``None`` (the default) turns it off.
+    - ``lease_timeout``: how long a turn waits for the lease before it raises
+      :class:`~chatstate.errors.LeaseTimeoutError`.
     """
 
     max_messages: int = 20
     ttl: timedelta | None = None
     on_load_error: LoadErrorPolicy = "continue"
     lock: bool = True
+    lease_ttl: timedelta | None = None
+    lease_timeout: timedelta = timedelta(seconds=30)
 
     def __post_init__(self) -> None:
         check_max_messages(self.max_messages)
@@ -53,6 +61,11 @@ class StateMiddlewareConfig:
             )
         if not isinstance(self.lock, bool):
             raise ConfigurationError(f"lock must be a bool, got {type(self.lock).__name__}")
+        for name in ("lease_ttl", "lease_timeout"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, timedelta):
+                raise ConfigurationError(f"{name} must be a timedelta, got {type(value).__name__}")
+            check_ttl(value, name=name)
 
 
 class StateMiddleware:
@@ -65,6 +78,7 @@ class StateMiddleware:
     """
 
     __slots__ = (
+        "_lease",
         "_limit",
         "_locks",
         "_raise_on_load_error",
@@ -87,6 +101,13 @@ class StateMiddleware:
         self._ttl = config.ttl
         self._raise_on_load_error = config.on_load_error == "raise"
         self._locks = KeyedLock() if config.lock else None
+        self._lease: tuple[float, float] | None = None
+        if config.lease_ttl is not None:
+            if not isinstance(store, SessionLeases):
+                raise ConfigurationError(
+                    f"lease_ttl needs a store with leases; {type(store).__name__} has no lease()"
+                )
+            self._lease = (config.lease_ttl.total_seconds(), config.lease_timeout.total_seconds())
         self.load_errors = 0
         """Loads that failed (and, with ``on_load_error="continue"``, were replaced by [])."""
 
@@ -106,6 +127,14 @@ class StateMiddleware:
             locks.release(session_id)
 
     async def _run(self, context: RequestContext, call_next: CallNext) -> None:
+        if self._lease is None:
+            await self._turn(context, call_next)
+            return
+        ttl, timeout = self._lease
+        async with self.store.lease(context.session_id, ttl=ttl, timeout=timeout):  # type: ignore[attr-defined]
+            await self._turn(context, call_next)
+
+    async def _turn(self, context: RequestContext, call_next: CallNext) -> None:
         session_id = context.session_id
         started = time.perf_counter()
         try:

@@ -2,13 +2,13 @@
 
 from typing import TYPE_CHECKING, Any
 
-from chatstate.stores.base import TTL, StateStore
+from chatstate.stores.base import TTL, SessionLeases, StateStore
 from chatstate.stores.memory import InMemoryStateStore
 
 if TYPE_CHECKING:
     from chatstate.stores.redis import RedisStateStore
 
-__all__ = ["TTL", "InMemoryStateStore", "RedisStateStore", "StateStore"]
+__all__ = ["TTL", "InMemoryStateStore", "RedisStateStore", "SessionLeases", "StateStore"]
 
 
 def __getattr__(name: str) -> Any:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
 from datetime import timedelta
 from types import TracebackType
 from typing import Protocol, Self, TypeAlias, runtime_checkable
 
 from chatstate.messages import Message
 
-__all__ = ["TTL", "StateStore"]
+__all__ = ["TTL", "SessionLeases", "StateStore"]
 
 TTL: TypeAlias = timedelta | float | None
 """A time to live: a timedelta, a number of seconds, or None for never."""
@@ -72,3 +73,18 @@ class StateStore(Protocol):
         tb: TracebackType | None,
     ) -> None:
         await self.aclose()
+
+
+@runtime_checkable
+class SessionLeases(Protocol):
+    """A store that can serialise the turns of a session across processes (optional).
+
+    ``async with store.lease(session_id, ttl=30, timeout=10):`` holds the session's lease: no other
+    holder, in any process sharing the store, gets it until it is released or, if its holder died,
+    until ``ttl`` seconds pass without renewal. It is renewed while held. Raises
+    :class:`~chatstate.errors.LeaseTimeoutError` when not taken within ``timeout`` seconds.
+    """
+
+    def lease(
+        self, session_id: str, *, ttl: float, timeout: float
+    ) -> AbstractAsyncContextManager[None]: ...

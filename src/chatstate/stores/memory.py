@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import time
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 
 from chatstate._checks import check_limit, check_max_messages, check_session_id, check_ttl
-from chatstate.errors import ConfigurationError
+from chatstate._locks import KeyedLock
+from chatstate.errors import ConfigurationError, LeaseTimeoutError
 from chatstate.messages import Message, as_messages
 from chatstate.stores.base import TTL, StateStore
 
@@ -65,6 +67,7 @@ class InMemoryStateStore(StateStore):
         self._sweep_interval = sweep_interval
         self._clock = clock
         self._sweeper: asyncio.Task[None] | None = None
+        self._leases = KeyedLock()
         self._closed = False
         self.evictions = 0
         """Sessions evicted because ``max_sessions`` was reached."""
@@ -141,6 +144,26 @@ class InMemoryStateStore(StateStore):
             return False
         del self._sessions[session_id]
         return True
+
+    @contextlib.asynccontextmanager
+    async def lease(self, session_id: str, *, ttl: float, timeout: float) -> AsyncIterator[None]:
+        """Hold the session's turn lease (see :class:`~chatstate.stores.base.SessionLeases`). In
+        one process a lock is all it takes, so ``ttl`` is not needed: a holder that dies (its task
+        ends) releases it."""
+        session_id = check_session_id(session_id)
+        check_ttl(ttl, name="ttl")
+        try:
+            await asyncio.wait_for(self._leases.acquire(session_id), timeout=max(0.0, timeout))
+        except TimeoutError:
+            raise LeaseTimeoutError(
+                f"the lease of session {session_id!r} was held by another turn for more than "
+                f"{timeout:g} s",
+                session_id=session_id,
+            ) from None
+        try:
+            yield
+        finally:
+            self._leases.release(session_id)
 
     async def sweep(self) -> int:
         """Reclaim every expired session now and return how many; yields between chunks."""

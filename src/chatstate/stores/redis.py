@@ -27,6 +27,7 @@ from chatstate.errors import (
     WrongTypeError,
 )
 from chatstate.messages import Message, as_messages, decode_entries, encode_entry
+from chatstate.stores._redis_lease import RELEASE, RENEW, RedisLease
 from chatstate.stores.base import TTL, StateStore
 
 try:
@@ -114,6 +115,8 @@ class _Script:
 _APPEND_SCRIPT = _Script(_APPEND)
 _SAVE_SCRIPT = _Script(_SAVE)
 _LOAD_AND_TOUCH_SCRIPT = _Script(_LOAD_AND_TOUCH)
+_RENEW_SCRIPT = _Script(RENEW)
+_RELEASE_SCRIPT = _Script(RELEASE)
 
 
 def _ms(seconds: float | None) -> int:
@@ -220,9 +223,23 @@ class RedisStateStore(StateStore):
         kind = "cluster" if isinstance(self.client, RedisCluster) else "redis"
         return f"RedisStateStore({kind}, prefix={self.prefix!r})"
 
-    def key(self, session_id: str) -> str:
-        """The Redis key of a session's history."""
-        return f"{self.prefix}:{{{check_session_id(session_id).translate(_ESCAPES)}}}:messages"
+    def key(self, session_id: str, kind: str = "messages") -> str:
+        """The Redis key of a session's history (or of its ``lease``)."""
+        return f"{self.prefix}:{{{check_session_id(session_id).translate(_ESCAPES)}}}:{kind}"
+
+    def lease(self, session_id: str, *, ttl: float, timeout: float) -> RedisLease:
+        """Hold the session's turn lease across every instance sharing this Redis (see
+        :class:`~chatstate.stores.base.SessionLeases`): ``async with store.lease(id, ttl=30,
+        timeout=10):``. Used by ``StateMiddlewareConfig(lease_ttl=...)``."""
+        return RedisLease(
+            self.client,
+            self.key(session_id, "lease"),
+            session_id,
+            ttl=check_ttl(ttl, name="ttl") or 0,
+            timeout=max(0.0, float(timeout)),
+            renew=_RENEW_SCRIPT,
+            release=_RELEASE_SCRIPT,
+        )
 
     async def load(self, session_id: str, *, limit: int | None = None) -> list[Message]:
         key = self.key(session_id)

@@ -1,0 +1,155 @@
+"""Turns of one session serialised across instances by the store's lease."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Sequence
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from redis.asyncio import Redis
+
+from chatstate import (
+    ConfigurationError,
+    InMemoryStateStore,
+    LeaseTimeoutError,
+    Message,
+    Pipeline,
+    ProviderMiddleware,
+    RedisStateStore,
+    ScriptedProvider,
+    StateMiddleware,
+    StateMiddlewareConfig,
+)
+from chatstate.stores._redis_lease import RELEASE
+from chatstate.testing import RedisServer
+
+
+@pytest.fixture
+async def stores(
+    redis_server: RedisServer, key_prefix: str
+) -> AsyncIterator[list[RedisStateStore]]:
+    """Two stores on two connection pools: two app instances."""
+    async with (
+        RedisStateStore.from_url(redis_server.url, prefix=key_prefix) as first,
+        RedisStateStore.from_url(redis_server.url, prefix=key_prefix) as second,
+    ):
+        yield [first, second]
+
+
+async def _concurrent_turns(pipes: Sequence[Pipeline], turns: int = 40) -> None:
+    await asyncio.gather(
+        *(
+            pipes[index % len(pipes)].execute_with_session("shared", "user", f"q{index}")
+            for index in range(turns)
+        )
+    )
+
+
+def _recording_provider(seen: list[int]) -> ScriptedProvider:
+    async def reply(messages: Sequence[Message]) -> str:
+        seen.append(len(messages) - 1)  # how much history this turn was given
+        await asyncio.sleep(0.001)
+        return "ok"
+
+    return ScriptedProvider(reply)
+
+
+@pytest.mark.parametrize("lease", [True, False], ids=["with lease", "without lease"])
+async def test_turns_from_two_instances_are_serialised_by_the_lease(
+    stores: list[RedisStateStore], lease: bool
+) -> None:
+    seen: list[int] = []
+    config = StateMiddlewareConfig(
+        max_messages=-1, lease_ttl=timedelta(seconds=5) if lease else None
+    )
+    pipes = [
+        Pipeline(StateMiddleware(store, config), ProviderMiddleware(_recording_provider(seen)))
+        for store in stores
+    ]
+    await _concurrent_turns(pipes)
+    if lease:
+        assert seen == list(range(0, 80, 2))  # every turn saw every turn before it
+    else:
+        assert seen != list(range(0, 80, 2))  # the race the lease prevents: stale histories
+    assert len(await stores[0].load("shared")) == 80  # appends are atomic either way
+
+
+async def test_a_lease_whose_holder_died_expires_and_is_taken_over(
+    stores: list[RedisStateStore],
+) -> None:
+    store = stores[0]
+    client: Redis = store.client  # type: ignore[assignment]
+    await client.set(store.key("s", "lease"), "token-of-a-dead-instance", px=300)
+    started = time.monotonic()
+    async with store.lease("s", ttl=5, timeout=5):
+        waited = time.monotonic() - started
+        assert 0.2 < waited < 3
+        assert await client.get(store.key("s", "lease")) != b"token-of-a-dead-instance"
+
+
+async def test_a_lease_is_never_released_by_another_than_its_owner(
+    stores: list[RedisStateStore],
+) -> None:
+    first, second = stores
+    client: Redis = first.client  # type: ignore[assignment]
+    key = first.key("s", "lease")
+    async with first.lease("s", ttl=5, timeout=1):
+        assert await client.eval(RELEASE, 1, key, "not-the-token") == 0  # type: ignore[misc]
+        with pytest.raises(LeaseTimeoutError, match="'s'"):
+            async with second.lease("s", ttl=5, timeout=0.2):
+                pass
+    # A holder whose lease expired and was taken over leaves the new holder's lease alone.
+    stale = first.lease("s", ttl=0.2, timeout=1)
+    await stale.__aenter__()
+    stale._renewer.cancel()  # type: ignore[union-attr]  # as if the process stalled
+    await asyncio.sleep(0.3)
+    async with second.lease("s", ttl=5, timeout=1):
+        await stale.__aexit__(None, None, None)
+        assert await client.exists(key) == 1
+    assert await client.exists(key) == 0
+
+
+async def test_a_held_lease_is_renewed(stores: list[RedisStateStore]) -> None:
+    store = stores[0]
+    client: Redis = store.client  # type: ignore[assignment]
+    async with store.lease("s", ttl=0.3, timeout=1):
+        await asyncio.sleep(0.8)  # well past the ttl
+        assert await client.exists(store.key("s", "lease")) == 1
+        with pytest.raises(LeaseTimeoutError):
+            async with stores[1].lease("s", ttl=0.3, timeout=0.1):
+                pass
+
+
+async def test_the_in_memory_store_has_a_lease_too() -> None:
+    store = InMemoryStateStore()
+    seen: list[int] = []
+    config = StateMiddlewareConfig(max_messages=-1, lock=False, lease_ttl=timedelta(seconds=5))
+    pipes = [
+        Pipeline(StateMiddleware(store, config), ProviderMiddleware(_recording_provider(seen)))
+        for _ in range(2)
+    ]
+    await _concurrent_turns(pipes)
+    assert seen == list(range(0, 80, 2))
+    async with store.lease("s", ttl=5, timeout=1):
+        with pytest.raises(LeaseTimeoutError):
+            async with store.lease("s", ttl=5, timeout=0.05):
+                pass
+    assert len(store._leases) == 0
+
+
+def test_a_lease_needs_a_store_that_has_one() -> None:
+    class NoLeases:
+        async def load(self, session_id: str, *, limit: int | None = None) -> list[Message]:
+            return []
+
+        async def append(self, session_id: str, messages: Any, **options: Any) -> int:
+            return 0
+
+    with pytest.raises(ConfigurationError, match="lease"):
+        StateMiddleware(NoLeases(), StateMiddlewareConfig(lease_ttl=timedelta(seconds=5)))  # type: ignore[arg-type]
+    for bad in ({"lease_ttl": 5}, {"lease_timeout": timedelta(0)}):
+        with pytest.raises(ConfigurationError):
+            StateMiddlewareConfig(**bad)  # type: ignore[arg-type]
