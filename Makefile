@@ -23,12 +23,18 @@ $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 demo: $(VENV)/.installed
 	$(BIN)/python examples/basic_conversation.py
 
-# The Redis tests start their own redis-server processes; install the server where it is missing.
+# The Redis tests start their own redis-server processes (and make a TLS certificate with
+# openssl); install what is missing from Debian's packages.
 redis-server:
-	@command -v redis-server >/dev/null || { \
-	  echo "installing redis-server (Debian package)"; \
+	@missing=""; \
+	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
+	command -v openssl >/dev/null || missing="$$missing openssl"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing$$missing (Debian packages)"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq redis-server >/dev/null; }
+	  $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+	fi
 	@command -v redis-server >/dev/null || { echo "redis-server could not be installed" >&2; exit 1; }
 
 lint: $(VENV)/.installed-dev

@@ -12,16 +12,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import platform
 import statistics
-import sys
 import time
 import tracemalloc
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
 from typing import Any
+
+from common import PAYLOAD, conversation, environment, percentile, publish
 
 from chatstate import (
     InMemoryStateStore,
@@ -34,8 +32,6 @@ from chatstate import (
 
 Op = Callable[[int], Awaitable[object]]
 
-PAYLOAD = "x" * 200  # a 200-byte message, as in DESIGN.md section 4
-
 
 @dataclass
 class Result:
@@ -47,11 +43,6 @@ class Result:
     ratio: float
     target: str
     ok: bool | None
-
-
-def _percentile(samples: Sequence[float], fraction: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
 async def _time_batch(op: Op, batch: int) -> float:
@@ -79,18 +70,13 @@ async def compare(
     return Result(
         scenario=name,
         ours_p50_us=ours_p50,
-        ours_p99_us=_percentile(ours_samples, 0.99),
+        ours_p99_us=percentile(ours_samples, 0.99),
         floor_p50_us=floor_p50,
-        floor_p99_us=_percentile(floor_samples, 0.99),
+        floor_p99_us=percentile(floor_samples, 0.99),
         ratio=ratio,
         target=unit,
         ok=None if target is None else ratio <= target,
     )
-
-
-def _history(count: int) -> list[Message]:
-    roles = ("user", "assistant")
-    return [Message(role=roles[index % 2], content=PAYLOAD) for index in range(count)]
 
 
 class InstantProvider:
@@ -108,8 +94,8 @@ async def _load_scenario(stored: int, *, rounds: int, batch: int) -> Result:
     plain: dict[str, list[Message]] = {}
     sessions = [f"session-{index}" for index in range(100)]
     for session_id in sessions:
-        await store.save(session_id, _history(stored))
-        plain[session_id] = _history(stored)
+        await store.save(session_id, conversation(stored))
+        plain[session_id] = conversation(stored)
 
     async def ours(index: int) -> object:
         return await store.load(sessions[index % 100], limit=20)
@@ -131,7 +117,7 @@ async def _load_scenario(stored: int, *, rounds: int, batch: int) -> Result:
 async def _append_scenario(*, rounds: int, batch: int) -> Result:
     store = InMemoryStateStore()
     plain: dict[str, list[Message]] = {}
-    turn = _history(2)
+    turn = conversation(2)
     sessions = [f"session-{index}" for index in range(100)]
 
     async def ours(index: int) -> object:
@@ -212,13 +198,13 @@ async def _memory_scenario(sessions: int) -> dict[str, float]:
     async def fill_store() -> object:
         store = InMemoryStateStore(max_sessions=None)
         for index in range(sessions):
-            await store.append(f"session-{index}", _history(20), max_messages=20, ttl=3600)
+            await store.append(f"session-{index}", conversation(20), max_messages=20, ttl=3600)
         return store
 
     async def fill_plain() -> object:
         plain: dict[str, list[Message]] = {}
         for index in range(sessions):
-            plain[f"session-{index}"] = _history(20)
+            plain[f"session-{index}"] = conversation(20)
         return plain
 
     ours, _ = await measure(fill_store)
@@ -238,13 +224,9 @@ async def run(*, quick: bool, rounds: int | None = None) -> dict[str, Any]:
     ]
     memory = await _memory_scenario(1000 if quick else 10_000)
     return {
-        "benchmark": "in-memory",
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "python": sys.version.split()[0],
-        "platform": platform.platform(),
+        **environment("in-memory"),
         "rounds": rounds,
         "batch": batch,
-        "message_bytes": len(PAYLOAD),
         "results": [asdict(result) for result in results],
         "memory": memory,
     }
@@ -279,10 +261,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--json", metavar="PATH", help="write every figure to this JSON file")
     args = parser.parse_args(argv)
     report = asyncio.run(run(quick=args.quick, rounds=args.rounds))
-    print(format_table(report))
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as file:
-            json.dump(report, file, indent=2)
+    publish(format_table(report), report, args.json)
     return report
 
 

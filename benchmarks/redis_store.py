@@ -15,22 +15,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import platform
 import statistics
-import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import UTC, datetime
 from typing import Any
 
+from common import PAYLOAD, conversation, environment, percentile, publish
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.connection import Connection
 
 from chatstate import Message, RedisStateStore
 from chatstate.testing import RedisServer
 
-PAYLOAD = "x" * 200
 TTL_SECONDS = 3600
 
 
@@ -47,13 +43,8 @@ class CountingConnection(Connection):
 Turn = Callable[[str], Awaitable[tuple[float, float]]]
 
 
-def _messages(count: int) -> list[Message]:
-    roles = ("user", "assistant")
-    return [Message(role=roles[index % 2], content=PAYLOAD) for index in range(count)]
-
-
 def _ours(store: RedisStateStore) -> Turn:
-    new = _messages(2)
+    new = conversation(2)
 
     async def turn(session_id: str) -> tuple[float, float]:
         started = time.perf_counter()
@@ -66,7 +57,7 @@ def _ours(store: RedisStateStore) -> Turn:
 
 
 def _floor(client: Redis, prefix: str) -> Turn:
-    new = _messages(2)
+    new = conversation(2)
 
     async def turn(session_id: str) -> tuple[float, float]:
         key = f"{prefix}:{{{session_id}}}:messages"
@@ -102,17 +93,12 @@ async def _round(turn: Turn, sessions: int, turns: int, tag: str) -> dict[str, A
     total = sessions * turns
     return {
         "turns_per_s": total / elapsed,
-        "load_p50_ms": _percentile(loads, 0.5) * 1000,
-        "load_p99_ms": _percentile(loads, 0.99) * 1000,
-        "append_p50_ms": _percentile(appends, 0.5) * 1000,
-        "append_p99_ms": _percentile(appends, 0.99) * 1000,
+        "load_p50_ms": percentile(loads, 0.5) * 1000,
+        "load_p99_ms": percentile(loads, 0.99) * 1000,
+        "append_p50_ms": percentile(appends, 0.5) * 1000,
+        "append_p99_ms": percentile(appends, 0.99) * 1000,
         "round_trips_per_turn": (CountingConnection.sent - sent_before) / total,
     }
-
-
-def _percentile(samples: Sequence[float], fraction: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
 def _median_of(rounds: list[dict[str, Any]]) -> dict[str, float]:
@@ -121,7 +107,7 @@ def _median_of(rounds: list[dict[str, Any]]) -> dict[str, float]:
 
 async def _bytes_per_message(client: Redis, store: RedisStateStore) -> dict[str, float]:
     session_id = "memory-probe"
-    await store.save(session_id, _messages(20))
+    await store.save(session_id, conversation(20))
     used = await client.memory_usage(store.key(session_id), samples=0)
     await store.delete(session_id)
     per_message = (used or 0) / 20
@@ -171,10 +157,7 @@ async def run(
         await client.aclose()
         await pool.aclose()
     return {
-        "benchmark": "redis",
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "python": sys.version.split()[0],
-        "platform": platform.platform(),
+        **environment("redis"),
         "max_connections": max_connections,
         "repeats": repeats,
         "scenarios": scenarios,
@@ -239,10 +222,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     else:
         with RedisServer() as server:
             report = go(server.url)
-    print(format_table(report))
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as file:
-            json.dump(report, file, indent=2)
+    publish(format_table(report), report, args.json)
     return report
 
 

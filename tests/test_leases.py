@@ -10,6 +10,8 @@ from typing import Any
 
 import pytest
 from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 from chatstate import (
     ConfigurationError,
@@ -22,6 +24,7 @@ from chatstate import (
     ScriptedProvider,
     StateMiddleware,
     StateMiddlewareConfig,
+    StoreError,
 )
 from chatstate.stores._redis_lease import RELEASE
 from chatstate.testing import RedisServer
@@ -153,3 +156,12 @@ def test_a_lease_needs_a_store_that_has_one() -> None:
     for bad in ({"lease_ttl": 5}, {"lease_timeout": timedelta(0)}):
         with pytest.raises(ConfigurationError):
             StateMiddlewareConfig(**bad)  # type: ignore[arg-type]
+
+
+async def test_a_lease_on_an_unreachable_server_raises_a_store_error() -> None:
+    client = Redis(port=1, socket_connect_timeout=0.5, retry=Retry(NoBackoff(), 0))
+    store = RedisStateStore(client)
+    with pytest.raises(StoreError, match="lease of session 's'"):
+        async with store.lease("s", ttl=5, timeout=1):
+            pass
+    await client.aclose()

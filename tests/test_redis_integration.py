@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+import subprocess
+from collections.abc import AsyncIterator, Iterator, Sequence
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,7 +23,7 @@ from chatstate import (
     StateMiddleware,
     StateMiddlewareConfig,
 )
-from chatstate.testing.redis_server import LocalRedisCluster, RedisServer
+from chatstate.testing.redis_server import LocalRedisCluster, RedisServer, find_free_port
 
 
 class CountingConnection(Connection):
@@ -169,3 +171,59 @@ async def test_acl_credentials_in_the_url(redis_server: RedisServer, client: Red
             assert "wrong" not in str(caught.value)
     finally:
         await client.acl_deluser("chatstate-test")
+
+
+@pytest.fixture(scope="module")
+def tls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RedisServer, int, Path]]:
+    """A redis-server that also listens with TLS, with a self-signed certificate for 127.0.0.1."""
+    certs = tmp_path_factory.mktemp("tls")
+    cert, key = certs / "cert.pem", certs / "key.pem"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    tls_port = find_free_port()
+    with RedisServer(
+        "--tls-port",
+        str(tls_port),
+        "--tls-cert-file",
+        str(cert),
+        "--tls-key-file",
+        str(key),
+        "--tls-ca-cert-file",
+        str(cert),
+        "--tls-auth-clients",
+        "no",
+    ) as server:
+        yield server, tls_port, cert
+
+
+async def test_tls_with_rediss_urls(tls_server: tuple[RedisServer, int, Path]) -> None:
+    _, port, cert = tls_server
+    url = f"rediss://127.0.0.1:{port}/0"
+    async with RedisStateStore.from_url(url, ssl_ca_certs=str(cert)) as store:
+        await store.append("s", _turn(1), ttl=60)
+        assert await store.load("s") == _turn(1)
+    async with RedisStateStore.from_url(url) as untrusting:  # the system CAs do not know it
+        with pytest.raises(StateLoadError, match="certificate"):
+            await untrusting.load("s")

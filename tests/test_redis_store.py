@@ -165,6 +165,7 @@ async def test_the_client_must_return_bytes() -> None:
         {"on_corrupt": "ignore"},
         {"compress_over": -1},
         {"sliding_ttl": -5},
+        {"sliding_ttl": timedelta(0)},
     ],
     ids=repr,
 )
@@ -201,3 +202,9 @@ async def test_from_url_owns_its_client_and_a_given_client_stays_open(
     given = RedisStateStore(client)
     await given.aclose()
     assert await client.ping()  # still usable: the caller owns it
+
+
+def test_hiredis_parses_replies() -> None:
+    from redis.utils import HIREDIS_AVAILABLE
+
+    assert HIREDIS_AVAILABLE  # the `redis` extra pulls redis[hiredis]

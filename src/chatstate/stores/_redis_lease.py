@@ -10,7 +10,9 @@ import time
 from types import TracebackType
 from typing import TYPE_CHECKING
 
-from chatstate.errors import LeaseTimeoutError
+from redis.exceptions import RedisError
+
+from chatstate.errors import LeaseTimeoutError, StoreError
 
 if TYPE_CHECKING:
     from chatstate.stores.redis import RedisClient, _Script
@@ -62,7 +64,7 @@ class RedisLease:
     async def __aenter__(self) -> None:
         deadline = time.monotonic() + self._timeout
         pause = 0.002
-        while not await self._client.set(self._key, self._token, nx=True, px=self._ttl_ms):
+        while not await self._take():
             left = deadline - time.monotonic()
             if left <= 0:
                 raise LeaseTimeoutError(
@@ -74,6 +76,16 @@ class RedisLease:
             await asyncio.sleep(min(left, pause * random.uniform(0.5, 1.0)))
             pause = min(pause * 2, 0.1)
         self._renewer = asyncio.create_task(self._keep_renewing(), name="chatstate-lease-renew")
+
+    async def _take(self) -> bool:
+        try:
+            return bool(await self._client.set(self._key, self._token, nx=True, px=self._ttl_ms))
+        except RedisError as exc:
+            raise StoreError(
+                f"taking the lease of session {self._session_id!r} failed: "
+                f"{type(exc).__name__}: {exc}",
+                session_id=self._session_id,
+            ) from exc
 
     async def _keep_renewing(self) -> None:
         interval = self._ttl_ms / 3000

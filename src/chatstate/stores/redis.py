@@ -170,7 +170,7 @@ class RedisStateStore(StateStore):
             )
         self.client = client
         self.prefix = prefix
-        self._sliding_ms = _ms(check_ttl(sliding_ttl, name="sliding_ttl")) if sliding_ttl else 0
+        self._sliding_ms = _ms(check_ttl(sliding_ttl, name="sliding_ttl"))
         self._on_corrupt: Literal["skip", "raise"] = on_corrupt
         self._compress_over = compress_over
         self._owns_client = owns_client
@@ -201,7 +201,8 @@ class RedisStateStore(StateStore):
                 "url must start with redis://, rediss:// or unix://, got "
                 f"{_redact(url) if isinstance(url, str) else type(url).__name__}"
             )
-        client_options.pop("decode_responses", None)
+        if client_options.get("decode_responses"):
+            raise ConfigurationError("RedisStateStore stores bytes: decode_responses must be off")
         try:
             client: RedisClient = (
                 RedisCluster.from_url(url, **client_options)

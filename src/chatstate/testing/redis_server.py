@@ -92,7 +92,32 @@ def _ping(port: int) -> bool:
         return False
 
 
-class RedisServer:
+class _Managed:
+    """``with`` starts it; at the end, or if starting failed, it stops and removes its files."""
+
+    def start(self) -> Self:
+        raise NotImplementedError
+
+    def cleanup(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        try:
+            return self.start()
+        except BaseException:
+            self.cleanup()
+            raise
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.cleanup()
+
+
+class RedisServer(_Managed):
     """One redis-server on 127.0.0.1 and a free port, in a temporary directory.
 
     ``restart()`` starts it again on the same port and directory, so data kept by AOF survives.
@@ -187,19 +212,8 @@ class RedisServer:
         self.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
 
-    def __enter__(self) -> Self:
-        return self.start()
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.cleanup()
-
-
-class LocalRedisCluster:
+class LocalRedisCluster(_Managed):
     """A Redis Cluster of three masters (no replicas) on free loopback ports."""
 
     def __init__(self, masters: int = 3) -> None:
@@ -251,21 +265,6 @@ class LocalRedisCluster:
     def cleanup(self) -> None:
         for node in self.nodes:
             node.cleanup()
-
-    def __enter__(self) -> Self:
-        try:
-            return self.start()
-        except BaseException:
-            self.cleanup()
-            raise
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.cleanup()
 
 
 def _cluster_ok(port: int) -> bool:
