@@ -227,3 +227,16 @@ async def test_tls_with_rediss_urls(tls_server: tuple[RedisServer, int, Path]) -
     async with RedisStateStore.from_url(url) as untrusting:  # the system CAs do not know it
         with pytest.raises(StateLoadError, match="certificate"):
             await untrusting.load("s")
+
+
+async def test_a_cold_cluster_client_survives_a_burst_of_first_commands(
+    redis_cluster: LocalRedisCluster, key_prefix: str
+) -> None:
+    async with RedisStateStore.from_url(
+        redis_cluster.url, cluster=True, prefix=key_prefix
+    ) as store:
+        lengths = await asyncio.gather(
+            *(store.append(f"burst-{index}", _turn(index)) for index in range(150))
+        )
+        assert lengths == [2] * 150
+        assert await store.load("burst-7") == _turn(7)

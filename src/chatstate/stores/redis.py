@@ -13,6 +13,7 @@ half a turn.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Sequence
 from datetime import timedelta
@@ -33,7 +34,7 @@ from chatstate.stores.base import TTL, StateStore
 try:
     from redis.asyncio import Redis
     from redis.asyncio.cluster import RedisCluster
-    from redis.exceptions import NoScriptError, RedisError, ResponseError
+    from redis.exceptions import NoScriptError, RedisClusterException, RedisError, ResponseError
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise ImportError("RedisStateStore needs redis-py: pip install 'chatstate[redis]'") from exc
 
@@ -45,6 +46,10 @@ else:
 __all__ = ["RedisStateStore"]
 
 logger = logging.getLogger("chatstate.redis")
+
+# What redis-py raises: RedisError, and for cluster troubles (no node for a slot, too many
+# redirections) RedisClusterException, which is not a RedisError.
+_REDIS_ERRORS = (RedisError, RedisClusterException)
 
 _ESCAPES = str.maketrans({"%": "%25", "{": "%7B", "}": "%7D"})
 
@@ -100,8 +105,6 @@ class _Script:
     __slots__ = ("sha", "source")
 
     def __init__(self, source: str) -> None:
-        import hashlib
-
         self.source = source
         self.sha = hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest()
 
@@ -136,6 +139,10 @@ class RedisStateStore(StateStore):
     - ``on_corrupt``: an entry that cannot be decoded is ``"skip"``-ped (logged and counted in
       ``corrupt_entries``; the rest of the history loads) or ``"raise"``-s CorruptEntryError.
     - ``compress_over``: zlib-compress entries whose JSON is longer than this many bytes.
+    - ``owns_client``: close the client in :meth:`aclose` (what :meth:`from_url` sets).
+
+    A cluster client is initialised (its slot map read) before the first command, so that a
+    burst of first commands does not misroute.
     """
 
     def __init__(
@@ -175,6 +182,7 @@ class RedisStateStore(StateStore):
         self._compress_over = compress_over
         self._owns_client = owns_client
         self._closed = False
+        self._cold_cluster = isinstance(client, RedisCluster)
         self.corrupt_entries = 0
         """Entries skipped because they could not be decoded."""
 
@@ -209,7 +217,7 @@ class RedisStateStore(StateStore):
                 if cluster
                 else Redis.from_url(url, **client_options)
             )
-        except (ValueError, RedisError) as exc:
+        except (ValueError, *_REDIS_ERRORS) as exc:
             raise ConfigurationError(f"invalid Redis URL {_redact(url)}: {exc}") from exc
         return cls(
             client,
@@ -249,11 +257,13 @@ class RedisStateStore(StateStore):
             return []
         start = 0 if limit is None else -limit
         try:
+            if self._cold_cluster:
+                await self._warm_up()
             if self._sliding_ms:
                 raw = await _LOAD_AND_TOUCH_SCRIPT(self.client, key, start, self._sliding_ms)
             else:
                 raw = await self.client.lrange(key, start, -1)
-        except RedisError as exc:
+        except _REDIS_ERRORS as exc:
             raise self._translate(exc, session_id, StateLoadError, "loading") from exc
         messages, skipped = decode_entries(raw, on_corrupt=self._on_corrupt, session_id=session_id)
         if skipped:
@@ -267,8 +277,10 @@ class RedisStateStore(StateStore):
         ms = _ms(check_ttl(ttl))
         entries = [encode_entry(message, compress_over=self._compress_over) for message in new]
         try:
+            if self._cold_cluster:
+                await self._warm_up()
             await _SAVE_SCRIPT(self.client, key, 0, ms, *entries)
-        except RedisError as exc:
+        except _REDIS_ERRORS as exc:
             raise self._translate(exc, session_id, StateSaveError, "saving", new) from exc
 
     async def append(
@@ -284,34 +296,42 @@ class RedisStateStore(StateStore):
         keep = check_max_messages(max_messages) or 0
         ms = _ms(check_ttl(ttl))
         try:
+            if self._cold_cluster:
+                await self._warm_up()
             if not new:
                 return int(await self.client.llen(key))
             entries = [encode_entry(message, compress_over=self._compress_over) for message in new]
             return int(await _APPEND_SCRIPT(self.client, key, keep, ms, *entries))
-        except RedisError as exc:
+        except _REDIS_ERRORS as exc:
             raise self._translate(exc, session_id, StateSaveError, "appending to", new) from exc
 
     async def delete(self, session_id: str) -> bool:
         key = self.key(session_id)
         try:
+            if self._cold_cluster:
+                await self._warm_up()
             return bool(await self.client.delete(key))
-        except RedisError as exc:
+        except _REDIS_ERRORS as exc:
             raise self._translate(exc, session_id, StoreError, "deleting") from exc
 
     async def exists(self, session_id: str) -> bool:
         """Whether the session has any history."""
         key = self.key(session_id)
         try:
+            if self._cold_cluster:
+                await self._warm_up()
             return bool(await self.client.exists(key))
-        except RedisError as exc:
+        except _REDIS_ERRORS as exc:
             raise self._translate(exc, session_id, StoreError, "checking") from exc
 
     async def ttl(self, session_id: str) -> timedelta | None:
         """The time the session has left; None if it never expires or does not exist."""
         key = self.key(session_id)
         try:
+            if self._cold_cluster:
+                await self._warm_up()
             ms = int(await self.client.pttl(key))
-        except RedisError as exc:
+        except _REDIS_ERRORS as exc:
             raise self._translate(exc, session_id, StoreError, "reading the TTL of") from exc
         return timedelta(milliseconds=ms) if ms >= 0 else None
 
@@ -321,9 +341,13 @@ class RedisStateStore(StateStore):
             self._closed = True
             await self.client.aclose()
 
+    async def _warm_up(self) -> None:
+        await self.client.initialize()
+        self._cold_cluster = False
+
     def _translate(
         self,
-        exc: RedisError,
+        exc: Exception,
         session_id: str,
         kind: type[StoreError],
         doing: str,
