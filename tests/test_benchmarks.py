@@ -57,7 +57,7 @@ def test_the_redis_benchmark_compares_with_its_floor(
     for row in scenarios:
         ours, floor = row["ours"], row["floor"]
         assert row["throughput_ratio"] == ours["turns_per_s"] / floor["turns_per_s"]
-        assert ours["round_trips_per_turn"] == 2.0  # one load and one append
+        assert 0 < ours["round_trips_per_turn"] <= 2.0  # fewer when concurrent calls share writes
         assert floor["round_trips_per_turn"] == 2.0
     memory = report["memory"]
     assert isinstance(memory, dict) and memory["stored_bytes_per_message"] > 200

@@ -82,3 +82,10 @@ def check_ttl(ttl: object, *, name: str = "ttl") -> float | None:
     if not seconds > 0 or seconds == float("inf"):
         raise ConfigurationError(f"{name} must be positive and finite, got {ttl!r}")
     return seconds
+
+
+def check_count(value: object, *, name: str, minimum: int = 1) -> int:
+    """Return ``value`` if it is an int of at least ``minimum``, else raise ConfigurationError."""
+    if type(value) is not int or value < minimum:
+        raise ConfigurationError(f"{name} must be an int >= {minimum}, got {value!r}")
+    return value

@@ -15,7 +15,7 @@ from redis.exceptions import RedisError
 from chatstate.errors import LeaseTimeoutError, StoreError
 
 if TYPE_CHECKING:
-    from chatstate.stores.redis import RedisClient, _Script
+    from chatstate.stores.redis import Execute, _Script
 
 logger = logging.getLogger("chatstate.redis")
 
@@ -37,12 +37,12 @@ class RedisLease:
     """``async with`` holds the lease at ``key``: SET NX PX with a random token, renewed every
     third of its ttl while held, released (only if still ours) on exit."""
 
-    __slots__ = ("_client", "_deadline", "_key", "_release", "_renew", "_renewer", "_session_id",
+    __slots__ = ("_deadline", "_execute", "_key", "_release", "_renew", "_renewer", "_session_id",
                  "_timeout", "_token", "_ttl_ms")  # fmt: skip
 
     def __init__(
         self,
-        client: RedisClient,
+        execute: Execute,
         key: str,
         session_id: str,
         *,
@@ -51,7 +51,7 @@ class RedisLease:
         renew: _Script,
         release: _Script,
     ) -> None:
-        self._client = client
+        self._execute = execute
         self._key = key
         self._session_id = session_id
         self._ttl_ms = max(1, round(ttl * 1000))
@@ -79,7 +79,8 @@ class RedisLease:
 
     async def _take(self) -> bool:
         try:
-            return bool(await self._client.set(self._key, self._token, nx=True, px=self._ttl_ms))
+            taken = await self._execute("SET", self._key, self._token, "NX", "PX", self._ttl_ms)
+            return taken is not None
         except RedisError as exc:
             raise StoreError(
                 f"taking the lease of session {self._session_id!r} failed: "
@@ -92,7 +93,7 @@ class RedisLease:
         while True:
             await asyncio.sleep(interval)
             try:
-                kept = await self._renew(self._client, self._key, self._token, self._ttl_ms)
+                kept = await self._renew(self._execute, self._key, self._token, self._ttl_ms)
             except Exception as exc:  # a passing fault: try again at the next interval
                 logger.warning("renewing the lease of session %r failed: %s", self._session_id, exc)
                 continue
@@ -115,6 +116,6 @@ class RedisLease:
             renewer.cancel()
             await asyncio.wait([renewer])  # unlike `await renewer`, never eats our own cancel
         try:
-            await self._release(self._client, self._key, self._token)
+            await self._release(self._execute, self._key, self._token)
         except Exception as error:  # it expires by itself; the turn itself went well
             logger.warning("releasing the lease of session %r failed: %s", self._session_id, error)

@@ -14,12 +14,19 @@ half a turn.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
-from chatstate._checks import check_limit, check_max_messages, check_session_id, check_ttl
+from chatstate._checks import (
+    check_count,
+    check_limit,
+    check_max_messages,
+    check_session_id,
+    check_ttl,
+)
 from chatstate.errors import (
     ConfigurationError,
     StateLoadError,
@@ -28,11 +35,12 @@ from chatstate.errors import (
     WrongTypeError,
 )
 from chatstate.messages import Message, as_messages, decode_entries, encode_entry
+from chatstate.stores._autopipeline import AutoPipeline
 from chatstate.stores._redis_lease import RELEASE, RENEW, RedisLease
 from chatstate.stores.base import TTL, StateStore
 
 try:
-    from redis.asyncio import Redis
+    from redis.asyncio import BlockingConnectionPool, Redis
     from redis.asyncio.cluster import RedisCluster
     from redis.exceptions import NoScriptError, RedisClusterException, RedisError, ResponseError
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
@@ -98,6 +106,10 @@ return entries
 """
 
 
+Execute: TypeAlias = Callable[..., Awaitable[Any]]
+"""Runs one Redis command: ``await execute("LRANGE", key, 0, -1)``."""
+
+
 class _Script:
     """A Lua script run by EVALSHA: one round trip, falling back to EVAL (which also caches it on
     the server) when the server does not know it yet, after a restart or on a new cluster node."""
@@ -108,11 +120,11 @@ class _Script:
         self.source = source
         self.sha = hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest()
 
-    async def __call__(self, client: RedisClient, key: str, *args: Any) -> Any:
+    async def __call__(self, execute: Execute, key: str, *args: Any) -> Any:
         try:
-            return await client.evalsha(self.sha, 1, key, *args)
+            return await execute("EVALSHA", self.sha, 1, key, *args)
         except NoScriptError:
-            return await client.eval(self.source, 1, key, *args)
+            return await execute("EVAL", self.source, 1, key, *args)
 
 
 _APPEND_SCRIPT = _Script(_APPEND)
@@ -140,6 +152,15 @@ class RedisStateStore(StateStore):
       ``corrupt_entries``; the rest of the history loads) or ``"raise"``-s CorruptEntryError.
     - ``compress_over``: zlib-compress entries whose JSON is longer than this many bytes.
     - ``owns_client``: close the client in :meth:`aclose` (what :meth:`from_url` sets).
+    - ``auto_pipeline`` (on by default): the commands of concurrent calls go out together, in one
+      pipelined write per event-loop iteration, each still atomic on its own; a call with nothing
+      to share its write with goes out at once. ``max_batch`` commands per write at most,
+      ``max_in_flight`` writes (and so connections) at once, ``max_pending`` queued commands
+      before callers wait for room. Off, every call is a command of its own on the client.
+
+    Connections: with auto-pipelining the store uses at most ``max_in_flight`` connections of the
+    client's pool, whatever the number of concurrent sessions, and keeps them until
+    :meth:`aclose`; 1,000 concurrent sessions neither exhaust the pool nor queue for it.
 
     A cluster client is initialised (its slot map read) before the first command, so that a
     burst of first commands does not misroute.
@@ -154,6 +175,10 @@ class RedisStateStore(StateStore):
         on_corrupt: Literal["skip", "raise"] = "skip",
         compress_over: int | None = None,
         owns_client: bool = False,
+        auto_pipeline: bool = True,
+        max_batch: int = 512,
+        max_in_flight: int = 4,
+        max_pending: int = 16_384,
     ) -> None:
         if not isinstance(client, Redis | RedisCluster):
             raise ConfigurationError(
@@ -171,10 +196,8 @@ class RedisStateStore(StateStore):
             )
         if on_corrupt not in ("skip", "raise"):
             raise ConfigurationError(f"on_corrupt must be 'skip' or 'raise', got {on_corrupt!r}")
-        if compress_over is not None and (type(compress_over) is not int or compress_over < 0):
-            raise ConfigurationError(
-                f"compress_over must be an int >= 0 or None, got {compress_over!r}"
-            )
+        if compress_over is not None:
+            check_count(compress_over, name="compress_over", minimum=0)
         self.client = client
         self.prefix = prefix
         self._sliding_ms = _ms(check_ttl(sliding_ttl, name="sliding_ttl"))
@@ -183,50 +206,47 @@ class RedisStateStore(StateStore):
         self._owns_client = owns_client
         self._closed = False
         self._cold_cluster = isinstance(client, RedisCluster)
+        self._pipeline = AutoPipeline(
+            client,
+            enabled=bool(auto_pipeline),
+            max_batch=check_count(max_batch, name="max_batch"),
+            max_in_flight=check_count(max_in_flight, name="max_in_flight"),
+            max_pending=check_count(max_pending, name="max_pending"),
+        )
+        self._execute: Execute = self._pipeline.execute
         self.corrupt_entries = 0
         """Entries skipped because they could not be decoded."""
 
     @classmethod
-    def from_url(
-        cls,
-        url: str,
-        *,
-        cluster: bool = False,
-        prefix: str = "chatstate",
-        sliding_ttl: TTL = None,
-        on_corrupt: Literal["skip", "raise"] = "skip",
-        compress_over: int | None = None,
-        **client_options: Any,
-    ) -> RedisStateStore:
+    def from_url(cls, url: str, *, cluster: bool = False, **options: Any) -> RedisStateStore:
         """A store on a client made from ``url`` (``redis://``, ``rediss://`` for TLS, ``unix://``;
         ``redis://user:password@host:port/db`` for ACL users), closed by :meth:`aclose`.
 
-        ``cluster=True`` makes a ``RedisCluster`` client from the URL of any node.
-        ``client_options`` go to the client (``socket_timeout``, ``max_connections``, ...).
+        ``options`` that the constructor takes (``prefix``, ``sliding_ttl``, ``auto_pipeline``,
+        ...) go to the store, the rest to the client (``socket_timeout``, ``retry``,
+        ``ssl_ca_certs``, ``max_connections``, ...). ``cluster=True`` makes a ``RedisCluster``
+        from the URL of any node. A standalone client gets a ``BlockingConnectionPool`` of
+        ``max_connections`` (default 50): a call that finds every connection busy waits for one
+        (up to ``timeout``, default 20 s) instead of failing with "too many connections".
         """
         if not isinstance(url, str) or not url.startswith(("redis://", "rediss://", "unix://")):
             raise ConfigurationError(
                 "url must start with redis://, rediss:// or unix://, got "
                 f"{_redact(url) if isinstance(url, str) else type(url).__name__}"
             )
-        if client_options.get("decode_responses"):
+        store_options = {name: options.pop(name) for name in _STORE_OPTIONS & options.keys()}
+        if options.get("decode_responses"):
             raise ConfigurationError("RedisStateStore stores bytes: decode_responses must be off")
         try:
-            client: RedisClient = (
-                RedisCluster.from_url(url, **client_options)
-                if cluster
-                else Redis.from_url(url, **client_options)
-            )
-        except (ValueError, *_REDIS_ERRORS) as exc:
+            client: RedisClient
+            if cluster:
+                client = RedisCluster.from_url(url, **options)
+            else:
+                options.setdefault("max_connections", DEFAULT_MAX_CONNECTIONS)
+                client = Redis.from_pool(BlockingConnectionPool.from_url(url, **options))
+        except (ValueError, TypeError, *_REDIS_ERRORS) as exc:
             raise ConfigurationError(f"invalid Redis URL {_redact(url)}: {exc}") from exc
-        return cls(
-            client,
-            prefix=prefix,
-            sliding_ttl=sliding_ttl,
-            on_corrupt=on_corrupt,
-            compress_over=compress_over,
-            owns_client=True,
-        )
+        return cls(client, **store_options, owns_client=True)
 
     def __repr__(self) -> str:
         kind = "cluster" if isinstance(self.client, RedisCluster) else "redis"
@@ -241,7 +261,7 @@ class RedisStateStore(StateStore):
         :class:`~chatstate.stores.base.SessionLeases`): ``async with store.lease(id, ttl=30,
         timeout=10):``. Used by ``StateMiddlewareConfig(lease_ttl=...)``."""
         return RedisLease(
-            self.client,
+            self._execute,
             self.key(session_id, "lease"),
             session_id,
             ttl=check_ttl(ttl, name="ttl") or 0,
@@ -260,9 +280,9 @@ class RedisStateStore(StateStore):
             if self._cold_cluster:
                 await self._warm_up()
             if self._sliding_ms:
-                raw = await _LOAD_AND_TOUCH_SCRIPT(self.client, key, start, self._sliding_ms)
+                raw = await _LOAD_AND_TOUCH_SCRIPT(self._execute, key, start, self._sliding_ms)
             else:
-                raw = await self.client.lrange(key, start, -1)
+                raw = await self._execute("LRANGE", key, start, -1)
         except _REDIS_ERRORS as exc:
             raise self._translate(exc, session_id, StateLoadError, "loading") from exc
         messages, skipped = decode_entries(raw, on_corrupt=self._on_corrupt, session_id=session_id)
@@ -279,7 +299,7 @@ class RedisStateStore(StateStore):
         try:
             if self._cold_cluster:
                 await self._warm_up()
-            await _SAVE_SCRIPT(self.client, key, 0, ms, *entries)
+            await _SAVE_SCRIPT(self._execute, key, 0, ms, *entries)
         except _REDIS_ERRORS as exc:
             raise self._translate(exc, session_id, StateSaveError, "saving", new) from exc
 
@@ -299,9 +319,9 @@ class RedisStateStore(StateStore):
             if self._cold_cluster:
                 await self._warm_up()
             if not new:
-                return int(await self.client.llen(key))
+                return int(await self._execute("LLEN", key))
             entries = [encode_entry(message, compress_over=self._compress_over) for message in new]
-            return int(await _APPEND_SCRIPT(self.client, key, keep, ms, *entries))
+            return int(await _APPEND_SCRIPT(self._execute, key, keep, ms, *entries))
         except _REDIS_ERRORS as exc:
             raise self._translate(exc, session_id, StateSaveError, "appending to", new) from exc
 
@@ -310,7 +330,7 @@ class RedisStateStore(StateStore):
         try:
             if self._cold_cluster:
                 await self._warm_up()
-            return bool(await self.client.delete(key))
+            return bool(await self._execute("DEL", key))
         except _REDIS_ERRORS as exc:
             raise self._translate(exc, session_id, StoreError, "deleting") from exc
 
@@ -320,7 +340,7 @@ class RedisStateStore(StateStore):
         try:
             if self._cold_cluster:
                 await self._warm_up()
-            return bool(await self.client.exists(key))
+            return bool(await self._execute("EXISTS", key))
         except _REDIS_ERRORS as exc:
             raise self._translate(exc, session_id, StoreError, "checking") from exc
 
@@ -330,15 +350,18 @@ class RedisStateStore(StateStore):
         try:
             if self._cold_cluster:
                 await self._warm_up()
-            ms = int(await self.client.pttl(key))
+            ms = int(await self._execute("PTTL", key))
         except _REDIS_ERRORS as exc:
             raise self._translate(exc, session_id, StoreError, "reading the TTL of") from exc
         return timedelta(milliseconds=ms) if ms >= 0 else None
 
     async def aclose(self) -> None:
         """Close the client if the store made it (:meth:`from_url`); a given client is yours."""
-        if self._owns_client and not self._closed:
-            self._closed = True
+        if self._closed:
+            return
+        self._closed = True
+        await self._pipeline.aclose()
+        if self._owns_client:
             await self.client.aclose()
 
     async def _warm_up(self) -> None:
@@ -363,6 +386,16 @@ class RedisStateStore(StateStore):
         if kind is StateSaveError:
             return StateSaveError(text, session_id=session_id, messages=messages)
         return kind(text, session_id=session_id)
+
+
+DEFAULT_MAX_CONNECTIONS = 50
+"""The pool size of a standalone client made by :meth:`RedisStateStore.from_url`."""
+
+_STORE_OPTIONS = frozenset(inspect.signature(RedisStateStore.__init__).parameters) - {
+    "self",
+    "client",
+    "owns_client",
+}
 
 
 def _decodes_responses(client: RedisClient) -> bool:

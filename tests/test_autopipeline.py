@@ -1,0 +1,248 @@
+"""Auto-pipelining in the Redis store, against real redis-server processes: many callers share
+pipelined writes, and every caller still gets exactly its own reply or its own error."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import fakeredis
+import pytest
+from redis.asyncio import ConnectionPool, Redis, RedisCluster
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from chatstate import (
+    Message,
+    RedisStateStore,
+    StateLoadError,
+    StateSaveError,
+    WrongTypeError,
+)
+from chatstate.testing.redis_server import LocalRedisCluster, RedisServer
+
+
+def _turn(session: str, index: int) -> list[Message]:
+    return [
+        Message(role="user", content=f"{session} question {index}"),
+        Message(role="assistant", content=f"{session} answer {index}"),
+    ]
+
+
+@pytest.fixture
+async def client(redis_server: RedisServer) -> AsyncIterator[Redis]:
+    client = Redis.from_url(redis_server.url)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+async def store(client: Redis, key_prefix: str) -> AsyncIterator[RedisStateStore]:
+    async with RedisStateStore(client, prefix=key_prefix) as store:
+        yield store
+
+
+async def _mixed_workload(store: RedisStateStore, sessions: int, turns: int) -> None:
+    """Each session appends turns and loads after each; every load must see exactly its own
+    session's messages, in order, bounded."""
+
+    async def session(name: str) -> None:
+        for index in range(turns):
+            length = await store.append(name, _turn(name, index), max_messages=6, ttl=60)
+            assert length == min(6, 2 * (index + 1))
+            history = await store.load(name, limit=20)
+            expected = [m for i in range(index + 1) for m in _turn(name, i)][-6:]
+            assert history == expected
+            await asyncio.sleep(random.random() / 1000)  # vary the interleaving
+
+    await asyncio.gather(*(session(f"s{index}") for index in range(sessions)))
+
+
+async def test_concurrent_sessions_share_writes_and_each_gets_its_own_reply(
+    store: RedisStateStore,
+) -> None:
+    await _mixed_workload(store, sessions=300, turns=4)
+    pipeline = store._pipeline
+    assert pipeline.batches_sent > 0
+    assert pipeline.commands_batched > 2 * pipeline.batches_sent  # many commands per write
+
+
+async def test_one_session_at_a_time_never_waits_for_a_batch(store: RedisStateStore) -> None:
+    for index in range(20):
+        await store.append("alone", _turn("alone", index), max_messages=10)
+        assert len(await store.load("alone")) == min(10, 2 * (index + 1))
+    assert store._pipeline.batches_sent == 0  # the fast path: every command went out at once
+
+
+async def test_an_error_reply_fails_only_its_own_caller(
+    store: RedisStateStore, client: Redis
+) -> None:
+    for index in range(0, 100, 10):
+        await client.set(store.key(f"s{index}"), "not a list")  # wrong-type keys in the batch
+
+    async def load(index: int) -> list[Message] | Exception:
+        try:
+            return await store.load(f"s{index}")
+        except WrongTypeError as exc:
+            return exc
+
+    async def append(index: int) -> int | Exception:
+        try:
+            return await store.append(f"s{index}", _turn(f"s{index}", 0))
+        except WrongTypeError as exc:
+            assert isinstance(exc, StateSaveError) or exc.session_id == f"s{index}"
+            return exc
+
+    before = store._pipeline.batches_sent
+    appended = await asyncio.gather(*(append(index) for index in range(100)))
+    loaded = await asyncio.gather(*(load(index) for index in range(100)))
+    assert store._pipeline.batches_sent > before
+    for index in range(100):
+        if index % 10 == 0:
+            assert isinstance(appended[index], WrongTypeError)
+            assert isinstance(loaded[index], WrongTypeError)
+            assert await client.get(store.key(f"s{index}")) == b"not a list"  # untouched
+        else:
+            assert appended[index] == 2
+            assert loaded[index] == _turn(f"s{index}", 0)
+
+
+async def test_cancelled_callers_leave_whole_turns_and_a_connection_in_step(
+    store: RedisStateStore,
+) -> None:
+    # Cancel at every stage: before the batch is sent, while it is in flight, after the reply.
+    for delay in (0.0, 0.0002, 0.0005, 0.001, 0.002, 0.005):
+        tasks = [
+            asyncio.create_task(store.append(f"c{index}", _turn(f"c{index}", 0), max_messages=50))
+            for index in range(200)
+        ]
+        await asyncio.sleep(delay)
+        for task in tasks[::2]:
+            task.cancel()
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        for index, result in enumerate(results):
+            if index % 2:
+                assert not isinstance(result, BaseException), result
+    for index in range(200):
+        history = await store.load(f"c{index}")
+        assert len(history) % 2 == 0  # whole turns only
+        assert all(message.text.startswith(f"c{index} ") for message in history)
+        if index % 2:
+            assert len(history) == 12  # every turn of a caller that was not cancelled
+
+
+async def test_a_connection_failure_fails_its_batch_and_the_next_calls_succeed(
+    store: RedisStateStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    transport = store._pipeline._transport
+    real = transport.execute_many
+    failures = iter([RedisConnectionError("connection reset by peer")])
+
+    async def flaky(commands: Sequence[Any]) -> list[Any]:
+        for failure in failures:
+            raise failure
+        return await real(commands)
+
+    monkeypatch.setattr(transport, "execute_many", flaky)
+    names = [f"f{index}" for index in range(50)]
+    results = await asyncio.gather(
+        *(store.append(name, _turn(name, 0)) for name in names), return_exceptions=True
+    )
+    failed = [result for result in results if isinstance(result, BaseException)]
+    assert failed and all(isinstance(error, StateSaveError) for error in failed)
+    for error in failed:
+        assert isinstance(error, StateSaveError)
+        assert list(error.messages) == _turn(error.session_id or "", 0)  # what to retry
+    assert await asyncio.gather(*(store.load(name) for name in names))  # works again
+
+
+async def test_a_slow_server_holds_callers_back_instead_of_queueing_without_bound(
+    client: Redis, key_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = RedisStateStore(
+        client, prefix=key_prefix, max_batch=16, max_in_flight=1, max_pending=32
+    )
+    transport = store._pipeline._transport
+    real = transport.execute_many
+    seen: list[tuple[int, int]] = []
+
+    async def slow(commands: Sequence[Any]) -> list[Any]:
+        seen.append((len(commands), len(store._pipeline._pending)))
+        await asyncio.sleep(0.002)
+        return await real(commands)
+
+    monkeypatch.setattr(transport, "execute_many", slow)
+    names = [f"p{index}" for index in range(400)]
+    lengths = await asyncio.gather(*(store.append(name, _turn(name, 0)) for name in names))
+    assert lengths == [2] * 400
+    assert seen and max(size for size, _ in seen) <= 16
+    assert max(pending for _, pending in seen) <= 32
+    await store.aclose()
+
+
+async def test_a_thousand_sessions_fit_in_a_small_pool(
+    redis_server: RedisServer, key_prefix: str
+) -> None:
+    # redis-py's default pool raises "Too many connections" past its size instead of waiting.
+    for auto_pipeline in (True, False):
+        pool = ConnectionPool.from_url(redis_server.url, max_connections=4)
+        store = RedisStateStore(
+            Redis(connection_pool=pool), prefix=key_prefix, auto_pipeline=auto_pipeline
+        )
+        results = await asyncio.gather(
+            *(store.load(f"k{index}") for index in range(1000)), return_exceptions=True
+        )
+        errors = [result for result in results if isinstance(result, BaseException)]
+        if auto_pipeline:
+            assert errors == []
+        else:  # the control: without it, the same load exhausts the pool
+            assert errors and all(isinstance(error, StateLoadError) for error in errors)
+        await store.aclose()
+        await store.client.aclose()
+        await pool.aclose()
+
+
+async def test_turning_it_off_sends_every_command_on_its_own(
+    client: Redis, key_prefix: str
+) -> None:
+    async with RedisStateStore(client, prefix=key_prefix, auto_pipeline=False) as store:
+        await _mixed_workload(store, sessions=50, turns=2)
+        assert store._pipeline.batches_sent == 0
+
+
+async def test_leases_go_through_the_pipeline_too(store: RedisStateStore) -> None:
+    order: list[str] = []
+
+    async def turn(name: str) -> None:
+        async with store.lease(name, ttl=5, timeout=5):
+            order.append(name)
+            await store.append(name, _turn(name, 0))
+
+    await asyncio.gather(*(turn(f"l{index % 20}") for index in range(200)))
+    assert len(order) == 200
+    assert store._pipeline.batches_sent > 0
+
+
+def test_a_store_can_be_used_from_one_event_loop_after_another() -> None:
+    # redis-py's own connections cannot cross event loops; fakeredis's can, so this shows that
+    # the pipeline's futures, tasks and held connections start afresh on the new loop.
+    store = RedisStateStore(fakeredis.FakeAsyncRedis())
+
+    async def use(index: int) -> None:
+        await asyncio.gather(*(store.append(f"e{n}", _turn(f"e{n}", index)) for n in range(50)))
+        assert len(await store.load("e0")) == 2 * (index + 1)
+
+    asyncio.run(use(0))
+    asyncio.run(use(1))
+    asyncio.run(store.aclose())
+
+
+async def test_a_cluster_batches_per_node(
+    redis_cluster: LocalRedisCluster, key_prefix: str
+) -> None:
+    client = RedisCluster.from_url(redis_cluster.url)
+    async with RedisStateStore(client, prefix=key_prefix) as store:
+        await _mixed_workload(store, sessions=200, turns=3)
+        assert store._pipeline.batches_sent > 0
+    await client.aclose()
