@@ -183,6 +183,27 @@ def test_decode_entries_skips_or_raises_by_policy() -> None:
     assert caught.value.session_id == "s"
 
 
+def test_decoding_many_entries_at_once_never_changes_what_each_entry_means() -> None:
+    good = [encode_entry(Message(role="user", content=str(i))) for i in range(3)]
+    big = encode_entry(Message(role="user", content="many words " * 200), compress_over=100)
+    mixed = [good[0], big, good[1]]
+    assert decode_entries(mixed, on_corrupt="raise", session_id="s")[0] == [
+        decode_entry(entry) for entry in mixed
+    ]
+    # One entry holding two messages' JSON is corrupt, not two messages; nor do two halves of a
+    # message, each corrupt on its own, make one.
+    two_in_one = b'\x01\x00{"role":"user","content":"a"},{"role":"user","content":"b"}'
+    first_half, second_half = b'\x01\x00{"role":"user"', b'\x01\x00"content":"c"}'
+    for entries, texts in [
+        ([good[0], two_in_one, good[1]], ["0", "1"]),
+        ([first_half, second_half], []),
+        ([good[0], b'\x01\x00{"role":"user","content":"x"', good[2]], ["0", "2"]),
+    ]:
+        messages, skipped = decode_entries(entries, on_corrupt="skip", session_id="s")
+        assert [m.text for m in messages] == texts
+        assert skipped == len(entries) - len(texts)
+
+
 _json = st.recursive(
     st.none()
     | st.booleans()

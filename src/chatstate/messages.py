@@ -17,6 +17,7 @@ import json
 import math
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
+from itertools import repeat
 from types import MappingProxyType
 from typing import Annotated, Any, Literal, TypeAlias
 
@@ -28,6 +29,7 @@ from pydantic import (
     JsonValue,
     PlainSerializer,
     SerializerFunctionWrapHandler,
+    TypeAdapter,
     ValidationError,
     field_validator,
     model_serializer,
@@ -185,6 +187,13 @@ class Message(_Frozen):
 
     @model_validator(mode="after")
     def _check_roles(self) -> Message:
+        # Runs for every message built or loaded: the common case (no tool calls) returns early.
+        if self.tool_call_id is None and not self.tool_calls:
+            if self.role == "tool":
+                raise ValueError("a tool message needs the tool_call_id of the call it answers")
+            if self.content is None:
+                raise ValueError(f"a {self.role} message needs content")
+            return self
         if self.content is None and not (self.role == "assistant" and self.tool_calls):
             raise ValueError(f"a {self.role} message needs content")
         if self.tool_calls and self.role != "assistant":
@@ -209,6 +218,9 @@ class Message(_Frozen):
         if not content:
             return ""
         return "".join(part.text for part in content if isinstance(part, TextPart))
+
+
+_MESSAGE_LIST: TypeAdapter[list[Message]] = TypeAdapter(list[Message])
 
 
 def as_messages(messages: Iterable[Message]) -> list[Message]:
@@ -306,14 +318,29 @@ def decode_entries(
     session_id: str,
 ) -> tuple[list[Message], int]:
     """Decode stored entries, oldest first; returns the messages and how many were skipped."""
-    messages: list[Message] = []
+    if entries and all(map(bytes.startswith, entries, repeat(_PLAIN_HEADER, len(entries)))):
+        # The common case, every entry plain JSON: one call into pydantic-core for all of them
+        # rather than one per entry (about half the cost). Valid entries joined with commas are
+        # exactly the array of them; anything else fails validation or yields a different count
+        # (short of entries crafted together, by someone who could as well write valid ones),
+        # and is then decoded entry by entry below, so one bad entry never costs the rest.
+        try:
+            messages = _MESSAGE_LIST.validate_json(
+                b"[" + b",".join([entry[2:] for entry in entries]) + b"]"
+            )
+        except ValidationError:
+            pass
+        else:
+            if len(messages) == len(entries):
+                return messages, 0
+    result: list[Message] = []
     skipped = 0
     for entry in entries:
         try:
-            messages.append(decode_entry(entry))
+            result.append(decode_entry(entry))
         except CorruptEntryError as exc:
             if on_corrupt == "raise":
                 exc.session_id = session_id
                 raise
             skipped += 1
-    return messages, skipped
+    return result, skipped

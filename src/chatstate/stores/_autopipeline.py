@@ -32,7 +32,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 
 from redis.asyncio import Redis
@@ -40,6 +41,12 @@ from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+try:
+    import hiredis
+except ImportError:  # pragma: no cover - redis-py without its hiredis extra
+    hiredis = None  # type: ignore[assignment]
 
 if TYPE_CHECKING:
     RedisClient: TypeAlias = Redis | RedisCluster
@@ -76,6 +83,16 @@ class _ConnectionTransport:
 
     def __init__(self, client: Redis) -> None:
         self._pool = client.connection_pool
+        options = self._pool.connection_kwargs
+        # hiredis packs a command in C, ten times faster than redis-py's asyncio connection
+        # does in Python; it writes text as UTF-8, so only where the client would too.
+        utf8 = (
+            options.get("encoding", "utf-8").lower().replace("-", ""),
+            options.get("encoding_errors", "strict"),
+        ) == ("utf8", "strict")
+        self._pack: Callable[[Command], bytes] | None = (
+            hiredis.pack_command if utf8 and hiredis is not None else None
+        )
         self._idle: list[AbstractConnection] = []
         self._held: list[AbstractConnection] = []
 
@@ -97,28 +114,40 @@ class _ConnectionTransport:
         return connection
 
     async def execute(self, command: Command) -> Any:
-        connection = await self._take()
-        try:
-            # Any failure inside send or read (a timeout, a cancel) disconnects the connection,
-            # so it goes back clean and reconnects on its next use.
-            await connection.send_packed_command(connection.pack_command(*command), False)
-            return await connection.read_response()
-        finally:
-            self._idle.append(connection)
+        reply = (await self._exchange((command,)))[0]
+        if isinstance(reply, ResponseError):
+            raise reply
+        return reply
 
     async def execute_many(self, commands: Sequence[Command]) -> list[Any]:
+        return await self._exchange(commands)
+
+    async def _exchange(self, commands: Sequence[Command]) -> list[Any]:
         connection = await self._take()
+        pack = self._pack
+        if pack is not None:
+            packed: bytes | list[bytes] = b"".join([pack(command) for command in commands])
+        else:
+            packed = connection.pack_commands(commands)
+        replies: list[Any] = []
         try:
-            await connection.send_packed_command(connection.pack_commands(commands), False)
-            replies: list[Any] = []
-            for _ in range(len(commands)):
-                try:
-                    replies.append(await connection.read_response())
-                except ResponseError as exc:
-                    replies.append(exc)
-            return replies
+            # One deadline for the whole exchange instead of one per reply (the connection's
+            # socket_timeout). A failure inside send or read (a timeout, a cancel) disconnects
+            # the connection, so it goes back clean and reconnects on its next use.
+            async with asyncio.timeout(connection.socket_timeout):
+                await connection.send_packed_command(packed, False)
+                for _ in range(len(commands)):
+                    try:
+                        replies.append(await connection.read_response(timeout=math.inf))
+                    except ResponseError as exc:
+                        replies.append(exc)
+        except TimeoutError as exc:
+            raise RedisTimeoutError(
+                f"no reply from Redis within {connection.socket_timeout} s"
+            ) from exc
         finally:
             self._idle.append(connection)
+        return replies
 
     def detach(self) -> list[AbstractConnection]:
         """Stop using the held connections; returns them, for :meth:`release`."""
