@@ -7,7 +7,7 @@ from datetime import timedelta
 
 import fakeredis
 import pytest
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
@@ -166,6 +166,10 @@ async def test_the_client_must_return_bytes() -> None:
         {"compress_over": -1},
         {"sliding_ttl": -5},
         {"sliding_ttl": timedelta(0)},
+        {"auto_pipeline": "yes"},
+        {"max_batch": 0},
+        {"max_in_flight": 1.5},
+        {"max_pending": True},
     ],
     ids=repr,
 )
@@ -202,6 +206,20 @@ async def test_from_url_owns_its_client_and_a_given_client_stays_open(
     given = RedisStateStore(client)
     await given.aclose()
     assert await client.ping()  # still usable: the caller owns it
+
+
+async def test_from_url_gives_store_options_to_the_store_and_the_rest_to_a_waiting_pool() -> None:
+    store = RedisStateStore.from_url(
+        "redis://127.0.0.1:6390/0", prefix="app", auto_pipeline=False, socket_timeout=2
+    )
+    pool = store.client.connection_pool  # type: ignore[union-attr]
+    assert isinstance(pool, BlockingConnectionPool)  # waits for a connection, never raises
+    assert pool.max_connections == 50
+    assert pool.connection_kwargs["socket_timeout"] == 2
+    assert store.prefix == "app" and not store._pipeline.enabled
+    await store.aclose()
+    with pytest.raises(ConfigurationError, match="no_such_option"):
+        RedisStateStore.from_url("redis://127.0.0.1:6390/0", no_such_option=1)
 
 
 def test_hiredis_parses_replies() -> None:

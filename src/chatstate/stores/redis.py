@@ -208,7 +208,7 @@ class RedisStateStore(StateStore):
         self._cold_cluster = isinstance(client, RedisCluster)
         self._pipeline = AutoPipeline(
             client,
-            enabled=bool(auto_pipeline),
+            enabled=_check_flag(auto_pipeline, name="auto_pipeline"),
             max_batch=check_count(max_batch, name="max_batch"),
             max_in_flight=check_count(max_in_flight, name="max_in_flight"),
             max_pending=check_count(max_pending, name="max_pending"),
@@ -243,7 +243,10 @@ class RedisStateStore(StateStore):
                 client = RedisCluster.from_url(url, **options)
             else:
                 options.setdefault("max_connections", DEFAULT_MAX_CONNECTIONS)
-                client = Redis.from_pool(BlockingConnectionPool.from_url(url, **options))
+                pool = BlockingConnectionPool.from_url(url, **options)
+                # No I/O: a misspelt option fails here, not at the first connect.
+                pool.make_connection()  # type: ignore[no-untyped-call]
+                client = Redis.from_pool(pool)
         except (ValueError, TypeError, *_REDIS_ERRORS) as exc:
             raise ConfigurationError(f"invalid Redis URL {_redact(url)}: {exc}") from exc
         return cls(client, **store_options, owns_client=True)
@@ -396,6 +399,12 @@ _STORE_OPTIONS = frozenset(inspect.signature(RedisStateStore.__init__).parameter
     "client",
     "owns_client",
 }
+
+
+def _check_flag(value: object, *, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigurationError(f"{name} must be True or False, got {value!r}")
+    return value
 
 
 def _decodes_responses(client: RedisClient) -> bool:
