@@ -246,3 +246,13 @@ async def test_a_cluster_batches_per_node(
         await _mixed_workload(store, sessions=200, turns=3)
         assert store._pipeline.batches_sent > 0
     await client.aclose()
+
+
+async def test_closing_the_store_lets_queued_and_running_calls_finish(
+    client: Redis, key_prefix: str
+) -> None:
+    store = RedisStateStore(client, prefix=key_prefix)
+    calls = [asyncio.create_task(store.append(f"q{n}", _turn(f"q{n}", 0))) for n in range(100)]
+    await asyncio.sleep(0)  # queued, not yet sent
+    await store.aclose()
+    assert [call.result() for call in calls] == [2] * 100

@@ -251,9 +251,12 @@ class AutoPipeline:
             raise
 
     async def aclose(self) -> None:
-        """Wait for the batches in flight, then give the held connections back to the pool."""
-        while self._batches:
-            await asyncio.gather(*self._batches, return_exceptions=True)
+        """Wait for the commands queued and in flight, then give the held connections back to the
+        pool."""
+        while self._batches or self._pending or self._in_flight:
+            if self._pending and not self._flush_scheduled:
+                self._flush()
+            await asyncio.gather(*self._batches, asyncio.sleep(0), return_exceptions=True)
         await self._transport.release(self._transport.detach())
 
     def _bind(self, loop: asyncio.AbstractEventLoop) -> None:
