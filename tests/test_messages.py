@@ -17,8 +17,10 @@ from chatstate import (
     ToolCall,
     UnsupportedFormatError,
 )
+from chatstate import messages as messages_module
 from chatstate.messages import (
     FORMAT_VERSION,
+    EntryCodec,
     decode_entries,
     decode_entry,
     encode_entry,
@@ -229,3 +231,55 @@ def test_any_message_round_trips_through_an_entry(
 ) -> None:
     message = Message(role=role, content=content, name=name, metadata=metadata)
     assert decode_entry(encode_entry(message, compress_over=compress_over)) == message
+
+
+def _distinct(count: int, start: int = 0) -> list[Message]:
+    return [Message(role="user", content=f"message {index}") for index in range(start, count)]
+
+
+def test_the_codec_decodes_only_entries_it_has_not_seen(monkeypatch: pytest.MonkeyPatch) -> None:
+    decoded: list[int] = []
+    real = messages_module.decode_entries
+
+    def counting(entries: Any, **options: Any) -> Any:
+        decoded.append(len(entries))
+        return real(entries, **options)
+
+    monkeypatch.setattr(messages_module, "decode_entries", counting)
+    writer, reader = EntryCodec(), EntryCodec()
+    entries = writer.encode(_distinct(20))
+    assert writer.decode(entries, on_corrupt="raise", session_id="s") == (_distinct(20), 0)
+    assert decoded == []  # what it wrote, it knows
+    assert reader.decode(entries, on_corrupt="raise", session_id="s") == (_distinct(20), 0)
+    assert reader.decode(entries, on_corrupt="raise", session_id="s") == (_distinct(20), 0)
+    window = entries[2:] + writer.encode(_distinct(22, 20))
+    assert reader.decode(window, on_corrupt="raise", session_id="s") == (_distinct(22, 2), 0)
+    assert decoded == [20, 2]  # the first read, then only the new turn
+
+
+def test_the_codec_keeps_positions_around_corrupt_entries() -> None:
+    codec = EntryCodec()
+    good = codec.encode(_distinct(3))
+    fresh = encode_entry(Message(role="user", content="not seen yet"))
+    entries = [good[0], b"\x01\x00garbage", fresh, good[1], b"\x01\x00{}", good[2]]
+    messages, skipped = codec.decode(entries, on_corrupt="skip", session_id="s")
+    assert [m.text for m in messages] == ["message 0", "not seen yet", "message 1", "message 2"]
+    assert skipped == 2
+    with pytest.raises(CorruptEntryError):
+        codec.decode(entries, on_corrupt="raise", session_id="s")
+
+
+def test_the_codec_cache_is_bounded_and_drops_the_least_recently_used() -> None:
+    codec = EntryCodec(cache_bytes=20_000)
+    live = codec.encode(_distinct(5))
+    for start in range(5, 200, 5):
+        codec.decode(live, on_corrupt="raise", session_id="s")  # live entries stay in use
+        codec.encode(_distinct(start + 5, start))
+        assert codec._held <= 20_000
+    assert all(entry in codec._cache for entry in live)
+    assert len(codec._cache) < 30
+    off = EntryCodec(cache_bytes=0)
+    assert off.decode(off.encode(_distinct(3)), on_corrupt="raise", session_id="s")[0] == (
+        _distinct(3)
+    )
+    assert not off._cache

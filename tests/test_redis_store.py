@@ -170,6 +170,7 @@ async def test_the_client_must_return_bytes() -> None:
         {"max_batch": 0},
         {"max_in_flight": 1.5},
         {"max_pending": True},
+        {"message_cache_bytes": -1},
     ],
     ids=repr,
 )

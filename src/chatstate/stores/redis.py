@@ -34,7 +34,7 @@ from chatstate.errors import (
     StoreError,
     WrongTypeError,
 )
-from chatstate.messages import Message, as_messages, decode_entries, encode_entry
+from chatstate.messages import EntryCodec, Message, as_messages
 from chatstate.stores._autopipeline import AutoPipeline
 from chatstate.stores._redis_lease import RELEASE, RENEW, RedisLease
 from chatstate.stores.base import TTL, StateStore
@@ -158,6 +158,12 @@ class RedisStateStore(StateStore):
       ``max_in_flight`` writes (and so connections) at once, ``max_pending`` queued commands
       before callers wait for room. Off, every call is a command of its own on the client.
 
+    - ``message_cache_bytes``: the messages of recently written and read entries are kept,
+      keyed by the entry's exact bytes, so a load decodes only the entries it has not seen (about
+      two a turn) instead of its whole window; this bounds the cache's estimated memory (default
+      32 MiB, about 22,000 messages of 200 bytes; 0 turns it off). It never serves stale history:
+      every load still reads the entries from Redis.
+
     Connections: with auto-pipelining the store uses at most ``max_in_flight`` connections of the
     client's pool, whatever the number of concurrent sessions, and keeps them until
     :meth:`aclose`; 1,000 concurrent sessions neither exhaust the pool nor queue for it.
@@ -179,6 +185,7 @@ class RedisStateStore(StateStore):
         max_batch: int = 512,
         max_in_flight: int = 4,
         max_pending: int = 16_384,
+        message_cache_bytes: int = 32 << 20,
     ) -> None:
         if not isinstance(client, Redis | RedisCluster):
             raise ConfigurationError(
@@ -202,7 +209,10 @@ class RedisStateStore(StateStore):
         self.prefix = prefix
         self._sliding_ms = _ms(check_ttl(sliding_ttl, name="sliding_ttl"))
         self._on_corrupt: Literal["skip", "raise"] = on_corrupt
-        self._compress_over = compress_over
+        self._codec = EntryCodec(
+            compress_over=compress_over,
+            cache_bytes=check_count(message_cache_bytes, name="message_cache_bytes", minimum=0),
+        )
         self._owns_client = owns_client
         self._closed = False
         self._cold_cluster = isinstance(client, RedisCluster)
@@ -288,7 +298,9 @@ class RedisStateStore(StateStore):
                 raw = await self._execute("LRANGE", key, start, -1)
         except _REDIS_ERRORS as exc:
             raise self._translate(exc, session_id, StateLoadError, "loading") from exc
-        messages, skipped = decode_entries(raw, on_corrupt=self._on_corrupt, session_id=session_id)
+        messages, skipped = self._codec.decode(
+            raw, on_corrupt=self._on_corrupt, session_id=session_id
+        )
         if skipped:
             self.corrupt_entries += skipped
             logger.warning("skipped %d corrupt entries of session %r", skipped, session_id)
@@ -298,7 +310,7 @@ class RedisStateStore(StateStore):
         key = self.key(session_id)
         new = as_messages(messages)
         ms = _ms(check_ttl(ttl))
-        entries = [encode_entry(message, compress_over=self._compress_over) for message in new]
+        entries = self._codec.encode(new)
         try:
             if self._cold_cluster:
                 await self._warm_up()
@@ -323,7 +335,7 @@ class RedisStateStore(StateStore):
                 await self._warm_up()
             if not new:
                 return int(await self._execute("LLEN", key))
-            entries = [encode_entry(message, compress_over=self._compress_over) for message in new]
+            entries = self._codec.encode(new)
             return int(await _APPEND_SCRIPT(self._execute, key, keep, ms, *entries))
         except _REDIS_ERRORS as exc:
             raise self._translate(exc, session_id, StateSaveError, "appending to", new) from exc
