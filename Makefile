@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip --quiet --disable-pip-version-check
-CHECKED := src tests examples benchmarks
+CHECKED := src tests examples
 
 .PHONY: demo test lint typecheck unit bench redis-server clean
 
@@ -49,10 +49,10 @@ unit: $(VENV)/.installed-dev redis-server
 
 test: lint typecheck unit
 
-# ARGS="--quick" for a smoke run; the Redis part starts its own throw-away redis-server.
+# `chatstate bench` on the in-memory store and a throw-away redis-server; ARGS="--quick" for a
+# smoke run, ARGS="--json bench.json --plot bench.png" to keep the figures (see docs/benchmarks.md).
 bench: $(VENV)/.installed-dev redis-server
-	$(BIN)/python benchmarks/memory_store.py $(ARGS)
-	$(BIN)/python benchmarks/redis_store.py $(ARGS)
+	$(BIN)/chatstate bench --redis-server $(ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -1,5 +1,5 @@
-"""The benchmarks run and report both sides of every comparison (their figures are not tested:
-timing assertions do not belong in unit tests)."""
+"""`chatstate bench` runs both sides of every comparison and reports them. Its figures are not
+tested: timing assertions do not belong in unit tests."""
 
 from __future__ import annotations
 
@@ -7,57 +7,180 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
+import pytest
+import redis
+
+from chatstate.bench.measure import percentile
+from chatstate.bench.results import Target
+from chatstate.bench.workload import conversation, english_text
+from chatstate.cli import main
 from chatstate.testing import RedisServer
+from chatstate.testing.redis_server import find_free_port
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def _bench(script: str, *args: str, out: Path) -> dict[str, object]:
-    done = subprocess.run(
-        [sys.executable, f"benchmarks/{script}", *args, "--json", str(out)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    report: dict[str, object] = json.loads(out.read_text())
-    return report
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-def test_the_memory_benchmark_compares_with_its_floor(tmp_path: Path) -> None:
-    report = _bench("memory_store.py", "--quick", "--rounds", "3", out=tmp_path / "m.json")
-    results = report["results"]
-    assert isinstance(results, list) and len(results) == 5
-    for row in results:
-        assert row["ours_p50_us"] > 0 and row["floor_p50_us"] > 0
-        assert row["ratio"] == row["ours_p50_us"] / row["floor_p50_us"]
-    memory = report["memory"]
-    assert isinstance(memory, dict) and memory["ours_bytes_per_session"] > 0
+def _rows(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every row, after checking that its ratio is ours / floor and its verdict its target's."""
+    rows: list[dict[str, Any]] = report["results"]
+    assert rows
+    for row in rows:
+        assert row["ours"] > 0 and row["floor"] > 0, row
+        assert row["ratio"] == row["ours"] / row["floor"], row
+        assert (row["ok"] is None) == (row["target"] is None), row
+    return rows
 
 
-def test_the_redis_benchmark_compares_with_its_floor(
+def _assert_png(path: Path) -> None:
+    data = path.read_bytes()
+    assert data.startswith(PNG_SIGNATURE)
+    assert len(data) > 10_000  # axes, lines and labels, not an empty canvas
+
+
+def test_a_quick_run_against_redis_measures_both_sides(
     redis_server: RedisServer, tmp_path: Path
 ) -> None:
-    report = _bench(
-        "redis_store.py",
-        "--redis",
-        redis_server.url,
-        "--sessions",
-        "1,20",
-        "--turns",
-        "2",
-        "--repeats",
-        "1",
-        out=tmp_path / "r.json",
+    out, plot = tmp_path / "bench.json", tmp_path / "bench.png"
+    command = [sys.executable, "-W", "error", "-m", "chatstate", "bench", "--quick"]
+    done = subprocess.run(
+        [*command, "--redis", redis_server.url, "--json", str(out), "--plot", str(plot)],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
-    scenarios = report["scenarios"]
-    assert isinstance(scenarios, list) and [row["sessions"] for row in scenarios] == [1, 20]
-    for row in scenarios:
-        ours, floor = row["ours"], row["floor"]
-        assert row["throughput_ratio"] == ours["turns_per_s"] / floor["turns_per_s"]
-        assert 0 < ours["round_trips_per_turn"] <= 2.0  # fewer when concurrent calls share writes
-        assert floor["round_trips_per_turn"] == 2.0
-    memory = report["memory"]
-    assert isinstance(memory, dict) and memory["stored_bytes_per_message"] > 200
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "In-memory store" in done.stdout and "Redis store" in done.stdout
+    assert "targets met:" in done.stdout
+
+    report = json.loads(out.read_text())
+    rows = _rows(report)
+    assert {row["group"] for row in rows} == {"in-memory", "redis"}
+    turn = [row for row in rows if row["group"] == "redis" and row["key"] == "turn"]
+    assert {row["sessions"] for row in turn} == {1, 100, 1000}
+    assert {row["metric"] for row in turn} == {"throughput", "load p50", "load p99"}
+    headline = [row for row in turn if row["metric"] == "throughput" and not row["variant"]]
+    assert [row["target"] for row in headline] == [">= 1 x floor", ">= 5 x floor", ">= 5 x floor"]
+    # Round trips are counted at the connection, for both sides of every concurrent scenario.
+    counted = [row for row in rows if row["round_trips_per_op"] is not None]
+    assert {row["key"] for row in counted} >= {"turn", "load", "append", "pipeline_turn"}
+    for row in counted:
+        assert row["round_trips_per_op"]["ours"] > 0
+    for row in turn:
+        assert row["round_trips_per_op"]["floor"] == 1.0  # one LRANGE, one MULTI/EXEC
+    assert {row["variant"] for row in turn} == {"", "auto_pipeline=False"}
+    stored = [row for row in rows if row["key"] == "stored_bytes"]
+    assert {row["variant"] for row in stored} == {"", "compress_over=1024"}
+
+    assert report["environment"]["redis_server"]
+    assert report["environment"]["python"] == sys.version.split()[0]
+    assert report["options"]["quick"] is True
+    assert set(report["scenarios"]["redis"]["turn@100"]["sides"]) >= {"ours", "floor"}
+    _assert_png(plot)
+    # Every key the run wrote is gone.
+    client = redis.Redis.from_url(redis_server.url)
+    try:
+        assert list(client.scan_iter(match="chatstate-bench-*")) == []
+    finally:
+        client.close()
+
+
+def test_a_quick_run_without_redis_measures_the_in_memory_store(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out, plot = tmp_path / "bench.json", tmp_path / "bench.png"
+    status = main(["bench", "--quick", "--no-progress", "--json", str(out), "--plot", str(plot)])
+    printed = capsys.readouterr().out
+    assert status == 0, printed
+    assert "In-memory store" in printed and "Redis store" not in printed
+    report = json.loads(out.read_text())
+    rows = _rows(report)
+    assert {row["group"] for row in rows} == {"in-memory"}
+    assert {row["key"] for row in rows} == {
+        "turn",
+        "load",
+        "append",
+        "pipeline_turn",
+        "read_heavy",
+        "long_history",
+        "large_messages",
+        "heap",
+    }
+    assert report["environment"]["redis_server"] is None
+    assert any("in-memory" in note and "plot" in note for note in report["notes"])
+    _assert_png(plot)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--sessions", "0"], "expected a positive integer, got '0'"),
+        (["--sessions", "1,,100"], "expected numbers separated by commas"),
+        (["--sessions", "many"], "expected a positive integer, got 'many'"),
+        (["--turns", "0"], "argument --turns: expected a positive integer"),
+        (["--repeats", "x"], "argument --repeats: expected a positive integer"),
+        (["--history", "-5"], "argument --history: expected a positive integer"),
+        (["--message-bytes", "1.5"], "argument --message-bytes: expected a positive integer"),
+        (["--max-connections", "0"], "argument --max-connections"),
+        (["--redis", "localhost:6379"], "expected a redis://host:port/db URL"),
+        (["--redis", "redis://localhost", "--redis-server"], "not allowed with argument"),
+        (["--json", "/no/such/dir/bench.json"], "no such directory: '/no/such/dir'"),
+        (["--plot", "/no/such/dir/bench.png"], "no such directory"),
+        (["--bogus"], "unrecognized arguments: --bogus"),
+    ],
+)
+def test_bad_options_exit_2_with_a_clear_message(
+    args: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["bench", *args]) == 2
+    error = capsys.readouterr().err
+    assert message in error
+    assert "Traceback" not in error
+
+
+@pytest.mark.parametrize(
+    ("module", "args"),
+    [("rich", []), ("matplotlib", ["--plot", "bench.png"]), ("redis", ["--redis-server"])],
+)
+def test_a_missing_extra_is_one_line_with_the_install_command(
+    module: str,
+    args: list[str],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setitem(sys.modules, module, None)  # makes `import module` fail
+    assert main(["bench", "--quick", *args]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1
+    assert f"{module} is not installed" in error
+    assert 'pip install "chatstate[bench]"' in error
+
+
+def test_an_unreachable_server_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
+    url = f"redis://127.0.0.1:{find_free_port()}/0"
+    assert main(["bench", "--quick", "--no-progress", "--redis", url]) == 1
+    error = capsys.readouterr().err
+    assert f"cannot reach Redis at {url}" in error
+    assert "Traceback" not in error
+
+
+def test_messages_are_english_text_of_the_exact_size() -> None:
+    text = english_text(2048)
+    assert len(text.encode()) == 2048
+    assert len(set(text.split())) > 150  # prose, not repeated characters
+    first, second = conversation(2, 200)
+    assert first.text != second.text and len(first.text) == len(second.text) == 200
+    assert len(english_text(100_000, 3)) == 100_000
+
+
+def test_targets_and_percentiles() -> None:
+    assert Target.ratio_at_least(5.0).met(ours=10.0, ratio=5.0) is True
+    assert Target.ratio_at_most(0.2).met(ours=1.0, ratio=0.3) is False
+    assert Target.ours_at_most(25.0).met(ours=24.0, ratio=None) is True
+    assert Target.ratio_at_least(1.0).describe("turns/s") == ">= 1 x floor"
+    assert Target.ours_at_most(264).describe("B") == "ours <= 264 B"
+    samples = [float(value) for value in range(1, 101)]
+    assert percentile(samples, 0.5) == 50.0
+    assert percentile(samples, 0.99) == 99.0
+    assert percentile([3.0], 0.99) == 3.0

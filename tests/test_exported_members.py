@@ -3,6 +3,7 @@ import types
 import pytest
 
 import chatstate
+import chatstate.bench
 import chatstate.middleware
 import chatstate.providers
 import chatstate.stores
@@ -17,7 +18,14 @@ def _isort_style(name: str) -> tuple[int, str]:
 
 @pytest.mark.parametrize(
     "module",
-    [chatstate, chatstate.middleware, chatstate.providers, chatstate.stores, chatstate.testing],
+    [
+        chatstate,
+        chatstate.bench,
+        chatstate.middleware,
+        chatstate.providers,
+        chatstate.stores,
+        chatstate.testing,
+    ],
     ids=lambda module: module.__name__,
 )
 def test_all_is_sorted_and_complete(module: types.ModuleType) -> None:

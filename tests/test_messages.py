@@ -283,3 +283,15 @@ def test_the_codec_cache_is_bounded_and_drops_the_least_recently_used() -> None:
         _distinct(3)
     )
     assert not off._cache
+
+
+def test_long_loads_bypass_the_codec_cache() -> None:
+    writer, reader = EntryCodec(), EntryCodec()
+    entries = writer.encode(_distinct(300))
+    assert reader.decode(entries, on_corrupt="raise", session_id="s") == (_distinct(300), 0)
+    assert not reader._cache  # an unbounded history does not push the windows out
+    assert (
+        reader.decode(entries[-20:], on_corrupt="raise", session_id="s")[0]
+        == (_distinct(300)[-20:])
+    )
+    assert len(reader._cache) == 20

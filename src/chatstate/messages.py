@@ -347,6 +347,10 @@ def decode_entries(
     return result, skipped
 
 
+_MAX_CACHED_LOAD = 256
+"""Loads of more entries than this bypass the codec's cache."""
+
+
 class EntryCodec:
     """Turns messages into stored entries and back, remembering recent ones.
 
@@ -357,7 +361,8 @@ class EntryCodec:
     The cache is bounded by ``cache_bytes``, an estimate of the memory its entries hold (their
     bytes and messages); the least recently used go first, so entries trimmed out of every window
     leave before live ones. It pays while the windows of the active sessions fit: the default
-    32 MiB holds about 22,000 messages of 200 bytes. ``cache_bytes=0`` turns it off.
+    32 MiB holds about 22,000 messages of 200 bytes. Loads of more than 256 entries bypass it.
+    ``cache_bytes=0`` turns it off.
     """
 
     __slots__ = ("_cache", "_cache_bytes", "_compress_over", "_held")
@@ -380,7 +385,9 @@ class EntryCodec:
         self, entries: Sequence[bytes], *, on_corrupt: Literal["skip", "raise"], session_id: str
     ) -> tuple[list[Message], int]:
         """Like :func:`decode_entries`, decoding only the entries it does not remember."""
-        if not self._cache_bytes:
+        if not self._cache_bytes or len(entries) > _MAX_CACHED_LOAD:
+            # A load this long (an unbounded history) would only push the windows of other
+            # sessions out of the cache, and pay for it on every entry.
             return decode_entries(entries, on_corrupt=on_corrupt, session_id=session_id)
         cache = self._cache
         get, keep = cache.get, cache.move_to_end

@@ -1,0 +1,191 @@
+"""``chatstate bench``: the command-line face of the benchmark suite."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import importlib
+import sys
+from pathlib import Path
+
+from chatstate.bench.options import BenchError, BenchOptions
+
+HELP = "measure chatstate beside its floors (in-memory; Redis with --redis or --redis-server)"
+
+DESCRIPTION = """\
+Measure chatstate side by side with its floor, in the same run, in alternating rounds: the
+in-memory store beside a plain dict of lists and, with --redis or --redis-server, the Redis store
+beside the same commands written by hand with redis.asyncio on the same connection pool. Prints
+a table of ours, floor, ratio (ours / floor) and the targets of DESIGN.md section 4. Exit status:
+0 when the suite ran (a missed target is a finding, not a failure), 1 when it could not run, 2 for
+bad options or a missing extra.
+"""
+
+_EXTRA_HINT = 'pip install "chatstate[bench]"'
+_DEFAULTS = BenchOptions()
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _levels(text: str) -> tuple[int, ...]:
+    parts = [part.strip() for part in text.split(",")]
+    if not all(parts):
+        raise argparse.ArgumentTypeError(f"expected numbers separated by commas, got {text!r}")
+    return tuple(sorted({_positive(part) for part in parts}))
+
+
+def _redis_url(text: str) -> str:
+    if not text.startswith("redis://"):
+        raise argparse.ArgumentTypeError(
+            f"expected a redis://host:port/db URL, got {text!r} (round trips are counted on "
+            "plain TCP connections)"
+        )
+    return text
+
+
+def _output(text: str) -> Path:
+    path = Path(text)
+    if not path.parent.is_dir():
+        # Checked now, not after minutes of measuring.
+        raise argparse.ArgumentTypeError(f"no such directory: {str(path.parent)!r}")
+    return path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``chatstate bench``."""
+    server = parser.add_mutually_exclusive_group()
+    server.add_argument(
+        "--redis",
+        metavar="URL",
+        type=_redis_url,
+        help="also run the Redis scenarios on this server",
+    )
+    server.add_argument(
+        "--redis-server",
+        action="store_true",
+        help="also run the Redis scenarios on a throw-away local redis-server (a free port, "
+        "stopped afterwards)",
+    )
+    parser.add_argument(
+        "--sessions",
+        metavar="N,N,...",
+        type=_levels,
+        default=_DEFAULTS.sessions,
+        help="concurrent sessions of the Redis turn scenario (default: 1,100,1000); in-memory "
+        "scenarios cycle through the largest number of sessions",
+    )
+    parser.add_argument(
+        "--turns", type=_positive, help="turns per session and round (default 20; quick: 3)"
+    )
+    parser.add_argument(
+        "--history",
+        type=_positive,
+        default=_DEFAULTS.history,
+        help="messages kept and loaded per session (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--message-bytes",
+        type=_positive,
+        default=_DEFAULTS.message_bytes,
+        help="size of each message's text (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--repeats", type=_positive, help="measured rounds per side (default 3; quick: 1)"
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="a smoke run: few turns, one round (under 30 s)"
+    )
+    parser.add_argument(
+        "--max-connections",
+        type=_positive,
+        default=_DEFAULTS.max_connections,
+        help="Redis connection pool size, shared by both sides (default: %(default)s)",
+    )
+    parser.add_argument("--json", metavar="PATH", type=_output, help="write every figure here")
+    parser.add_argument("--plot", metavar="PATH", type=_output, help="draw a PNG plot here")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _missing_extra(args: argparse.Namespace) -> str | None:
+    needed = ["rich"]
+    if args.redis or args.redis_server:
+        needed.append("redis")
+    if args.plot:
+        needed.append("matplotlib")
+    for module in needed:
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            return module
+    return None
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``chatstate bench`` with parsed ``args``; returns the exit status."""
+    missing = _missing_extra(args)
+    if missing is not None:
+        print(
+            f"chatstate bench: error: {missing} is not installed; the benchmarks need the bench "
+            f"extra: {_EXTRA_HINT}",
+            file=sys.stderr,
+        )
+        return 2
+    # Imported only now that rich (and, where asked for, redis and matplotlib) are known to be
+    # there: the core install runs without them.
+    from rich.console import Console
+
+    from chatstate.bench.display import render, rich_progress
+    from chatstate.bench.measure import NoProgress, Progress
+    from chatstate.bench.runner import run_suite
+
+    options = BenchOptions.create(
+        quick=args.quick,
+        turns=args.turns,
+        repeats=args.repeats,
+        sessions=args.sessions,
+        history=args.history,
+        message_bytes=args.message_bytes,
+        max_connections=args.max_connections,
+    )
+    console = Console(highlight=False)
+    if not console.is_terminal:  # a log or a pipe: no 80-column wrapping of the table
+        console = Console(highlight=False, width=160)
+    errors = Console(stderr=True)
+    try:
+        with contextlib.ExitStack() as stack:
+            url = _start_server(stack) if args.redis_server else args.redis
+            progress: Progress = NoProgress()
+            if not args.no_progress and errors.is_terminal:
+                progress = stack.enter_context(rich_progress(errors))
+            report = asyncio.run(run_suite(options, redis_url=url, progress=progress))
+    except BenchError as exc:
+        print(f"chatstate bench: error: {exc}", file=sys.stderr)
+        return 1
+    if args.plot:
+        from chatstate.bench.plot import write_plot
+
+        report.notes.append(f"plot: {write_plot(report, args.plot)}, in {args.plot}")
+    render(report, console)
+    if args.json:
+        report.write_json(args.json)
+        console.print(f"every figure: {args.json}")
+    return 0
+
+
+def _start_server(stack: contextlib.ExitStack) -> str:
+    """A throw-away redis-server, stopped when ``stack`` closes; its URL."""
+    from chatstate.testing.redis_server import RedisServer
+
+    try:
+        return stack.enter_context(RedisServer()).url
+    except RuntimeError as exc:  # no redis-server binary, or it would not start
+        raise BenchError(f"could not start a redis-server: {exc}") from exc

@@ -1,0 +1,357 @@
+"""The Redis suite: RedisStateStore beside the hand-written redis.asyncio floor, on one pool.
+
+Both sides share one ``BlockingConnectionPool`` (a full pool makes callers wait instead of
+failing), whose connections count their writes to the server: a write is one round trip, however
+many commands it carries. Every key the suite writes starts with one unique prefix and is removed
+at the end (by SCAN, never KEYS), also when a scenario fails.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass
+from operator import attrgetter
+from typing import Any, ClassVar
+
+import redis
+from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.connection import Connection
+from redis.exceptions import RedisError
+
+from chatstate.bench import scenarios
+from chatstate.bench.measure import ConcurrentFigures, Progress, compare_concurrent
+from chatstate.bench.options import BenchError, BenchOptions
+from chatstate.bench.results import (
+    LOAD_P99_CONCURRENT,
+    TURN_THROUGHPUT_CONCURRENT,
+    TURN_THROUGHPUT_ONE_SESSION,
+    Measured,
+    PlanItem,
+    Row,
+    Target,
+    compressed_bytes_target,
+    stored_bytes_target,
+)
+from chatstate.bench.scenarios import Scenario
+from chatstate.bench.workload import LARGE_MESSAGE_BYTES, Backend, Floor, conversation
+from chatstate.messages import Message
+from chatstate.stores.redis import RedisStateStore
+
+FAILURES: tuple[type[Exception], ...] = (RedisError,)
+"""What a Redis scenario may raise when the server fails (beside ChatStateError and OSError)."""
+
+COMPRESS_OVER = 1024
+"""The compression threshold of the compressed side of the stored-bytes scenario."""
+
+
+class CountingConnection(Connection):
+    """Counts writes to the server: one per round trip, however many commands it carries."""
+
+    sent: ClassVar[int] = 0
+
+    async def send_packed_command(
+        self, command: bytes | str | Iterable[bytes], check_health: bool = True
+    ) -> None:
+        CountingConnection.sent += 1
+        await super().send_packed_command(command, check_health)
+
+
+def _round_trips() -> int:
+    return CountingConnection.sent
+
+
+class NaiveRedisFloor(Floor):
+    """The floor: what a careful user writes by hand, one redis.asyncio call per operation:
+    LRANGE to load, a MULTI/EXEC pipeline of RPUSH + LTRIM + PEXPIRE to append, the same JSON
+    (de)serialisation of messages, and the store's key layout."""
+
+    def __init__(self, client: Redis, prefix: str) -> None:
+        self.client = client
+        self.prefix = prefix
+
+    def key(self, session_id: str) -> str:
+        return f"{self.prefix}:{{{session_id}}}:messages"
+
+    async def load(self, session_id: str, *, limit: int | None = None) -> list[Message]:
+        raw = await self.client.lrange(self.key(session_id), -limit if limit else 0, -1)
+        return [Message.model_validate_json(entry) for entry in raw]
+
+    async def _append(
+        self, session_id: str, messages: Sequence[Message], keep: int | None, ttl: float | None
+    ) -> int:
+        key = self.key(session_id)
+        async with self.client.pipeline(transaction=True) as pipe:
+            pipe.rpush(key, *(message.model_dump_json() for message in messages))
+            if keep is not None:
+                pipe.ltrim(key, -keep, -1)
+            if ttl is not None:
+                pipe.pexpire(key, round(ttl * 1000))
+            length = int((await pipe.execute())[0])
+        return length if keep is None else min(length, keep)
+
+
+@dataclass(slots=True)
+class RedisBench:
+    """An open connection pool with the stores and the floor of one run, all on one client."""
+
+    client: Redis
+    prefix: str
+    ours: RedisStateStore
+    floor: NaiveRedisFloor
+    without_auto_pipeline: RedisStateStore
+    server_version: str
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def open(cls, url: str, options: BenchOptions) -> AsyncIterator[RedisBench]:
+        """Connect, and at the end remove every key written and close the pool."""
+        pool = BlockingConnectionPool.from_url(
+            url,
+            max_connections=options.max_connections,
+            timeout=60,
+            connection_class=CountingConnection,
+        )
+        client = Redis(connection_pool=pool)
+        prefix = f"chatstate-bench-{uuid.uuid4().hex[:12]}"
+        stores: list[RedisStateStore] = []
+
+        def store(name: str, **store_options: Any) -> RedisStateStore:
+            stores.append(RedisStateStore(client, prefix=f"{prefix}-{name}", **store_options))
+            return stores[-1]
+
+        try:
+            try:
+                info = await client.info("server")
+            except (RedisError, OSError) as exc:
+                raise BenchError(f"cannot reach Redis at {url}: {exc}") from exc
+            yield cls(
+                client=client,
+                prefix=prefix,
+                ours=store("ours"),
+                floor=NaiveRedisFloor(client, f"{prefix}-floor"),
+                without_auto_pipeline=store("plain", auto_pipeline=False),
+                server_version=str(info.get("redis_version", "unknown")),
+            )
+        finally:
+            for opened in stores:
+                await opened.aclose()
+            with contextlib.suppress(RedisError, OSError):  # the server may be what failed
+                await _delete_keys(client, f"{prefix}-*")
+            await client.aclose()
+            await pool.aclose()
+
+    def environment(self) -> dict[str, Any]:
+        return {
+            "redis_server": self.server_version,
+            "redis_py": redis.__version__,
+            "hiredis": redis.utils.HIREDIS_AVAILABLE,
+        }
+
+
+async def _delete_keys(client: Redis, pattern: str) -> None:
+    batch: list[bytes] = []
+    async for key in client.scan_iter(match=pattern, count=1000):
+        batch.append(key)
+        if len(batch) >= 500:
+            await client.unlink(*batch)
+            batch.clear()
+    if batch:
+        await client.unlink(*batch)
+
+
+def plan(bench: RedisBench, options: BenchOptions) -> list[PlanItem]:
+    """The Redis scenarios, in the order they run: the headline turn at every concurrency level,
+    the others at ``options.secondary_sessions``, then stored bytes per message."""
+
+    def item(scenario: Scenario, sessions: int) -> PlanItem:
+        return PlanItem(
+            group="redis",
+            key=f"{scenario.key}@{sessions}",
+            name=f"redis: {scenario.describe(options)}, {sessions:,} sessions",
+            run=lambda progress: run_scenario(bench, scenario, sessions, options, progress),
+        )
+
+    return [
+        *(item(scenarios.TURN, sessions) for sessions in options.sessions),
+        *(item(scenario, options.secondary_sessions) for scenario in scenarios.SECONDARY),
+        PlanItem(
+            group="redis",
+            key="stored_bytes",
+            name="redis: stored bytes per message",
+            run=lambda _: stored_bytes(bench, options),
+        ),
+    ]
+
+
+async def run_scenario(
+    bench: RedisBench,
+    scenario: Scenario,
+    sessions: int,
+    options: BenchOptions,
+    progress: Progress,
+) -> Measured:
+    """Seed, warm up, then alternate rounds of ours (and ours without auto-pipelining, for the
+    headline turn) and of the floor, all sessions at once."""
+    params = scenario.params(options, fresh=True)
+    ids = [f"{scenario.key}{sessions}-{index}" for index in range(sessions)]
+    sides = scenario.workloads(bench.ours, bench.floor, params)
+    backends: list[Backend] = [bench.ours, bench.floor]
+    plain = bench.without_auto_pipeline
+    if scenario is scenarios.TURN:
+        # The same store without coalescing: what auto-pipelining itself gains.
+        sides = {
+            "ours": sides["ours"],
+            "auto_pipeline=False": scenario.ours(plain, params),
+            "floor": sides["floor"],
+        }
+        backends.append(plain)
+    progress.detail("seeding")
+    await scenarios.seed(backends, ids, scenario.seed_count(options), params)
+    figures = await compare_concurrent(
+        sides,
+        ids,
+        turns=options.turns,
+        rounds=options.repeats,
+        round_trips=_round_trips,
+        progress=progress,
+    )
+    rows = _rows(scenario, sessions, options, figures)
+    details = {
+        "sessions": sessions,
+        "turns_per_session": options.turns,
+        "sides": {side: asdict(value) for side, value in figures.items()},
+    }
+    return Measured(rows, details)
+
+
+_Metric = tuple[str, str, Callable[[ConcurrentFigures], float], Target | None]
+
+
+def _metrics(scenario: Scenario, sessions: int) -> list[_Metric]:
+    """What the table shows of a concurrent scenario: its throughput and, for the headline
+    turn, the load latency; with the targets that apply at this many sessions."""
+    if scenario.unit == "ops/s":
+        return [("throughput", scenario.unit, attrgetter("ops_per_s"), None)]
+    if scenario is not scenarios.TURN:
+        return [("throughput", scenario.unit, attrgetter("turns_per_s"), None)]
+    throughput_target = None  # between 1 and 100 sessions, DESIGN.md sets none
+    if sessions == 1:
+        throughput_target = TURN_THROUGHPUT_ONE_SESSION
+    elif sessions >= 100:
+        throughput_target = TURN_THROUGHPUT_CONCURRENT
+    return [
+        ("throughput", scenario.unit, attrgetter("turns_per_s"), throughput_target),
+        ("load p50", "ms", lambda figures: figures.latency_ms["load"]["p50"], None),
+        (
+            "load p99",
+            "ms",
+            lambda figures: figures.latency_ms["load"]["p99"],
+            LOAD_P99_CONCURRENT if sessions >= 1000 else None,
+        ),
+    ]
+
+
+def _rows(
+    scenario: Scenario, sessions: int, options: BenchOptions, figures: dict[str, ConcurrentFigures]
+) -> list[Row]:
+    """Each side's figures beside the floor's; targets hold for ours itself, not its variants."""
+    floor = figures["floor"]
+    return [
+        Row(
+            group="redis",
+            key=scenario.key,
+            scenario=scenario.describe(options),
+            sessions=sessions,
+            variant="" if side == "ours" else side,
+            metric=metric,
+            unit=unit,
+            ours=pick(figures[side]),
+            floor=pick(floor),
+            target=target if side == "ours" else None,
+            round_trips=(figures[side].round_trips_per_op, floor.round_trips_per_op),
+        )
+        for side in figures
+        if side != "floor"
+        for metric, unit, pick, target in _metrics(scenario, sessions)
+    ]
+
+
+async def _bytes_per_message(
+    client: Redis,
+    backend: RedisStateStore | NaiveRedisFloor,
+    session_id: str,
+    history: Sequence[Message],
+) -> float:
+    key = backend.key(session_id)
+    try:
+        await backend.append(session_id, history)
+        used = await client.memory_usage(key, samples=0)
+        return (used or 0) / await client.llen(key)
+    finally:
+        await client.unlink(key)
+
+
+async def stored_bytes(bench: RedisBench, options: BenchOptions) -> Measured:
+    """Redis memory per stored message (``MEMORY USAGE key SAMPLES 0`` over the list's length),
+    ``history`` messages of the run's size and of 2 KiB, ours beside the floor's plain JSON; and
+    the 2 KiB of English text once more with compression.
+
+    The key name counts in ``MEMORY USAGE``, so these keys have the shape an app's keys have:
+    the default prefix and a short session id (random, and deleted at once), not the run's long
+    unique prefix.
+    """
+    rows: list[Row] = []
+    details: dict[str, Any] = {}
+    tag = uuid.uuid4().hex[:8]
+    ours = RedisStateStore(bench.client)
+    compressed = RedisStateStore(bench.client, compress_over=COMPRESS_OVER)
+    floor = NaiveRedisFloor(bench.client, ours.prefix)
+    try:
+        for size in sorted({options.message_bytes, LARGE_MESSAGE_BYTES}):
+            history = conversation(options.history, size)
+            session_id = f"bench-{tag}-{size}"
+            measured = [
+                ("floor", await _bytes_per_message(bench.client, floor, session_id, history)),
+                ("", await _bytes_per_message(bench.client, ours, session_id, history)),
+            ]
+            if size == LARGE_MESSAGE_BYTES:
+                measured.append(
+                    (
+                        f"compress_over={COMPRESS_OVER}",
+                        await _bytes_per_message(bench.client, compressed, session_id, history),
+                    )
+                )
+            floor_bytes = measured[0][1]
+            rows.extend(
+                Row(
+                    group="redis",
+                    key="stored_bytes",
+                    scenario=f"stored history, {size:,} B messages",
+                    variant=variant,
+                    metric="bytes per message",
+                    unit="B",
+                    ours=value,
+                    floor=floor_bytes,
+                    target=_stored_bytes_target(variant, size, options),
+                )
+                for variant, value in measured[1:]
+            )
+            details[str(size)] = {
+                "messages": options.history,
+                **{variant or "ours": value for variant, value in measured},
+            }
+    finally:
+        await ours.aclose()
+        await compressed.aclose()
+    return Measured(rows, details)
+
+
+def _stored_bytes_target(variant: str, size: int, options: BenchOptions) -> Target | None:
+    """DESIGN.md: the payload + 64 B for the run's messages; 0.6 x the payload for 2 KiB of
+    English text compressed. Plain 2 KiB entries get no target: Redis rounds allocations of that
+    size up the same way for any client (see the floor)."""
+    if variant:
+        return compressed_bytes_target(size)
+    return stored_bytes_target(size) if size == options.message_bytes else None

@@ -1,0 +1,82 @@
+"""Runs the suites: the in-memory scenarios always, the Redis ones when a server is given."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import sys
+from datetime import UTC, datetime
+from typing import Any
+
+import pydantic
+
+import chatstate
+from chatstate.bench import memory, scenarios
+from chatstate.bench.measure import NoProgress, Progress
+from chatstate.bench.options import BenchError, BenchOptions
+from chatstate.bench.results import Report, Row
+from chatstate.errors import ChatStateError
+
+
+def environment() -> dict[str, Any]:
+    """Where and when the figures were measured."""
+    return {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "python": sys.version.split()[0],
+        "implementation": platform.python_implementation(),
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "chatstate": chatstate.__version__,
+        "pydantic": pydantic.VERSION,
+        "redis_server": None,
+    }
+
+
+async def run_suite(
+    options: BenchOptions, *, redis_url: str | None = None, progress: Progress | None = None
+) -> Report:
+    """Run every in-memory scenario and, with ``redis_url``, every Redis scenario against that
+    server (raises :class:`~chatstate.bench.options.BenchError` when it cannot be reached)."""
+    progress = progress if progress is not None else NoProgress()
+    report = Report(environment=environment(), options=options.to_json())
+    failures: tuple[type[Exception], ...] = (ChatStateError, OSError)
+    async with contextlib.AsyncExitStack() as stack:
+        items = memory.plan(options)
+        if redis_url is not None:
+            from chatstate.bench import redis  # needs redis-py: imported only when asked for
+
+            # Connect first: an unreachable server fails the run before minutes of measuring.
+            bench = await stack.enter_async_context(redis.RedisBench.open(redis_url, options))
+            report.environment.update(bench.environment())
+            items += redis.plan(bench, options)
+            failures += redis.FAILURES
+        progress.begin(len(items))
+        for item in items:
+            progress.scenario(item.name)
+            try:
+                measured = await item.run(progress)
+            except failures as exc:  # a server gone, a store error: say where, not a traceback
+                raise BenchError(f"{item.name} failed: {type(exc).__name__}: {exc}") from exc
+            report.add(item.group, item.key, measured)
+    report.notes.extend(_bounding_notes(report.rows, options))
+    return report
+
+
+def _bounding_notes(rows: list[Row], options: BenchOptions) -> list[str]:
+    """How much a bounded load saves over loading a long history, per store."""
+    notes = []
+    for group in ("in-memory", "redis"):
+        # Each store has one row of each of these two scenarios: a time or a throughput.
+        found = {row.key: row.ours for row in rows if row.group == group}
+        bounded = found.get(scenarios.LOAD.key)
+        unbounded = found.get(scenarios.LONG_HISTORY.key)
+        if not bounded or not unbounded:
+            continue
+        # In-memory rows are times (lower is better), Redis rows throughputs (higher is better).
+        factor = unbounded / bounded if group == "in-memory" else bounded / unbounded
+        notes.append(
+            f"{group}: loading all of {scenarios.LONG_HISTORY.seed_count(options):,} messages "
+            f"costs {factor:,.1f} x a bounded load of {options.history}: why max_messages matters"
+        )
+    return notes

@@ -1,0 +1,102 @@
+"""The scenarios both suites run, each a workload for our store beside one for its floor."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import KW_ONLY, dataclass
+
+from chatstate.bench import workload as w
+from chatstate.bench.options import BenchOptions
+from chatstate.bench.workload import Backend, Floor, Params, Workload
+from chatstate.stores.base import StateStore
+
+
+@dataclass(frozen=True, slots=True)
+class Scenario:
+    """What every session does per turn, on our store and on its floor."""
+
+    key: str
+    """The scenario's name in the JSON report."""
+    title: str
+    """For the table; ``{history}`` and ``{seed}`` are filled in."""
+    ours: Callable[[StateStore, Params], Workload]
+    floor: Callable[[Backend, Params], Workload]
+    unit: str
+    """What a Redis round counts per second: ``turns/s``, ``loads/s``, ... or ``ops/s``, which
+    counts every step (load or append) of a turn."""
+    _: KW_ONLY
+    seed: int | None = None
+    """Messages stored per session before measuring; None: ``history``."""
+    message_bytes: int | None = None
+    """None: the run's ``message_bytes``."""
+
+    def params(self, options: BenchOptions, *, fresh: bool = False) -> Params:
+        size = self.message_bytes if self.message_bytes is not None else options.message_bytes
+        return Params.of(history=options.history, message_bytes=size, fresh=fresh)
+
+    def seed_count(self, options: BenchOptions) -> int:
+        return self.seed if self.seed is not None else options.history
+
+    def describe(self, options: BenchOptions) -> str:
+        return self.title.format(history=options.history, seed=self.seed_count(options))
+
+    def workloads(self, ours: StateStore, floor: Floor, params: Params) -> dict[str, Workload]:
+        return {"ours": self.ours(ours, params), "floor": self.floor(floor, params)}
+
+
+LOAD = Scenario("load", "load(limit={history}) of {seed}", w.load_only, w.load_only, "loads/s")
+APPEND = Scenario(
+    "append", "append 2 (max {history}, ttl)", w.append_only, w.append_only, "appends/s"
+)
+TURN = Scenario("turn", "turn: load {history} + append 2", w.turn, w.turn, "turns/s")
+PIPELINE_TURN = Scenario(
+    "pipeline_turn",
+    "pipeline turn, instant provider",
+    w.pipeline_turn,
+    w.hand_written_turn,  # the same work by hand, with no middleware chain
+    "turns/s",
+)
+READ_HEAVY = Scenario(
+    "read_heavy",
+    f"read-heavy: {w.READS_PER_WRITE} loads per append",
+    w.read_heavy,
+    w.read_heavy,
+    "ops/s",
+)
+LONG_HISTORY = Scenario(
+    "long_history",
+    "load all of {seed:,} (max_messages=-1)",
+    w.load_all,
+    w.load_all,
+    "loads/s",
+    seed=w.LONG_HISTORY,
+)
+LARGE_MESSAGES = Scenario(
+    "large_messages",
+    f"turn, {w.LARGE_MESSAGE_BYTES // 1024} KiB messages",
+    w.turn,
+    w.turn,
+    "turns/s",
+    message_bytes=w.LARGE_MESSAGE_BYTES,
+)
+
+SECONDARY: Sequence[Scenario] = (
+    LOAD,
+    APPEND,
+    PIPELINE_TURN,
+    READ_HEAVY,
+    LONG_HISTORY,
+    LARGE_MESSAGES,
+)
+"""Beside the headline turn: what each suite also measures."""
+
+
+async def seed(
+    backends: Sequence[Backend], session_ids: Sequence[str], count: int, params: Params
+) -> None:
+    """Store ``count`` messages in every session of every backend, as a lived-in app has them."""
+    if count <= 0:
+        return
+    for backend in backends:
+        for session_id in session_ids:
+            await backend.append(session_id, params.history_of(count), ttl=params.ttl)
