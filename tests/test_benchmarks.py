@@ -124,6 +124,7 @@ def test_a_quick_run_without_redis_measures_the_in_memory_store(
         (["--message-bytes", "1.5"], "argument --message-bytes: expected a positive integer"),
         (["--max-connections", "0"], "argument --max-connections"),
         (["--redis", "localhost:6379"], "expected a redis://host:port/db URL"),
+        (["--redis", "rediss://alice:s3cret@host/0"], "rediss://alice:***@host/0"),
         (["--redis", "redis://localhost", "--redis-server"], "not allowed with argument"),
         (["--json", "/no/such/dir/bench.json"], "no such directory: '/no/such/dir'"),
         (["--plot", "/no/such/dir/bench.png"], "no such directory"),
@@ -137,6 +138,7 @@ def test_bad_options_exit_2_with_a_clear_message(
     error = capsys.readouterr().err
     assert message in error
     assert "Traceback" not in error
+    assert "s3cret" not in error
 
 
 @pytest.mark.parametrize(
@@ -158,11 +160,11 @@ def test_a_missing_extra_is_one_line_with_the_install_command(
 
 
 def test_an_unreachable_server_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
-    url = f"redis://127.0.0.1:{find_free_port()}/0"
+    url = f"redis://bench:s3cret@127.0.0.1:{find_free_port()}/0"
     assert main(["bench", "--quick", "--no-progress", "--redis", url]) == 1
     error = capsys.readouterr().err
-    assert f"cannot reach Redis at {url}" in error
-    assert "Traceback" not in error
+    assert f"cannot reach Redis at {url.replace('s3cret', '***')}" in error
+    assert "Traceback" not in error and "s3cret" not in error
 
 
 def test_messages_are_english_text_of_the_exact_size() -> None:

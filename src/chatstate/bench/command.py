@@ -9,6 +9,7 @@ import importlib
 import sys
 from pathlib import Path
 
+from chatstate._checks import redact_url
 from chatstate.bench.options import BenchError, BenchOptions
 
 HELP = "measure chatstate beside its floors (in-memory; Redis with --redis or --redis-server)"
@@ -46,8 +47,8 @@ def _levels(text: str) -> tuple[int, ...]:
 def _redis_url(text: str) -> str:
     if not text.startswith("redis://"):
         raise argparse.ArgumentTypeError(
-            f"expected a redis://host:port/db URL, got {text!r} (round trips are counted on "
-            "plain TCP connections)"
+            f"expected a redis://host:port/db URL, got {redact_url(text)!r} (round trips are "
+            "counted on plain TCP connections)"
         )
     return text
 

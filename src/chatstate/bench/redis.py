@@ -20,6 +20,7 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.connection import Connection
 from redis.exceptions import RedisError
 
+from chatstate._checks import redact_url
 from chatstate.bench import scenarios
 from chatstate.bench.measure import ConcurrentFigures, Progress, compare_concurrent
 from chatstate.bench.options import BenchError, BenchOptions
@@ -125,7 +126,7 @@ class RedisBench:
             try:
                 info = await client.info("server")
             except (RedisError, OSError) as exc:
-                raise BenchError(f"cannot reach Redis at {url}: {exc}") from exc
+                raise BenchError(f"cannot reach Redis at {redact_url(url)}: {exc}") from exc
             yield cls(
                 client=client,
                 prefix=prefix,

@@ -26,6 +26,7 @@ from chatstate._checks import (
     check_max_messages,
     check_session_id,
     check_ttl,
+    redact_url,
 )
 from chatstate.errors import (
     ConfigurationError,
@@ -242,7 +243,7 @@ class RedisStateStore(StateStore):
         if not isinstance(url, str) or not url.startswith(("redis://", "rediss://", "unix://")):
             raise ConfigurationError(
                 "url must start with redis://, rediss:// or unix://, got "
-                f"{_redact(url) if isinstance(url, str) else type(url).__name__}"
+                f"{redact_url(url) if isinstance(url, str) else type(url).__name__}"
             )
         store_options = {name: options.pop(name) for name in _STORE_OPTIONS & options.keys()}
         if options.get("decode_responses"):
@@ -258,7 +259,7 @@ class RedisStateStore(StateStore):
                 pool.make_connection()  # type: ignore[no-untyped-call]
                 client = Redis.from_pool(pool)
         except (ValueError, TypeError, *_REDIS_ERRORS) as exc:
-            raise ConfigurationError(f"invalid Redis URL {_redact(url)}: {exc}") from exc
+            raise ConfigurationError(f"invalid Redis URL {redact_url(url)}: {exc}") from exc
         return cls(client, **store_options, owns_client=True)
 
     def __repr__(self) -> str:
@@ -423,13 +424,3 @@ def _decodes_responses(client: RedisClient) -> bool:
     if isinstance(client, RedisCluster):
         return bool(client.get_encoder().decode_responses)
     return bool(client.connection_pool.connection_kwargs.get("decode_responses", False))
-
-
-def _redact(url: str) -> str:
-    """The URL without its password, for error messages."""
-    scheme, sep, rest = url.partition("://")
-    if not sep or "@" not in rest:
-        return url
-    credentials, _, host = rest.rpartition("@")
-    user = credentials.partition(":")[0]
-    return f"{scheme}://{user + ':***' if user else '***'}@{host}"
