@@ -62,7 +62,9 @@ def rich_progress(console: Console) -> Iterator[RichProgress]:
         yield RichProgress(bar)
 
 
-def _number(value: float) -> str:
+def _number(value: float, unit: str) -> str:
+    if unit == "B":  # a byte over a bound must show: 264.4 is not 264
+        return f"{value:,.1f}"
     if abs(value) >= 100:
         return f"{value:,.0f}"
     return f"{value:.1f}" if abs(value) >= 10 else f"{value:.2f}"
@@ -101,8 +103,8 @@ def table(report: Report, group: str) -> Table | None:
             cells.append("" if row.sessions is None else f"{row.sessions:,}")
         cells += [
             f"{row.metric} ({row.unit})",
-            _number(row.ours),
-            _number(row.floor),
+            _number(row.ours, row.unit),
+            _number(row.floor, row.unit),
             "" if row.ratio is None else f"{row.ratio:.2f} x",
             "" if row.target is None else escape(row.target.describe(row.unit)),
             _ok(row),
