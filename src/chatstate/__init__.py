@@ -22,6 +22,7 @@ from chatstate.messages import ContentPart, ImagePart, Message, Role, TextPart, 
 from chatstate.middleware import ProviderMiddleware, StateMiddleware, StateMiddlewareConfig
 from chatstate.pipeline import CallNext, ExecutionResult, Middleware, Pipeline, RequestContext
 from chatstate.providers import Provider, ScriptedProvider
+from chatstate.retry import RetryPolicy
 from chatstate.stores import InMemoryStateStore, StateStore
 
 if TYPE_CHECKING:
@@ -51,6 +52,7 @@ __all__ = [
     "ProviderMiddleware",
     "RedisStateStore",
     "RequestContext",
+    "RetryPolicy",
     "Role",
     "ScriptedProvider",
     "StateLoadError",

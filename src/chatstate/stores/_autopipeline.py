@@ -39,8 +39,8 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import AbstractConnection
+from redis.exceptions import AuthenticationError, AuthorizationError, RedisError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 try:
@@ -53,10 +53,20 @@ if TYPE_CHECKING:
 else:
     RedisClient = Any
 
-__all__ = ["AutoPipeline", "Command"]
+__all__ = ["AutoPipeline", "Command", "CommandNotSent"]
 
 Command: TypeAlias = tuple[Any, ...]
 """A Redis command and its arguments: ``("LRANGE", key, -20, -1)``."""
+
+
+# Connecting failed for a reason that trying again will not change.
+_PERMANENT = (AuthenticationError, AuthorizationError)
+
+
+class CommandNotSent(RedisConnectionError):
+    """No connection to Redis could be had: the command never left the client, so trying it again
+    cannot apply it twice."""
+
 
 # redis-py 8 renamed Connection.can_read_destructive to can_read; both check the socket without
 # blocking for buffered data or an end of file.
@@ -96,6 +106,30 @@ class _ConnectionTransport:
         self._idle: list[AbstractConnection] = []
         self._held: list[AbstractConnection] = []
 
+    async def _connected(self) -> AbstractConnection:
+        """A connection, connected: a failure here means no command left the client."""
+        try:
+            connection = await self._take()
+        except _PERMANENT:
+            raise
+        except (RedisError, OSError) as exc:
+            raise CommandNotSent(f"no connection to Redis ({type(exc).__name__}: {exc})") from exc
+        if not connection.is_connected:
+            try:
+                await connection.connect()  # type: ignore[no-untyped-call]
+            except _PERMANENT:
+                self._idle.append(connection)
+                raise
+            except (RedisError, OSError) as exc:
+                self._idle.append(connection)
+                raise CommandNotSent(
+                    f"no connection to Redis ({type(exc).__name__}: {exc})"
+                ) from exc
+            except BaseException:
+                self._idle.append(connection)
+                raise
+        return connection
+
     async def _take(self) -> AbstractConnection:
         if not self._idle:
             connection: AbstractConnection = await self._pool.get_connection()  # type: ignore[no-untyped-call]
@@ -123,7 +157,7 @@ class _ConnectionTransport:
         return await self._exchange(commands)
 
     async def _exchange(self, commands: Sequence[Command]) -> list[Any]:
-        connection = await self._take()
+        connection = await self._connected()
         pack = self._pack
         if pack is not None:
             packed: bytes | list[bytes] = b"".join([pack(command) for command in commands])

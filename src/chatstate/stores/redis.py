@@ -13,6 +13,7 @@ half a turn.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import inspect
 import logging
@@ -36,14 +37,19 @@ from chatstate.errors import (
     WrongTypeError,
 )
 from chatstate.messages import EntryCodec, Message, as_messages
-from chatstate.stores._autopipeline import AutoPipeline
+from chatstate.retry import RetryPolicy
+from chatstate.stores._autopipeline import AutoPipeline, CommandNotSent
 from chatstate.stores._redis_lease import RELEASE, RENEW, RedisLease
 from chatstate.stores.base import TTL, StateStore
 
 try:
     from redis.asyncio import BlockingConnectionPool, Redis
     from redis.asyncio.cluster import RedisCluster
+    from redis.asyncio.retry import Retry
+    from redis.backoff import NoBackoff
+    from redis.exceptions import ConnectionError as RedisConnectionError
     from redis.exceptions import NoScriptError, RedisClusterException, RedisError, ResponseError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise ImportError("RedisStateStore needs redis-py: pip install 'chatstate[redis]'") from exc
 
@@ -59,6 +65,9 @@ logger = logging.getLogger("chatstate.redis")
 # What redis-py raises: RedisError, and for cluster troubles (no node for a slot, too many
 # redirections) RedisClusterException, which is not a RedisError.
 _REDIS_ERRORS = (RedisError, RedisClusterException)
+
+# Lost connections and timeouts: a call may or may not have reached the server.
+_AFTER_ANY_FAILURE = (RedisConnectionError, RedisTimeoutError)
 
 _ESCAPES = str.maketrans({"%": "%25", "{": "%7B", "}": "%7D"})
 
@@ -135,6 +144,21 @@ _RENEW_SCRIPT = _Script(RENEW)
 _RELEASE_SCRIPT = _Script(RELEASE)
 
 
+DEFAULT_RETRY = RetryPolicy()
+"""Three tries, backoff from 50 ms (see :class:`~chatstate.RetryPolicy`)."""
+
+DEFAULT_SOCKET_TIMEOUT = 5.0
+"""Seconds :meth:`RedisStateStore.from_url` gives a command's reply (a pipelined exchange's
+replies) before the call fails with a timeout."""
+
+DEFAULT_CONNECT_TIMEOUT = 2.0
+"""Seconds :meth:`RedisStateStore.from_url` gives a new connection: a server that is down fails
+calls this fast (times the tries of the retry policy)."""
+
+DEFAULT_MAX_CONNECTIONS = 50
+"""The pool size of a standalone client made by :meth:`RedisStateStore.from_url`."""
+
+
 def _ms(seconds: float | None) -> int:
     return 0 if seconds is None else max(1, round(seconds * 1000))
 
@@ -159,6 +183,12 @@ class RedisStateStore(StateStore):
       ``max_in_flight`` writes (and so connections) at once, ``max_pending`` queued commands
       before callers wait for room. Off, every call is a command of its own on the client.
 
+    - ``retry``: a :class:`~chatstate.RetryPolicy` (default: 3 tries). Loads, saves, deletes and
+      other calls that are safe to repeat are retried after a lost connection or a timeout; an
+      append (not idempotent) only when its command never left the client, so no retry applies a
+      turn twice. ``None``: no retries. Give a client of your own ``retry=Retry(NoBackoff(), 0)``
+      (as :meth:`from_url` does) or redis-py may repeat an append on its own when
+      ``auto_pipeline`` is off or on a cluster.
     - ``message_cache_bytes``: the messages of recently written and read entries are kept,
       keyed by the entry's exact bytes, so a load decodes only the entries it has not seen (about
       two a turn) instead of its whole window; this bounds the cache's estimated memory (default
@@ -187,6 +217,7 @@ class RedisStateStore(StateStore):
         max_in_flight: int = 4,
         max_pending: int = 16_384,
         message_cache_bytes: int = 32 << 20,
+        retry: RetryPolicy | None = DEFAULT_RETRY,
     ) -> None:
         if not isinstance(client, Redis | RedisCluster):
             raise ConfigurationError(
@@ -224,7 +255,13 @@ class RedisStateStore(StateStore):
             max_in_flight=check_count(max_in_flight, name="max_in_flight"),
             max_pending=check_count(max_pending, name="max_pending"),
         )
-        self._execute: Execute = self._pipeline.execute
+        if retry is not None and not isinstance(retry, RetryPolicy):
+            raise ConfigurationError(f"retry must be a RetryPolicy or None, got {retry!r}")
+        self.retry = retry if retry is not None else RetryPolicy(attempts=1)
+        # What may be repeated (loads, saves, deletes) is retried after any connection error or
+        # timeout; the rest (appends, leases) only when the command never left the client.
+        self._repeatable = self._retrying(self._pipeline.execute, _AFTER_ANY_FAILURE)
+        self._execute = self._retrying(self._pipeline.execute, (CommandNotSent,))
         self.corrupt_entries = 0
         """Entries skipped because they could not be decoded."""
 
@@ -248,6 +285,11 @@ class RedisStateStore(StateStore):
         store_options = {name: options.pop(name) for name in _STORE_OPTIONS & options.keys()}
         if options.get("decode_responses"):
             raise ConfigurationError("RedisStateStore stores bytes: decode_responses must be off")
+        options.setdefault("socket_timeout", DEFAULT_SOCKET_TIMEOUT)
+        options.setdefault("socket_connect_timeout", DEFAULT_CONNECT_TIMEOUT)
+        # The store retries by its own RetryPolicy, which knows what is safe to repeat; redis-py's
+        # own retry would repeat an append whose reply was lost.
+        options.setdefault("retry", Retry(NoBackoff(), 0))
         try:
             client: RedisClient
             if cluster:
@@ -294,9 +336,9 @@ class RedisStateStore(StateStore):
             if self._cold_cluster:
                 await self._warm_up()
             if self._sliding_ms:
-                raw = await _LOAD_AND_TOUCH_SCRIPT(self._execute, key, start, self._sliding_ms)
+                raw = await _LOAD_AND_TOUCH_SCRIPT(self._repeatable, key, start, self._sliding_ms)
             else:
-                raw = await self._execute("LRANGE", key, start, -1)
+                raw = await self._repeatable("LRANGE", key, start, -1)
         except _REDIS_ERRORS as exc:
             raise self._translate(exc, session_id, StateLoadError, "loading") from exc
         messages, skipped = self._codec.decode(
@@ -315,7 +357,7 @@ class RedisStateStore(StateStore):
         try:
             if self._cold_cluster:
                 await self._warm_up()
-            await _SAVE_SCRIPT(self._execute, key, 0, ms, *entries)
+            await _SAVE_SCRIPT(self._repeatable, key, 0, ms, *entries)
         except _REDIS_ERRORS as exc:
             raise self._translate(exc, session_id, StateSaveError, "saving", new) from exc
 
@@ -335,7 +377,7 @@ class RedisStateStore(StateStore):
             if self._cold_cluster:
                 await self._warm_up()
             if not new:
-                return int(await self._execute("LLEN", key))
+                return int(await self._repeatable("LLEN", key))
             entries = self._codec.encode(new)
             return int(await _APPEND_SCRIPT(self._execute, key, keep, ms, *entries))
         except _REDIS_ERRORS as exc:
@@ -346,7 +388,7 @@ class RedisStateStore(StateStore):
         try:
             if self._cold_cluster:
                 await self._warm_up()
-            return bool(await self._execute("DEL", key))
+            return bool(await self._repeatable("DEL", key))
         except _REDIS_ERRORS as exc:
             raise self._translate(exc, session_id, StoreError, "deleting") from exc
 
@@ -356,7 +398,7 @@ class RedisStateStore(StateStore):
         try:
             if self._cold_cluster:
                 await self._warm_up()
-            return bool(await self._execute("EXISTS", key))
+            return bool(await self._repeatable("EXISTS", key))
         except _REDIS_ERRORS as exc:
             raise self._translate(exc, session_id, StoreError, "checking") from exc
 
@@ -366,7 +408,7 @@ class RedisStateStore(StateStore):
         try:
             if self._cold_cluster:
                 await self._warm_up()
-            ms = int(await self._execute("PTTL", key))
+            ms = int(await self._repeatable("PTTL", key))
         except _REDIS_ERRORS as exc:
             raise self._translate(exc, session_id, StoreError, "reading the TTL of") from exc
         return timedelta(milliseconds=ms) if ms >= 0 else None
@@ -379,6 +421,25 @@ class RedisStateStore(StateStore):
         await self._pipeline.aclose()
         if self._owns_client:
             await self.client.aclose()
+
+    def _retrying(self, execute: Execute, retried: tuple[type[Exception], ...]) -> Execute:
+        policy = self.retry
+        if policy.attempts == 1:
+            return execute
+
+        async def run(*command: Any) -> Any:
+            failures = 0
+            while True:
+                try:
+                    return await execute(*command)
+                except retried as exc:
+                    failures += 1
+                    if failures >= policy.attempts:
+                        raise
+                    logger.debug("retrying %s after %s: %s", command[0], type(exc).__name__, exc)
+                    await asyncio.sleep(policy.delay(failures))
+
+        return run
 
     async def _warm_up(self) -> None:
         await self.client.initialize()
@@ -403,9 +464,6 @@ class RedisStateStore(StateStore):
             return StateSaveError(text, session_id=session_id, messages=messages)
         return kind(text, session_id=session_id)
 
-
-DEFAULT_MAX_CONNECTIONS = 50
-"""The pool size of a standalone client made by :meth:`RedisStateStore.from_url`."""
 
 _STORE_OPTIONS = frozenset(inspect.signature(RedisStateStore.__init__).parameters) - {
     "self",
