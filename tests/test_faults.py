@@ -1,0 +1,329 @@
+"""The Redis store when things go wrong: a server killed and restarted, a server that stalls, calls
+cancelled halfway, and the retries that must never apply a turn twice. Real redis-server processes,
+started, killed, paused and restarted by the tests."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Iterator, Sequence
+from typing import Any
+
+import pytest
+from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from chatstate import (
+    ConfigurationError,
+    Message,
+    Pipeline,
+    ProviderMiddleware,
+    RedisStateStore,
+    RetryPolicy,
+    ScriptedProvider,
+    StateLoadError,
+    StateMiddleware,
+    StateMiddlewareConfig,
+    StateSaveError,
+    StoreError,
+)
+from chatstate.stores._autopipeline import CommandNotSent
+from chatstate.testing.redis_server import RedisServer
+
+FAST = RetryPolicy(attempts=3, backoff=0.01, max_backoff=0.05)
+
+
+def _turn(session: str, index: int) -> list[Message]:
+    return [
+        Message(role="user", content=f"{session} question {index}"),
+        Message(role="assistant", content=f"{session} answer {index}"),
+    ]
+
+
+@pytest.fixture
+def server() -> Iterator[RedisServer]:
+    """A server of the test's own, to kill, pause and restart; every write is on disk (AOF with
+    fsync on every write) before it is acknowledged."""
+    with RedisServer("--appendonly", "yes", "--appendfsync", "always") as server:
+        yield server
+
+
+@pytest.fixture
+async def loop_errors() -> AsyncIterator[list[dict[str, Any]]]:
+    """Whatever the event loop reports as unhandled (an exception in a background task)."""
+    errors: list[dict[str, Any]] = []
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(lambda _, context: errors.append(context))
+    yield errors
+    loop.set_exception_handler(None)
+
+
+async def _our_connections(server: RedisServer) -> int:
+    """Connections to the server, besides the one asking."""
+    async with Redis.from_url(server.url) as probe:
+        return len(await probe.client_list()) - 1
+
+
+# Retry policy ---------------------------------------------------------------------------------
+
+
+def test_a_retry_policy_backs_off_with_full_jitter() -> None:
+    policy = RetryPolicy(attempts=5, backoff=0.1, max_backoff=0.3)
+    for failures, bound in [(1, 0.1), (2, 0.2), (3, 0.3), (4, 0.3)]:
+        delays = [policy.delay(failures) for _ in range(200)]
+        assert all(0 <= delay <= bound for delay in delays)
+        assert max(delays) > bound / 2  # spread over the range, not a fixed pause
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"attempts": 0},
+        {"attempts": 2.0},
+        {"backoff": -1},
+        {"max_backoff": float("inf")},
+        {"backoff": float("nan")},
+        {"backoff": "1"},
+    ],
+    ids=repr,
+)
+def test_bad_retry_policies_are_rejected(options: dict[str, Any]) -> None:
+    with pytest.raises(ConfigurationError):
+        RetryPolicy(**options)
+
+
+class _Flaky:
+    """Stands in for the pipeline: fails the first ``failures`` calls with ``error``."""
+
+    def __init__(self, real: Any, error: Exception, failures: int) -> None:
+        self.real, self.error, self.left = real, error, failures
+        self.calls: list[str] = []
+
+    async def __call__(self, *command: Any) -> Any:
+        self.calls.append(str(command[0]))
+        if self.left:
+            self.left -= 1
+            raise self.error
+        return await self.real(*command)
+
+
+def _flaky_store(
+    client: Redis, prefix: str, error: Exception, failures: int, retry: RetryPolicy | None = FAST
+) -> tuple[RedisStateStore, _Flaky]:
+    store = RedisStateStore(client, prefix=prefix, retry=retry)
+    flaky = _Flaky(store._pipeline.execute, error, failures)
+    store._pipeline.execute = flaky  # type: ignore[method-assign]
+    store._repeatable = store._retrying(flaky, (RedisConnectionError, RedisTimeoutError))
+    store._execute = store._retrying(flaky, (CommandNotSent,))
+    return store, flaky
+
+
+@pytest.fixture
+async def client(redis_server: RedisServer) -> AsyncIterator[Redis]:
+    async with Redis.from_url(redis_server.url) as client:
+        yield client
+
+
+@pytest.mark.parametrize(
+    "error", [RedisConnectionError("reset"), RedisTimeoutError("no reply")], ids=repr
+)
+async def test_loads_are_retried_after_a_lost_connection_or_a_timeout(
+    client: Redis, key_prefix: str, error: Exception
+) -> None:
+    store, flaky = _flaky_store(client, key_prefix, error, failures=2)
+    await store.save("s", _turn("s", 0))
+    flaky.left = 2
+    assert await store.load("s") == _turn("s", 0)
+    assert flaky.calls[-3:] == ["LRANGE"] * 3
+    flaky.left = 3  # more failures than tries
+    with pytest.raises(StateLoadError):
+        await store.load("s")
+
+
+async def test_an_append_that_may_have_reached_the_server_is_never_retried(
+    client: Redis, key_prefix: str
+) -> None:
+    store, flaky = _flaky_store(client, key_prefix, RedisTimeoutError("no reply"), failures=1)
+    with pytest.raises(StateSaveError) as caught:
+        await store.append("s", _turn("s", 1))
+    assert list(caught.value.messages) == _turn("s", 1)  # for the caller to decide
+    assert flaky.calls == ["EVALSHA"]  # tried once: a retry could store the turn twice
+
+
+async def test_an_append_that_never_left_the_client_is_retried(
+    client: Redis, key_prefix: str
+) -> None:
+    store, flaky = _flaky_store(client, key_prefix, CommandNotSent("refused"), failures=2)
+    assert await store.append("s", _turn("s", 1)) == 2
+    assert flaky.calls[:3] == ["EVALSHA"] * 3  # then EVAL: the server did not know the script
+    assert await store.load("s") == _turn("s", 1)  # once
+
+
+async def test_no_retry_policy_means_one_try(client: Redis, key_prefix: str) -> None:
+    store, flaky = _flaky_store(
+        client, key_prefix, RedisConnectionError("reset"), failures=1, retry=None
+    )
+    with pytest.raises(StateLoadError):
+        await store.load("s")
+    assert flaky.calls == ["LRANGE"]
+
+
+# A server killed and restarted ----------------------------------------------------------------
+
+
+async def test_a_killed_server_fails_calls_fast_and_loses_no_acknowledged_turn(
+    server: RedisServer, key_prefix: str, loop_errors: list[dict[str, Any]]
+) -> None:
+    store = RedisStateStore.from_url(
+        server.url, prefix=key_prefix, socket_timeout=1.0, socket_connect_timeout=0.5, retry=FAST
+    )
+    acknowledged: dict[str, list[int]] = {}
+    failed_in: list[float] = []
+    up_again = asyncio.Event()
+    done_after_restart: dict[str, int] = {}
+
+    async def session(name: str) -> None:
+        acknowledged[name] = []
+        index = 0
+        deadline = time.monotonic() + 20
+        while done_after_restart.get(name, 0) < 3 and time.monotonic() < deadline:
+            started = time.monotonic()
+            try:
+                await store.append(name, _turn(name, index))
+                acknowledged[name].append(index)
+                await store.load(name, limit=4)
+                if up_again.is_set():
+                    done_after_restart[name] = done_after_restart.get(name, 0) + 1
+            except StoreError:
+                failed_in.append(time.monotonic() - started)
+                if restarted_at is not None and started > restarted_at:
+                    failed_after_restart.append(name)
+                await asyncio.sleep(0.01)
+            index += 1
+
+    restarted_at: float | None = None
+    failed_after_restart: list[str] = []
+
+    async def crash() -> None:
+        nonlocal restarted_at
+        await asyncio.sleep(0.3)
+        server.kill()  # SIGKILL, mid-workload
+        await asyncio.sleep(0.5)
+        server.start()  # same port, same directory: the AOF is replayed
+        restarted_at = time.monotonic()
+        up_again.set()
+
+    await asyncio.gather(crash(), *(session(f"s{n}") for n in range(200)))
+
+    assert all(count >= 3 for count in done_after_restart.values())  # the same store, working
+    assert len(done_after_restart) == 200
+    # Nothing rebuilt: the first calls after the restart already succeed (the store notices the
+    # connections the old server closed and opens new ones).
+    assert failed_after_restart == []
+    assert failed_in, "the kill should have failed some calls"
+    # Down, a call fails within its tries of the connect timeout (plus backoff), never hangs.
+    assert max(failed_in) < 3 * 0.5 + 1.0
+    for name, indexes in acknowledged.items():
+        history = await store.load(name)
+        for index in indexes:
+            turn = _turn(name, index)
+            at = history.index(turn[0])
+            assert history[at : at + 2] == turn  # present, and whole
+    assert await _our_connections(server) <= store._pipeline.max_in_flight  # nothing leaked
+    await store.aclose()
+    assert loop_errors == []
+
+
+async def test_the_first_calls_after_a_restart_succeed(
+    server: RedisServer, key_prefix: str
+) -> None:
+    store = RedisStateStore.from_url(server.url, prefix=key_prefix, retry=None)
+    names = [f"r{n}" for n in range(100)]
+    await asyncio.gather(*(store.append(name, _turn(name, 0)) for name in names))
+    server.kill()  # while the store's connections sit idle
+    server.start()
+    await asyncio.sleep(0.05)  # the loop sees the old server's connections close
+    # No retries: every connection the store held is dead, and none of it may reach a caller.
+    lengths = await asyncio.gather(*(store.append(name, _turn(name, 1)) for name in names))
+    assert lengths == [4] * 100
+    await store.aclose()
+
+
+# A server that stalls -------------------------------------------------------------------------
+
+
+async def test_a_stalled_server_times_out_and_the_pipeline_policy_applies(
+    server: RedisServer, key_prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = RedisStateStore.from_url(
+        server.url, prefix=key_prefix, socket_timeout=0.3, socket_connect_timeout=0.3, retry=FAST
+    )
+    middleware = StateMiddleware(store, StateMiddlewareConfig(max_messages=10))
+    pipe = Pipeline(middleware, ProviderMiddleware(ScriptedProvider()))
+    strict = Pipeline(
+        StateMiddleware(store, StateMiddlewareConfig(on_load_error="raise")),
+        ProviderMiddleware(ScriptedProvider()),
+    )
+    await pipe.execute_with_session("s", "user", "My name is Alice")
+    server.pause()  # SIGSTOP: connections stay open, nothing answers
+    try:
+        started = time.monotonic()
+        with caplog.at_level(logging.WARNING, logger="chatstate"):
+            with pytest.raises(StateSaveError) as caught:
+                await pipe.execute_with_session("s", "user", "What's my name?")
+        # The load timed out (3 tries), the turn went on with no history, the append timed out.
+        assert time.monotonic() - started < 3 * 0.3 + 0.3 + 1.0
+        assert middleware.load_errors == 1
+        assert "continuing with empty history" in caplog.text
+        assert caught.value.messages[0].text == "What's my name?"
+        with pytest.raises(StateLoadError):
+            await strict.execute_with_session("s", "user", "Anyone there?")
+    finally:
+        server.resume()
+    result = await pipe.execute_with_session("s", "user", "What's my name?")
+    assert "Alice" in result.response.text  # the first turn is there; nothing was half-stored
+    assert [m.text for m in await store.load("s")].count("What's my name?") == 1
+    await store.aclose()
+
+
+@pytest.mark.parametrize("stage", ["load", "append"])
+async def test_a_turn_cancelled_midway_is_stored_whole_or_not_at_all(
+    server: RedisServer, key_prefix: str, stage: str
+) -> None:
+    store = RedisStateStore.from_url(server.url, prefix=key_prefix, socket_timeout=5)
+
+    stall = [stage == "append"]
+
+    def reply(messages: Sequence[Message]) -> str:
+        if stall[0]:
+            server.pause()  # the load went through; the append will wait on a stalled server
+        return f"answer to {messages[-1].text}"
+
+    pipe = Pipeline(
+        StateMiddleware(store, StateMiddlewareConfig(max_messages=-1)),
+        ProviderMiddleware(ScriptedProvider(reply)),
+    )
+    stored = 0
+    for index in range(10):
+        if stage == "load":
+            server.pause()
+        turn = asyncio.create_task(pipe.execute_with_session("s", "user", f"message {index}"))
+        await asyncio.sleep(0.05)
+        turn.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await turn
+        server.resume()
+        history = await store.load("s")
+        assert len(history) % 2 == 0  # whole turns only
+        users = [message.text for message in history if message.role == "user"]
+        assert len(users) == len(set(users))  # none twice
+        stored = len(users)
+    if stage == "load":
+        assert stored == 0  # cancelled before anything was sent
+    stall[0] = False
+    result = await pipe.execute_with_session("s", "user", "still there?")
+    assert result.response.text == "answer to still there?"  # the connections are fine
+    assert await _our_connections(server) <= store._pipeline.max_in_flight  # none leaked
+    await store.aclose()
