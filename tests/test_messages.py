@@ -111,6 +111,17 @@ def test_tool_call_arguments_are_json_text_and_accept_a_dict() -> None:
         ({"role": "user", "content": "x", "metadata": {"k": [float("inf")]}}, "JSON number"),
         ({"role": "user", "content": "x", "metadata": {"k": float("nan")}}, "JSON number"),
         ({"role": "user", "content": [{"type": "video", "url": "x"}]}, "content"),
+        # Lone surrogates: no UTF-8, so no JSON, no provider and no store could carry them.
+        ({"role": "user", "content": "caf\udce9"}, "lone surrogate"),
+        ({"role": "user", "content": [{"type": "text", "text": "\ud800"}]}, "lone surrogate"),
+        ({"role": "user", "content": "x", "name": "\udfff"}, "lone surrogate"),
+        ({"role": "tool", "content": "x", "tool_call_id": "c\ud800"}, "lone surrogate"),
+        (
+            {"role": "assistant", "tool_calls": [{"id": "\ud800", "name": "f"}]},
+            "lone surrogate|unicode",  # pydantic's own check, where a length is constrained
+        ),
+        ({"role": "user", "content": "x", "metadata": {"k": ["\ud800"]}}, "lone surrogate"),
+        ({"role": "user", "content": "x", "metadata": {"\ud800": 1}}, "lone surrogate"),
     ],
 )
 def test_invalid_messages_name_the_problem(fields: dict[str, Any], problem: str) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import zlib
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
@@ -63,10 +64,26 @@ _PLAIN_HEADER = bytes((FORMAT_VERSION, _CODEC_JSON | _COMPRESSION_NONE << 4))
 _ZLIB_HEADER = bytes((FORMAT_VERSION, _CODEC_JSON | _COMPRESSION_ZLIB << 4))
 
 
+# A lone surrogate is a str that no UTF-8 (no JSON on the wire, no store) can carry.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _encodable(value: str) -> str:
+    if not value.isascii() and _SURROGATE.search(value) is not None:
+        raise ValueError("text must be valid Unicode (it holds a lone surrogate)")
+    return value
+
+
+Text = Annotated[str, AfterValidator(_encodable)]
+"""A str that can be written as UTF-8."""
+
+
 def _freeze(value: Any) -> Any:
     """Make a JSON value immutable: dicts become read-only mappings, lists become tuples."""
+    if isinstance(value, str):
+        return _encodable(value)
     if isinstance(value, dict):
-        return MappingProxyType({key: _freeze(item) for key, item in value.items()})
+        return MappingProxyType({_encodable(key): _freeze(item) for key, item in value.items()})
     if isinstance(value, list | tuple):
         return tuple(_freeze(item) for item in value)
     if isinstance(value, float) and not math.isfinite(value):
@@ -115,14 +132,14 @@ class TextPart(_Part):
     """A piece of text content."""
 
     type: Literal["text"] = "text"
-    text: str
+    text: Text
 
 
 class ImagePart(_Part):
     """An image, by URL (``https:`` or a ``data:`` URL)."""
 
     type: Literal["image_url"] = "image_url"
-    url: str
+    url: Text
     detail: Literal["auto", "low", "high"] | None = None
 
 
@@ -136,11 +153,11 @@ class ToolCall(_Frozen):
     is accepted too and written as compact JSON. :attr:`args` parses it.
     """
 
-    id: str = Field(min_length=1)
+    id: Text = Field(min_length=1)
     """Links the call to the ``tool`` message that carries its result (``tool_call_id``)."""
-    name: str = Field(min_length=1)
+    name: Text = Field(min_length=1)
     """The name of the tool."""
-    arguments: str = "{}"
+    arguments: Text = "{}"
     """The arguments, as JSON text."""
 
     @field_validator("arguments", mode="before")
@@ -189,6 +206,13 @@ class Message(_Frozen):
     @model_validator(mode="after")
     def _check_roles(self) -> Message:
         # Runs for every message built or loaded: the common case (no tool calls) returns early.
+        # The str fields are checked for lone surrogates here, not by a validator of their own:
+        # one Python call per message instead of one per field.
+        content = self.content
+        if type(content) is str and not content.isascii():
+            _encodable(content)
+        if self.name is not None:
+            _encodable(self.name)
         if self.tool_call_id is None and not self.tool_calls:
             if self.role == "tool":
                 raise ValueError("a tool message needs the tool_call_id of the call it answers")
@@ -199,6 +223,8 @@ class Message(_Frozen):
             raise ValueError(f"a {self.role} message needs content")
         if self.tool_calls and self.role != "assistant":
             raise ValueError("only assistant messages can have tool_calls")
+        if self.tool_call_id is not None:
+            _encodable(self.tool_call_id)
         if self.role == "tool":
             if not self.tool_call_id:
                 raise ValueError("a tool message needs the tool_call_id of the call it answers")
