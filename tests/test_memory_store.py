@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import tracemalloc
 import weakref
 
 import pytest
@@ -143,3 +144,34 @@ def test_repr_names_the_size() -> None:
     assert (
         repr(InMemoryStateStore(max_sessions=5)) == "InMemoryStateStore(sessions=0, max_sessions=5)"
     )
+
+
+async def test_memory_stays_bounded_through_ten_minutes_of_simulated_traffic(
+    clock: FakeClock,
+) -> None:
+    """Ten simulated minutes: 100 new sessions a second, each a few turns with a 30 s TTL, and
+    returning users. The session cap and the sweep keep the heap flat."""
+    store = InMemoryStateStore(max_sessions=2_000, sweep_interval=None, clock=clock)
+    turn = [Message(role="user", content="q" * 100), Message(role="assistant", content="a" * 100)]
+    tracemalloc.start()
+    try:
+        plateau = 0
+        for second in range(600):
+            for index in range(100):
+                session_id = f"user-{second}-{index}"
+                await store.append(session_id, turn, max_messages=20, ttl=30)
+                await store.append(f"returning-{index}", turn, max_messages=20, ttl=30)
+            clock.advance(1)
+            if second % 5 == 4:
+                await store.sweep()  # what the background sweep does every sweep_interval
+            assert store.sessions_in_memory <= 2_000
+            assert len(store._expiry_heap) <= 2 * store.sessions_in_memory + 1024
+            if second == 60:
+                plateau = tracemalloc.get_traced_memory()[0]
+        grown = tracemalloc.get_traced_memory()[0] - plateau
+    finally:
+        tracemalloc.stop()
+    assert store.evictions + store.expirations >= 600 * 100 - 2_000
+    assert grown < 0.2 * plateau  # flat after the first minute, not growing with traffic
+    assert await store.load("returning-7") == turn * 10  # the busy sessions were kept
+    await store.aclose()

@@ -306,3 +306,18 @@ def test_long_loads_bypass_the_codec_cache() -> None:
         == (_distinct(300)[-20:])
     )
     assert len(reader._cache) == 20
+
+
+def test_deeply_nested_values_get_a_short_clear_error() -> None:
+    deep: Any = "leaf"
+    for _ in range(100_000):
+        deep = [deep]
+    with pytest.raises(InvalidMessageError, match="maximum validation depth") as caught:
+        make_message("user", "x", metadata={"k": deep})
+    assert len(str(caught.value)) < 300
+    # Stored by someone else: the deep entry is skipped, the readable rest loads.
+    nested = b"[" * 100_000 + b"]" * 100_000
+    entry = b'\x01\x00{"role":"user","content":"x","metadata":{"k":' + nested + b"}}"
+    readable = encode_entry(Message(role="user", content="ok"))
+    messages, skipped = decode_entries([readable, entry], on_corrupt="skip", session_id="s")
+    assert [m.text for m in messages] == ["ok"] and skipped == 1

@@ -286,7 +286,10 @@ def make_message(role: object, content: object, **fields: Any) -> Message:
 def _describe(exc: ValidationError) -> str:
     problems = []
     for error in exc.errors(include_url=False):
-        where = ".".join(str(part) for part in error["loc"])
+        loc = [str(part) for part in error["loc"]]
+        if len(loc) > 8:  # a deeply nested value: its path would fill the screen
+            loc = [*loc[:3], f"...({len(loc) - 5} more)...", *loc[-2:]]
+        where = ".".join(loc)
         problems.append(f"{where}: {error['msg']}" if where else str(error["msg"]))
     return "invalid message: " + "; ".join(problems)
 
@@ -297,12 +300,35 @@ def encode_entry(message: Message, *, compress_over: int | None = None) -> bytes
     With ``compress_over`` set, a payload longer than that many bytes is zlib-compressed when that
     makes it smaller.
     """
-    payload = message.__pydantic_serializer__.to_json(message, exclude_defaults=True)
+    return _envelope(_json(message), compress_over)
+
+
+def _json(message: Message) -> bytes:
+    return message.__pydantic_serializer__.to_json(message, exclude_defaults=True)
+
+
+def _envelope(payload: bytes, compress_over: int | None) -> bytes:
     if compress_over is not None and len(payload) > compress_over:
         packed = zlib.compress(payload, 6)
         if len(packed) < len(payload):
             return _ZLIB_HEADER + packed
     return _PLAIN_HEADER + payload
+
+
+def check_sizes(messages: Sequence[Message], max_bytes: int | None) -> None:
+    """Raise InvalidMessageError if a message's JSON is longer than ``max_bytes`` (None: no
+    limit); for stores that keep messages as objects (a serialising store checks as it encodes)."""
+    if max_bytes is not None:
+        for index, message in enumerate(messages):
+            _check_size(index, len(_json(message)), max_bytes)
+
+
+def _check_size(index: int, size: int, max_bytes: int) -> None:
+    if size > max_bytes:
+        raise InvalidMessageError(
+            f"messages[{index}] is {size:,} bytes as JSON; the limit is {max_bytes:,} "
+            "(max_message_bytes); nothing was stored"
+        )
 
 
 def decode_entry(entry: bytes) -> Message:
@@ -391,17 +417,31 @@ class EntryCodec:
     ``cache_bytes=0`` turns it off.
     """
 
-    __slots__ = ("_cache", "_cache_bytes", "_compress_over", "_held")
+    __slots__ = ("_cache", "_cache_bytes", "_compress_over", "_held", "_max_bytes")
 
-    def __init__(self, *, compress_over: int | None = None, cache_bytes: int = 32 << 20) -> None:
+    def __init__(
+        self,
+        *,
+        compress_over: int | None = None,
+        cache_bytes: int = 32 << 20,
+        max_bytes: int | None = None,
+    ) -> None:
         self._compress_over = compress_over
+        self._max_bytes = max_bytes
         self._cache: OrderedDict[bytes, Message] = OrderedDict()
         self._cache_bytes = cache_bytes
         self._held = 0
 
     def encode(self, messages: Sequence[Message]) -> list[bytes]:
-        """The entries of ``messages``, which are remembered for the loads that follow."""
-        entries = [encode_entry(message, compress_over=self._compress_over) for message in messages]
+        """The entries of ``messages``, which are remembered for the loads that follow. A message
+        whose JSON is over ``max_bytes`` raises InvalidMessageError (and nothing is encoded)."""
+        compress_over, max_bytes = self._compress_over, self._max_bytes
+        entries = []
+        for index, message in enumerate(messages):
+            payload = _json(message)
+            if max_bytes is not None:
+                _check_size(index, len(payload), max_bytes)
+            entries.append(_envelope(payload, compress_over))
         if self._cache_bytes:
             for entry, message in zip(entries, messages, strict=True):
                 self._remember(entry, message)

@@ -10,10 +10,16 @@ import weakref
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Sequence
 
-from chatstate._checks import check_limit, check_max_messages, check_session_id, check_ttl
+from chatstate._checks import (
+    check_count,
+    check_limit,
+    check_max_messages,
+    check_session_id,
+    check_ttl,
+)
 from chatstate._locks import KeyedLock
 from chatstate.errors import ConfigurationError, LeaseTimeoutError
-from chatstate.messages import Message, as_messages
+from chatstate.messages import Message, as_messages, check_sizes
 from chatstate.stores.base import TTL, StateStore
 
 __all__ = ["InMemoryStateStore"]
@@ -42,6 +48,8 @@ class InMemoryStateStore(StateStore):
       loop that first writes a session with a TTL, works in chunks so it never blocks the loop, and
       stops with :meth:`aclose`. ``None`` turns it off; :meth:`sweep` runs one by hand.
     - ``clock``: a monotonic clock in seconds, to be replaced in tests.
+    - ``max_message_bytes``: refuse, with InvalidMessageError and before anything of the call is
+      stored, a message whose JSON is longer (default None: no limit, and no cost).
 
     Safe for any number of tasks on one event loop; not for use from several threads at once.
     """
@@ -52,6 +60,7 @@ class InMemoryStateStore(StateStore):
         max_sessions: int | None = 100_000,
         sweep_interval: float | None = 60.0,
         clock: Callable[[], float] = time.monotonic,
+        max_message_bytes: int | None = None,
     ) -> None:
         if max_sessions is not None and (type(max_sessions) is not int or max_sessions < 1):
             raise ConfigurationError(
@@ -66,6 +75,11 @@ class InMemoryStateStore(StateStore):
         self._max_sessions = max_sessions
         self._sweep_interval = sweep_interval
         self._clock = clock
+        self._max_message_bytes = (
+            None
+            if max_message_bytes is None
+            else check_count(max_message_bytes, name="max_message_bytes")
+        )
         self._sweeper: asyncio.Task[None] | None = None
         self._leases = KeyedLock()
         self._closed = False
@@ -106,6 +120,7 @@ class InMemoryStateStore(StateStore):
     async def save(self, session_id: str, messages: Sequence[Message], *, ttl: TTL = None) -> None:
         session_id = check_session_id(session_id)
         new = as_messages(messages)
+        check_sizes(new, self._max_message_bytes)
         seconds = check_ttl(ttl)
         if not new:
             self._sessions.pop(session_id, None)
@@ -125,6 +140,7 @@ class InMemoryStateStore(StateStore):
         if session_id not in self._sessions:  # stored ids were checked when first written
             session_id = check_session_id(session_id)
         new = as_messages(messages)
+        check_sizes(new, self._max_message_bytes)
         bound = check_max_messages(max_messages)
         seconds = check_ttl(ttl)
         if not new:

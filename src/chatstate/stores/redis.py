@@ -155,6 +155,9 @@ DEFAULT_CONNECT_TIMEOUT = 2.0
 """Seconds :meth:`RedisStateStore.from_url` gives a new connection: a server that is down fails
 calls this fast (times the tries of the retry policy)."""
 
+DEFAULT_MAX_MESSAGE_BYTES = 1 << 20
+"""The largest message (its JSON) the Redis store takes by default: 1 MiB."""
+
 DEFAULT_MAX_CONNECTIONS = 50
 """The pool size of a standalone client made by :meth:`RedisStateStore.from_url`."""
 
@@ -189,6 +192,8 @@ class RedisStateStore(StateStore):
       turn twice. ``None``: no retries. Give a client of your own ``retry=Retry(NoBackoff(), 0)``
       (as :meth:`from_url` does) or redis-py may repeat an append on its own when
       ``auto_pipeline`` is off or on a cluster.
+    - ``max_message_bytes``: a message whose JSON is longer (default 1 MiB) is refused with
+      InvalidMessageError before anything of its call is stored; None: no limit.
     - ``message_cache_bytes``: the messages of recently written and read entries are kept,
       keyed by the entry's exact bytes, so a load decodes only the entries it has not seen (about
       two a turn) instead of its whole window; this bounds the cache's estimated memory (default
@@ -218,6 +223,7 @@ class RedisStateStore(StateStore):
         max_pending: int = 16_384,
         message_cache_bytes: int = 32 << 20,
         retry: RetryPolicy | None = DEFAULT_RETRY,
+        max_message_bytes: int | None = DEFAULT_MAX_MESSAGE_BYTES,
     ) -> None:
         if not isinstance(client, Redis | RedisCluster):
             raise ConfigurationError(
@@ -244,6 +250,9 @@ class RedisStateStore(StateStore):
         self._codec = EntryCodec(
             compress_over=compress_over,
             cache_bytes=check_count(message_cache_bytes, name="message_cache_bytes", minimum=0),
+            max_bytes=None
+            if max_message_bytes is None
+            else check_count(max_message_bytes, name="max_message_bytes"),
         )
         self._owns_client = owns_client
         self._closed = False

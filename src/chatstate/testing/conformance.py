@@ -73,6 +73,11 @@ def _turns(count: int, prefix: str = "m") -> list[Message]:
     return [_user(f"{prefix}{index}") for index in range(count)]
 
 
+def _short_repr(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else f"{text[:20]}...({len(text)} chars)"
+
+
 # Each holds something a careless store gets wrong: control characters, surrogates, lengths.
 INVALID_SESSION_IDS: list[Any] = [
     "",
@@ -82,6 +87,8 @@ INVALID_SESSION_IDS: list[Any] = [
     "tab\there",
     "del\x7f",
     "\ud800",
+    "c1\x85control",
+    "x" * 10_000_000,  # 10 MB: rejected by its length, before anything scans it
     123,
     None,
     b"bytes",
@@ -283,7 +290,7 @@ class StateStoreConformance:
 
     # -- bad input -------------------------------------------------------------------------------
 
-    @pytest.mark.parametrize("session_id", INVALID_SESSION_IDS, ids=repr)
+    @pytest.mark.parametrize("session_id", INVALID_SESSION_IDS, ids=_short_repr)
     async def test_invalid_session_ids_are_rejected(
         self, store: StateStore, session_id: Any
     ) -> None:
