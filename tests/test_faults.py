@@ -288,11 +288,14 @@ async def test_a_stalled_server_times_out_and_the_pipeline_policy_applies(
     await store.aclose()
 
 
+@pytest.mark.parametrize("auto_pipeline", [True, False], ids=["auto-pipeline", "plain"])
 @pytest.mark.parametrize("stage", ["load", "append"])
 async def test_a_turn_cancelled_midway_is_stored_whole_or_not_at_all(
-    server: RedisServer, key_prefix: str, stage: str
+    server: RedisServer, key_prefix: str, stage: str, auto_pipeline: bool
 ) -> None:
-    store = RedisStateStore.from_url(server.url, prefix=key_prefix, socket_timeout=5)
+    store = RedisStateStore.from_url(
+        server.url, prefix=key_prefix, socket_timeout=5, auto_pipeline=auto_pipeline
+    )
 
     stall = [stage == "append"]
 
@@ -326,4 +329,6 @@ async def test_a_turn_cancelled_midway_is_stored_whole_or_not_at_all(
     result = await pipe.execute_with_session("s", "user", "still there?")
     assert result.response.text == "answer to still there?"  # the connections are fine
     assert await _our_connections(server) <= store._pipeline.max_in_flight  # none leaked
+    pool = store.client.connection_pool  # type: ignore[union-attr]
     await store.aclose()
+    assert not pool._in_use_connections  # every connection is back in the pool
