@@ -315,6 +315,7 @@ async def test_execute_takes_a_ready_message_and_rejects_anything_else() -> None
         {"ttl": timedelta(0)},
         {"on_load_error": "ignore"},
         {"lock": "yes"},
+        {"lazy": 1},
     ],
     ids=repr,
 )
@@ -345,14 +346,6 @@ async def test_a_chain_without_a_provider_fails_and_stores_nothing() -> None:
 
 
 async def test_a_middleware_can_answer_without_calling_the_rest() -> None:
-    class Canned:
-        async def __call__(self, context: RequestContext, call_next: CallNext) -> None:
-            if context.message.text == "ping":
-                context.response = Message(role="assistant", content="pong")
-                context.new_messages.append(context.response)
-                return
-            await call_next(context)
-
     provider = ScriptedProvider()
     store = InMemoryStateStore()
     pipe = Pipeline(StateMiddleware(store), Canned(), ProviderMiddleware(provider))
@@ -382,3 +375,58 @@ async def test_every_error_is_a_chatstate_error() -> None:
         await pipe.execute_with_session("", "user", "hi")
     with pytest.raises(ValueError):  # bad input is also a ValueError
         await pipe.execute_with_session("s", "nobody", "hi")
+
+
+class Canned:
+    """Answers "ping" itself, without the history; passes anything else on."""
+
+    async def __call__(self, context: RequestContext, call_next: CallNext) -> None:
+        if context.message.text == "ping":
+            context.response = Message(role="assistant", content="pong")
+            context.new_messages.append(context.response)
+            return
+        await call_next(context)
+
+
+async def test_lazy_loading_loads_only_when_the_history_is_asked_for() -> None:
+    store = SpyStore()
+    pipe = Pipeline(
+        StateMiddleware(store, StateMiddlewareConfig(lazy=True)),
+        Canned(),
+        ProviderMiddleware(ScriptedProvider()),
+    )
+    await pipe.execute_with_session("s", "user", "My name is Alice")
+    assert store.calls == {"load": 1, "append": 1}  # the provider asked for the history
+    result = await pipe.execute_with_session("s", "user", "ping")
+    assert result.response.text == "pong"
+    assert store.calls == {"load": 1, "append": 2}  # no load, and the turn is stored
+    assert "load" not in result.timings
+    result = await pipe.execute_with_session("s", "user", "What's my name?")
+    assert "Alice" in result.response.text  # the history, loaded when needed, holds every turn
+    assert store.calls == {"load": 2, "append": 3}
+
+
+async def test_a_lazy_load_happens_once_and_follows_the_load_error_policy() -> None:
+    class AsksTwice:
+        async def __call__(self, context: RequestContext, call_next: CallNext) -> None:
+            first = await context.get_history()
+            assert await context.get_history() is first
+            await call_next(context)
+
+    store = SpyStore()
+    pipe = Pipeline(
+        StateMiddleware(store, StateMiddlewareConfig(lazy=True)),
+        AsksTwice(),
+        ProviderMiddleware(ScriptedProvider()),
+    )
+    await pipe.execute_with_session("s", "user", "hi")
+    assert store.calls["load"] == 1
+    store.fail_load = ConnectionError("down")
+    result = await pipe.execute_with_session("s", "user", "hi again")  # continue: empty history
+    assert result.messages == [Message(role="user", content="hi again")]
+    strict = Pipeline(
+        StateMiddleware(store, StateMiddlewareConfig(lazy=True, on_load_error="raise")),
+        ProviderMiddleware(ScriptedProvider()),
+    )
+    with pytest.raises(StateLoadError):
+        await strict.execute_with_session("s", "user", "hi")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from dataclasses import dataclass
@@ -11,6 +12,7 @@ from typing import Literal
 from chatstate._checks import check_max_messages, check_ttl
 from chatstate._locks import KeyedLock
 from chatstate.errors import ChatStateError, ConfigurationError, StateLoadError, StateSaveError
+from chatstate.messages import Message
 from chatstate.pipeline import CallNext, RequestContext
 from chatstate.stores.base import SessionLeases, StateStore
 
@@ -39,6 +41,9 @@ class StateMiddlewareConfig:
       ``None`` (the default) turns it off.
     - ``lease_timeout``: how long a turn waits for the lease before it raises
       :class:`~chatstate.errors.LeaseTimeoutError`.
+    - ``lazy``: load the history only when a later middleware or the provider asks for it
+      (``await context.get_history()``, which the provider middleware does); a turn that never
+      asks makes no load call, and its turn is still appended.
     """
 
     max_messages: int = 20
@@ -47,6 +52,7 @@ class StateMiddlewareConfig:
     lock: bool = True
     lease_ttl: timedelta | None = None
     lease_timeout: timedelta = timedelta(seconds=30)
+    lazy: bool = False
 
     def __post_init__(self) -> None:
         check_max_messages(self.max_messages)
@@ -59,8 +65,11 @@ class StateMiddlewareConfig:
             raise ConfigurationError(
                 f"on_load_error must be 'continue' or 'raise', got {self.on_load_error!r}"
             )
-        if not isinstance(self.lock, bool):
-            raise ConfigurationError(f"lock must be a bool, got {type(self.lock).__name__}")
+        for flag in ("lock", "lazy"):
+            if not isinstance(getattr(self, flag), bool):
+                raise ConfigurationError(
+                    f"{flag} must be a bool, got {type(getattr(self, flag)).__name__}"
+                )
         for name in ("lease_ttl", "lease_timeout"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, timedelta):
@@ -78,6 +87,7 @@ class StateMiddleware:
     """
 
     __slots__ = (
+        "_lazy",
         "_lease",
         "_limit",
         "_locks",
@@ -100,6 +110,7 @@ class StateMiddleware:
         self._limit = check_max_messages(config.max_messages)
         self._ttl = config.ttl
         self._raise_on_load_error = config.on_load_error == "raise"
+        self._lazy = config.lazy
         self._locks = KeyedLock() if config.lock else None
         self._lease: tuple[float, float] | None = None
         if config.lease_ttl is not None:
@@ -134,11 +145,12 @@ class StateMiddleware:
         async with self.store.lease(context.session_id, ttl=ttl, timeout=timeout):  # type: ignore[attr-defined]
             await self._turn(context, call_next)
 
-    async def _turn(self, context: RequestContext, call_next: CallNext) -> None:
+    async def _load(self, context: RequestContext) -> list[Message]:
+        """The session's history, or what the load-error policy makes of a failed load."""
         session_id = context.session_id
         started = time.perf_counter()
         try:
-            context.history = await self.store.load(session_id, limit=self._limit)
+            history = await self.store.load(session_id, limit=self._limit)
         except Exception as exc:
             self.load_errors += 1
             if self._raise_on_load_error:
@@ -154,9 +166,16 @@ class StateMiddleware:
                 type(exc).__name__,
                 exc,
             )
-            context.history = []
-        loaded = time.perf_counter()
-        context.timings["load"] = loaded - started
+            history = []
+        context.timings["load"] = time.perf_counter() - started
+        return history
+
+    async def _turn(self, context: RequestContext, call_next: CallNext) -> None:
+        session_id = context.session_id
+        if self._lazy:
+            context.history_loader = functools.partial(self._load, context)
+        else:
+            context.history = await self._load(context)
 
         await call_next(context)
         if context.response is None:
