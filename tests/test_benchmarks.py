@@ -71,7 +71,10 @@ def test_a_quick_run_against_redis_measures_both_sides(
         assert row["round_trips_per_op"]["floor"] == 1.0  # one LRANGE, one MULTI/EXEC
     assert {row["variant"] for row in turn} == {"", "auto_pipeline=False"}
     stored = [row for row in rows if row["key"] == "stored_bytes"]
-    assert {row["variant"] for row in stored} == {"", "compress_over=1024"}
+    assert {row["variant"] for row in stored} == {"", "compress_over=None", "compression='zstd'"}
+    large = [row for row in rows if row["group"] == "redis" and row["key"] == "large_messages"]
+    assert {row["variant"] for row in large} == {"", "compress_over=None", "compression='zstd'"}
+    assert {row["metric"] for row in large} == {"throughput", "load p50"}
 
     assert report["environment"]["redis_server"]
     assert report["environment"]["python"] == sys.version.split()[0]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -14,9 +15,14 @@ EXAMPLES = sorted((ROOT / "examples").glob("*.py"))
 README_BLOCKS = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.DOTALL)
 
 
-def _run(*args: str, cwd: Path = ROOT) -> str:
+def _run(*args: str, cwd: Path = ROOT, env: dict[str, str] | None = None) -> str:
     done = subprocess.run(
-        [sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=120
+        [sys.executable, *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=None if env is None else {**os.environ, **env},
     )
     assert done.returncode == 0, done.stdout + done.stderr
     return done.stdout
@@ -39,8 +45,13 @@ def test_the_readme_has_python_blocks() -> None:
 
 
 @pytest.mark.parametrize("index", range(len(README_BLOCKS)))
-def test_every_readme_block_runs(index: int, tmp_path: Path) -> None:
+def test_every_readme_block_runs(
+    index: int, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
     block = README_BLOCKS[index]
+    env = None
+    if "REDIS_URL" in block:  # a block that needs a server gets the tests' own
+        env = {"REDIS_URL": request.getfixturevalue("redis_server").url}
     if re.search(r"^class Test", block, re.MULTILINE):
         # A test module: run it with pytest, as a user would.
         (tmp_path / "test_block.py").write_text(block)
@@ -64,4 +75,4 @@ def test_every_readme_block_runs(index: int, tmp_path: Path) -> None:
     else:
         script = tmp_path / "block.py"
         script.write_text(block)
-        _run(str(script), cwd=tmp_path)
+        _run(str(script), cwd=tmp_path, env=env)

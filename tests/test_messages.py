@@ -1,14 +1,17 @@
 from __future__ import annotations
 
+import sys
 import zlib
 from typing import Any
 
 import pytest
+import zstandard
 from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from chatstate import (
+    ConfigurationError,
     CorruptEntryError,
     ImagePart,
     InvalidMessageError,
@@ -17,6 +20,7 @@ from chatstate import (
     ToolCall,
     UnsupportedFormatError,
 )
+from chatstate import _compression as compression_module
 from chatstate import messages as messages_module
 from chatstate.messages import (
     FORMAT_VERSION,
@@ -160,7 +164,7 @@ def test_every_kind_of_message_round_trips_through_an_entry(message: Message) ->
 def test_large_entries_can_be_compressed_and_mixed_with_plain_ones() -> None:
     big = Message(role="user", content="the quick brown fox jumps over the lazy dog " * 100)
     small = Message(role="user", content="hi")
-    packed = encode_entry(big, compress_over=1024)
+    packed = encode_entry(big, compress_over=1024, compression="zlib")
     assert packed[1] >> 4 == 1 and len(packed) < len(encode_entry(big)) / 4
     assert encode_entry(small, compress_over=1024) == encode_entry(small)
     assert [decode_entry(e) for e in (packed, encode_entry(small))] == [big, small]
@@ -321,3 +325,47 @@ def test_deeply_nested_values_get_a_short_clear_error() -> None:
     readable = encode_entry(Message(role="user", content="ok"))
     messages, skipped = decode_entries([readable, entry], on_corrupt="skip", session_id="s")
     assert [m.text for m in messages] == ["ok"] and skipped == 1
+
+
+_PROSE = " ".join(str(kind.__doc__) for kind in (str, dict, list, int, float, bytes, set))
+
+
+def test_entries_of_every_compression_load_together() -> None:
+    big = Message(role="user", content=_PROSE[:3000])
+    small = Message(role="user", content="hi")
+    zlib_entry = encode_entry(big, compress_over=1024, compression="zlib")
+    zstd_entry = encode_entry(big, compress_over=1024, compression="zstd")
+    assert zlib_entry[1] >> 4 == 1 and zstd_entry[1] >> 4 == 2
+    assert len(zstd_entry) < 0.6 * len(encode_entry(big))  # real text: about half
+    entries = [zlib_entry, encode_entry(small, compress_over=1024), zstd_entry]
+    assert decode_entries(entries, on_corrupt="raise", session_id="s") == ([big, small, big], 0)
+    reader = EntryCodec()  # writes zlib, reads anything
+    assert reader.decode(entries, on_corrupt="raise", session_id="s") == ([big, small, big], 0)
+
+
+def test_without_zstandard_zstd_entries_are_unsupported_not_corrupt(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    prose = Message(role="user", content=_PROSE[:3000])
+    entry = encode_entry(prose, compress_over=1, compression="zstd")
+    monkeypatch.setattr(compression_module, "_zstd", None)
+    monkeypatch.setitem(sys.modules, "zstandard", None)  # `import zstandard` fails
+    with pytest.raises(UnsupportedFormatError, match=r"chatstate\[zstd\]"):
+        decode_entry(entry)
+    with pytest.raises(ConfigurationError, match=r"chatstate\[zstd\]"):
+        EntryCodec(compression="zstd")
+    with pytest.raises(ConfigurationError, match="'auto', 'zlib' or 'zstd'"):
+        EntryCodec(compression="lz4")  # type: ignore[arg-type]
+    assert EntryCodec(compress_over=1).encode([prose])[0][1] >> 4 == 1  # "auto": zlib then
+
+
+def test_an_entry_that_would_decompress_to_a_bomb_is_corrupt() -> None:
+    flood = b"\x00" * (80 << 20)  # 80 MiB of zeros packs into a few kilobytes
+    for entry in (
+        b"\x01\x10" + zlib.compress(flood, 9),
+        b"\x01\x20" + zstandard.ZstdCompressor().compress(flood),
+        b"\x01\x20" + zstandard.ZstdCompressor(write_content_size=False).compress(flood),
+    ):
+        assert len(entry) < 100_000
+        with pytest.raises(CorruptEntryError, match=r"64 MiB|does not decompress"):
+            decode_entry(entry)

@@ -117,7 +117,7 @@ async def test_corrupt_entries_are_skipped_and_counted_or_raised(
 
 
 async def test_large_entries_can_be_stored_compressed(client: fakeredis.FakeAsyncRedis) -> None:
-    store = RedisStateStore(client, compress_over=512)
+    store = RedisStateStore(client, compress_over=512, compression="zlib")
     text = " ".join(f"word{index}" for index in range(400))
     await store.append("s", [*_msgs(text), *_msgs("short")])
     raw = await client.lrange(store.key("s"), 0, -1)
@@ -227,3 +227,32 @@ def test_hiredis_parses_replies() -> None:
     from redis.utils import HIREDIS_AVAILABLE
 
     assert HIREDIS_AVAILABLE  # the `redis` extra pulls redis[hiredis]
+
+
+_PROSE = " ".join(str(kind.__doc__) for kind in (str, dict, list, int, float, bytes, set))
+
+
+async def test_large_entries_are_compressed_by_default_and_every_kind_loads(
+    client: fakeredis.FakeAsyncRedis,
+) -> None:
+    big = Message(role="user", content=_PROSE[:2048])
+    small = Message(role="user", content="short")
+    zlib = RedisStateStore(client, compression="zlib")
+    default = RedisStateStore(client)  # "auto": zstd, which the redis extra installs
+    plain = RedisStateStore(client, compress_over=None)
+    await zlib.append("s", [big, small])
+    await default.append("s", [big])
+    await plain.append("s", [big])
+    raw = await client.lrange(default.key("s"), 0, -1)
+    assert [entry[1] >> 4 for entry in raw] == [1, 0, 2, 0]  # zlib, plain (small), zstd, plain
+    assert len(raw[0]) < 0.6 * len(raw[3]) and len(raw[2]) < 0.6 * len(raw[3])
+    for store in (zlib, default, plain):  # mixed entries load together, whatever a store writes
+        assert await RedisStateStore(client, message_cache_bytes=0).load("s") == [
+            big,
+            small,
+            big,
+            big,
+        ]
+        assert await store.load("s", limit=2) == [big, big]
+    with pytest.raises(ConfigurationError, match="'auto', 'zlib' or 'zstd'"):
+        RedisStateStore(client, compression="gzip")  # type: ignore[arg-type]

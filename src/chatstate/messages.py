@@ -3,7 +3,8 @@
 A stored entry is a small versioned envelope around the message's JSON::
 
     byte 0     format version (1)
-    byte 1     low 4 bits: codec (0 = JSON); high 4 bits: compression (0 = none, 1 = zlib)
+    byte 1     low 4 bits: codec (0 = JSON); high 4 bits: compression (0 = none, 1 = zlib,
+               2 = zstd)
     byte 2...  the payload
 
 Readers accept every version up to their own and raise :class:`UnsupportedFormatError` for newer
@@ -16,9 +17,8 @@ from __future__ import annotations
 import json
 import math
 import re
-import zlib
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from itertools import repeat
 from types import MappingProxyType
 from typing import Annotated, Any, Literal, TypeAlias
@@ -38,6 +38,8 @@ from pydantic import (
     model_validator,
 )
 
+from chatstate import _compression
+from chatstate._compression import Compression
 from chatstate.errors import CorruptEntryError, InvalidMessageError, UnsupportedFormatError
 
 __all__ = [
@@ -58,10 +60,13 @@ FORMAT_VERSION = 1
 """The entry format this version writes (and the newest it reads)."""
 
 _CODEC_JSON = 0
-_COMPRESSION_NONE = 0
-_COMPRESSION_ZLIB = 1
-_PLAIN_HEADER = bytes((FORMAT_VERSION, _CODEC_JSON | _COMPRESSION_NONE << 4))
-_ZLIB_HEADER = bytes((FORMAT_VERSION, _CODEC_JSON | _COMPRESSION_ZLIB << 4))
+
+
+def _header(compression: int) -> bytes:
+    return bytes((FORMAT_VERSION, _CODEC_JSON | compression << 4))
+
+
+_PLAIN_HEADER = _header(_compression.NONE)
 
 
 # A lone surrogate is a str that no UTF-8 (no JSON on the wire, no store) can carry.
@@ -294,24 +299,29 @@ def _describe(exc: ValidationError) -> str:
     return "invalid message: " + "; ".join(problems)
 
 
-def encode_entry(message: Message, *, compress_over: int | None = None) -> bytes:
+def encode_entry(
+    message: Message, *, compress_over: int | None = None, compression: Compression = "auto"
+) -> bytes:
     """Serialise a message into a stored entry.
 
-    With ``compress_over`` set, a payload longer than that many bytes is zlib-compressed when that
-    makes it smaller.
+    With ``compress_over`` set, a payload longer than that many bytes is compressed (``"zlib"``,
+    ``"zstd"`` with the zstandard package, or ``"auto"``: zstd if it is installed, else zlib) when
+    that makes it smaller.
     """
-    return _envelope(_json(message), compress_over)
+    return _envelope(_json(message), compress_over, *_compression.compressor(compression))
 
 
 def _json(message: Message) -> bytes:
     return message.__pydantic_serializer__.to_json(message, exclude_defaults=True)
 
 
-def _envelope(payload: bytes, compress_over: int | None) -> bytes:
+def _envelope(
+    payload: bytes, compress_over: int | None, kind: int, compress: Callable[[bytes], bytes]
+) -> bytes:
     if compress_over is not None and len(payload) > compress_over:
-        packed = zlib.compress(payload, 6)
+        packed = compress(payload)
         if len(packed) < len(payload):
-            return _ZLIB_HEADER + packed
+            return _header(kind) + packed
     return _PLAIN_HEADER + payload
 
 
@@ -351,13 +361,8 @@ def decode_entry(entry: bytes) -> Message:
     if codec != _CODEC_JSON:
         raise UnsupportedFormatError(f"stored entry uses unknown codec {codec}")
     payload = entry[2:]
-    if compression == _COMPRESSION_ZLIB:
-        try:
-            payload = zlib.decompress(payload)
-        except zlib.error as exc:
-            raise CorruptEntryError(f"stored entry does not decompress: {exc}") from exc
-    elif compression != _COMPRESSION_NONE:
-        raise UnsupportedFormatError(f"stored entry uses unknown compression {compression}")
+    if compression != _compression.NONE:
+        payload = _compression.decompress(compression, payload)
     try:
         return Message.model_validate_json(payload)
     except ValidationError as exc:
@@ -417,16 +422,18 @@ class EntryCodec:
     ``cache_bytes=0`` turns it off.
     """
 
-    __slots__ = ("_cache", "_cache_bytes", "_compress_over", "_held", "_max_bytes")
+    __slots__ = ("_cache", "_cache_bytes", "_compress", "_compress_over", "_held", "_max_bytes")
 
     def __init__(
         self,
         *,
         compress_over: int | None = None,
+        compression: Compression = "auto",
         cache_bytes: int = 32 << 20,
         max_bytes: int | None = None,
     ) -> None:
         self._compress_over = compress_over
+        self._compress = _compression.compressor(compression)
         self._max_bytes = max_bytes
         self._cache: OrderedDict[bytes, Message] = OrderedDict()
         self._cache_bytes = cache_bytes
@@ -441,7 +448,7 @@ class EntryCodec:
             payload = _json(message)
             if max_bytes is not None:
                 _check_size(index, len(payload), max_bytes)
-            entries.append(_envelope(payload, compress_over))
+            entries.append(_envelope(payload, compress_over, *self._compress))
         if self._cache_bytes:
             for entry, message in zip(entries, messages, strict=True):
                 self._remember(entry, message)

@@ -43,9 +43,6 @@ from chatstate.stores.redis import RedisStateStore
 FAILURES: tuple[type[Exception], ...] = (RedisError,)
 """What a Redis scenario may raise when the server fails (beside ChatStateError and OSError)."""
 
-COMPRESS_OVER = 1024
-"""The compression threshold of the compressed side of the stored-bytes scenario."""
-
 
 class CountingConnection(Connection):
     """Counts writes to the server: one per round trip, however many commands it carries."""
@@ -102,6 +99,8 @@ class RedisBench:
     ours: RedisStateStore
     floor: NaiveRedisFloor
     without_auto_pipeline: RedisStateStore
+    uncompressed: RedisStateStore
+    zstd: RedisStateStore
     server_version: str
 
     @classmethod
@@ -133,6 +132,8 @@ class RedisBench:
                 ours=store("ours"),
                 floor=NaiveRedisFloor(client, f"{prefix}-floor"),
                 without_auto_pipeline=store("plain", auto_pipeline=False),
+                uncompressed=store("json", compress_over=None),
+                zstd=store("zstd", compression="zstd"),
                 server_version=str(info.get("redis_version", "unknown")),
             )
         finally:
@@ -193,21 +194,18 @@ async def run_scenario(
     options: BenchOptions,
     progress: Progress,
 ) -> Measured:
-    """Seed, warm up, then alternate rounds of ours (and ours without auto-pipelining, for the
-    headline turn) and of the floor, all sessions at once."""
+    """Seed, warm up, then alternate rounds of ours (and its variants: without auto-pipelining
+    for the headline turn, without and with another compression for large messages) and of the
+    floor, all sessions at once."""
     params = scenario.params(options, fresh=True)
     ids = [f"{scenario.key}{sessions}-{index}" for index in range(sessions)]
-    sides = scenario.workloads(bench.ours, bench.floor, params)
-    backends: list[Backend] = [bench.ours, bench.floor]
-    plain = bench.without_auto_pipeline
-    if scenario is scenarios.TURN:
-        # The same store without coalescing: what auto-pipelining itself gains.
-        sides = {
-            "ours": sides["ours"],
-            "auto_pipeline=False": scenario.ours(plain, params),
-            "floor": sides["floor"],
-        }
-        backends.append(plain)
+    variants = _variants(bench, scenario)
+    sides = {
+        "ours": scenario.ours(bench.ours, params),
+        **{name: scenario.ours(store, params) for name, store in variants.items()},
+        "floor": scenario.floor(bench.floor, params),
+    }
+    backends: list[Backend] = [bench.ours, *variants.values(), bench.floor]
     progress.detail("seeding")
     await scenarios.seed(backends, ids, scenario.seed_count(options), params)
     figures = await compare_concurrent(
@@ -227,14 +225,26 @@ async def run_scenario(
     return Measured(rows, details)
 
 
+def _variants(bench: RedisBench, scenario: Scenario) -> dict[str, RedisStateStore]:
+    """The same store set otherwise, measured beside it: what one feature buys."""
+    if scenario is scenarios.TURN:
+        return {"auto_pipeline=False": bench.without_auto_pipeline}
+    if scenario is scenarios.LARGE_MESSAGES:
+        return {"compress_over=None": bench.uncompressed, "compression='zstd'": bench.zstd}
+    return {}
+
+
 _Metric = tuple[str, str, Callable[[ConcurrentFigures], float], Target | None]
 
 
 def _metrics(scenario: Scenario, sessions: int) -> list[_Metric]:
-    """What the table shows of a concurrent scenario: its throughput and, for the headline
-    turn, the load latency; with the targets that apply at this many sessions."""
+    """What the table shows of a concurrent scenario: its throughput and, for the headline turn
+    and large messages, the load latency; with the targets that apply at this many sessions."""
     if scenario.unit == "ops/s":
         return [("throughput", scenario.unit, attrgetter("ops_per_s"), None)]
+    load_p50: _Metric = ("load p50", "ms", lambda figures: figures.latency_ms["load"]["p50"], None)
+    if scenario is scenarios.LARGE_MESSAGES:  # what compression costs, or saves, on a load
+        return [("throughput", scenario.unit, attrgetter("turns_per_s"), None), load_p50]
     if scenario is not scenarios.TURN:
         return [("throughput", scenario.unit, attrgetter("turns_per_s"), None)]
     throughput_target = None  # between 1 and 100 sessions, DESIGN.md sets none
@@ -244,7 +254,7 @@ def _metrics(scenario: Scenario, sessions: int) -> list[_Metric]:
         throughput_target = TURN_THROUGHPUT_CONCURRENT
     return [
         ("throughput", scenario.unit, attrgetter("turns_per_s"), throughput_target),
-        ("load p50", "ms", lambda figures: figures.latency_ms["load"]["p50"], None),
+        load_p50,
         (
             "load p99",
             "ms",
@@ -296,8 +306,8 @@ async def _bytes_per_message(
 
 async def stored_bytes(bench: RedisBench, options: BenchOptions) -> Measured:
     """Redis memory per stored message (``MEMORY USAGE key SAMPLES 0`` over the list's length),
-    ``history`` messages of the run's size and of 2 KiB, ours beside the floor's plain JSON; and
-    the 2 KiB of English text once more with compression.
+    ``history`` messages of the run's size and of 2 KiB of English text, ours (compressed from
+    1 KiB by default) beside the floor's plain JSON; the 2 KiB also uncompressed and with zstd.
 
     The key name counts in ``MEMORY USAGE``, so these keys have the shape an app's keys have:
     the default prefix and a short session id (random, and deleted at once), not the run's long
@@ -306,25 +316,22 @@ async def stored_bytes(bench: RedisBench, options: BenchOptions) -> Measured:
     rows: list[Row] = []
     details: dict[str, Any] = {}
     tag = uuid.uuid4().hex[:8]
-    ours = RedisStateStore(bench.client)
-    compressed = RedisStateStore(bench.client, compress_over=COMPRESS_OVER)
-    floor = NaiveRedisFloor(bench.client, ours.prefix)
+    stores = {
+        "": RedisStateStore(bench.client),
+        "compress_over=None": RedisStateStore(bench.client, compress_over=None),
+        "compression='zstd'": RedisStateStore(bench.client, compression="zstd"),
+    }
+    floor = NaiveRedisFloor(bench.client, stores[""].prefix)
     try:
         for size in sorted({options.message_bytes, LARGE_MESSAGE_BYTES}):
             history = conversation(options.history, size)
             session_id = f"bench-{tag}-{size}"
-            measured = [
-                ("floor", await _bytes_per_message(bench.client, floor, session_id, history)),
-                ("", await _bytes_per_message(bench.client, ours, session_id, history)),
-            ]
-            if size == LARGE_MESSAGE_BYTES:
-                measured.append(
-                    (
-                        f"compress_over={COMPRESS_OVER}",
-                        await _bytes_per_message(bench.client, compressed, session_id, history),
-                    )
-                )
-            floor_bytes = measured[0][1]
+            floor_bytes = await _bytes_per_message(bench.client, floor, session_id, history)
+            variants = stores if size == LARGE_MESSAGE_BYTES else {"": stores[""]}
+            measured = {
+                variant: await _bytes_per_message(bench.client, store, session_id, history)
+                for variant, store in variants.items()
+            }
             rows.extend(
                 Row(
                     group="redis",
@@ -337,15 +344,16 @@ async def stored_bytes(bench: RedisBench, options: BenchOptions) -> Measured:
                     floor=floor_bytes,
                     target=_stored_bytes_target(variant, size, options),
                 )
-                for variant, value in measured[1:]
+                for variant, value in measured.items()
             )
             details[str(size)] = {
                 "messages": options.history,
-                **{variant or "ours": value for variant, value in measured},
+                "floor": floor_bytes,
+                **{variant or "ours": value for variant, value in measured.items()},
             }
     finally:
-        await ours.aclose()
-        await compressed.aclose()
+        for store in stores.values():
+            await store.aclose()
     return Measured(rows, details)
 
 
@@ -353,6 +361,6 @@ def _stored_bytes_target(variant: str, size: int, options: BenchOptions) -> Targ
     """DESIGN.md: the payload + 64 B for the run's messages; 0.6 x the payload for 2 KiB of
     English text compressed. Plain 2 KiB entries get no target: Redis rounds allocations of that
     size up the same way for any client (see the floor)."""
-    if variant:
-        return compressed_bytes_target(size)
-    return stored_bytes_target(size) if size == options.message_bytes else None
+    if size == LARGE_MESSAGE_BYTES and size != options.message_bytes:
+        return None if variant == "compress_over=None" else compressed_bytes_target(size)
+    return stored_bytes_target(size) if variant == "" else None
