@@ -9,7 +9,7 @@ import fakeredis
 import pytest
 from redis.asyncio import Redis, RedisCluster
 
-from chatstate import InMemoryStateStore, RedisStateStore, StateStore
+from chatstate import InMemoryStateStore, InstrumentedStore, RedisStateStore, StateStore
 from chatstate.testing import StateStoreConformance
 from chatstate.testing.redis_server import LocalRedisCluster, RedisServer
 
@@ -69,8 +69,15 @@ async def _memory_backend(request: pytest.FixtureRequest) -> AsyncIterator[Backe
         yield backend
 
 
+async def _instrumented(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
+    # The wrapper that measures a third-party store must not change what the store does.
+    async for backend in _memory():
+        yield Backend(InstrumentedStore(backend.store), backend.advance_time)
+
+
 BACKENDS = {
     "memory": _memory_backend,
+    "instrumented-memory": _instrumented,
     "fakeredis": _fakeredis,
     "redis": _redis,
     "redis-cluster": _cluster,

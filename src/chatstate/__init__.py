@@ -19,6 +19,7 @@ from chatstate.errors import (
     WrongTypeError,
 )
 from chatstate.messages import ContentPart, ImagePart, Message, Role, TextPart, ToolCall
+from chatstate.metrics import InstrumentedStore, LatencySummary, StateMetrics
 from chatstate.middleware import ProviderMiddleware, StateMiddleware, StateMiddlewareConfig
 from chatstate.pipeline import CallNext, ExecutionResult, Middleware, Pipeline, RequestContext
 from chatstate.providers import Provider, ScriptedProvider
@@ -39,9 +40,11 @@ __all__ = [
     "ExecutionResult",
     "ImagePart",
     "InMemoryStateStore",
+    "InstrumentedStore",
     "InvalidInputError",
     "InvalidMessageError",
     "InvalidSessionIdError",
+    "LatencySummary",
     "LeaseTimeoutError",
     "Message",
     "Middleware",
@@ -56,6 +59,7 @@ __all__ = [
     "Role",
     "ScriptedProvider",
     "StateLoadError",
+    "StateMetrics",
     "StateMiddleware",
     "StateMiddlewareConfig",
     "StateSaveError",

@@ -17,7 +17,8 @@ import asyncio
 import hashlib
 import inspect
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
@@ -38,6 +39,7 @@ from chatstate.errors import (
     WrongTypeError,
 )
 from chatstate.messages import EntryCodec, Message, as_messages
+from chatstate.metrics import Recorder, StateMetrics, clock
 from chatstate.retry import RetryPolicy
 from chatstate.stores._autopipeline import AutoPipeline, CommandNotSent
 from chatstate.stores._redis_lease import RELEASE, RENEW, RedisLease
@@ -86,13 +88,13 @@ if ttl > 0 then redis.call('PEXPIRE', KEYS[1], ttl) else redis.call('PERSIST', K
 """
 # KEYS[1]: the list; ARGV[1]: keep the newest N (0: all); ARGV[2]: ttl in ms (0: none); ARGV[3..]:
 # entries. RPUSH is the first write and fails on a key of another type, so that leaves it as it was.
+# Returns the length before the trim, so the caller knows whether it trimmed.
 _APPEND = f"""
 local function push() {_PUSH} end
 local n = push()
 local keep = tonumber(ARGV[1])
 if keep > 0 and n > keep then
   redis.call('LTRIM', KEYS[1], -keep, -1)
-  n = keep
 end
 {_EXPIRE}
 return n
@@ -235,6 +237,7 @@ class RedisStateStore(StateStore):
         message_cache_bytes: int = 32 << 20,
         retry: RetryPolicy | None = DEFAULT_RETRY,
         max_message_bytes: int | None = DEFAULT_MAX_MESSAGE_BYTES,
+        census_keys: int = 10_000,
     ) -> None:
         if not isinstance(client, Redis | RedisCluster):
             raise ConfigurationError(
@@ -283,6 +286,8 @@ class RedisStateStore(StateStore):
         # timeout; the rest (appends, leases) only when the command never left the client.
         self._repeatable = self._retrying(self._pipeline.execute, _AFTER_ANY_FAILURE)
         self._execute = self._retrying(self._pipeline.execute, (CommandNotSent,))
+        self._recorder = Recorder()
+        self._census = _Census(self, census_keys)
         self.corrupt_entries = 0
         """Entries skipped because they could not be decoded."""
 
@@ -353,6 +358,7 @@ class RedisStateStore(StateStore):
         if limit == 0:
             return []
         start = 0 if limit is None else -limit
+        started = clock()
         try:
             if self._cold_cluster:
                 await self._warm_up()
@@ -362,6 +368,9 @@ class RedisStateStore(StateStore):
                 raw = await self._repeatable("LRANGE", key, start, -1)
         except _REDIS_ERRORS as exc:
             raise self._translate(exc, session_id, StateLoadError, "loading") from exc
+        recorder = self._recorder
+        recorder.loads += 1
+        recorder.load_window.append(clock() - started)
         messages, skipped = self._codec.decode(
             raw, on_corrupt=self._on_corrupt, session_id=session_id
         )
@@ -375,12 +384,15 @@ class RedisStateStore(StateStore):
         new = as_messages(messages)
         ms = _ms(check_ttl(ttl))
         entries = self._codec.encode(new)
+        started = clock()
         try:
             if self._cold_cluster:
                 await self._warm_up()
             await _SAVE_SCRIPT(self._repeatable, key, 0, ms, *entries)
         except _REDIS_ERRORS as exc:
             raise self._translate(exc, session_id, StateSaveError, "saving", new) from exc
+        self._recorder.saves += 1
+        self._recorder.save_window.append(clock() - started)
 
     async def append(
         self,
@@ -400,18 +412,28 @@ class RedisStateStore(StateStore):
             if not new:
                 return int(await self._repeatable("LLEN", key))
             entries = self._codec.encode(new)
-            return int(await _APPEND_SCRIPT(self._execute, key, keep, ms, *entries))
+            started = clock()
+            length = int(await _APPEND_SCRIPT(self._execute, key, keep, ms, *entries))
         except _REDIS_ERRORS as exc:
             raise self._translate(exc, session_id, StateSaveError, "appending to", new) from exc
+        recorder = self._recorder
+        recorder.appends += 1
+        recorder.save_window.append(clock() - started)
+        if keep and length > keep:
+            recorder.trims += 1
+            return keep
+        return length
 
     async def delete(self, session_id: str) -> bool:
         key = self.key(session_id)
         try:
             if self._cold_cluster:
                 await self._warm_up()
-            return bool(await self._repeatable("DEL", key))
+            existed = bool(await self._repeatable("DEL", key))
         except _REDIS_ERRORS as exc:
             raise self._translate(exc, session_id, StoreError, "deleting") from exc
+        self._recorder.deletes += 1
+        return existed
 
     async def exists(self, session_id: str) -> bool:
         """Whether the session has any history."""
@@ -433,6 +455,44 @@ class RedisStateStore(StateStore):
         except _REDIS_ERRORS as exc:
             raise self._translate(exc, session_id, StoreError, "reading the TTL of") from exc
         return timedelta(milliseconds=ms) if ms >= 0 else None
+
+    async def metrics(self) -> StateMetrics:
+        """This store's :class:`~chatstate.metrics.StateMetrics`.
+
+        Calls, errors, trims and latencies are this instance's (this process's client).
+        ``active_sessions``, ``avg_history_size`` and ``storage_used`` are every instance's, from a
+        census that never scans the keyspace in one go: each call moves a SCAN of this store's
+        keys on by up to ``census_keys`` keys (10,000) and reports the last completed pass (below
+        that many sessions, every call completes one: exact up to the writes made during it).
+        Sessions are counted exactly; history sizes and ``MEMORY USAGE`` are sampled, one key in
+        eight (``storage_used`` is their mean times the count). ``expirations`` and ``evictions``
+        are the server's own counters (``INFO stats``, the whole server, every node of a cluster).
+        """
+        try:
+            if self._cold_cluster:
+                await self._warm_up()
+            census = await self._census.advance()
+            expired, evicted = await self._server_counters()
+        except _REDIS_ERRORS as exc:
+            raise StoreError(f"reading the metrics failed: {type(exc).__name__}: {exc}") from exc
+        return self._recorder.metrics(
+            active_sessions=census.sessions,
+            messages=round(census.sessions * census.mean_length),
+            storage_used=round(census.sessions * census.mean_bytes),
+            expirations=expired,
+            evictions=evicted,
+        )
+
+    async def _server_counters(self) -> tuple[int, int]:
+        if isinstance(self.client, RedisCluster):
+            by_node = await self.client.info("stats", target_nodes=RedisCluster.PRIMARIES)
+            stats = list(by_node.values())
+        else:
+            stats = [await self.client.info("stats")]
+        return (
+            sum(int(node.get("expired_keys", 0)) for node in stats),
+            sum(int(node.get("evicted_keys", 0)) for node in stats),
+        )
 
     async def aclose(self) -> None:
         """Close the client if the store made it (:meth:`from_url`); a given client is yours."""
@@ -474,6 +534,7 @@ class RedisStateStore(StateStore):
         doing: str,
         messages: Sequence[Message] = (),
     ) -> StoreError:
+        self._recorder.errors += 1
         if isinstance(exc, ResponseError) and str(exc).startswith("WRONGTYPE"):
             return WrongTypeError(
                 f"the Redis key of session {session_id!r} holds data that is not a chatstate "
@@ -503,3 +564,66 @@ def _decodes_responses(client: RedisClient) -> bool:
     if isinstance(client, RedisCluster):
         return bool(client.get_encoder().decode_responses)
     return bool(client.connection_pool.connection_kwargs.get("decode_responses", False))
+
+
+@dataclass(frozen=True, slots=True)
+class _CensusResult:
+    sessions: int = 0
+    mean_length: float = 0.0
+    mean_bytes: float = 0.0
+
+
+_GLOB = str.maketrans({char: "\\" + char for char in "*?[]\\"})
+
+
+class _Census:
+    """Counts a store's sessions by SCAN, a bounded number of keys at a time, sampling the
+    length and the memory of one key in eight."""
+
+    SAMPLE_EVERY = 8
+
+    def __init__(self, store: RedisStateStore, keys_per_call: int) -> None:
+        self._store = store
+        self._keys_per_call = check_count(keys_per_call, name="census_keys")
+        self._pattern = f"{store.prefix.translate(_GLOB)}:{{*}}:messages"
+        self._scan: AsyncIterator[bytes] | None = None
+        self._seen = 0
+        self._samples: list[tuple[int, int]] = []
+        self.last = _CensusResult()
+
+    async def advance(self) -> _CensusResult:
+        """Scan on; return the last completed pass (the first pass, before it completes, counts
+        what it has seen)."""
+        if self._scan is None:
+            self._scan = self._store.client.scan_iter(match=self._pattern, count=1000)
+            self._seen, self._samples = 0, []
+        sample: list[bytes] = []
+        finished = True
+        async for key in self._scan:
+            if self._seen % self.SAMPLE_EVERY == 0:
+                sample.append(key)
+            self._seen += 1
+            if self._seen % self._keys_per_call == 0:
+                finished = False
+                break
+        execute = self._store._repeatable
+        replies = await asyncio.gather(
+            *(execute("LLEN", key) for key in sample),
+            *(execute("MEMORY", "USAGE", key, "SAMPLES", "0") for key in sample),
+        )
+        lengths, sizes = replies[: len(sample)], replies[len(sample) :]
+        self._samples += [
+            (int(length), int(size or 0))
+            for length, size in zip(lengths, sizes, strict=True)
+            if length
+        ]
+        if finished:
+            self._scan = None
+        if finished or self.last.sessions == 0:
+            count = len(self._samples)
+            self.last = _CensusResult(
+                sessions=self._seen,
+                mean_length=sum(length for length, _ in self._samples) / count if count else 0.0,
+                mean_bytes=sum(size for _, size in self._samples) / count if count else 0.0,
+            )
+        return self.last
