@@ -2,6 +2,7 @@
 
 from typing import TYPE_CHECKING, Any
 
+from chatstate.alerts import AlertEvent, AlertMonitor, AlertRule
 from chatstate.errors import (
     ChatStateError,
     ConfigurationError,
@@ -32,6 +33,9 @@ if TYPE_CHECKING:
 __version__ = "0.1.0"
 
 __all__ = [
+    "AlertEvent",
+    "AlertMonitor",
+    "AlertRule",
     "CallNext",
     "ChatStateError",
     "ConfigurationError",

@@ -13,7 +13,7 @@ from collections import OrderedDict, deque
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Self
 
 from chatstate.errors import InvalidInputError
 
@@ -47,6 +47,11 @@ class LatencySummary:
             return ordered[max(1, math.ceil(fraction * len(ordered))) - 1]
 
         return cls(len(ordered), rank(0.50), rank(0.95), rank(0.99))
+
+    def quantiles(self) -> list[tuple[str, float]]:
+        """``[("0.5", p50), ("0.95", p95), ("0.99", p99)]``, without those not known yet."""
+        known = (("0.5", self.p50), ("0.95", self.p95), ("0.99", self.p99))
+        return [(quantile, value) for quantile, value in known if value is not None]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -126,7 +131,30 @@ clock = time.perf_counter
 """The clock latencies are read from."""
 
 
-class InstrumentedStore:
+class StoreWrapper:
+    """What every wrapper of a store shares: it closes the store it wraps, and lends its other
+    methods (``lease()``, ``exists()``, ...) through."""
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.store!r})"
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
+    async def aclose(self) -> None:
+        await self.store.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+
+class InstrumentedStore(StoreWrapper):
     """Any :class:`~chatstate.StateStore`, measured: ``InstrumentedStore(store)`` behaves as
     ``store`` does and answers ``await metrics()`` with the same :class:`StateMetrics` the
     built-in stores give, from what passes through it.
@@ -141,18 +169,12 @@ class InstrumentedStore:
     """
 
     def __init__(self, store: Any, *, max_tracked: int = 100_000) -> None:
-        self.store = store
+        super().__init__(store)
         self._recorder = Recorder()
         self._tracked: OrderedDict[str, _Seen] = OrderedDict()
         self._max_tracked = max_tracked
         self._expirations = 0
         self._evictions = 0
-
-    def __repr__(self) -> str:
-        return f"InstrumentedStore({self.store!r})"
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.store, name)  # lease(), exists(), ... of the wrapped store
 
     async def load(self, session_id: str, *, limit: int | None = None) -> list[Message]:
         started = clock()
@@ -200,15 +222,6 @@ class InstrumentedStore:
         self._recorder.deletes += 1
         self._tracked.pop(session_id, None)
         return existed
-
-    async def aclose(self) -> None:
-        await self.store.aclose()
-
-    async def __aenter__(self) -> InstrumentedStore:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
 
     async def metrics(self) -> StateMetrics:
         """The figures of the traffic this wrapper saw (see the class)."""
