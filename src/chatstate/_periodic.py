@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from datetime import timedelta
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
+
+from chatstate._checks import check_ttl
+from chatstate.errors import ConfigurationError
+from chatstate.metrics import StateMetrics
 
 logger = logging.getLogger("chatstate")
 
@@ -48,3 +53,25 @@ class Periodic:
         if task is not None:
             task.cancel()
             await asyncio.wait([task])
+
+
+class MetricsPoller(Periodic):
+    """Reads ``await store.metrics()`` now (:meth:`refresh`) and every ``interval`` inside
+    ``async with``; keeps the latest reading for those who cannot await it."""
+
+    def __init__(self, store: Any, interval: timedelta) -> None:
+        if not callable(getattr(store, "metrics", None)):
+            raise ConfigurationError(
+                f"{type(store).__name__} has no metrics(): wrap it in InstrumentedStore"
+            )
+        self.store = store
+        self.interval = check_ttl(interval, name="interval") or 0.0
+        self.latest: StateMetrics | None = None
+
+    async def refresh(self) -> StateMetrics:
+        """Read the store's metrics now."""
+        self.latest = await self.store.metrics()
+        return self.latest
+
+    async def tick(self) -> None:
+        await self.refresh()

@@ -9,8 +9,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from chatstate._checks import check_ttl
-from chatstate._periodic import Periodic
+from chatstate._periodic import MetricsPoller
 from chatstate.errors import ConfigurationError
 from chatstate.metrics import StateMetrics
 
@@ -68,7 +67,7 @@ class AlertEvent:
 Callback = Callable[[AlertEvent], Awaitable[Any]]
 
 
-class AlertMonitor(Periodic):
+class AlertMonitor(MetricsPoller):
     """Checks ``rules`` against ``await store.metrics()`` every ``interval`` and awaits
     ``callback(event)`` when a rule starts firing and when it recovers.
 
@@ -85,25 +84,20 @@ class AlertMonitor(Periodic):
         *,
         interval: timedelta = timedelta(seconds=15),
     ) -> None:
-        if not callable(getattr(store, "metrics", None)):
-            raise ConfigurationError(
-                f"{type(store).__name__} has no metrics(): wrap it in InstrumentedStore"
-            )
+        super().__init__(store, interval)
         if not rules or not all(isinstance(rule, AlertRule) for rule in rules):
             raise ConfigurationError("rules must be a non-empty sequence of AlertRule")
         if not callable(callback):
             raise ConfigurationError(f"callback must be an async function, got {callback!r}")
-        self.store = store
         self.rules = tuple(rules)
         self.callback = callback
-        self.interval = check_ttl(interval, name="interval") or 0.0
         self.firing: dict[str, bool] = {rule.name: False for rule in self.rules}
         """Each rule's state now."""
 
     async def check(self) -> list[AlertEvent]:
         """Check every rule once; returns (and calls back with) the changes of state."""
         try:
-            metrics = await self.store.metrics()
+            metrics = await self.refresh()
         except Exception as exc:
             logger.warning("alerts: reading the metrics failed: %s: %s", type(exc).__name__, exc)
             return []

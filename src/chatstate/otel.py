@@ -19,11 +19,9 @@ from collections.abc import Awaitable, Iterable, Sequence
 from datetime import timedelta
 from typing import Any
 
-from chatstate._checks import check_ttl
-from chatstate._periodic import Periodic
-from chatstate.errors import ConfigurationError
+from chatstate._periodic import MetricsPoller
 from chatstate.messages import Message
-from chatstate.metrics import StateMetrics, StoreWrapper
+from chatstate.metrics import StoreWrapper
 from chatstate.stores.base import TTL
 
 try:
@@ -118,7 +116,7 @@ class TracedStore(StoreWrapper):
             return result
 
 
-class OpenTelemetryExporter(Periodic):
+class OpenTelemetryExporter(MetricsPoller):
     """Publishes ``await store.metrics()`` as OpenTelemetry observable instruments (attribute
     ``chatstate.store``): gauges ``chatstate.active_sessions``, ``chatstate.history_size.avg``,
     ``chatstate.storage.size`` (By), ``chatstate.load.latency`` and ``chatstate.save.latency``
@@ -136,13 +134,7 @@ class OpenTelemetryExporter(Periodic):
         meter_provider: MeterProvider | None = None,
         interval: timedelta = timedelta(seconds=15),
     ) -> None:
-        if not callable(getattr(store, "metrics", None)):
-            raise ConfigurationError(
-                f"{type(store).__name__} has no metrics(): wrap it in InstrumentedStore"
-            )
-        self.store = store
-        self.interval = check_ttl(interval, name="interval") or 0.0
-        self.latest: StateMetrics | None = None
+        super().__init__(store, interval)
         self._attributes = {"chatstate.store": name}
         meter = otel_metrics.get_meter(_INSTRUMENTATION, meter_provider=meter_provider)
         gauge = meter.create_observable_gauge
@@ -153,14 +145,6 @@ class OpenTelemetryExporter(Periodic):
         gauge("chatstate.save.latency", [self._latency("save_latency")], unit="s")
         for counter in _COUNTERS:
             meter.create_observable_counter(f"chatstate.{counter}", [self._read(counter)])
-
-    async def refresh(self) -> StateMetrics:
-        """Read the store's metrics now; they are what the next collection observes."""
-        self.latest = await self.store.metrics()
-        return self.latest
-
-    async def tick(self) -> None:
-        await self.refresh()
 
     def _read(self, field: str) -> Any:
         def observe(options: CallbackOptions) -> Iterable[Observation]:

@@ -18,10 +18,8 @@ from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
-from chatstate._checks import check_ttl
-from chatstate._periodic import Periodic
-from chatstate.errors import ConfigurationError
-from chatstate.metrics import LatencySummary, StateMetrics
+from chatstate._periodic import MetricsPoller
+from chatstate.metrics import LatencySummary
 
 try:
     from prometheus_client.core import REGISTRY, CounterMetricFamily, GaugeMetricFamily, Metric
@@ -36,7 +34,7 @@ __all__ = ["PrometheusExporter"]
 _COUNTERS = ("loads", "appends", "saves", "deletes", "errors", "trims", "expirations", "evictions")
 
 
-class PrometheusExporter(Periodic, Collector):
+class PrometheusExporter(MetricsPoller, Collector):
     """Publishes ``await store.metrics()`` to a Prometheus registry.
 
     Prometheus collects synchronously, and a store's metrics are read asynchronously: the exporter
@@ -51,24 +49,10 @@ class PrometheusExporter(Periodic, Collector):
         registry: CollectorRegistry = REGISTRY,
         interval: timedelta = timedelta(seconds=15),
     ) -> None:
-        if not callable(getattr(store, "metrics", None)):
-            raise ConfigurationError(
-                f"{type(store).__name__} has no metrics(): wrap it in InstrumentedStore"
-            )
-        self.store = store
+        super().__init__(store, interval)
         self.name = name
-        self.interval = check_ttl(interval, name="interval") or 0.0
-        self.latest: StateMetrics | None = None
         self._registry = registry
         registry.register(self)
-
-    async def refresh(self) -> StateMetrics:
-        """Read the store's metrics now; they are what Prometheus collects next."""
-        self.latest = await self.store.metrics()
-        return self.latest
-
-    async def tick(self) -> None:
-        await self.refresh()
 
     def unregister(self) -> None:
         """Stop serving this store's metrics."""
