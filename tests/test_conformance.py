@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from datetime import timedelta
 
 import fakeredis
 import pytest
 from redis.asyncio import Redis, RedisCluster
 
 from chatstate import InMemoryStateStore, InstrumentedStore, RedisStateStore, StateStore
+from chatstate.stores.cached import CachedStore
 from chatstate.testing import StateStoreConformance
 from chatstate.testing.redis_server import LocalRedisCluster, RedisServer
 
@@ -69,6 +71,27 @@ async def _memory_backend(request: pytest.FixtureRequest) -> AsyncIterator[Backe
         yield backend
 
 
+async def _cached_memory(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
+    # Strict mode: a near cache that checks the version on every load behaves as its store.
+    async for backend in _memory():
+        cached = CachedStore(backend.store, max_staleness=timedelta(0))
+        yield Backend(cached, backend.advance_time)
+
+
+async def _cached_redis(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
+    server: RedisServer = request.getfixturevalue("redis_server")
+    client = Redis.from_url(server.url)
+    prefix = request.getfixturevalue("key_prefix")
+
+    async def advance(seconds: float) -> None:
+        await advance_redis_time(client, seconds, match=f"{prefix}:*")
+
+    store = RedisStateStore(client, prefix=prefix, versioned=True)
+    async with CachedStore(store, max_staleness=timedelta(0)) as cached:
+        yield Backend(cached, advance)
+    await client.aclose()
+
+
 async def _instrumented(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
     # The wrapper that measures a third-party store must not change what the store does.
     async for backend in _memory():
@@ -78,6 +101,8 @@ async def _instrumented(request: pytest.FixtureRequest) -> AsyncIterator[Backend
 BACKENDS = {
     "memory": _memory_backend,
     "instrumented-memory": _instrumented,
+    "cached-memory": _cached_memory,
+    "cached-redis": _cached_redis,
     "fakeredis": _fakeredis,
     "redis": _redis,
     "redis-cluster": _cluster,

@@ -25,7 +25,7 @@ from chatstate.middleware import ProviderMiddleware, StateMiddleware, StateMiddl
 from chatstate.pipeline import CallNext, ExecutionResult, Middleware, Pipeline, RequestContext
 from chatstate.providers import Provider, ScriptedProvider
 from chatstate.retry import RetryPolicy
-from chatstate.stores import InMemoryStateStore, StateStore
+from chatstate.stores import CachedStore, InMemoryStateStore, StateStore
 
 if TYPE_CHECKING:
     from chatstate.stores.redis import RedisStateStore
@@ -36,6 +36,7 @@ __all__ = [
     "AlertEvent",
     "AlertMonitor",
     "AlertRule",
+    "CachedStore",
     "CallNext",
     "ChatStateError",
     "ConfigurationError",

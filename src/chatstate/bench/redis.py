@@ -38,6 +38,9 @@ from chatstate.bench.results import (
 from chatstate.bench.scenarios import Scenario
 from chatstate.bench.workload import LARGE_MESSAGE_BYTES, Backend, Floor, conversation
 from chatstate.messages import Message
+from chatstate.stores.base import StateStore
+from chatstate.stores.cached import CachedStore
+from chatstate.stores.memory import InMemoryStateStore
 from chatstate.stores.redis import RedisStateStore
 
 FAILURES: tuple[type[Exception], ...] = (RedisError,)
@@ -101,6 +104,7 @@ class RedisBench:
     without_auto_pipeline: RedisStateStore
     uncompressed: RedisStateStore
     zstd: RedisStateStore
+    cached: CachedStore
     server_version: str
 
     @classmethod
@@ -134,6 +138,7 @@ class RedisBench:
                 without_auto_pipeline=store("plain", auto_pipeline=False),
                 uncompressed=store("json", compress_over=None),
                 zstd=store("zstd", compression="zstd"),
+                cached=CachedStore(store("cached", versioned=True)),
                 server_version=str(info.get("redis_version", "unknown")),
             )
         finally:
@@ -178,6 +183,7 @@ def plan(bench: RedisBench, options: BenchOptions) -> list[PlanItem]:
     return [
         *(item(scenarios.TURN, sessions) for sessions in options.sessions),
         *(item(scenario, options.secondary_sessions) for scenario in scenarios.SECONDARY),
+        item(scenarios.CACHED_LOAD, options.secondary_sessions),
         PlanItem(
             group="redis",
             key="stored_bytes",
@@ -200,12 +206,13 @@ async def run_scenario(
     params = scenario.params(options, fresh=True)
     ids = [f"{scenario.key}{sessions}-{index}" for index in range(sessions)]
     variants = _variants(bench, scenario)
+    ours: StateStore = bench.cached if scenario is scenarios.CACHED_LOAD else bench.ours
     sides = {
-        "ours": scenario.ours(bench.ours, params),
+        "ours": scenario.ours(ours, params),
         **{name: scenario.ours(store, params) for name, store in variants.items()},
         "floor": scenario.floor(bench.floor, params),
     }
-    backends: list[Backend] = [bench.ours, *variants.values(), bench.floor]
+    backends: list[Backend] = [ours, *variants.values(), bench.floor]
     progress.detail("seeding")
     await scenarios.seed(backends, ids, scenario.seed_count(options), params)
     figures = await compare_concurrent(
@@ -225,12 +232,14 @@ async def run_scenario(
     return Measured(rows, details)
 
 
-def _variants(bench: RedisBench, scenario: Scenario) -> dict[str, RedisStateStore]:
+def _variants(bench: RedisBench, scenario: Scenario) -> dict[str, StateStore]:
     """The same store set otherwise, measured beside it: what one feature buys."""
     if scenario is scenarios.TURN:
         return {"auto_pipeline=False": bench.without_auto_pipeline}
     if scenario is scenarios.LARGE_MESSAGES:
         return {"compress_over=None": bench.uncompressed, "compression='zstd'": bench.zstd}
+    if scenario is scenarios.CACHED_LOAD:
+        return {"no cache (Redis)": bench.ours, "in-memory store": InMemoryStateStore()}
     return {}
 
 

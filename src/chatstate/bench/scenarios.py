@@ -80,6 +80,16 @@ LARGE_MESSAGES = Scenario(
     message_bytes=w.LARGE_MESSAGE_BYTES,
 )
 
+CACHED_LOAD = Scenario(
+    "cached_load",
+    "warm load(limit={history}) of {seed}, near cache",
+    w.load_only,
+    w.load_only,
+    "loads/s",
+)
+"""Redis only: loads through a CachedStore that holds the sessions, beside plain Redis loads and
+the in-memory store."""
+
 SECONDARY: Sequence[Scenario] = (
     LOAD,
     APPEND,

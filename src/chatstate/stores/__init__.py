@@ -2,13 +2,22 @@
 
 from typing import TYPE_CHECKING, Any
 
-from chatstate.stores.base import TTL, SessionLeases, StateStore
+from chatstate.stores.base import TTL, SessionLeases, StateStore, VersionedStore
+from chatstate.stores.cached import CachedStore
 from chatstate.stores.memory import InMemoryStateStore
 
 if TYPE_CHECKING:
     from chatstate.stores.redis import RedisStateStore
 
-__all__ = ["TTL", "InMemoryStateStore", "RedisStateStore", "SessionLeases", "StateStore"]
+__all__ = [
+    "TTL",
+    "CachedStore",
+    "InMemoryStateStore",
+    "RedisStateStore",
+    "SessionLeases",
+    "StateStore",
+    "VersionedStore",
+]
 
 
 def __getattr__(name: str) -> Any:

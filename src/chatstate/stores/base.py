@@ -10,7 +10,7 @@ from typing import Protocol, Self, TypeAlias, runtime_checkable
 
 from chatstate.messages import Message
 
-__all__ = ["TTL", "SessionLeases", "StateStore"]
+__all__ = ["TTL", "SessionLeases", "StateStore", "VersionedStore"]
 
 TTL: TypeAlias = timedelta | float | None
 """A time to live: a timedelta, a number of seconds, or None for never."""
@@ -88,3 +88,28 @@ class SessionLeases(Protocol):
     def lease(
         self, session_id: str, *, ttl: float, timeout: float
     ) -> AbstractAsyncContextManager[None]: ...
+
+
+@runtime_checkable
+class VersionedStore(Protocol):
+    """A store that numbers each session's writes (optional): what lets a near cache know,
+    without reading the history, whether its copy is still current.
+
+    A session's version changes with every append and save, and is 0 for a session that does not
+    exist; a session deleted and written again does not repeat a version a reader saw.
+    """
+
+    async def version(self, session_id: str) -> int: ...
+
+    async def load_versioned(
+        self, session_id: str, *, limit: int | None = None
+    ) -> tuple[list[Message], int]: ...
+
+    async def append_versioned(
+        self,
+        session_id: str,
+        messages: Sequence[Message],
+        *,
+        max_messages: int | None = None,
+        ttl: TTL = None,
+    ) -> tuple[int, int]: ...

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import heapq
+import secrets
 import time
 import weakref
 from collections import OrderedDict
@@ -29,11 +30,13 @@ _SWEEP_CHUNK = 1000
 
 
 class _Session:
-    __slots__ = ("expires_at", "messages")
+    __slots__ = ("expires_at", "messages", "version")
 
     def __init__(self) -> None:
         self.messages: list[Message] = []
         self.expires_at: float | None = None
+        # Random to start with, so a session deleted and written again never repeats a number.
+        self.version = secrets.randbits(48)
 
 
 class InMemoryStateStore(StateStore):
@@ -140,6 +143,7 @@ class InMemoryStateStore(StateStore):
         else:
             session = self._session_for_write(session_id)
             session.messages = new
+            session.version += 1
             self._set_expiry(session_id, session, seconds)
         recorder = self._recorder
         recorder.saves += 1
@@ -167,6 +171,7 @@ class InMemoryStateStore(StateStore):
         timed = recorder.appends & _TIME_ONE_IN == 1
         started = clock() if timed else 0.0
         session = self._session_for_write(session_id)
+        session.version += 1
         stored = session.messages
         stored.extend(new)
         if bound is not None and len(stored) > bound:
@@ -204,6 +209,30 @@ class InMemoryStateStore(StateStore):
             yield
         finally:
             self._leases.release(session_id)
+
+    async def version(self, session_id: str) -> int:
+        """The session's version: a number that changes with every write (0: no session)."""
+        session = self._live(check_session_id(session_id))
+        return session.version if session is not None else 0
+
+    async def load_versioned(
+        self, session_id: str, *, limit: int | None = None
+    ) -> tuple[list[Message], int]:
+        """:meth:`load`, and the session's version when it was read."""
+        messages = await self.load(session_id, limit=limit)
+        return messages, await self.version(session_id)
+
+    async def append_versioned(
+        self,
+        session_id: str,
+        messages: Sequence[Message],
+        *,
+        max_messages: int | None = None,
+        ttl: TTL = None,
+    ) -> tuple[int, int]:
+        """:meth:`append`, and the session's version after it."""
+        length = await self.append(session_id, messages, max_messages=max_messages, ttl=ttl)
+        return length, await self.version(session_id)
 
     async def metrics(self) -> StateMetrics:
         """This store's :class:`~chatstate.metrics.StateMetrics`, exact after a sweep of the expired

@@ -17,6 +17,7 @@ import asyncio
 import hashlib
 import inspect
 import logging
+import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -74,48 +75,78 @@ _AFTER_ANY_FAILURE = (RedisConnectionError, RedisTimeoutError)
 
 _ESCAPES = str.maketrans({"%": "%25", "{": "%7B", "}": "%7D"})
 
-# Lua's unpack() has a stack limit of a few thousand values: push in chunks.
-_PUSH = """
+
+# Lua's unpack() has a stack limit of a few thousand values: push in chunks. ARGV[3..last] are the
+# entries.
+def _push(last: str) -> str:
+    return f"""
 local n = 0
-for i = 3, #ARGV, 1000 do
-  n = redis.call('RPUSH', KEYS[1], unpack(ARGV, i, math.min(i + 999, #ARGV)))
+for i = 3, {last}, 1000 do
+  n = redis.call('RPUSH', KEYS[1], unpack(ARGV, i, math.min(i + 999, {last})))
 end
 return n
 """
+
+
 _EXPIRE = """
 local ttl = tonumber(ARGV[2])
 if ttl > 0 then redis.call('PEXPIRE', KEYS[1], ttl) else redis.call('PERSIST', KEYS[1]) end
 """
-# KEYS[1]: the list; ARGV[1]: keep the newest N (0: all); ARGV[2]: ttl in ms (0: none); ARGV[3..]:
-# entries. RPUSH is the first write and fails on a key of another type, so that leaves it as it was.
-# Returns the length before the trim, so the caller knows whether it trimmed.
-_APPEND = f"""
-local function push() {_PUSH} end
+# With versions: KEYS[2] numbers the session's writes, from a random seed (ARGV[#ARGV]) where it
+# does not exist yet, so a session deleted and written again never repeats a number a cache saw.
+_BUMP = """
+local version
+if redis.call('EXISTS', KEYS[2]) == 1 then
+  version = redis.call('INCR', KEYS[2])
+else
+  version = tonumber(ARGV[#ARGV])
+  redis.call('SET', KEYS[2], version)
+end
+if ttl > 0 then redis.call('PEXPIRE', KEYS[2], ttl) else redis.call('PERSIST', KEYS[2]) end
+"""
+
+
+def _append(versioned: bool) -> str:
+    # KEYS[1]: the list; ARGV[1]: keep the newest N (0: all); ARGV[2]: ttl in ms (0: none);
+    # ARGV[3..]: entries. RPUSH is the first write and fails on a key of another type, so that
+    # leaves it as it was. Returns the length before the trim, so the caller knows whether it
+    # trimmed (and, with versions, the new version).
+    return f"""
+local function push() {_push("#ARGV - 1" if versioned else "#ARGV")} end
 local n = push()
 local keep = tonumber(ARGV[1])
 if keep > 0 and n > keep then
   redis.call('LTRIM', KEYS[1], -keep, -1)
 end
 {_EXPIRE}
-return n
+{_BUMP + "return {n, version}" if versioned else "return n"}
 """
-_SAVE = f"""
+
+
+def _save(versioned: bool) -> str:
+    return f"""
 local kind = redis.call('TYPE', KEYS[1])['ok']
 if kind ~= 'list' and kind ~= 'none' then
   return redis.error_reply('WRONGTYPE the key holds a ' .. kind)
 end
-redis.call('DEL', KEYS[1])
-if #ARGV < 3 then return 0 end
-local function push() {_PUSH} end
+redis.call('DEL', unpack(KEYS))
+if #ARGV < {4 if versioned else 3} then return 0 end
+local function push() {_push("#ARGV - 1" if versioned else "#ARGV")} end
 local n = push()
 {_EXPIRE}
-return n
+{_BUMP + "return version" if versioned else "return n"}
 """
+
+
 # KEYS[1]: the list; ARGV[1]: first index to read; ARGV[2]: ttl in ms.
 _LOAD_AND_TOUCH = """
 local entries = redis.call('LRANGE', KEYS[1], ARGV[1], -1)
 if #entries > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 return entries
+"""
+# KEYS[1]: the list; KEYS[2]: its version; ARGV[1]: first index to read.
+_LOAD_VERSIONED = """
+return {redis.call('LRANGE', KEYS[1], ARGV[1], -1), redis.call('GET', KEYS[2]) or 0}
 """
 
 
@@ -134,14 +165,20 @@ class _Script:
         self.sha = hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest()
 
     async def __call__(self, execute: Execute, key: str, *args: Any) -> Any:
+        return await self.run(execute, (key,), *args)
+
+    async def run(self, execute: Execute, keys: Sequence[str], *args: Any) -> Any:
         try:
-            return await execute("EVALSHA", self.sha, 1, key, *args)
+            return await execute("EVALSHA", self.sha, len(keys), *keys, *args)
         except NoScriptError:
-            return await execute("EVAL", self.source, 1, key, *args)
+            return await execute("EVAL", self.source, len(keys), *keys, *args)
 
 
-_APPEND_SCRIPT = _Script(_APPEND)
-_SAVE_SCRIPT = _Script(_SAVE)
+_APPEND_SCRIPT = _Script(_append(versioned=False))
+_SAVE_SCRIPT = _Script(_save(versioned=False))
+_APPEND_VERSIONED_SCRIPT = _Script(_append(versioned=True))
+_SAVE_VERSIONED_SCRIPT = _Script(_save(versioned=True))
+_LOAD_VERSIONED_SCRIPT = _Script(_LOAD_VERSIONED)
 _LOAD_AND_TOUCH_SCRIPT = _Script(_LOAD_AND_TOUCH)
 _RENEW_SCRIPT = _Script(RENEW)
 _RELEASE_SCRIPT = _Script(RELEASE)
@@ -204,6 +241,9 @@ class RedisStateStore(StateStore):
       turn twice. ``None``: no retries. Give a client of your own ``retry=Retry(NoBackoff(), 0)``
       (as :meth:`from_url` does) or redis-py may repeat an append on its own when
       ``auto_pipeline`` is off or on a cluster.
+    - ``versioned``: number each session's writes in a key beside it (``...:version``), which
+      :class:`~chatstate.stores.cached.CachedStore` checks to know cheaply whether its copy is
+      current. Every instance that writes the sessions must have it on.
     - ``max_message_bytes``: a message whose JSON is longer (default 1 MiB) is refused with
       InvalidMessageError before anything of its call is stored; None: no limit.
     - ``message_cache_bytes``: the messages of recently written and read entries are kept,
@@ -238,6 +278,7 @@ class RedisStateStore(StateStore):
         retry: RetryPolicy | None = DEFAULT_RETRY,
         max_message_bytes: int | None = DEFAULT_MAX_MESSAGE_BYTES,
         census_keys: int = 10_000,
+        versioned: bool = False,
     ) -> None:
         if not isinstance(client, Redis | RedisCluster):
             raise ConfigurationError(
@@ -286,6 +327,7 @@ class RedisStateStore(StateStore):
         # timeout; the rest (appends, leases) only when the command never left the client.
         self._repeatable = self._retrying(self._pipeline.execute, _AFTER_ANY_FAILURE)
         self._execute = self._retrying(self._pipeline.execute, (CommandNotSent,))
+        self.versioned = _check_flag(versioned, name="versioned")
         self._recorder = Recorder()
         self._census = _Census(self, census_keys)
         self.corrupt_entries = 0
@@ -388,7 +430,11 @@ class RedisStateStore(StateStore):
         try:
             if self._cold_cluster:
                 await self._warm_up()
-            await _SAVE_SCRIPT(self._repeatable, key, 0, ms, *entries)
+            if self.versioned:
+                keys = (key, self.key(session_id, "version"))
+                await _SAVE_VERSIONED_SCRIPT.run(self._repeatable, keys, 0, ms, *entries, _seed())
+            else:
+                await _SAVE_SCRIPT(self._repeatable, key, 0, ms, *entries)
         except _REDIS_ERRORS as exc:
             raise self._translate(exc, session_id, StateSaveError, "saving", new) from exc
         self._recorder.saves += 1
@@ -402,18 +448,51 @@ class RedisStateStore(StateStore):
         max_messages: int | None = None,
         ttl: TTL = None,
     ) -> int:
+        return (await self._append(session_id, messages, max_messages, ttl, versioned=False))[0]
+
+    async def append_versioned(
+        self,
+        session_id: str,
+        messages: Sequence[Message],
+        *,
+        max_messages: int | None = None,
+        ttl: TTL = None,
+    ) -> tuple[int, int]:
+        """:meth:`append`, and the session's version after it (see ``versioned``)."""
+        self._require_versions()
+        return await self._append(session_id, messages, max_messages, ttl, versioned=True)
+
+    async def _append(
+        self,
+        session_id: str,
+        messages: Sequence[Message],
+        max_messages: int | None,
+        ttl: TTL,
+        *,
+        versioned: bool,
+    ) -> tuple[int, int]:
         key = self.key(session_id)
         new = as_messages(messages)
         keep = check_max_messages(max_messages) or 0
         ms = _ms(check_ttl(ttl))
+        version = 0
         try:
             if self._cold_cluster:
                 await self._warm_up()
             if not new:
-                return int(await self._repeatable("LLEN", key))
+                if versioned:
+                    return int(await self._repeatable("LLEN", key)), await self.version(session_id)
+                return int(await self._repeatable("LLEN", key)), 0
             entries = self._codec.encode(new)
             started = clock()
-            length = int(await _APPEND_SCRIPT(self._execute, key, keep, ms, *entries))
+            if self.versioned:
+                keys = (key, self.key(session_id, "version"))
+                reply = await _APPEND_VERSIONED_SCRIPT.run(
+                    self._execute, keys, keep, ms, *entries, _seed()
+                )
+                length, version = int(reply[0]), int(reply[1])
+            else:
+                length = int(await _APPEND_SCRIPT(self._execute, key, keep, ms, *entries))
         except _REDIS_ERRORS as exc:
             raise self._translate(exc, session_id, StateSaveError, "appending to", new) from exc
         recorder = self._recorder
@@ -421,15 +500,63 @@ class RedisStateStore(StateStore):
         recorder.save_window.append(clock() - started)
         if keep and length > keep:
             recorder.trims += 1
-            return keep
-        return length
+            length = keep
+        return length, version
+
+    async def load_versioned(
+        self, session_id: str, *, limit: int | None = None
+    ) -> tuple[list[Message], int]:
+        """:meth:`load`, and the session's version when it was read, in one round trip."""
+        self._require_versions()
+        key = self.key(session_id)
+        limit = check_limit(limit)
+        keys = (key, self.key(session_id, "version"))
+        try:
+            if self._cold_cluster:
+                await self._warm_up()
+            raw, version = await _LOAD_VERSIONED_SCRIPT.run(
+                self._repeatable, keys, 0 if limit is None else -limit
+            )
+        except _REDIS_ERRORS as exc:
+            raise self._translate(exc, session_id, StateLoadError, "loading") from exc
+        if limit == 0:
+            raw = []
+        messages, skipped = self._codec.decode(
+            raw, on_corrupt=self._on_corrupt, session_id=session_id
+        )
+        if skipped:
+            self.corrupt_entries += skipped
+        self._recorder.loads += 1
+        return messages, int(version)
+
+    async def version(self, session_id: str) -> int:
+        """The session's version: a number that changes with every write (0: no session)."""
+        self._require_versions()
+        key = self.key(session_id, "version")
+        try:
+            if self._cold_cluster:
+                await self._warm_up()
+            return int(await self._repeatable("GET", key) or 0)
+        except _REDIS_ERRORS as exc:
+            raise self._translate(
+                exc, session_id, StateLoadError, "checking the version of"
+            ) from exc
+
+    def _require_versions(self) -> None:
+        if not self.versioned:
+            raise ConfigurationError(
+                "this RedisStateStore keeps no versions: make it with versioned=True"
+            )
 
     async def delete(self, session_id: str) -> bool:
         key = self.key(session_id)
         try:
             if self._cold_cluster:
                 await self._warm_up()
-            existed = bool(await self._repeatable("DEL", key))
+            if self.versioned:
+                existed = bool(await self._repeatable("DEL", key, self.key(session_id, "version")))
+            else:
+                existed = bool(await self._repeatable("DEL", key))
         except _REDIS_ERRORS as exc:
             raise self._translate(exc, session_id, StoreError, "deleting") from exc
         self._recorder.deletes += 1
@@ -552,6 +679,11 @@ _STORE_OPTIONS = frozenset(inspect.signature(RedisStateStore.__init__).parameter
     "client",
     "owns_client",
 }
+
+
+def _seed() -> int:
+    """The first version of a session: random, so that no number repeats after a delete."""
+    return secrets.randbits(48)
 
 
 def _check_flag(value: object, *, name: str) -> bool:
