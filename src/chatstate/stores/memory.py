@@ -88,6 +88,8 @@ class InMemoryStateStore(StateStore):
         self._leases = KeyedLock()
         self._closed = False
         self._recorder = Recorder()
+        # user session -> conversation id -> (last active, deadline): wall-clock seconds
+        self._conversations: dict[str, dict[str, tuple[float, float | None]]] = {}
         self.evictions = 0
         """Sessions evicted because ``max_sessions`` was reached."""
         self.expirations = 0
@@ -233,6 +235,35 @@ class InMemoryStateStore(StateStore):
         """:meth:`append`, and the session's version after it."""
         length = await self.append(session_id, messages, max_messages=max_messages, ttl=ttl)
         return length, await self.version(session_id)
+
+    async def index_conversation(
+        self, user_session: str, conversation_id: str, *, now: float, ttl: float | None
+    ) -> None:
+        """Record a conversation of a user (see :class:`~chatstate.sessions.Conversations`)."""
+        entries = self._conversations.setdefault(check_session_id(user_session), {})
+        entries[conversation_id] = (now, None if ttl is None else now + ttl)
+
+    async def list_conversations(
+        self, user_session: str, *, now: float, offset: int, limit: int
+    ) -> list[tuple[str, float]]:
+        """A user's live conversations, most recent first (see ``Conversations.list``)."""
+        entries = self._conversations.get(check_session_id(user_session))
+        if not entries:
+            return []
+        for conversation_id, (_, deadline) in list(entries.items()):
+            if deadline is not None and deadline <= now:
+                del entries[conversation_id]  # no entry outlives its conversation
+        if not entries:
+            del self._conversations[user_session]
+            return []
+        ordered = sorted(entries.items(), key=lambda item: item[1][0], reverse=True)
+        return [(conversation_id, at) for conversation_id, (at, _) in ordered][
+            offset : offset + limit
+        ]
+
+    async def drop_conversations(self, user_session: str) -> list[str]:
+        """Forget a user's index; returns the conversation ids it held."""
+        return list(self._conversations.pop(check_session_id(user_session), {}))
 
     async def metrics(self) -> StateMetrics:
         """This store's :class:`~chatstate.metrics.StateMetrics`, exact after a sweep of the expired

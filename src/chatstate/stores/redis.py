@@ -150,6 +150,41 @@ return {redis.call('LRANGE', KEYS[1], ARGV[1], -1), redis.call('GET', KEYS[2]) o
 """
 
 
+# The conversations of a user: KEYS[1] scores each conversation id by its last activity, KEYS[2]
+# by its deadline (ms; "inf": none). Both live in the user's slot, and expire with the last
+# deadline, so the index never outlives its conversations; entries past their deadline are
+# removed whenever the index is touched or read.
+_PRUNE = """
+local gone = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[1])
+if #gone > 0 then
+  redis.call('ZREM', KEYS[1], unpack(gone))
+  redis.call('ZREM', KEYS[2], unpack(gone))
+end
+"""
+# ARGV[1]: now (ms); ARGV[2]: the conversation id; ARGV[3]: its deadline (ms, or "inf").
+_INDEX_CONVERSATION = f"""
+redis.call('ZADD', KEYS[1], ARGV[1], ARGV[2])
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[2])
+{_PRUNE}
+local last = redis.call('ZRANGE', KEYS[2], -1, -1, 'WITHSCORES')[2]
+for _, key in ipairs(KEYS) do
+  if last == 'inf' then redis.call('PERSIST', key)
+  else redis.call('PEXPIREAT', key, math.ceil(tonumber(last))) end
+end
+"""
+# ARGV[1]: now (ms); ARGV[2]: offset; ARGV[3]: limit.
+_LIST_CONVERSATIONS = f"""
+{_PRUNE}
+local first = tonumber(ARGV[2])
+return redis.call('ZREVRANGE', KEYS[1], first, first + tonumber(ARGV[3]) - 1, 'WITHSCORES')
+"""
+_DROP_CONVERSATIONS = """
+local ids = redis.call('ZRANGE', KEYS[1], 0, -1)
+redis.call('DEL', unpack(KEYS))
+return ids
+"""
+
+
 Execute: TypeAlias = Callable[..., Awaitable[Any]]
 """Runs one Redis command: ``await execute("LRANGE", key, 0, -1)``."""
 
@@ -179,6 +214,9 @@ _SAVE_SCRIPT = _Script(_save(versioned=False))
 _APPEND_VERSIONED_SCRIPT = _Script(_append(versioned=True))
 _SAVE_VERSIONED_SCRIPT = _Script(_save(versioned=True))
 _LOAD_VERSIONED_SCRIPT = _Script(_LOAD_VERSIONED)
+_INDEX_CONVERSATION_SCRIPT = _Script(_INDEX_CONVERSATION)
+_LIST_CONVERSATIONS_SCRIPT = _Script(_LIST_CONVERSATIONS)
+_DROP_CONVERSATIONS_SCRIPT = _Script(_DROP_CONVERSATIONS)
 _LOAD_AND_TOUCH_SCRIPT = _Script(_LOAD_AND_TOUCH)
 _RENEW_SCRIPT = _Script(RENEW)
 _RELEASE_SCRIPT = _Script(RELEASE)
@@ -582,6 +620,44 @@ class RedisStateStore(StateStore):
         except _REDIS_ERRORS as exc:
             raise self._translate(exc, session_id, StoreError, "reading the TTL of") from exc
         return timedelta(milliseconds=ms) if ms >= 0 else None
+
+    async def index_conversation(
+        self, user_session: str, conversation_id: str, *, now: float, ttl: float | None
+    ) -> None:
+        """Record a conversation of a user (see :class:`~chatstate.sessions.Conversations`): one
+        script on the user's slot."""
+        deadline = "inf" if ttl is None else str(round((now + ttl) * 1000))
+        await self._conversation_script(
+            _INDEX_CONVERSATION_SCRIPT, user_session, round(now * 1000), conversation_id, deadline
+        )
+
+    async def list_conversations(
+        self, user_session: str, *, now: float, offset: int, limit: int
+    ) -> list[tuple[str, float]]:
+        """A user's live conversations, most recent first (see ``Conversations.list``)."""
+        reply = await self._conversation_script(
+            _LIST_CONVERSATIONS_SCRIPT, user_session, round(now * 1000), offset, limit
+        )
+        return [
+            (reply[index].decode(), float(reply[index + 1]) / 1000)
+            for index in range(0, len(reply), 2)
+        ]
+
+    async def drop_conversations(self, user_session: str) -> list[str]:
+        """Forget a user's index; returns the conversation ids it held."""
+        ids = await self._conversation_script(_DROP_CONVERSATIONS_SCRIPT, user_session)
+        return [conversation_id.decode() for conversation_id in ids]
+
+    async def _conversation_script(self, script: _Script, user_session: str, *args: Any) -> Any:
+        keys = (self.key(user_session, "conversations"), self.key(user_session, "deadlines"))
+        try:
+            if self._cold_cluster:
+                await self._warm_up()
+            return await script.run(self._repeatable, keys, *args)
+        except _REDIS_ERRORS as exc:
+            raise self._translate(
+                exc, user_session, StoreError, "indexing the conversations of"
+            ) from exc
 
     async def metrics(self) -> StateMetrics:
         """This store's :class:`~chatstate.metrics.StateMetrics`.
