@@ -95,28 +95,28 @@ def test_bad_retry_policies_are_rejected(options: dict[str, Any]) -> None:
 
 
 class _Flaky:
-    """Stands in for the pipeline: fails the first ``failures`` calls with ``error``."""
+    """Stands in for the connection below the pipeline: fails the first ``failures`` commands
+    with ``error``."""
 
     def __init__(self, real: Any, error: Exception, failures: int) -> None:
         self.real, self.error, self.left = real, error, failures
         self.calls: list[str] = []
 
-    async def __call__(self, *command: Any) -> Any:
+    async def __call__(self, command: tuple[Any, ...]) -> Any:
         self.calls.append(str(command[0]))
         if self.left:
             self.left -= 1
             raise self.error
-        return await self.real(*command)
+        return await self.real(command)
 
 
 def _flaky_store(
     client: Redis, prefix: str, error: Exception, failures: int, retry: RetryPolicy | None = FAST
 ) -> tuple[RedisStateStore, _Flaky]:
     store = RedisStateStore(client, prefix=prefix, retry=retry)
-    flaky = _Flaky(store._pipeline.execute, error, failures)
-    store._pipeline.execute = flaky  # type: ignore[method-assign]
-    store._repeatable = store._retrying(flaky, (RedisConnectionError, RedisTimeoutError))
-    store._execute = store._retrying(flaky, (CommandNotSent,))
+    transport = store._pipeline._transport
+    flaky = _Flaky(transport.execute, error, failures)
+    transport.execute = flaky  # type: ignore[method-assign]
     return store, flaky
 
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import math
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
@@ -47,6 +48,10 @@ try:
     import hiredis
 except ImportError:  # pragma: no cover - redis-py without its hiredis extra
     hiredis = None  # type: ignore[assignment]
+
+from chatstate.retry import RetryPolicy
+
+logger = logging.getLogger("chatstate.redis")
 
 if TYPE_CHECKING:
     RedisClient: TypeAlias = Redis | RedisCluster
@@ -229,11 +234,13 @@ class AutoPipeline:
         client: RedisClient,
         *,
         enabled: bool = True,
-        max_batch: int = 512,
+        max_batch: int = 128,
         max_in_flight: int = 4,
         max_pending: int = 16_384,
+        retry: RetryPolicy | None = None,
     ) -> None:
         self._client = client
+        self.retry = retry if retry is not None else RetryPolicy(attempts=1)
         self._transport: _Transport = (
             _ClusterTransport(client)
             if isinstance(client, RedisCluster)
@@ -255,34 +262,48 @@ class AutoPipeline:
         self.commands_batched = 0
         """Commands sent in those writes."""
 
-    async def execute(self, *command: Any) -> Any:
-        """Run one command; return its reply or raise its error (a redis-py exception)."""
-        if not self.enabled:
-            return await self._client.execute_command(*command)
-        loop = asyncio.get_running_loop()
-        if loop is not self._loop:
-            self._bind(loop)
-        if not self._pending and not self._in_flight:
-            self._in_flight = 1
-            try:
-                return await self._transport.execute(command)
-            finally:
-                self._in_flight -= 1
-                if self._pending and not self._flush_scheduled:
-                    self._flush()
-        while len(self._pending) >= self.max_pending:
-            await self._wait_for_room(loop)
-        future: asyncio.Future[Any] = loop.create_future()
-        self._pending.append((command, future))
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            loop.call_soon(self._flush)
+    async def execute(self, *command: Any, repeatable: bool = False, attempt: int = 1) -> Any:
+        """Run one command; return its reply or raise its error (a redis-py exception).
+
+        A command that failed for a passing reason is tried again by the retry policy: any
+        ``repeatable`` one after a lost connection or a timeout, any other only when it never
+        left the client (:class:`CommandNotSent`), so no retry applies a write twice.
+        """
         try:
-            return await future
-        except asyncio.CancelledError:
-            if future.done() and not future.cancelled():
-                future.exception()  # the reply came as we were cancelled: mark it as seen
-            raise
+            if not self.enabled:
+                return await self._client.execute_command(*command)
+            loop = asyncio.get_running_loop()
+            if loop is not self._loop:
+                self._bind(loop)
+            if not self._pending and not self._in_flight:
+                self._in_flight = 1
+                try:
+                    return await self._transport.execute(command)
+                finally:
+                    self._in_flight -= 1
+                    if self._pending and not self._flush_scheduled:
+                        self._flush()
+            while len(self._pending) >= self.max_pending:
+                await self._wait_for_room(loop)
+            future: asyncio.Future[Any] = loop.create_future()
+            self._pending.append((command, future))
+            if not self._flush_scheduled:
+                self._flush_scheduled = True
+                loop.call_soon(self._flush)
+            try:
+                return await future
+            except asyncio.CancelledError:
+                if future.done() and not future.cancelled():
+                    future.exception()  # the reply came as we were cancelled: mark it as seen
+                raise
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            # Inline, not a wrapper: a call that succeeds pays nothing for the retry policy.
+            retry = self.retry
+            if attempt >= retry.attempts or not (repeatable or isinstance(exc, CommandNotSent)):
+                raise
+            logger.debug("retrying %s after %s: %s", command[0], type(exc).__name__, exc)
+            await asyncio.sleep(retry.delay(attempt))
+            return await self.execute(*command, repeatable=repeatable, attempt=attempt + 1)
 
     async def aclose(self) -> None:
         """Wait for the commands queued and in flight, then give the held connections back to the

@@ -93,7 +93,9 @@ class RedisLease:
         while True:
             await asyncio.sleep(interval)
             try:
-                kept = await self._renew(self._execute, self._key, self._token, self._ttl_ms)
+                kept = await self._renew.run(
+                    self._execute, (self._key,), self._token, self._ttl_ms, repeatable=True
+                )
             except Exception as exc:  # a passing fault: try again at the next interval
                 logger.warning("renewing the lease of session %r failed: %s", self._session_id, exc)
                 continue
@@ -116,6 +118,6 @@ class RedisLease:
             renewer.cancel()
             await asyncio.wait([renewer])  # unlike `await renewer`, never eats our own cancel
         try:
-            await self._release(self._execute, self._key, self._token)
+            await self._release.run(self._execute, (self._key,), self._token, repeatable=True)
         except Exception as error:  # it expires by itself; the turn itself went well
             logger.warning("releasing the lease of session %r failed: %s", self._session_id, error)

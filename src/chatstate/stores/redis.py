@@ -42,7 +42,7 @@ from chatstate.errors import (
 from chatstate.messages import EntryCodec, Message, as_messages
 from chatstate.metrics import Recorder, StateMetrics, clock
 from chatstate.retry import RetryPolicy
-from chatstate.stores._autopipeline import AutoPipeline, CommandNotSent
+from chatstate.stores._autopipeline import AutoPipeline
 from chatstate.stores._redis_lease import RELEASE, RENEW, RedisLease
 from chatstate.stores.base import TTL, StateStore
 
@@ -51,9 +51,7 @@ try:
     from redis.asyncio.cluster import RedisCluster
     from redis.asyncio.retry import Retry
     from redis.backoff import NoBackoff
-    from redis.exceptions import ConnectionError as RedisConnectionError
     from redis.exceptions import NoScriptError, RedisClusterException, RedisError, ResponseError
-    from redis.exceptions import TimeoutError as RedisTimeoutError
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise ImportError("RedisStateStore needs redis-py: pip install 'chatstate[redis]'") from exc
 
@@ -70,8 +68,8 @@ logger = logging.getLogger("chatstate.redis")
 # redirections) RedisClusterException, which is not a RedisError.
 _REDIS_ERRORS = (RedisError, RedisClusterException)
 
-# Lost connections and timeouts: a call may or may not have reached the server.
-_AFTER_ANY_FAILURE = (RedisConnectionError, RedisTimeoutError)
+_KEYS_KEPT = 65_536
+"""Sessions whose key the store keeps at hand (then it starts afresh)."""
 
 _ESCAPES = str.maketrans({"%": "%25", "{": "%7B", "}": "%7D"})
 
@@ -199,14 +197,17 @@ class _Script:
         self.source = source
         self.sha = hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest()
 
-    async def __call__(self, execute: Execute, key: str, *args: Any) -> Any:
-        return await self.run(execute, (key,), *args)
-
-    async def run(self, execute: Execute, keys: Sequence[str], *args: Any) -> Any:
+    async def run(
+        self, execute: Execute, keys: Sequence[str], *args: Any, repeatable: bool = False
+    ) -> Any:
         try:
-            return await execute("EVALSHA", self.sha, len(keys), *keys, *args)
+            return await execute(
+                "EVALSHA", self.sha, len(keys), *keys, *args, repeatable=repeatable
+            )
         except NoScriptError:
-            return await execute("EVAL", self.source, len(keys), *keys, *args)
+            return await execute(
+                "EVAL", self.source, len(keys), *keys, *args, repeatable=repeatable
+            )
 
 
 _APPEND_SCRIPT = _Script(_append(versioned=False))
@@ -309,7 +310,7 @@ class RedisStateStore(StateStore):
         compression: Compression = "auto",
         owns_client: bool = False,
         auto_pipeline: bool = True,
-        max_batch: int = 512,
+        max_batch: int = 128,
         max_in_flight: int = 4,
         max_pending: int = 16_384,
         message_cache_bytes: int = 32 << 20,
@@ -338,6 +339,7 @@ class RedisStateStore(StateStore):
             check_count(compress_over, name="compress_over", minimum=0)
         self.client = client
         self.prefix = prefix
+        self._keys: dict[str, str] = {}
         self._sliding_ms = _ms(check_ttl(sliding_ttl, name="sliding_ttl"))
         self._on_corrupt: Literal["skip", "raise"] = on_corrupt
         self._codec = EntryCodec(
@@ -363,8 +365,8 @@ class RedisStateStore(StateStore):
         self.retry = retry if retry is not None else RetryPolicy(attempts=1)
         # What may be repeated (loads, saves, deletes) is retried after any connection error or
         # timeout; the rest (appends, leases) only when the command never left the client.
-        self._repeatable = self._retrying(self._pipeline.execute, _AFTER_ANY_FAILURE)
-        self._execute = self._retrying(self._pipeline.execute, (CommandNotSent,))
+        self._pipeline.retry = self.retry
+        self._execute: Execute = self._pipeline.execute
         self.versioned = _check_flag(versioned, name="versioned")
         self._recorder = Recorder()
         self._census = _Census(self, census_keys)
@@ -415,8 +417,18 @@ class RedisStateStore(StateStore):
         return f"RedisStateStore({kind}, prefix={self.prefix!r})"
 
     def key(self, session_id: str, kind: str = "messages") -> str:
-        """The Redis key of a session's history (or of its ``lease``)."""
-        return f"{self.prefix}:{{{check_session_id(session_id).translate(_ESCAPES)}}}:{kind}"
+        """The Redis key of a session's history (or of its ``lease``, ``version``, ...)."""
+        if kind == "messages" and type(session_id) is str:
+            # Every call names a session: a checked, escaped key is kept for the next one.
+            key = self._keys.get(session_id)
+            if key is not None:
+                return key
+        key = f"{self.prefix}:{{{check_session_id(session_id).translate(_ESCAPES)}}}:{kind}"
+        if kind == "messages":
+            if len(self._keys) >= _KEYS_KEPT:
+                self._keys.clear()
+            self._keys[session_id] = key
+        return key
 
     def lease(self, session_id: str, *, ttl: float, timeout: float) -> RedisLease:
         """Hold the session's turn lease across every instance sharing this Redis (see
@@ -443,9 +455,11 @@ class RedisStateStore(StateStore):
             if self._cold_cluster:
                 await self._warm_up()
             if self._sliding_ms:
-                raw = await _LOAD_AND_TOUCH_SCRIPT(self._repeatable, key, start, self._sliding_ms)
+                raw = await _LOAD_AND_TOUCH_SCRIPT.run(
+                    self._execute, (key,), start, self._sliding_ms, repeatable=True
+                )
             else:
-                raw = await self._repeatable("LRANGE", key, start, -1)
+                raw = await self._execute("LRANGE", key, start, -1, repeatable=True)
         except _REDIS_ERRORS as exc:
             raise self._translate(exc, session_id, StateLoadError, "loading") from exc
         recorder = self._recorder
@@ -470,9 +484,11 @@ class RedisStateStore(StateStore):
                 await self._warm_up()
             if self.versioned:
                 keys = (key, self.key(session_id, "version"))
-                await _SAVE_VERSIONED_SCRIPT.run(self._repeatable, keys, 0, ms, *entries, _seed())
+                await _SAVE_VERSIONED_SCRIPT.run(
+                    self._execute, keys, 0, ms, *entries, _seed(), repeatable=True
+                )
             else:
-                await _SAVE_SCRIPT(self._repeatable, key, 0, ms, *entries)
+                await _SAVE_SCRIPT.run(self._execute, (key,), 0, ms, *entries, repeatable=True)
         except _REDIS_ERRORS as exc:
             raise self._translate(exc, session_id, StateSaveError, "saving", new) from exc
         self._recorder.saves += 1
@@ -519,8 +535,10 @@ class RedisStateStore(StateStore):
                 await self._warm_up()
             if not new:
                 if versioned:
-                    return int(await self._repeatable("LLEN", key)), await self.version(session_id)
-                return int(await self._repeatable("LLEN", key)), 0
+                    return int(
+                        await self._execute("LLEN", key, repeatable=True)
+                    ), await self.version(session_id)
+                return int(await self._execute("LLEN", key, repeatable=True)), 0
             entries = self._codec.encode(new)
             started = clock()
             if self.versioned:
@@ -530,7 +548,7 @@ class RedisStateStore(StateStore):
                 )
                 length, version = int(reply[0]), int(reply[1])
             else:
-                length = int(await _APPEND_SCRIPT(self._execute, key, keep, ms, *entries))
+                length = int(await _APPEND_SCRIPT.run(self._execute, (key,), keep, ms, *entries))
         except _REDIS_ERRORS as exc:
             raise self._translate(exc, session_id, StateSaveError, "appending to", new) from exc
         recorder = self._recorder
@@ -553,7 +571,7 @@ class RedisStateStore(StateStore):
             if self._cold_cluster:
                 await self._warm_up()
             raw, version = await _LOAD_VERSIONED_SCRIPT.run(
-                self._repeatable, keys, 0 if limit is None else -limit
+                self._execute, keys, 0 if limit is None else -limit, repeatable=True
             )
         except _REDIS_ERRORS as exc:
             raise self._translate(exc, session_id, StateLoadError, "loading") from exc
@@ -574,7 +592,7 @@ class RedisStateStore(StateStore):
         try:
             if self._cold_cluster:
                 await self._warm_up()
-            return int(await self._repeatable("GET", key) or 0)
+            return int(await self._execute("GET", key, repeatable=True) or 0)
         except _REDIS_ERRORS as exc:
             raise self._translate(
                 exc, session_id, StateLoadError, "checking the version of"
@@ -592,9 +610,13 @@ class RedisStateStore(StateStore):
             if self._cold_cluster:
                 await self._warm_up()
             if self.versioned:
-                existed = bool(await self._repeatable("DEL", key, self.key(session_id, "version")))
+                existed = bool(
+                    await self._execute(
+                        "DEL", key, self.key(session_id, "version"), repeatable=True
+                    )
+                )
             else:
-                existed = bool(await self._repeatable("DEL", key))
+                existed = bool(await self._execute("DEL", key, repeatable=True))
         except _REDIS_ERRORS as exc:
             raise self._translate(exc, session_id, StoreError, "deleting") from exc
         self._recorder.deletes += 1
@@ -606,7 +628,7 @@ class RedisStateStore(StateStore):
         try:
             if self._cold_cluster:
                 await self._warm_up()
-            return bool(await self._repeatable("EXISTS", key))
+            return bool(await self._execute("EXISTS", key, repeatable=True))
         except _REDIS_ERRORS as exc:
             raise self._translate(exc, session_id, StoreError, "checking") from exc
 
@@ -616,7 +638,7 @@ class RedisStateStore(StateStore):
         try:
             if self._cold_cluster:
                 await self._warm_up()
-            ms = int(await self._repeatable("PTTL", key))
+            ms = int(await self._execute("PTTL", key, repeatable=True))
         except _REDIS_ERRORS as exc:
             raise self._translate(exc, session_id, StoreError, "reading the TTL of") from exc
         return timedelta(milliseconds=ms) if ms >= 0 else None
@@ -653,7 +675,7 @@ class RedisStateStore(StateStore):
         try:
             if self._cold_cluster:
                 await self._warm_up()
-            return await script.run(self._repeatable, keys, *args)
+            return await script.run(self._execute, keys, *args, repeatable=True)
         except _REDIS_ERRORS as exc:
             raise self._translate(
                 exc, user_session, StoreError, "indexing the conversations of"
@@ -705,25 +727,6 @@ class RedisStateStore(StateStore):
         await self._pipeline.aclose()
         if self._owns_client:
             await self.client.aclose()
-
-    def _retrying(self, execute: Execute, retried: tuple[type[Exception], ...]) -> Execute:
-        policy = self.retry
-        if policy.attempts == 1:
-            return execute
-
-        async def run(*command: Any) -> Any:
-            failures = 0
-            while True:
-                try:
-                    return await execute(*command)
-                except retried as exc:
-                    failures += 1
-                    if failures >= policy.attempts:
-                        raise
-                    logger.debug("retrying %s after %s: %s", command[0], type(exc).__name__, exc)
-                    await asyncio.sleep(policy.delay(failures))
-
-        return run
 
     async def _warm_up(self) -> None:
         await self.client.initialize()
@@ -814,10 +817,10 @@ class _Census:
             if self._seen % self._keys_per_call == 0:
                 finished = False
                 break
-        execute = self._store._repeatable
+        execute = self._store._execute
         replies = await asyncio.gather(
-            *(execute("LLEN", key) for key in sample),
-            *(execute("MEMORY", "USAGE", key, "SAMPLES", "0") for key in sample),
+            *(execute("LLEN", key, repeatable=True) for key in sample),
+            *(execute("MEMORY", "USAGE", key, "SAMPLES", "0", repeatable=True) for key in sample),
         )
         lengths, sizes = replies[: len(sample)], replies[len(sample) :]
         self._samples += [
