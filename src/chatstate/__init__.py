@@ -28,6 +28,7 @@ from chatstate.retry import RetryPolicy
 from chatstate.stores import CachedStore, InMemoryStateStore, StateStore
 
 if TYPE_CHECKING:
+    from chatstate.providers.openai import OpenAICompatibleProvider
     from chatstate.stores.redis import RedisStateStore
 
 __version__ = "0.1.0"
@@ -53,6 +54,7 @@ __all__ = [
     "LeaseTimeoutError",
     "Message",
     "Middleware",
+    "OpenAICompatibleProvider",
     "Pipeline",
     "PipelineError",
     "Provider",
@@ -84,4 +86,8 @@ def __getattr__(name: str) -> Any:
         from chatstate.stores.redis import RedisStateStore
 
         return RedisStateStore
+    if name == "OpenAICompatibleProvider":  # needs the `openai` extra (httpx)
+        from chatstate.providers.openai import OpenAICompatibleProvider
+
+        return OpenAICompatibleProvider
     raise AttributeError(f"module 'chatstate' has no attribute {name!r}")

@@ -108,7 +108,18 @@ class UnsupportedFormatError(CorruptEntryError):
 
 
 class ProviderError(ChatStateError):
-    """The model provider failed, or answered with something that is not an assistant message."""
+    """The model provider failed, or answered with something that is not an assistant message.
+
+    ``status`` is the HTTP status of a provider that answered with an error (None otherwise), and
+    ``provider_message`` the error message it gave; neither ever holds the API key.
+    """
+
+    def __init__(
+        self, message: str, *, status: int | None = None, provider_message: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.provider_message = provider_message
 
 
 class PipelineError(ChatStateError):
