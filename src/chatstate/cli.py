@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import chatstate
+from chatstate import commands
 from chatstate.bench import command as bench
 
 __all__ = ["COMMANDS", "Command", "build_parser", "main"]
@@ -36,6 +37,34 @@ class Command:
 
 COMMANDS: tuple[Command, ...] = (
     Command("bench", bench.HELP, bench.DESCRIPTION, bench.add_arguments, bench.run),
+    Command(
+        "chat",
+        commands.CHAT_HELP,
+        commands.CHAT_HELP,
+        commands.add_chat_arguments,
+        commands.run_chat,
+    ),
+    Command(
+        "inspect",
+        commands.INSPECT_HELP,
+        commands.INSPECT_HELP,
+        commands.add_inspect_arguments,
+        commands.run_inspect,
+    ),
+    Command(
+        "sessions",
+        commands.SESSIONS_HELP,
+        commands.SESSIONS_HELP,
+        commands.add_sessions_arguments,
+        commands.run_sessions,
+    ),
+    Command(
+        "stats",
+        commands.STATS_HELP,
+        commands.STATS_HELP,
+        commands.add_stats_arguments,
+        commands.run_stats,
+    ),
 )
 
 

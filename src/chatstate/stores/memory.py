@@ -212,6 +212,13 @@ class InMemoryStateStore(StateStore):
         finally:
             self._leases.release(session_id)
 
+    async def session_ids(self) -> AsyncIterator[str]:
+        """The ids of the live sessions, least recently used first."""
+        now = self._clock()
+        for session_id, session in list(self._sessions.items()):
+            if session.expires_at is None or session.expires_at > now:
+                yield session_id
+
     async def version(self, session_id: str) -> int:
         """The session's version: a number that changes with every write (0: no session)."""
         session = self._live(check_session_id(session_id))

@@ -681,6 +681,16 @@ class RedisStateStore(StateStore):
                 exc, user_session, StoreError, "indexing the conversations of"
             ) from exc
 
+    async def session_ids(self) -> AsyncIterator[str]:
+        """The ids of every session in the store, by SCAN (never KEYS), in no order."""
+        pattern = f"{self.prefix.translate(_GLOB)}:{{*}}:messages"
+        try:
+            async for key in self.client.scan_iter(match=pattern, count=1000):
+                text = key.decode()
+                yield _unescape(text[len(self.prefix) + 2 : -len("}:messages")])
+        except _REDIS_ERRORS as exc:
+            raise StoreError(f"listing the sessions failed: {type(exc).__name__}: {exc}") from exc
+
     async def metrics(self) -> StateMetrics:
         """This store's :class:`~chatstate.metrics.StateMetrics`.
 
@@ -758,6 +768,10 @@ _STORE_OPTIONS = frozenset(inspect.signature(RedisStateStore.__init__).parameter
     "client",
     "owns_client",
 }
+
+
+def _unescape(escaped: str) -> str:
+    return escaped.replace("%7D", "}").replace("%7B", "{").replace("%25", "%")
 
 
 def _seed() -> int:

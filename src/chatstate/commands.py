@@ -1,0 +1,199 @@
+"""The ``chatstate chat``, ``inspect``, ``sessions`` and ``stats`` commands.
+
+Each takes ``--store URL`` (``memory://``, ``redis://...``, ``rediss://...``; default
+``memory://``, or ``$CHATSTATE_STORE``) and answers a bad URL, an unreachable server or an
+unknown session with one clear line on stderr, not a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any, TextIO
+
+from chatstate.errors import ChatStateError, InvalidInputError
+from chatstate.messages import Message
+from chatstate.middleware import ProviderMiddleware, StateMiddleware, StateMiddlewareConfig
+from chatstate.pipeline import Pipeline
+from chatstate.providers.scripted import ScriptedProvider
+from chatstate.stores.base import StateStore
+from chatstate.stores.urls import open_store
+
+DEFAULT_STORE = "memory://"
+_PERCENT = {"0.5": "50", "0.95": "95", "0.99": "99"}
+
+
+def add_store_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--store",
+        metavar="URL",
+        default=os.environ.get("CHATSTATE_STORE", DEFAULT_STORE),
+        help="memory://, redis://host:port/db or rediss://... (default: $CHATSTATE_STORE or "
+        "memory://, which keeps nothing after the command)",
+    )
+    parser.add_argument("--prefix", default="chatstate", help="the Redis key prefix")
+
+
+def _run(args: argparse.Namespace, work: Callable[[StateStore], Awaitable[int]]) -> int:
+    """Open the store, run ``work``, close; errors as one line and a status."""
+
+    async def main() -> int:
+        options: dict[str, Any] = {}
+        if not args.store.startswith("memory://"):
+            options["prefix"] = args.prefix
+        async with open_store(args.store, **options) as store:
+            return await work(store)
+
+    try:
+        return asyncio.run(main())
+    except InvalidInputError as exc:
+        print(f"chatstate {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except ChatStateError as exc:
+        print(f"chatstate {args.command}: {exc}", file=sys.stderr)
+        return 1
+
+
+# chat ------------------------------------------------------------------------------------------
+
+CHAT_HELP = "talk with a session (an offline scripted model unless --provider is given)"
+
+
+def add_chat_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--session", required=True, metavar="ID", help="the session to talk in")
+    add_store_argument(parser)
+    parser.add_argument(
+        "--provider",
+        metavar="URL",
+        help="an OpenAI-compatible endpoint (http://localhost:11434/v1); key in $OPENAI_API_KEY",
+    )
+    parser.add_argument("--model", default="gpt-4o-mini", help="the model, with --provider")
+    parser.add_argument("--max-messages", type=int, default=20, help="history kept and sent")
+
+
+def run_chat(args: argparse.Namespace, *, stdin: TextIO | None = None) -> int:
+    """A read-eval-print loop: each line is a turn; an empty line, EOF or /quit ends it."""
+    lines = stdin if stdin is not None else sys.stdin
+
+    async def chat(store: StateStore) -> int:
+        if args.provider:
+            from chatstate.providers.openai import OpenAICompatibleProvider
+
+            provider: Any = OpenAICompatibleProvider(
+                base_url=args.provider, model=args.model, api_key=os.environ.get("OPENAI_API_KEY")
+            )
+        else:
+            provider = ScriptedProvider()
+        pipe = Pipeline(
+            StateMiddleware(store, StateMiddlewareConfig(max_messages=args.max_messages)),
+            ProviderMiddleware(provider),
+        )
+        history = await store.load(args.session)
+        print(f"session {args.session!r}: {len(history)} messages so far. /quit to leave.")
+        for line in lines:
+            text = line.strip()
+            if not text or text == "/quit":
+                break
+            result = await pipe.execute_with_session(args.session, "user", text)
+            print(f"assistant: {result.response.text}", flush=True)
+        if args.provider:
+            await provider.aclose()
+        return 0
+
+    return _run(args, chat)
+
+
+# inspect ---------------------------------------------------------------------------------------
+
+INSPECT_HELP = "print the history of a session"
+
+
+def add_inspect_arguments(parser: argparse.ArgumentParser) -> None:
+    add_store_argument(parser)
+    parser.add_argument("session", metavar="SESSION", help="the session id")
+    parser.add_argument("--limit", type=int, default=None, help="only the newest N messages")
+
+
+def run_inspect(args: argparse.Namespace) -> int:
+    async def inspect(store: StateStore) -> int:
+        messages = await store.load(args.session, limit=args.limit)
+        if not messages:
+            print(
+                f"chatstate inspect: no session {args.session!r} in {args.store}", file=sys.stderr
+            )
+            return 1
+        print(_table(messages))
+        return 0
+
+    return _run(args, inspect)
+
+
+def _table(messages: list[Message]) -> str:
+    rows = [("#", "role", "content")]
+    for index, message in enumerate(messages, 1):
+        text = message.text.replace("\n", " ")
+        if message.tool_calls:
+            calls = ", ".join(f"{call.name}({call.arguments})" for call in message.tool_calls)
+            text = f"{text} [calls {calls}]".strip()
+        if message.tool_call_id:
+            text = f"[result of {message.tool_call_id}] {text}"
+        rows.append((str(index), message.role, text if len(text) <= 100 else text[:97] + "..."))
+    widths = [max(len(row[column]) for row in rows) for column in range(2)]
+    return "\n".join(f"{row[0]:>{widths[0]}}  {row[1]:<{widths[1]}}  {row[2]}" for row in rows)
+
+
+# sessions --------------------------------------------------------------------------------------
+
+SESSIONS_HELP = "list the sessions of a store (by SCAN, never KEYS)"
+
+
+def add_sessions_arguments(parser: argparse.ArgumentParser) -> None:
+    add_store_argument(parser)
+    parser.add_argument("--max", type=int, default=1000, help="stop after this many")
+
+
+def run_sessions(args: argparse.Namespace) -> int:
+    async def sessions(store: StateStore) -> int:
+        listing = getattr(store, "session_ids", None)
+        if listing is None:
+            print(f"chatstate sessions: {args.store} cannot list its sessions", file=sys.stderr)
+            return 1
+        count = 0
+        async for session_id in listing():
+            print(session_id)
+            count += 1
+            if count >= args.max:
+                print(f"... (stopped at --max {args.max})", file=sys.stderr)
+                break
+        return 0
+
+    return _run(args, sessions)
+
+
+# stats -----------------------------------------------------------------------------------------
+
+STATS_HELP = "print a store's metrics"
+
+
+def add_stats_arguments(parser: argparse.ArgumentParser) -> None:
+    add_store_argument(parser)
+
+
+def run_stats(args: argparse.Namespace) -> int:
+    async def stats(store: StateStore) -> int:
+        metrics = await store.metrics()  # type: ignore[attr-defined]
+        for name in metrics.__dataclass_fields__:
+            value = getattr(metrics, name)
+            if hasattr(value, "quantiles"):
+                shown = ", ".join(
+                    f"p{_PERCENT[quantile]}={seconds * 1000:.3f} ms"
+                    for quantile, seconds in value.quantiles()
+                )
+                value = shown or "no calls yet"
+            print(f"{name:<18} {value}")
+        return 0
+
+    return _run(args, stats)

@@ -1,0 +1,30 @@
+"""``open_store(url)``: any built-in store from a URL."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from chatstate._checks import redact_url
+from chatstate.errors import ConfigurationError
+from chatstate.stores.base import StateStore
+from chatstate.stores.memory import InMemoryStateStore
+
+__all__ = ["open_store"]
+
+
+def open_store(url: str, **options: Any) -> StateStore:
+    """The store a URL names: ``memory://`` (this process only), ``redis://`` or ``rediss://``
+    (``RedisStateStore.from_url``; ``?cluster=1`` not supported yet). ``options`` go to the
+    store. Raises :class:`~chatstate.errors.ConfigurationError` for anything else."""
+    if not isinstance(url, str):
+        raise ConfigurationError(f"a store URL must be a str, got {type(url).__name__}")
+    if url == "memory://" or url.startswith("memory://"):
+        return InMemoryStateStore(**options)
+    if url.startswith(("redis://", "rediss://", "unix://")):
+        from chatstate.stores.redis import RedisStateStore
+
+        return RedisStateStore.from_url(url, **options)
+    raise ConfigurationError(
+        f"unknown store URL {redact_url(url)!r}: use memory://, redis://host:port/db or "
+        "rediss://host:port/db"
+    )

@@ -1,0 +1,81 @@
+"""``chatstate chat``, ``inspect``, ``sessions`` and ``stats``, run as a user would."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+
+import pytest
+
+from chatstate import Message, RedisStateStore
+from chatstate.cli import main
+from chatstate.testing.redis_server import RedisServer, find_free_port
+
+
+def _chat(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], lines: str, *args: str
+) -> tuple[int, str]:
+    monkeypatch.setattr("sys.stdin", io.StringIO(lines))
+    status = main(["chat", *args])
+    return status, capsys.readouterr().out
+
+
+def test_the_chat_remembers_across_restarts_with_a_persistent_store(
+    redis_server: RedisServer,
+    key_prefix: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    store = ["--store", redis_server.url, "--prefix", key_prefix, "--session", "me"]
+    status, out = _chat(monkeypatch, capsys, "My name is Alice\n/quit\nignored\n", *store)
+    assert status == 0 and "0 messages so far" in out
+    status, out = _chat(monkeypatch, capsys, "What's my name?\n", *store)  # a new process
+    assert status == 0 and "2 messages so far" in out and "Alice" in out
+    # In memory, a new command starts afresh: nothing is kept after it.
+    status, out = _chat(monkeypatch, capsys, "What's my name?\n", "--session", "me")
+    assert "don't know your name" in out
+
+
+def test_inspect_sessions_and_stats_show_a_store(
+    redis_server: RedisServer, key_prefix: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async def fill() -> None:
+        async with RedisStateStore.from_url(redis_server.url, prefix=key_prefix) as store:
+            await store.append("user-1", [Message(role="user", content="Hello there")])
+            await store.append("odd {id}%", [Message(role="assistant", content="Hi")])
+
+    asyncio.run(fill())
+    store = ["--store", redis_server.url, "--prefix", key_prefix]
+    assert main(["inspect", *store, "user-1"]) == 0
+    out = capsys.readouterr().out
+    assert "role" in out and "user" in out and "Hello there" in out
+    assert main(["sessions", *store]) == 0
+    assert sorted(capsys.readouterr().out.split("\n")[:-1]) == ["odd {id}%", "user-1"]
+    assert main(["stats", *store]) == 0
+    out = capsys.readouterr().out
+    assert "active_sessions    2" in out and "load_latency" in out
+
+
+def test_errors_are_one_clear_line(
+    redis_server: RedisServer, key_prefix: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cases = [
+        (
+            ["inspect", "--store", redis_server.url, "--prefix", key_prefix, "nobody"],
+            1,
+            "no session",
+        ),
+        (["inspect", "--store", "mysql://x", "s"], 2, "unknown store URL"),
+        (["stats", "--store", f"redis://u:pw@127.0.0.1:{find_free_port()}/0"], 1, "failed"),
+        (["inspect", "--store", "memory://", ""], 2, "session id"),
+    ]
+    for argv, status, message in cases:
+        assert main(argv) == status, argv
+        error = capsys.readouterr().err
+        assert message in error and "Traceback" not in error and "pw@" not in error
+
+
+@pytest.mark.parametrize("command", ["chat", "inspect", "sessions", "stats"])
+def test_every_command_has_help(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([command, "--help"]) == 0
+    assert "--store" in capsys.readouterr().out
