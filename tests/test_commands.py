@@ -79,3 +79,18 @@ def test_errors_are_one_clear_line(
 def test_every_command_has_help(command: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert main([command, "--help"]) == 0
     assert "--store" in capsys.readouterr().out
+
+
+def test_a_missing_extra_is_a_clear_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import sys
+
+    monkeypatch.delitem(sys.modules, "chatstate.providers.openai", raising=False)
+    for name in ["httpx", *(name for name in sys.modules if name.startswith("httpx."))]:
+        monkeypatch.setitem(sys.modules, name, None)  # `import httpx` fails
+    monkeypatch.setattr("sys.stdin", io.StringIO("hi\n"))
+    status = main(["chat", "--session", "s", "--provider", "http://x/v1"])
+    error = capsys.readouterr().err
+    assert status == 2, error
+    assert "pip install 'chatstate[openai]'" in error and "Traceback" not in error

@@ -49,6 +49,9 @@ def _run(args: argparse.Namespace, work: Callable[[StateStore], Awaitable[int]])
 
     try:
         return asyncio.run(main())
+    except ImportError as exc:  # an extra this command needs is not installed
+        print(f"chatstate {args.command}: {exc}", file=sys.stderr)
+        return 2
     except InvalidInputError as exc:
         print(f"chatstate {args.command}: {exc}", file=sys.stderr)
         return 2
