@@ -10,6 +10,7 @@ from chatstate.errors import ChatStateError, ConfigurationError, ProviderError
 from chatstate.messages import Message
 from chatstate.pipeline import CallNext, RequestContext
 from chatstate.providers.base import Provider
+from chatstate.window import valid_window
 
 __all__ = ["ProviderMiddleware"]
 
@@ -46,7 +47,8 @@ class ProviderMiddleware:
         self._options = dict(options or {})
 
     async def __call__(self, context: RequestContext, call_next: CallNext) -> None:
-        history = await context.get_history()
+        # A bound may have cut through a tool exchange: send only what a chat API accepts.
+        history = valid_window(await context.get_history(), (context.message,))
         if self._system is None:
             messages = [*history, context.message]
         else:
