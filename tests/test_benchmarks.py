@@ -71,6 +71,9 @@ def test_a_quick_run_against_redis_measures_both_sides(
             assert row["round_trips_per_op"]["ours"] < 0.01
         else:
             assert row["round_trips_per_op"]["ours"] > 0
+    lazy = {row["variant"]: row for row in rows if row["key"] == "lazy_turn"}
+    assert set(lazy) == {"", "lazy=False"}
+    assert all(row["round_trips_per_op"]["ours"] > 0 for row in lazy.values())
     cached = {row["variant"] for row in rows if row["key"] == "cached_load"}
     assert cached == {"", "no cache (Redis)", "in-memory store"}
     for row in turn:

@@ -22,6 +22,7 @@ from redis.exceptions import RedisError
 
 from chatstate._checks import redact_url
 from chatstate.bench import scenarios
+from chatstate.bench import workload as w
 from chatstate.bench.measure import ConcurrentFigures, Progress, compare_concurrent
 from chatstate.bench.options import BenchError, BenchOptions
 from chatstate.bench.results import (
@@ -36,7 +37,14 @@ from chatstate.bench.results import (
     stored_bytes_target,
 )
 from chatstate.bench.scenarios import Scenario
-from chatstate.bench.workload import LARGE_MESSAGE_BYTES, Backend, Floor, conversation
+from chatstate.bench.workload import (
+    LARGE_MESSAGE_BYTES,
+    Backend,
+    Floor,
+    Params,
+    Workload,
+    conversation,
+)
 from chatstate.messages import Message
 from chatstate.stores.base import StateStore
 from chatstate.stores.cached import CachedStore
@@ -184,6 +192,7 @@ def plan(bench: RedisBench, options: BenchOptions) -> list[PlanItem]:
         *(item(scenarios.TURN, sessions) for sessions in options.sessions),
         *(item(scenario, options.secondary_sessions) for scenario in scenarios.SECONDARY),
         item(scenarios.CACHED_LOAD, options.secondary_sessions),
+        item(scenarios.LAZY_TURN, options.secondary_sessions),
         PlanItem(
             group="redis",
             key="stored_bytes",
@@ -210,6 +219,7 @@ async def run_scenario(
     sides = {
         "ours": scenario.ours(ours, params),
         **{name: scenario.ours(store, params) for name, store in variants.items()},
+        **_variant_sides(bench, scenario, params),
         "floor": scenario.floor(bench.floor, params),
     }
     backends: list[Backend] = [ours, *variants.values(), bench.floor]
@@ -240,6 +250,13 @@ def _variants(bench: RedisBench, scenario: Scenario) -> dict[str, StateStore]:
         return {"compress_over=None": bench.uncompressed, "compression='zstd'": bench.zstd}
     if scenario is scenarios.CACHED_LOAD:
         return {"no cache (Redis)": bench.ours, "in-memory store": InMemoryStateStore()}
+    return {}
+
+
+def _variant_sides(bench: RedisBench, scenario: Scenario, params: Params) -> dict[str, Workload]:
+    """Variants that are the same store run another way (not another store)."""
+    if scenario is scenarios.LAZY_TURN:
+        return {"lazy=False": w.eager_command_turn(bench.ours, params)}
     return {}
 
 

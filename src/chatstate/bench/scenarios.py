@@ -56,6 +56,15 @@ PIPELINE_TURN = Scenario(
     w.hand_written_turn,  # the same work by hand, with no middleware chain
     "turns/s",
 )
+LAZY_TURN = Scenario(
+    "lazy_turn",
+    "turn answered without the history, lazy=True",
+    w.lazy_command_turn,
+    w.hand_written_command_turn,
+    "turns/s",
+)
+"""Redis only: what lazy loading saves on turns that never read the history (beside the same
+turn with ``lazy=False``, round trips included)."""
 READ_HEAVY = Scenario(
     "read_heavy",
     f"read-heavy: {w.READS_PER_WRITE} loads per append",

@@ -240,3 +240,48 @@ def hand_written_turn(backend: Backend, params: Params) -> Workload:
         return answer
 
     return Workload((("turn", step),))
+
+
+class _Commands:
+    """Answers every message itself, as a command handler would: no model, no history needed."""
+
+    def __init__(self, params: Params) -> None:
+        self._next_turn = params.next_turn
+
+    async def __call__(self, context: Any, call_next: Any) -> None:
+        context.response = self._next_turn()[1]
+        context.new_messages.append(context.response)
+
+
+def _command_turn(store: StateStore, params: Params, *, lazy: bool) -> Workload:
+    config = StateMiddlewareConfig(
+        max_messages=params.history, ttl=timedelta(seconds=params.ttl), lazy=lazy
+    )
+    pipe = Pipeline(StateMiddleware(store, config), _Commands(params))
+    text = params.turn[0].text
+    return Workload(
+        (("turn", lambda session_id: pipe.execute_with_session(session_id, "user", text)),)
+    )
+
+
+def lazy_command_turn(store: StateStore, params: Params) -> Workload:
+    """A pipeline turn answered without the history, with ``lazy=True``: no load at all."""
+    return _command_turn(store, params, lazy=True)
+
+
+def eager_command_turn(store: StateStore, params: Params) -> Workload:
+    """The same turn with ``lazy=False``: the history is loaded, and not used."""
+    return _command_turn(store, params, lazy=False)
+
+
+def hand_written_command_turn(backend: Backend, params: Params) -> Workload:
+    """By hand, a turn that needs no history: store the message and the answer."""
+    keep, ttl, next_turn, text = params.history, params.ttl, params.next_turn, params.turn[0].text
+
+    async def step(session_id: str) -> int:
+        message = Message(role="user", content=text)
+        return await backend.append(
+            session_id, (message, next_turn()[1]), max_messages=keep, ttl=ttl
+        )
+
+    return Workload((("turn", step),))
