@@ -139,6 +139,7 @@ class Conversations:
             self.store.delete(user_session),
         )
         dropped = await self.store.drop_conversations(user_session)
-        stragglers = [cid for cid in dropped if cid not in set(ids)]  # recorded meanwhile
+        known = set(ids)
+        stragglers = [cid for cid in dropped if cid not in known]  # recorded meanwhile
         await asyncio.gather(*(self.store.delete(self.session_id(user_id, c)) for c in stragglers))
         return len(ids) + len(stragglers)

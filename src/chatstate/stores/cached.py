@@ -135,14 +135,16 @@ class CachedStore(StoreWrapper):
         return length
 
     async def save(self, session_id: str, messages: Sequence[Message], *, ttl: TTL = None) -> None:
-        self._entries.pop(session_id, None)
-        await self.store.save(session_id, messages, ttl=ttl)
-        self._entries.pop(session_id, None)
+        try:
+            await self.store.save(session_id, messages, ttl=ttl)
+        finally:  # whether it went through or not, the copy may be old now
+            self._entries.pop(session_id, None)
 
     async def delete(self, session_id: str) -> bool:
-        self._entries.pop(session_id, None)
-        existed: bool = await self.store.delete(session_id)
-        self._entries.pop(session_id, None)
+        try:
+            existed: bool = await self.store.delete(session_id)
+        finally:
+            self._entries.pop(session_id, None)
         return existed
 
     def _keep(self, session_id: str, entry: _Entry) -> None:

@@ -71,6 +71,7 @@ _REDIS_ERRORS = (RedisError, RedisClusterException)
 _KEYS_KEPT = 65_536
 """Sessions whose key the store keeps at hand (then it starts afresh)."""
 
+_GLOB = str.maketrans({char: "\\" + char for char in "*?[]\\"})
 _ESCAPES = str.maketrans({"%": "%25", "{": "%7B", "}": "%7D"})
 
 
@@ -340,6 +341,8 @@ class RedisStateStore(StateStore):
         self.client = client
         self.prefix = prefix
         self._keys: dict[str, str] = {}
+        # A SCAN pattern of every session's history key (the prefix's glob characters escaped).
+        self._sessions_pattern = f"{prefix.translate(_GLOB)}:{{*}}:messages"
         self._sliding_ms = _ms(check_ttl(sliding_ttl, name="sliding_ttl"))
         self._on_corrupt: Literal["skip", "raise"] = on_corrupt
         self._codec = EntryCodec(
@@ -462,9 +465,12 @@ class RedisStateStore(StateStore):
                 raw = await self._execute("LRANGE", key, start, -1, repeatable=True)
         except _REDIS_ERRORS as exc:
             raise self._translate(exc, session_id, StateLoadError, "loading") from exc
-        recorder = self._recorder
-        recorder.loads += 1
-        recorder.load_window.append(clock() - started)
+        self._recorder.load_window.append(clock() - started)
+        return self._decode(raw, session_id)
+
+    def _decode(self, raw: Sequence[bytes], session_id: str) -> list[Message]:
+        """A load's entries as messages; corrupt ones skipped (logged, counted) or raised."""
+        self._recorder.loads += 1
         messages, skipped = self._codec.decode(
             raw, on_corrupt=self._on_corrupt, session_id=session_id
         )
@@ -575,15 +581,7 @@ class RedisStateStore(StateStore):
             )
         except _REDIS_ERRORS as exc:
             raise self._translate(exc, session_id, StateLoadError, "loading") from exc
-        if limit == 0:
-            raw = []
-        messages, skipped = self._codec.decode(
-            raw, on_corrupt=self._on_corrupt, session_id=session_id
-        )
-        if skipped:
-            self.corrupt_entries += skipped
-        self._recorder.loads += 1
-        return messages, int(version)
+        return self._decode([] if limit == 0 else raw, session_id), int(version)
 
     async def version(self, session_id: str) -> int:
         """The session's version: a number that changes with every write (0: no session)."""
@@ -683,9 +681,8 @@ class RedisStateStore(StateStore):
 
     async def session_ids(self) -> AsyncIterator[str]:
         """The ids of every session in the store, by SCAN (never KEYS), in no order."""
-        pattern = f"{self.prefix.translate(_GLOB)}:{{*}}:messages"
         try:
-            async for key in self.client.scan_iter(match=pattern, count=1000):
+            async for key in self.client.scan_iter(match=self._sessions_pattern, count=1000):
                 text = key.decode()
                 yield _unescape(text[len(self.prefix) + 2 : -len("}:messages")])
         except _REDIS_ERRORS as exc:
@@ -798,9 +795,6 @@ class _CensusResult:
     mean_bytes: float = 0.0
 
 
-_GLOB = str.maketrans({char: "\\" + char for char in "*?[]\\"})
-
-
 class _Census:
     """Counts a store's sessions by SCAN, a bounded number of keys at a time, sampling the
     length and the memory of one key in eight."""
@@ -810,7 +804,6 @@ class _Census:
     def __init__(self, store: RedisStateStore, keys_per_call: int) -> None:
         self._store = store
         self._keys_per_call = check_count(keys_per_call, name="census_keys")
-        self._pattern = f"{store.prefix.translate(_GLOB)}:{{*}}:messages"
         self._scan: AsyncIterator[bytes] | None = None
         self._seen = 0
         self._samples: list[tuple[int, int]] = []
@@ -820,7 +813,9 @@ class _Census:
         """Scan on; return the last completed pass (the first pass, before it completes, counts
         what it has seen)."""
         if self._scan is None:
-            self._scan = self._store.client.scan_iter(match=self._pattern, count=1000)
+            self._scan = self._store.client.scan_iter(
+                match=self._store._sessions_pattern, count=1000
+            )
             self._seen, self._samples = 0, []
         sample: list[bytes] = []
         finished = True
