@@ -25,6 +25,8 @@ from chatstate import messages as messages_module
 from chatstate.messages import (
     FORMAT_VERSION,
     EntryCodec,
+    cache_token_count,
+    cached_token_count,
     decode_entries,
     decode_entry,
     encode_entry,
@@ -139,8 +141,43 @@ def test_invalid_messages_name_the_problem(fields: dict[str, Any], problem: str)
 
 def test_entry_envelope_carries_the_format_version() -> None:
     entry = encode_entry(Message(role="user", content="hi"))
-    assert entry[0] == FORMAT_VERSION == 1
+    assert entry[0] == 1 and FORMAT_VERSION == 2  # 2 only for a message with a token count
     assert entry == b'\x01\x00{"role":"user","content":"hi"}'  # defaults are not stored
+
+
+def test_a_counted_message_is_written_as_version_2_with_its_count() -> None:
+    message = Message(role="user", content="hello there")
+    cache_token_count(message, 0xBEEF, 70_000)
+    entry = encode_entry(message)
+    assert entry == b'\x02\x00\xbe\xef\x00\x01\x11\x70{"role":"user","content":"hello there"}'
+    loaded = decode_entry(entry)
+    assert loaded == message  # the count takes no part in equality
+    assert cached_token_count(loaded, 0xBEEF) == 70_000
+    assert cached_token_count(loaded, 0xBEEE) is None  # another counter counts again
+    assert cached_token_count(Message(role="user", content="hello there"), 0xBEEF) is None
+    # compressed, and in a batch mixed with version 1 entries, the count comes back too
+    big = Message(role="user", content="many words " * 300)
+    cache_token_count(big, 7, 901)
+    packed = encode_entry(big, compress_over=100, compression="zlib")
+    assert packed[:2] == b"\x02\x10"
+    plain = encode_entry(Message(role="user", content="x"))
+    for entries in ([entry, plain, entry], [entry, packed, plain]):
+        decoded, skipped = decode_entries(entries, on_corrupt="raise", session_id="s")
+        assert skipped == 0
+        assert [
+            cached_token_count(m, f) for m, f in zip(decoded, (0xBEEF, 7, 0xBEEF), strict=True)
+        ] == [
+            70_000,
+            901 if entries[1] is packed else None,
+            70_000 if entries[2] is entry else None,
+        ]
+
+
+def test_a_count_too_large_for_the_envelope_is_not_kept() -> None:
+    message = Message(role="user", content="x")
+    cache_token_count(message, 1, 1 << 32)
+    assert cached_token_count(message, 1) is None
+    assert encode_entry(message)[0] == 1
 
 
 def test_a_version_1_entry_written_today_stays_readable() -> None:
@@ -176,7 +213,9 @@ def test_large_entries_can_be_compressed_and_mixed_with_plain_ones() -> None:
         (b"", CorruptEntryError, "too short"),
         (b"\x01", CorruptEntryError, "too short"),
         (b"\x00\x00{}", CorruptEntryError, "invalid format version 0"),
-        (b"\x02\x00{}", UnsupportedFormatError, "format version 2"),
+        (b"\x03\x00{}", UnsupportedFormatError, "format version 3"),
+        (b"\x02\x00\x00\x01\x00\x00", CorruptEntryError, "too short"),
+        (b"\x02\x00\x00\x01\x00\x00\x00\x05[]", CorruptEntryError, "not a valid message"),
         (b"\x01\x05{}", UnsupportedFormatError, "codec 5"),
         (b"\x01\x70{}", UnsupportedFormatError, "compression 7"),
         (b"\x01\x10not zlib", CorruptEntryError, "decompress"),

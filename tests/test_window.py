@@ -5,10 +5,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from chatstate import (
+    ConfigurationError,
     InMemoryStateStore,
     Message,
     Pipeline,
@@ -18,7 +20,8 @@ from chatstate import (
     StateMiddlewareConfig,
     ToolCall,
 )
-from chatstate.window import is_valid_window, valid_window
+from chatstate.tokens import Tally
+from chatstate.window import fit_window, is_valid_window, valid_window
 
 
 def _user(text: str) -> Message:
@@ -105,3 +108,120 @@ async def test_the_provider_never_gets_a_split_exchange() -> None:
     await pipe.execute_with_session("s", "user", "hello")
     assert seen[-1] == [_user("next"), _user("hello")]
     assert is_valid_window(seen[-1])
+
+
+# --- token budgets -------------------------------------------------------------------------------
+
+
+class _Lengths:
+    """A counter by text length, which records what it counts."""
+
+    name = "test/lengths"
+
+    def __init__(self) -> None:
+        self.counted: list[Message] = []
+
+    def count(self, message: Message) -> int:
+        self.counted.append(message)
+        return 1 + len(message.text) + sum(len(call.id) for call in message.tool_calls)
+
+
+def _tokens(messages: list[Message]) -> int:
+    return sum(_Lengths().count(message) for message in messages)
+
+
+@st.composite
+def wordy_conversations(draw: Any) -> list[Message]:
+    """Conversations whose messages differ in length, so a budget can fall anywhere."""
+    messages = draw(conversations())
+    return [
+        message.model_copy(update={"content": message.content + "x" * draw(st.integers(0, 30))})
+        if isinstance(message.content, str)
+        else message
+        for message in messages
+    ]
+
+
+@settings(max_examples=500)
+@given(conversation=wordy_conversations(), data=st.data())
+def test_the_budget_window_is_the_longest_valid_suffix_that_fits(
+    conversation: list[Message], data: st.DataObject
+) -> None:
+    cut = data.draw(st.integers(0, len(conversation)))
+    window = conversation[cut:]
+    budget = data.draw(st.integers(0, _tokens(window) + 5))
+    fitted = fit_window(window, (), budget, Tally(_Lengths()))
+    assert _reference_valid(fitted) and _tokens(fitted) <= budget
+    longest = next(
+        s
+        for s in range(len(window) + 1)
+        if _reference_valid(window[s:]) and _tokens(window[s:]) <= budget
+    )
+    assert fitted == window[longest:]
+
+
+def test_the_turns_own_tool_result_keeps_its_call_in_a_budget_window() -> None:
+    history = [_user("question"), _calls("a")]
+    tally = Tally(_Lengths())
+    assert fit_window(history, [_result("a")], 100, tally) == history
+    # The call alone does not fit: then nothing of the history does (the result would be orphaned).
+    assert fit_window(history, [_result("a")], 1, tally) == []
+
+
+@settings(max_examples=150, deadline=None)
+@given(conversation=wordy_conversations(), data=st.data())
+async def test_the_provider_gets_the_longest_valid_suffix_within_every_bound(
+    conversation: list[Message], data: st.DataObject
+) -> None:
+    max_messages = data.draw(st.integers(1, 20))
+    system = Message(role="system", content="be brief")
+    pinned = [
+        Message(role="user", content="example question"),
+        Message(role="assistant", content="example answer"),
+    ]
+    fixed = [system, *pinned]
+    new = _user("and now?")
+    least = _tokens([*fixed, new])
+    reply = data.draw(st.integers(0, 10))
+    max_tokens = data.draw(st.integers(least + reply + 1, least + reply + 200))
+    store = InMemoryStateStore()
+    await store.save("s", conversation)
+    provider = ScriptedProvider(lambda messages: "ok")
+    config = StateMiddlewareConfig(
+        max_messages=max_messages,
+        max_tokens=max_tokens,
+        reply_tokens=reply,
+        token_counter=_Lengths(),
+    )
+    pipe = Pipeline(
+        StateMiddleware(store, config),
+        ProviderMiddleware(provider, system_prompt=system, pinned=pinned),
+    )
+    await pipe.execute("s", new)
+    sent = provider.calls[-1]
+    assert sent[: len(fixed)] == fixed and sent[-1] == new
+    window = sent[len(fixed) : -1]
+    loaded = conversation[-max_messages:]
+    budget = max_tokens - reply - least
+    longest = next(
+        s
+        for s in range(len(loaded) + 1)
+        if _reference_valid(loaded[s:]) and _tokens(loaded[s:]) <= budget
+    )
+    assert window == loaded[longest:]
+    assert _reference_valid(sent[len(fixed) :])
+
+
+def test_a_budget_is_checked_when_it_is_configured() -> None:
+    with pytest.raises(ConfigurationError, match=r"reply_tokens .* less than max_tokens"):
+        StateMiddlewareConfig(max_tokens=100, reply_tokens=100)
+    with pytest.raises(ConfigurationError, match="reply_tokens needs max_tokens"):
+        StateMiddlewareConfig(reply_tokens=10)
+    with pytest.raises(ConfigurationError, match="max_tokens must be an int >= 1"):
+        StateMiddlewareConfig(max_tokens=0)
+    with pytest.raises(ConfigurationError, match="count"):
+        StateMiddlewareConfig(max_tokens=100, token_counter=object())  # type: ignore[arg-type]
+    assert StateMiddlewareConfig(max_tokens=100_000).budget().reply_tokens == 4096  # type: ignore[union-attr]
+    assert StateMiddlewareConfig(max_tokens=1000).budget().reply_tokens == 250  # type: ignore[union-attr]
+    with pytest.raises(ConfigurationError, match="pinned"):
+        ProviderMiddleware(ScriptedProvider(), pinned=["not a message"])  # type: ignore[list-item]

@@ -26,6 +26,7 @@ from chatstate.pipeline import CallNext, ExecutionResult, Middleware, Pipeline, 
 from chatstate.providers import Provider, ScriptedProvider
 from chatstate.retry import RetryPolicy
 from chatstate.stores import CachedStore, InMemoryStateStore, StateStore
+from chatstate.tokens import TextTokenCounter, TokenCounter
 
 if TYPE_CHECKING:
     from chatstate.providers.openai import OpenAICompatibleProvider
@@ -73,6 +74,8 @@ __all__ = [
     "StateStore",
     "StoreError",
     "TextPart",
+    "TextTokenCounter",
+    "TokenCounter",
     "ToolCall",
     "UnsupportedFormatError",
     "WrongTypeError",

@@ -2,14 +2,17 @@
 
 A stored entry is a small versioned envelope around the message's JSON::
 
-    byte 0     format version (1)
+    byte 0     format version (1 or 2)
     byte 1     low 4 bits: codec (0 = JSON); high 4 bits: compression (0 = none, 1 = zlib,
                2 = zstd)
-    byte 2...  the payload
+    bytes 2-7  version 2 only: the message's token count, as a 16-bit fingerprint of the counter
+               that made it and a 32-bit count (big-endian; see :mod:`chatstate.tokens`)
+    then       the payload
 
-Readers accept every version up to their own and raise :class:`UnsupportedFormatError` for newer
-ones, so history written today stays readable after an upgrade, and an old reader never guesses at a
-format it does not know.
+Version 2 is written only for a message that carries a token count (with a token budget on);
+everything else is written as version 1, which every release reads. Readers accept every version
+up to their own and raise :class:`UnsupportedFormatError` for newer ones, so history written today
+stays readable after an upgrade, and an old reader never guesses at a format it does not know.
 """
 
 from __future__ import annotations
@@ -56,17 +59,23 @@ __all__ = [
 
 Role: TypeAlias = Literal["system", "user", "assistant", "tool"]
 
-FORMAT_VERSION = 1
-"""The entry format this version writes (and the newest it reads)."""
+FORMAT_VERSION = 2
+"""The newest entry format this version reads (it writes 2 only for counted messages)."""
 
 _CODEC_JSON = 0
+_COUNTED = 2  # the version of entries with a token count
+_COUNT_END = 8  # where the payload of a counted entry starts
+_MAX_COUNT = 0xFFFF_FFFF
 
 
-def _header(compression: int) -> bytes:
-    return bytes((FORMAT_VERSION, _CODEC_JSON | compression << 4))
+def _header(compression: int, tokens: int | None = None) -> bytes:
+    if tokens is None:
+        return bytes((1, _CODEC_JSON | compression << 4))
+    return bytes((_COUNTED, _CODEC_JSON | compression << 4)) + tokens.to_bytes(6, "big")
 
 
 _PLAIN_HEADER = _header(_compression.NONE)
+_PLAIN_COUNTED = bytes((_COUNTED, _CODEC_JSON))
 
 
 # A lone surrogate is a str that no UTF-8 (no JSON on the wire, no store) can carry.
@@ -208,6 +217,11 @@ class Message(_Frozen):
     """Application data kept with the message (JSON values, read-only); never sent to a provider
     by the built-in middlewares."""
 
+    # Not a field: the token count of the message (see chatstate.tokens), once a counter made
+    # it, as its 16-bit fingerprint << 32 | the count. A cache of a pure function of the fields,
+    # so it takes no part in equality, copies or serialisation.
+    __slots__ = ("_tokens",)
+
     @model_validator(mode="after")
     def _check_roles(self) -> Message:
         # Runs for every message built or loaded: the common case (no tool calls) returns early.
@@ -253,6 +267,24 @@ class Message(_Frozen):
 
 
 _MESSAGE_LIST: TypeAdapter[list[Message]] = TypeAdapter(list[Message])
+
+
+def cached_token_count(message: Message, fingerprint: int) -> int | None:
+    """The token count ``message`` carries, if the counter of ``fingerprint`` made it."""
+    tokens: int | None = getattr(message, "_tokens", None)
+    if tokens is None:
+        return None
+    return tokens & _MAX_COUNT if tokens >> 32 == fingerprint else None
+
+
+def cache_token_count(message: Message, fingerprint: int, tokens: int) -> None:
+    """Keep a count with ``message`` (stored with its entry from then on)."""
+    if tokens <= _MAX_COUNT:
+        object.__setattr__(message, "_tokens", fingerprint << 32 | tokens)
+
+
+def _tokens_of(message: Message) -> int | None:
+    return getattr(message, "_tokens", None)
 
 
 def as_messages(messages: Iterable[Message]) -> list[Message]:
@@ -308,7 +340,9 @@ def encode_entry(
     ``"zstd"`` with the zstandard package, or ``"auto"``: zstd if it is installed, else zlib) when
     that makes it smaller.
     """
-    return _envelope(_json(message), compress_over, *_compression.compressor(compression))
+    return _envelope(
+        _json(message), compress_over, *_compression.compressor(compression), _tokens_of(message)
+    )
 
 
 def _json(message: Message) -> bytes:
@@ -316,13 +350,19 @@ def _json(message: Message) -> bytes:
 
 
 def _envelope(
-    payload: bytes, compress_over: int | None, kind: int, compress: Callable[[bytes], bytes]
+    payload: bytes,
+    compress_over: int | None,
+    kind: int,
+    compress: Callable[[bytes], bytes],
+    tokens: int | None,
 ) -> bytes:
     if compress_over is not None and len(payload) > compress_over:
         packed = compress(payload)
         if len(packed) < len(payload):
-            return _header(kind) + packed
-    return _PLAIN_HEADER + payload
+            return _header(kind, tokens) + packed
+    if tokens is None:
+        return _PLAIN_HEADER + payload
+    return _header(_compression.NONE, tokens) + payload
 
 
 def check_sizes(messages: Sequence[Message], max_bytes: int | None) -> None:
@@ -350,23 +390,32 @@ def decode_entry(entry: bytes) -> Message:
     if len(entry) < 2:
         raise CorruptEntryError(f"stored entry is too short ({len(entry)} bytes)")
     version, flags = entry[0], entry[1]
-    if version != FORMAT_VERSION:
-        if version > FORMAT_VERSION:
-            raise UnsupportedFormatError(
-                f"stored entry has format version {version}; this chatstate reads up to "
-                f"{FORMAT_VERSION} (upgrade chatstate to read it)"
-            )
+    if version == 1:
+        start, tokens = 2, None
+    elif version == _COUNTED:
+        if len(entry) < _COUNT_END:
+            raise CorruptEntryError(f"stored entry is too short ({len(entry)} bytes)")
+        start, tokens = _COUNT_END, int.from_bytes(entry[2:_COUNT_END])
+    elif version > FORMAT_VERSION:
+        raise UnsupportedFormatError(
+            f"stored entry has format version {version}; this chatstate reads up to "
+            f"{FORMAT_VERSION} (upgrade chatstate to read it)"
+        )
+    else:
         raise CorruptEntryError(f"stored entry has an invalid format version {version}")
     codec, compression = flags & 0x0F, flags >> 4
     if codec != _CODEC_JSON:
         raise UnsupportedFormatError(f"stored entry uses unknown codec {codec}")
-    payload = entry[2:]
+    payload = entry[start:]
     if compression != _compression.NONE:
         payload = _compression.decompress(compression, payload)
     try:
-        return Message.model_validate_json(payload)
+        message = Message.model_validate_json(payload)
     except ValidationError as exc:
         raise CorruptEntryError(f"stored entry is not a valid message: {_describe(exc)}") from exc
+    if tokens is not None:
+        object.__setattr__(message, "_tokens", tokens)
+    return message
 
 
 def decode_entries(
@@ -376,21 +425,29 @@ def decode_entries(
     session_id: str,
 ) -> tuple[list[Message], int]:
     """Decode stored entries, oldest first; returns the messages and how many were skipped."""
-    if entries and all(map(bytes.startswith, entries, repeat(_PLAIN_HEADER, len(entries)))):
+    if entries:
         # The common case, every entry plain JSON: one call into pydantic-core for all of them
         # rather than one per entry (about half the cost). Valid entries joined with commas are
         # exactly the array of them; anything else fails validation or yields a different count
         # (short of entries crafted together, by someone who could as well write valid ones),
         # and is then decoded entry by entry below, so one bad entry never costs the rest.
-        try:
-            messages = _MESSAGE_LIST.validate_json(
-                b"[" + b",".join([entry[2:] for entry in entries]) + b"]"
-            )
-        except ValidationError:
-            pass
+        counts: list[int | None] | None = None
+        if all(map(bytes.startswith, entries, repeat(_PLAIN_HEADER, len(entries)))):
+            payloads = [entry[2:] for entry in entries]
         else:
-            if len(messages) == len(entries):
-                return messages, 0
+            payloads, counts = _plain_counted(entries)
+        if payloads:
+            try:
+                messages = _MESSAGE_LIST.validate_json(b"[" + b",".join(payloads) + b"]")
+            except ValidationError:
+                pass
+            else:
+                if len(messages) == len(entries):
+                    if counts is not None:
+                        for message, tokens in zip(messages, counts, strict=True):
+                            if tokens is not None:
+                                object.__setattr__(message, "_tokens", tokens)
+                    return messages, 0
     result: list[Message] = []
     skipped = 0
     for entry in entries:
@@ -402,6 +459,23 @@ def decode_entries(
                 raise
             skipped += 1
     return result, skipped
+
+
+def _plain_counted(entries: Sequence[bytes]) -> tuple[list[bytes], list[int | None]]:
+    """The payloads and token counts of entries that are all plain JSON, of either version
+    (nothing if any is not)."""
+    payloads: list[bytes] = []
+    counts: list[int | None] = []
+    for entry in entries:
+        if entry.startswith(_PLAIN_COUNTED) and len(entry) >= _COUNT_END:
+            payloads.append(entry[_COUNT_END:])
+            counts.append(int.from_bytes(entry[2:_COUNT_END]))
+        elif entry.startswith(_PLAIN_HEADER):
+            payloads.append(entry[2:])
+            counts.append(None)
+        else:
+            return [], []
+    return payloads, counts
 
 
 _MAX_CACHED_LOAD = 256
@@ -448,7 +522,7 @@ class EntryCodec:
             payload = _json(message)
             if max_bytes is not None:
                 _check_size(index, len(payload), max_bytes)
-            entries.append(_envelope(payload, compress_over, *self._compress))
+            entries.append(_envelope(payload, compress_over, *self._compress, _tokens_of(message)))
         if self._cache_bytes:
             for entry, message in zip(entries, messages, strict=True):
                 self._remember(entry, message)

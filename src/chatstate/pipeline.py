@@ -10,6 +10,7 @@ from typing import Any, Protocol, TypeAlias
 from chatstate._checks import check_session_id
 from chatstate.errors import ConfigurationError, InvalidMessageError, PipelineError
 from chatstate.messages import Message, make_message
+from chatstate.window import TokenBudget
 
 __all__ = ["CallNext", "ExecutionResult", "Middleware", "Pipeline", "RequestContext"]
 
@@ -42,6 +43,14 @@ class RequestContext:
     """Free space for middlewares to pass things to each other."""
     history_loader: Callable[[], Awaitable[list[Message]]] | None = None
     """Set by a middleware that defers loading: :meth:`get_history` calls it once."""
+    pinned: list[Message] = field(default_factory=list)
+    """Messages sent after the system prompt and before the history, whatever bounds the window
+    (a middleware may add some for this request; the provider middleware's own come first)."""
+    summary: Message | None = None
+    """The session's summary of what fell out of its history (a system message), if any: sent
+    after the pinned messages and before the history."""
+    budget: TokenBudget | None = None
+    """The token budget of the request (``StateMiddlewareConfig(max_tokens=...)``), if any."""
 
     async def get_history(self) -> list[Message]:
         """The session's history, loading it first if a middleware deferred the load."""

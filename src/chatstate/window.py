@@ -8,15 +8,42 @@ keeps the longest suffix of a window that is valid by these rules, in one pass, 
 - an assistant message with tool calls is followed at once by one tool message for each of its
   calls (in any order), and by nothing else before they are all there;
 - a tool message answers a call of the assistant message just before its block.
+
+With a token budget (:class:`TokenBudget`), :meth:`TokenBudget.window` keeps the longest such suffix
+whose tokens fit in what the budget leaves after the reply's reserve and the messages always sent
+(the system prompt, pinned messages, the summary, the turn's own message). Token counts come with
+the messages (counted once, when they were stored), so a window costs a walk back from the newest
+message to the first that does not fit, and no tokenizer runs on a load.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from chatstate.messages import Message
+from chatstate.tokens import Tally
 
-__all__ = ["is_valid_window", "valid_window"]
+__all__ = ["TokenBudget", "fit_window", "is_valid_window", "valid_window"]
+
+
+@dataclass(frozen=True, slots=True)
+class TokenBudget:
+    """The tokens a request may take (``max_tokens``), less a reserve for the reply
+    (``reply_tokens``), counted by ``tally``; made by the state middleware from its config."""
+
+    max_tokens: int
+    reply_tokens: int
+    tally: Tally
+
+    def window(
+        self, history: Sequence[Message], *, fixed: Sequence[Message], new: Sequence[Message]
+    ) -> list[Message]:
+        """The longest valid suffix of ``history`` that fits beside ``fixed`` (sent before it)
+        and ``new`` (after it)."""
+        tally = self.tally
+        left = self.max_tokens - self.reply_tokens - tally.total(fixed) - tally.total(new)
+        return fit_window(history, new, left, tally)
 
 
 def valid_window(history: Sequence[Message], new: Sequence[Message] = ()) -> list[Message]:
@@ -27,6 +54,30 @@ def valid_window(history: Sequence[Message], new: Sequence[Message] = ()) -> lis
     if start > len(history):  # not even the turn's own messages hold: send them as they are
         return []
     return list(history[start:])
+
+
+def fit_window(
+    history: Sequence[Message], new: Sequence[Message], budget: int, tally: Tally
+) -> list[Message]:
+    """The longest suffix of ``history`` that, followed by ``new``, is a valid window, and whose
+    messages take at most ``budget`` tokens by ``tally`` (which counts only what it walks past).
+
+    A suffix of a valid window is valid exactly when it starts at a message that is not a tool
+    result, so the walk back keeps the last such start it reaches within the budget.
+    """
+    first = _first_valid_start([*history, *new])
+    best = len(history)
+    if first >= best:
+        return []
+    total = 0
+    for index in range(best - 1, first - 1, -1):
+        message = history[index]
+        total += tally(message)
+        if total > budget:
+            break
+        if message.role != "tool":
+            best = index
+    return list(history[best:])
 
 
 def is_valid_window(messages: Sequence[Message]) -> bool:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from chatstate.errors import ChatStateError, ConfigurationError, ProviderError
@@ -17,18 +17,25 @@ __all__ = ["ProviderMiddleware"]
 
 class ProviderMiddleware:
     """The end of a chain: calls ``provider.complete`` with the system prompt (if any), the
-    history and the new message, and sets the reply as the response of the turn.
+    pinned messages, the session's summary (if any), the history and the new message, and sets
+    the reply as the response of the turn.
 
-    ``options`` are default provider options; per-request options override them.
+    The history is cut to what a chat API accepts (never a tool result without its call, nor a
+    call without all of its results) and, with a token budget, to what fits beside everything
+    else; the system prompt, the pinned messages and the new message are always sent.
+    ``pinned`` messages (few-shot examples, standing instructions) follow the system prompt in
+    every request, before those a middleware adds to ``context.pinned``. ``options`` are default
+    provider options; per-request options override them.
     """
 
-    __slots__ = ("_options", "_system", "provider")
+    __slots__ = ("_fixed", "_options", "provider")
 
     def __init__(
         self,
         provider: Provider,
         *,
         system_prompt: str | Message | None = None,
+        pinned: Sequence[Message] = (),
         options: Mapping[str, Any] | None = None,
     ) -> None:
         if not callable(getattr(provider, "complete", None)):
@@ -43,16 +50,30 @@ class ProviderMiddleware:
             not isinstance(system_prompt, Message) or system_prompt.role != "system"
         ):
             raise ConfigurationError("system_prompt must be a str or a Message with role 'system'")
-        self._system = system_prompt
+        if isinstance(pinned, Message | str) or not all(
+            isinstance(message, Message) for message in pinned
+        ):
+            raise ConfigurationError("pinned must be a sequence of chatstate.Message")
+        self._fixed: tuple[Message, ...] = (
+            *(() if system_prompt is None else (system_prompt,)),
+            *pinned,
+        )
         self._options = dict(options or {})
 
     async def __call__(self, context: RequestContext, call_next: CallNext) -> None:
+        history = await context.get_history()
+        fixed: Sequence[Message] = self._fixed
+        if context.pinned or context.summary is not None:
+            fixed = [*fixed, *context.pinned]
+            if context.summary is not None:
+                fixed.append(context.summary)
+        new = (context.message,)
         # A bound may have cut through a tool exchange: send only what a chat API accepts.
-        history = valid_window(await context.get_history(), (context.message,))
-        if self._system is None:
-            messages = [*history, context.message]
+        if context.budget is None:
+            history = valid_window(history, new)
         else:
-            messages = [self._system, *history, context.message]
+            history = context.budget.window(history, fixed=fixed, new=new)
+        messages = [*fixed, *history, context.message]
         context.messages = messages
         options = {**self._options, **context.options} if self._options else context.options
         started = time.perf_counter()

@@ -9,12 +9,14 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Literal
 
-from chatstate._checks import check_max_messages, check_ttl
+from chatstate._checks import check_count, check_max_messages, check_ttl
 from chatstate._locks import KeyedLock
 from chatstate.errors import ChatStateError, ConfigurationError, StateLoadError, StateSaveError
 from chatstate.messages import Message
 from chatstate.pipeline import CallNext, RequestContext
 from chatstate.stores.base import SessionLeases, StateStore
+from chatstate.tokens import ESTIMATE, Tally, TokenCounter
+from chatstate.window import TokenBudget
 
 __all__ = ["StateMiddleware", "StateMiddlewareConfig"]
 
@@ -44,6 +46,16 @@ class StateMiddlewareConfig:
     - ``lazy``: load the history only when a later middleware or the provider asks for it
       (``await context.get_history()``, which the provider middleware does); a turn that never
       asks makes no load call, and its turn is still appended.
+    - ``max_tokens``: a token budget for each request: the provider gets the longest valid window
+      of the history that fits, beside the system prompt, pinned messages, summary and new
+      message, with ``reply_tokens`` left over for the reply. ``None`` (the default): no budget,
+      only ``max_messages`` bounds the window. ``max_messages`` still bounds what is stored and
+      loaded: set it high enough to fill the budget.
+    - ``reply_tokens``: the reserve for the reply; ``None``: a quarter of ``max_tokens``, at most
+      4,096.
+    - ``token_counter``: how tokens are counted (a :class:`~chatstate.tokens.TokenCounter`); the
+      default is an offline estimate. Each message is counted once, when its turn is stored, and
+      its count is stored with it.
     """
 
     max_messages: int = 20
@@ -53,9 +65,24 @@ class StateMiddlewareConfig:
     lease_ttl: timedelta | None = None
     lease_timeout: timedelta = timedelta(seconds=30)
     lazy: bool = False
+    max_tokens: int | None = None
+    reply_tokens: int | None = None
+    token_counter: TokenCounter = ESTIMATE
 
     def __post_init__(self) -> None:
         check_max_messages(self.max_messages)
+        if self.max_tokens is not None:
+            check_count(self.max_tokens, name="max_tokens")
+            if self.reply_tokens is not None:
+                check_count(self.reply_tokens, name="reply_tokens", minimum=0)
+                if self.reply_tokens >= self.max_tokens:
+                    raise ConfigurationError(
+                        f"reply_tokens ({self.reply_tokens}) must be less than max_tokens "
+                        f"({self.max_tokens}), or nothing is left for the request"
+                    )
+        elif self.reply_tokens is not None:
+            raise ConfigurationError("reply_tokens needs max_tokens")
+        Tally(self.token_counter)  # a counter without count() or name fails here
         if self.ttl is not None and not isinstance(self.ttl, timedelta):
             raise ConfigurationError(
                 f"ttl must be a timedelta or None, got {type(self.ttl).__name__}"
@@ -76,6 +103,15 @@ class StateMiddlewareConfig:
                 raise ConfigurationError(f"{name} must be a timedelta, got {type(value).__name__}")
             check_ttl(value, name=name)
 
+    def budget(self) -> TokenBudget | None:
+        """The token budget of this config (None without ``max_tokens``)."""
+        if self.max_tokens is None:
+            return None
+        reply = self.reply_tokens
+        if reply is None:
+            reply = min(self.max_tokens // 4, 4096)
+        return TokenBudget(self.max_tokens, reply, Tally(self.token_counter))
+
 
 class StateMiddleware:
     """Gives each turn its session's history, and stores the turn.
@@ -87,6 +123,7 @@ class StateMiddleware:
     """
 
     __slots__ = (
+        "_budget",
         "_lazy",
         "_lease",
         "_limit",
@@ -111,6 +148,7 @@ class StateMiddleware:
         self._ttl = config.ttl
         self._raise_on_load_error = config.on_load_error == "raise"
         self._lazy = config.lazy
+        self._budget = config.budget()
         self._locks = KeyedLock() if config.lock else None
         self._lease: tuple[float, float] | None = None
         if config.lease_ttl is not None:
@@ -172,6 +210,7 @@ class StateMiddleware:
 
     async def _turn(self, context: RequestContext, call_next: CallNext) -> None:
         session_id = context.session_id
+        budget = context.budget = self._budget
         if self._lazy:
             context.history_loader = functools.partial(self._load, context)
         else:
@@ -183,6 +222,8 @@ class StateMiddleware:
 
         saving = time.perf_counter()
         new_messages = context.new_messages
+        if budget is not None:
+            budget.tally.total(new_messages)  # counted once, now: the store keeps the counts
         try:
             await self.store.append(
                 session_id, new_messages, max_messages=self._limit, ttl=self._ttl
