@@ -2,7 +2,14 @@
 
 from typing import TYPE_CHECKING, Any
 
-from chatstate.stores.base import TTL, SessionLeases, StateStore, VersionedStore
+from chatstate.stores.base import (
+    TTL,
+    Fold,
+    SessionLeases,
+    SessionSummaries,
+    StateStore,
+    VersionedStore,
+)
 from chatstate.stores.cached import CachedStore
 from chatstate.stores.memory import InMemoryStateStore
 
@@ -12,9 +19,11 @@ if TYPE_CHECKING:
 __all__ = [
     "TTL",
     "CachedStore",
+    "Fold",
     "InMemoryStateStore",
     "RedisStateStore",
     "SessionLeases",
+    "SessionSummaries",
     "StateStore",
     "VersionedStore",
 ]

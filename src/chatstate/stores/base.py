@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from datetime import timedelta
 from types import TracebackType
 from typing import Protocol, Self, TypeAlias, runtime_checkable
 
+from chatstate.errors import InvalidInputError
 from chatstate.messages import Message
 
-__all__ = ["TTL", "SessionLeases", "StateStore", "VersionedStore"]
+__all__ = ["TTL", "Fold", "SessionLeases", "SessionSummaries", "StateStore", "VersionedStore"]
 
 TTL: TypeAlias = timedelta | float | None
 """A time to live: a timedelta, a number of seconds, or None for never."""
@@ -113,3 +114,59 @@ class VersionedStore(Protocol):
         max_messages: int | None = None,
         ttl: TTL = None,
     ) -> tuple[int, int]: ...
+
+
+Fold: TypeAlias = Callable[[list[Message], Message | None], Awaitable[tuple[int, Message] | None]]
+"""Given a session's whole history and its summary, returns how many of the oldest messages a new
+summary takes the place of, and that summary; or None to leave the session as it is."""
+
+
+@runtime_checkable
+class SessionSummaries(Protocol):
+    """A store that keeps a summary with each session (optional): a message standing for the
+    history that was folded into it, loaded with the history, expiring and deleted with it.
+
+    ``save`` replaces the summary too (it is dropped: it summarised another history).
+    """
+
+    async def load_with_summary(
+        self, session_id: str, *, limit: int | None = None
+    ) -> tuple[list[Message], Message | None]:
+        """:meth:`StateStore.load`, and the session's summary (None if it has none), in one
+        round trip."""
+        ...
+
+    async def compact(self, session_id: str, fold: Fold) -> bool:
+        """Fold the oldest messages of the session into its summary.
+
+        Reads the whole history and the summary, and awaits ``fold(history, summary)`` (a
+        session with no history is left alone). When it returns ``(count, summary)``, with
+        ``0 < count < len(history)``, the first ``count`` messages are removed and ``summary``
+        stored in one atomic step, with the session's expiry, if the session still starts with
+        the messages read and still has the summary read; otherwise (another turn trimmed or
+        compacted it meanwhile) nothing changes. Returns whether it changed the session. No lock
+        is held while ``fold`` runs: turns go on meanwhile, and their appends are kept.
+        """
+        ...
+
+
+async def run_fold(
+    fold: Fold, history: list[Message], summary: Message | None
+) -> tuple[int, Message] | None:
+    """Await ``fold`` and check what it returned (stores share this)."""
+    result = await fold(history, summary)
+    if result is None:
+        return None
+    if not (isinstance(result, tuple) and len(result) == 2):
+        raise InvalidInputError(f"a fold must return (count, summary) or None, got {result!r}")
+    count, new_summary = result
+    if type(count) is not int or not 0 < count < len(history):
+        raise InvalidInputError(
+            f"a fold must fold 1 to {len(history) - 1} of the {len(history)} messages (at least "
+            f"one stays), got {count!r}"
+        )
+    if not isinstance(new_summary, Message):
+        raise InvalidInputError(
+            f"a fold's summary must be a chatstate.Message, got {type(new_summary).__name__}"
+        )
+    return count, new_summary

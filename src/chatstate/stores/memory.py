@@ -22,7 +22,7 @@ from chatstate._locks import KeyedLock
 from chatstate.errors import ConfigurationError, LeaseTimeoutError
 from chatstate.messages import Message, as_messages, check_sizes
 from chatstate.metrics import Recorder, StateMetrics, clock
-from chatstate.stores.base import TTL, StateStore
+from chatstate.stores.base import TTL, Fold, StateStore, run_fold
 
 __all__ = ["InMemoryStateStore"]
 
@@ -30,10 +30,11 @@ _SWEEP_CHUNK = 1000
 
 
 class _Session:
-    __slots__ = ("expires_at", "messages", "version")
+    __slots__ = ("expires_at", "messages", "summary", "version")
 
     def __init__(self) -> None:
         self.messages: list[Message] = []
+        self.summary: Message | None = None
         self.expires_at: float | None = None
         # Random to start with, so a session deleted and written again never repeats a number.
         self.version = secrets.randbits(48)
@@ -145,6 +146,7 @@ class InMemoryStateStore(StateStore):
         else:
             session = self._session_for_write(session_id)
             session.messages = new
+            session.summary = None
             session.version += 1
             self._set_expiry(session_id, session, seconds)
         recorder = self._recorder
@@ -190,6 +192,40 @@ class InMemoryStateStore(StateStore):
         if self._live(session_id) is None:
             return False
         del self._sessions[session_id]
+        return True
+
+    async def load_with_summary(
+        self, session_id: str, *, limit: int | None = None
+    ) -> tuple[list[Message], Message | None]:
+        """:meth:`load`, and the session's summary (see
+        :class:`~chatstate.stores.base.SessionSummaries`)."""
+        messages = await self.load(session_id, limit=limit)
+        session = self._sessions.get(session_id) if messages else None
+        return messages, session.summary if session is not None else None
+
+    async def compact(self, session_id: str, fold: Fold) -> bool:
+        """Fold the oldest messages into the session's summary (see
+        :class:`~chatstate.stores.base.SessionSummaries`)."""
+        session = self._live(check_session_id(session_id))
+        if session is None or not session.messages:
+            return False
+        history, summary = session.messages[:], session.summary
+        result = await run_fold(fold, history, summary)
+        if result is None:
+            return False
+        count, new_summary = result
+        check_sizes((new_summary,), self._max_message_bytes)
+        stored = session.messages
+        if (
+            self._live(session_id) is not session
+            or session.summary is not summary
+            or len(stored) <= count
+            or any(now is not then for now, then in zip(stored, history[:count], strict=False))
+        ):
+            return False  # trimmed, compacted or rewritten meanwhile
+        del stored[:count]
+        session.summary = new_summary
+        session.version += 1
         return True
 
     @contextlib.asynccontextmanager

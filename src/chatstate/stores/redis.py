@@ -1,9 +1,10 @@
 """The Redis store: history shared by every instance of an app, bounded and expiring on the server.
 
 Layout: one Redis list per session at ``{prefix}:{<session id>}:messages``, one versioned entry per
-message, oldest first. The braces are a hash tag, so every key of a session lives in one cluster
-slot; the id is escaped inside them (``%`` → ``%25``, ``{`` → ``%7B``, ``}`` → ``%7D``) so no id
-can end the tag early or reach another session's keys.
+message, oldest first, and beside it, once a summary folded its oldest messages, the summary's entry
+at ``...:summary`` (same TTL). The braces are a hash tag, so every key of a session lives in one
+cluster slot; the id is escaped inside them (``%`` → ``%25``, ``{`` → ``%7B``, ``}`` → ``%7D``) so
+no id can end the tag early or reach another session's keys.
 
 Every operation is ONE round trip: ``load`` is an LRANGE of the newest entries (a script that also
 refreshes the expiry, with ``sliding_ttl``); ``append`` and ``save`` are one Lua script each, which
@@ -44,7 +45,7 @@ from chatstate.metrics import Recorder, StateMetrics, clock
 from chatstate.retry import RetryPolicy
 from chatstate.stores._autopipeline import AutoPipeline
 from chatstate.stores._redis_lease import RELEASE, RENEW, RedisLease
-from chatstate.stores.base import TTL, StateStore
+from chatstate.stores.base import TTL, Fold, StateStore, run_fold
 
 try:
     from redis.asyncio import BlockingConnectionPool, Redis
@@ -87,29 +88,36 @@ return n
 """
 
 
+# KEYS[2], the session's summary (if it has one), lives and dies with the list.
 _EXPIRE = """
 local ttl = tonumber(ARGV[2])
-if ttl > 0 then redis.call('PEXPIRE', KEYS[1], ttl) else redis.call('PERSIST', KEYS[1]) end
+if ttl > 0 then
+  redis.call('PEXPIRE', KEYS[1], ttl)
+  redis.call('PEXPIRE', KEYS[2], ttl)
+else
+  redis.call('PERSIST', KEYS[1])
+  redis.call('PERSIST', KEYS[2])
+end
 """
-# With versions: KEYS[2] numbers the session's writes, from a random seed (ARGV[#ARGV]) where it
+# With versions: KEYS[3] numbers the session's writes, from a random seed (ARGV[#ARGV]) where it
 # does not exist yet, so a session deleted and written again never repeats a number a cache saw.
 _BUMP = """
 local version
-if redis.call('EXISTS', KEYS[2]) == 1 then
-  version = redis.call('INCR', KEYS[2])
+if redis.call('EXISTS', KEYS[3]) == 1 then
+  version = redis.call('INCR', KEYS[3])
 else
   version = tonumber(ARGV[#ARGV])
-  redis.call('SET', KEYS[2], version)
+  redis.call('SET', KEYS[3], version)
 end
-if ttl > 0 then redis.call('PEXPIRE', KEYS[2], ttl) else redis.call('PERSIST', KEYS[2]) end
+if ttl > 0 then redis.call('PEXPIRE', KEYS[3], ttl) else redis.call('PERSIST', KEYS[3]) end
 """
 
 
 def _append(versioned: bool) -> str:
-    # KEYS[1]: the list; ARGV[1]: keep the newest N (0: all); ARGV[2]: ttl in ms (0: none);
-    # ARGV[3..]: entries. RPUSH is the first write and fails on a key of another type, so that
-    # leaves it as it was. Returns the length before the trim, so the caller knows whether it
-    # trimmed (and, with versions, the new version).
+    # KEYS[1]: the list; KEYS[2]: the summary; ARGV[1]: keep the newest N (0: all); ARGV[2]: ttl
+    # in ms (0: none); ARGV[3..]: entries. RPUSH is the first write and fails on a key of another
+    # type, so that leaves it as it was. Returns the length before the trim, so the caller knows
+    # whether it trimmed (and, with versions, the new version).
     return f"""
 local function push() {_push("#ARGV - 1" if versioned else "#ARGV")} end
 local n = push()
@@ -137,12 +145,50 @@ local n = push()
 """
 
 
-# KEYS[1]: the list; ARGV[1]: first index to read; ARGV[2]: ttl in ms.
+# KEYS[1]: the list; KEYS[2]: the summary; ARGV[1]: first index to read; ARGV[2]: ttl in ms.
 _LOAD_AND_TOUCH = """
 local entries = redis.call('LRANGE', KEYS[1], ARGV[1], -1)
-if #entries > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+if #entries > 0 then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  redis.call('PEXPIRE', KEYS[2], ARGV[2])
+end
 return entries
 """
+# KEYS[1]: the list; KEYS[2]: the summary; ARGV[1]: first index to read; ARGV[2]: ttl in ms to
+# refresh both to (0: leave them).
+_LOAD_WITH_SUMMARY = """
+local entries = redis.call('LRANGE', KEYS[1], ARGV[1], -1)
+if #entries == 0 then return {entries, false} end
+if ARGV[2] ~= '0' then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  redis.call('PEXPIRE', KEYS[2], ARGV[2])
+end
+return {entries, redis.call('GET', KEYS[2])}
+"""
+
+
+# Fold the oldest entries into the summary, if nothing changed them since they were read.
+# KEYS[1]: the list; KEYS[2]: the summary (KEYS[3]: the version); ARGV[1]: how many entries;
+# ARGV[2]: the summary read ('' if none); ARGV[3]: the new summary; ARGV[4..3+n]: the entries read
+# (ARGV[#ARGV]: a version seed).
+def _compact(versioned: bool) -> str:
+    return f"""
+local n = tonumber(ARGV[1])
+if (redis.call('GET', KEYS[2]) or '') ~= ARGV[2] then return 0 end
+if redis.call('LLEN', KEYS[1]) <= n then return 0 end
+local head = redis.call('LRANGE', KEYS[1], 0, n - 1)
+for i = 1, n do
+  if head[i] ~= ARGV[3 + i] then return 0 end
+end
+redis.call('LTRIM', KEYS[1], n, -1)
+redis.call('SET', KEYS[2], ARGV[3])
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl > 0 then redis.call('PEXPIRE', KEYS[2], ttl) end
+{_BUMP if versioned else ""}
+return 1
+"""
+
+
 # KEYS[1]: the list; KEYS[2]: its version; ARGV[1]: first index to read.
 _LOAD_VERSIONED = """
 return {redis.call('LRANGE', KEYS[1], ARGV[1], -1), redis.call('GET', KEYS[2]) or 0}
@@ -220,6 +266,9 @@ _INDEX_CONVERSATION_SCRIPT = _Script(_INDEX_CONVERSATION)
 _LIST_CONVERSATIONS_SCRIPT = _Script(_LIST_CONVERSATIONS)
 _DROP_CONVERSATIONS_SCRIPT = _Script(_DROP_CONVERSATIONS)
 _LOAD_AND_TOUCH_SCRIPT = _Script(_LOAD_AND_TOUCH)
+_LOAD_WITH_SUMMARY_SCRIPT = _Script(_LOAD_WITH_SUMMARY)
+_COMPACT_SCRIPT = _Script(_compact(versioned=False))
+_COMPACT_VERSIONED_SCRIPT = _Script(_compact(versioned=True))
 _RENEW_SCRIPT = _Script(RENEW)
 _RELEASE_SCRIPT = _Script(RELEASE)
 
@@ -459,7 +508,7 @@ class RedisStateStore(StateStore):
                 await self._warm_up()
             if self._sliding_ms:
                 raw = await _LOAD_AND_TOUCH_SCRIPT.run(
-                    self._execute, (key,), start, self._sliding_ms, repeatable=True
+                    self._execute, (key, _summary(key)), start, self._sliding_ms, repeatable=True
                 )
             else:
                 raw = await self._execute("LRANGE", key, start, -1, repeatable=True)
@@ -489,12 +538,14 @@ class RedisStateStore(StateStore):
             if self._cold_cluster:
                 await self._warm_up()
             if self.versioned:
-                keys = (key, self.key(session_id, "version"))
+                keys = (key, _summary(key), self.key(session_id, "version"))
                 await _SAVE_VERSIONED_SCRIPT.run(
                     self._execute, keys, 0, ms, *entries, _seed(), repeatable=True
                 )
             else:
-                await _SAVE_SCRIPT.run(self._execute, (key,), 0, ms, *entries, repeatable=True)
+                await _SAVE_SCRIPT.run(
+                    self._execute, (key, _summary(key)), 0, ms, *entries, repeatable=True
+                )
         except _REDIS_ERRORS as exc:
             raise self._translate(exc, session_id, StateSaveError, "saving", new) from exc
         self._recorder.saves += 1
@@ -548,13 +599,17 @@ class RedisStateStore(StateStore):
             entries = self._codec.encode(new)
             started = clock()
             if self.versioned:
-                keys = (key, self.key(session_id, "version"))
+                keys = (key, _summary(key), self.key(session_id, "version"))
                 reply = await _APPEND_VERSIONED_SCRIPT.run(
                     self._execute, keys, keep, ms, *entries, _seed()
                 )
                 length, version = int(reply[0]), int(reply[1])
             else:
-                length = int(await _APPEND_SCRIPT.run(self._execute, (key,), keep, ms, *entries))
+                length = int(
+                    await _APPEND_SCRIPT.run(
+                        self._execute, (key, _summary(key)), keep, ms, *entries
+                    )
+                )
         except _REDIS_ERRORS as exc:
             raise self._translate(exc, session_id, StateSaveError, "appending to", new) from exc
         recorder = self._recorder
@@ -583,6 +638,73 @@ class RedisStateStore(StateStore):
             raise self._translate(exc, session_id, StateLoadError, "loading") from exc
         return self._decode([] if limit == 0 else raw, session_id), int(version)
 
+    async def load_with_summary(
+        self, session_id: str, *, limit: int | None = None
+    ) -> tuple[list[Message], Message | None]:
+        """:meth:`load`, and the session's summary, in one round trip (see
+        :class:`~chatstate.stores.base.SessionSummaries`)."""
+        key = self.key(session_id)
+        limit = check_limit(limit)
+        if limit == 0:
+            return [], None
+        started = clock()
+        try:
+            if self._cold_cluster:
+                await self._warm_up()
+            raw, summary = await _LOAD_WITH_SUMMARY_SCRIPT.run(
+                self._execute,
+                (key, _summary(key)),
+                0 if limit is None else -limit,
+                self._sliding_ms,
+                repeatable=True,
+            )
+        except _REDIS_ERRORS as exc:
+            raise self._translate(exc, session_id, StateLoadError, "loading") from exc
+        self._recorder.load_window.append(clock() - started)
+        return self._decode(raw, session_id), self._decode_summary(summary, session_id)
+
+    def _decode_summary(self, raw: bytes | None, session_id: str) -> Message | None:
+        if raw is None:
+            return None
+        decoded = self._decode([raw], session_id)  # corrupt: skipped (and counted) or raised
+        return decoded[0] if decoded else None
+
+    async def compact(self, session_id: str, fold: Fold) -> bool:
+        """Fold the oldest messages into the session's summary (see
+        :class:`~chatstate.stores.base.SessionSummaries`): one round trip to read, and one
+        script that changes the session only if its first messages and its summary are still
+        the ones read."""
+        key = self.key(session_id)
+        keys: tuple[str, ...] = (key, _summary(key))
+        try:
+            if self._cold_cluster:
+                await self._warm_up()
+            raw, summary = await _LOAD_WITH_SUMMARY_SCRIPT.run(
+                self._execute, keys, 0, 0, repeatable=True
+            )
+        except _REDIS_ERRORS as exc:
+            raise self._translate(exc, session_id, StateLoadError, "loading") from exc
+        if not raw:
+            return False
+        # A damaged entry raises rather than being skipped: the count the fold returns must
+        # name the same entries in Redis as in the history it was given.
+        history, _ = self._codec.decode(raw, on_corrupt="raise", session_id=session_id)
+        result = await run_fold(fold, history, self._decode_summary(summary, session_id))
+        if result is None:
+            return False
+        count, new_summary = result
+        (entry,) = self._codec.encode([new_summary])
+        args = [count, summary or b"", entry, *raw[:count]]
+        script = _COMPACT_SCRIPT
+        if self.versioned:
+            keys, script = (*keys, self.key(session_id, "version")), _COMPACT_VERSIONED_SCRIPT
+            args.append(_seed())
+        try:
+            done = await script.run(self._execute, keys, *args)
+        except _REDIS_ERRORS as exc:
+            raise self._translate(exc, session_id, StoreError, "compacting") from exc
+        return bool(done)
+
     async def version(self, session_id: str) -> int:
         """The session's version: a number that changes with every write (0: no session)."""
         self._require_versions()
@@ -607,14 +729,10 @@ class RedisStateStore(StateStore):
         try:
             if self._cold_cluster:
                 await self._warm_up()
+            keys = [key, _summary(key)]
             if self.versioned:
-                existed = bool(
-                    await self._execute(
-                        "DEL", key, self.key(session_id, "version"), repeatable=True
-                    )
-                )
-            else:
-                existed = bool(await self._execute("DEL", key, repeatable=True))
+                keys.append(self.key(session_id, "version"))
+            existed = bool(await self._execute("DEL", *keys, repeatable=True))
         except _REDIS_ERRORS as exc:
             raise self._translate(exc, session_id, StoreError, "deleting") from exc
         self._recorder.deletes += 1
@@ -765,6 +883,11 @@ _STORE_OPTIONS = frozenset(inspect.signature(RedisStateStore.__init__).parameter
     "client",
     "owns_client",
 }
+
+
+def _summary(key: str) -> str:
+    """The key of the summary of the session whose history is at ``key``."""
+    return key[: -len("messages")] + "summary"
 
 
 def _unescape(escaped: str) -> str:

@@ -27,9 +27,14 @@ from typing import Any
 
 import pytest
 
-from chatstate.errors import ConfigurationError, InvalidMessageError, InvalidSessionIdError
+from chatstate.errors import (
+    ConfigurationError,
+    InvalidInputError,
+    InvalidMessageError,
+    InvalidSessionIdError,
+)
 from chatstate.messages import ImagePart, Message, TextPart, ToolCall
-from chatstate.stores.base import StateStore
+from chatstate.stores.base import Fold, SessionSummaries, StateStore
 
 __all__ = ["StateStoreConformance", "sample_conversation"]
 
@@ -71,6 +76,23 @@ def sample_conversation() -> list[Message]:
 
 def _turns(count: int, prefix: str = "m") -> list[Message]:
     return [_user(f"{prefix}{index}") for index in range(count)]
+
+
+def _summary(text: str) -> Message:
+    return Message(role="system", content=f"summary: {text}", metadata={"folded": True})
+
+
+def _fold_one(text: str) -> Fold:
+    async def fold(history: list[Message], summary: Message | None) -> tuple[int, Message]:
+        return 1, _summary(text)
+
+    return fold
+
+
+def _summaries(store: StateStore) -> SessionSummaries:
+    if not isinstance(store, SessionSummaries):
+        pytest.skip(f"{type(store).__name__} keeps no summaries (it is not a SessionSummaries)")
+    return store
 
 
 def _short_repr(value: object) -> str:
@@ -357,6 +379,120 @@ class StateStoreConformance:
             await store.load("s", limit=limit)
         with pytest.raises(ConfigurationError):
             await store.load("unknown", limit=limit)
+
+    # -- summaries (stores that keep them: SessionSummaries) ----------------------------------
+
+    async def test_a_fold_replaces_the_oldest_messages_with_a_summary(
+        self, store: StateStore
+    ) -> None:
+        summaries = _summaries(store)
+        assert await summaries.load_with_summary("s") == ([], None)
+        await store.append("s", _turns(6))
+        assert await summaries.load_with_summary("s") == (_turns(6), None)
+        seen: list[tuple[list[Message], Message | None]] = []
+
+        def folding(count: int, text: str) -> Fold:
+            async def fold(
+                history: list[Message], summary: Message | None
+            ) -> tuple[int, Message] | None:
+                seen.append((history, summary))
+                return count, _summary(text)
+
+            return fold
+
+        assert await summaries.compact("s", folding(2, "first")) is True
+        assert await summaries.load_with_summary("s") == (_turns(6)[2:], _summary("first"))
+        assert await summaries.load_with_summary("s", limit=2) == (
+            _turns(6)[4:],
+            _summary("first"),
+        )
+        assert await store.load("s") == _turns(6)[2:]
+        assert await summaries.compact("s", folding(3, "second")) is True
+        assert seen == [(_turns(6), None), (_turns(6)[2:], _summary("first"))]
+        assert await summaries.load_with_summary("s") == (_turns(6)[5:], _summary("second"))
+        assert await summaries.compact("nobody", folding(1, "x")) is False
+        assert len(seen) == 2  # a session without history is not folded
+
+    async def test_a_fold_that_declines_or_misbehaves_changes_nothing(
+        self, store: StateStore
+    ) -> None:
+        summaries = _summaries(store)
+        await store.append("s", _turns(3))
+
+        def returning(result: Any) -> Fold:
+            async def fold(history: list[Message], summary: Message | None) -> Any:
+                return result
+
+            return fold
+
+        async def failing(history: list[Message], summary: Message | None) -> Any:
+            raise RuntimeError("the model is down")
+
+        assert await summaries.compact("s", returning(None)) is False
+        for bad in [(0, _summary("x")), (3, _summary("x")), (1, "text"), (True, _summary("x")), 2]:
+            with pytest.raises(InvalidInputError):
+                await summaries.compact("s", returning(bad))
+        with pytest.raises(RuntimeError, match="the model is down"):
+            await summaries.compact("s", failing)
+        assert await summaries.load_with_summary("s") == (_turns(3), None)
+
+    async def test_a_fold_raced_by_a_trim_changes_nothing_and_loses_nothing(
+        self, store: StateStore
+    ) -> None:
+        summaries = _summaries(store)
+        await store.append("s", _turns(4))
+
+        async def fold_while_a_turn_trims(
+            history: list[Message], summary: Message | None
+        ) -> tuple[int, Message]:
+            await store.append("s", [_user("late")], max_messages=4)  # cuts m0 away
+            return 2, _summary("stale")
+
+        assert await summaries.compact("s", fold_while_a_turn_trims) is False
+        assert await summaries.load_with_summary("s") == ([*_turns(4)[1:], _user("late")], None)
+
+        async def fold_while_a_turn_appends(
+            history: list[Message], summary: Message | None
+        ) -> tuple[int, Message]:
+            await store.append("s", [_user("later")])  # no trim: the head is as it was read
+            return 2, _summary("fresh")
+
+        assert await summaries.compact("s", fold_while_a_turn_appends) is True
+        assert await summaries.load_with_summary("s") == (
+            [_turns(4)[3], _user("late"), _user("later")],
+            _summary("fresh"),
+        )
+
+    async def test_a_summary_is_dropped_by_save_and_delete(self, store: StateStore) -> None:
+        summaries = _summaries(store)
+        await store.append("s", _turns(3))
+        assert await summaries.compact("s", _fold_one("kept")) is True
+        await store.save("s", [_user("new history")])
+        assert await summaries.load_with_summary("s") == ([_user("new history")], None)
+        await store.append("s", _turns(2))
+        assert await summaries.compact("s", _fold_one("again")) is True
+        assert await store.delete("s") is True
+        assert await summaries.load_with_summary("s") == ([], None)
+        await store.append("s", [_user("afresh")])
+        assert await summaries.load_with_summary("s") == ([_user("afresh")], None)
+
+    async def test_a_summary_lives_as_long_as_its_session(
+        self, store: StateStore, advance_time: AdvanceTime
+    ) -> None:
+        summaries = _summaries(store)
+        await store.append("s", _turns(3), ttl=10)
+        assert await summaries.compact("s", _fold_one("sum")) is True
+        await advance_time(7)
+        await store.append("s", [_user("more")], ttl=10)  # refreshes the summary with the list
+        await advance_time(7)
+        assert await summaries.load_with_summary("s") == (
+            [*_turns(3)[1:], _user("more")],
+            _summary("sum"),
+        )
+        await advance_time(4)
+        assert await summaries.load_with_summary("s") == ([], None)
+        await store.append("s", [_user("afresh")])  # no summary comes back with a new session
+        assert await summaries.load_with_summary("s") == ([_user("afresh")], None)
 
     async def test_close_is_idempotent(self, store: StateStore) -> None:
         await store.aclose()
