@@ -49,6 +49,8 @@ class RequestContext:
     summary: Message | None = None
     """The session's summary of what fell out of its history (a system message), if any: sent
     after the pinned messages and before the history."""
+    window: list[Message] | None = None
+    """The part of the history the provider was sent (set by the provider middleware)."""
     budget: TokenBudget | None = None
     """The token budget of the request (``StateMiddlewareConfig(max_tokens=...)``), if any."""
 

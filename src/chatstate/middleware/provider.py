@@ -9,7 +9,7 @@ from typing import Any
 from chatstate.errors import ChatStateError, ConfigurationError, ProviderError
 from chatstate.messages import Message
 from chatstate.pipeline import CallNext, RequestContext
-from chatstate.providers.base import Provider
+from chatstate.providers.base import Provider, check_provider
 from chatstate.window import valid_window
 
 __all__ = ["ProviderMiddleware"]
@@ -38,11 +38,7 @@ class ProviderMiddleware:
         pinned: Sequence[Message] = (),
         options: Mapping[str, Any] | None = None,
     ) -> None:
-        if not callable(getattr(provider, "complete", None)):
-            raise ConfigurationError(
-                f"provider must have an async complete(messages, **options) method; "
-                f"{type(provider).__name__} has none"
-            )
+        check_provider(provider)
         self.provider = provider
         if isinstance(system_prompt, str):
             system_prompt = Message(role="system", content=system_prompt)
@@ -73,6 +69,7 @@ class ProviderMiddleware:
             history = valid_window(history, new)
         else:
             history = context.budget.window(history, fixed=fixed, new=new)
+        context.window = history
         messages = [*fixed, *history, context.message]
         context.messages = messages
         options = {**self._options, **context.options} if self._options else context.options

@@ -15,6 +15,7 @@ from chatstate.errors import ChatStateError, ConfigurationError, StateLoadError,
 from chatstate.messages import Message
 from chatstate.pipeline import CallNext, RequestContext
 from chatstate.stores.base import SessionLeases, StateStore
+from chatstate.summaries import Summaries, SummaryConfig
 from chatstate.tokens import ESTIMATE, Tally, TokenCounter
 from chatstate.window import TokenBudget
 
@@ -56,6 +57,13 @@ class StateMiddlewareConfig:
     - ``token_counter``: how tokens are counted (a :class:`~chatstate.tokens.TokenCounter`); the
       default is an offline estimate. Each message is counted once, when its turn is stored, and
       its count is stored with it.
+    - ``summary``: fold what leaves the history into a per-session summary, written in the
+      background after a turn and sent before the window (a
+      :class:`~chatstate.summaries.SummaryConfig`; the store must keep summaries, as the built-in
+      ones do). ``None`` (the default): no summaries. With summaries, the folds keep the stored
+      history short; a session may hold up to twice ``max_messages`` while a fold is running
+      late (still sending the newest ``max_messages``), and only past that does the store trim
+      messages that were never summarised.
     """
 
     max_messages: int = 20
@@ -68,6 +76,7 @@ class StateMiddlewareConfig:
     max_tokens: int | None = None
     reply_tokens: int | None = None
     token_counter: TokenCounter = ESTIMATE
+    summary: SummaryConfig | None = None
 
     def __post_init__(self) -> None:
         check_max_messages(self.max_messages)
@@ -83,6 +92,12 @@ class StateMiddlewareConfig:
         elif self.reply_tokens is not None:
             raise ConfigurationError("reply_tokens needs max_tokens")
         Tally(self.token_counter)  # a counter without count() or name fails here
+        if self.summary is not None:
+            if not isinstance(self.summary, SummaryConfig):
+                raise ConfigurationError(
+                    f"summary must be a SummaryConfig, got {type(self.summary).__name__}"
+                )
+            self.summary.bounds(check_max_messages(self.max_messages))
         if self.ttl is not None and not isinstance(self.ttl, timedelta):
             raise ConfigurationError(
                 f"ttl must be a timedelta or None, got {type(self.ttl).__name__}"
@@ -129,6 +144,8 @@ class StateMiddleware:
         "_limit",
         "_locks",
         "_raise_on_load_error",
+        "_stored_limit",
+        "_summaries",
         "_ttl",
         "config",
         "load_errors",
@@ -149,6 +166,14 @@ class StateMiddleware:
         self._raise_on_load_error = config.on_load_error == "raise"
         self._lazy = config.lazy
         self._budget = config.budget()
+        self._summaries = (
+            None if config.summary is None else Summaries(store, config.summary, self._limit)
+        )
+        # With summaries, folds bound the history; the trim only catches what they miss (a
+        # fold running late must find the messages it is to summarise still there).
+        self._stored_limit = self._limit
+        if self._summaries is not None and self._limit is not None:
+            self._stored_limit = 2 * self._limit
         self._locks = KeyedLock() if config.lock else None
         self._lease: tuple[float, float] | None = None
         if config.lease_ttl is not None:
@@ -162,6 +187,16 @@ class StateMiddleware:
 
     def __repr__(self) -> str:
         return f"StateMiddleware({self.store!r}, {self.config!r})"
+
+    @property
+    def summaries(self) -> Summaries | None:
+        """The summaries' scores (``made``, ``failed``, ``skipped``, ``pending``), if on."""
+        return self._summaries
+
+    async def drain(self) -> None:
+        """Wait for the summaries running in the background (call it at shutdown)."""
+        if self._summaries is not None:
+            await self._summaries.drain()
 
     async def __call__(self, context: RequestContext, call_next: CallNext) -> None:
         locks = self._locks
@@ -188,7 +223,13 @@ class StateMiddleware:
         session_id = context.session_id
         started = time.perf_counter()
         try:
-            history = await self.store.load(session_id, limit=self._limit)
+            if self._summaries is None:
+                history = await self.store.load(session_id, limit=self._limit)
+            else:
+                history, summary = await self.store.load_with_summary(  # type: ignore[attr-defined]
+                    session_id, limit=self._limit
+                )
+                context.summary = self._summaries.framed(summary)
         except Exception as exc:
             self.load_errors += 1
             if self._raise_on_load_error:
@@ -225,8 +266,8 @@ class StateMiddleware:
         if budget is not None:
             budget.tally.total(new_messages)  # counted once, now: the store keeps the counts
         try:
-            await self.store.append(
-                session_id, new_messages, max_messages=self._limit, ttl=self._ttl
+            length = await self.store.append(
+                session_id, new_messages, max_messages=self._stored_limit, ttl=self._ttl
             )
         except StateSaveError:
             raise
@@ -237,3 +278,11 @@ class StateMiddleware:
                 messages=new_messages,
             ) from exc
         context.timings["save"] = time.perf_counter() - saving
+        if self._summaries is not None:
+            window = context.window
+            self._summaries.after_turn(
+                session_id,
+                length,
+                loaded=len(context.history),
+                window=None if window is None or context.history_loader else len(window),
+            )

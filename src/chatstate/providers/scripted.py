@@ -12,7 +12,7 @@ from typing import Any, TypeAlias
 from chatstate.errors import ConfigurationError, ProviderError
 from chatstate.messages import Message
 
-__all__ = ["ScriptedProvider", "recall_reply"]
+__all__ = ["ScriptedProvider", "recall_reply", "summary_reply"]
 
 Reply: TypeAlias = str | Message
 Responder: TypeAlias = Callable[[Sequence[Message]], Reply | Awaitable[Reply]]
@@ -46,15 +46,19 @@ def recall_reply(messages: Sequence[Message]) -> str:
     """The default answer of :class:`ScriptedProvider`: a tiny rule-based assistant with memory.
 
     It learns facts that user messages state ("my name is Alice", "my favourite colour is blue",
-    "call me Al", "I live in Paris") and answers questions about them ("what's my name?", "who am
-    I?", "where do I live?"), but only from the messages it is given: what the history no longer
-    holds, it has forgotten. It also answers "how many messages" and "what did I first say".
+    "call me Al", "I live in Paris"), or that a system message (a summary) states the same way,
+    and answers questions about them ("what's my name?", "who am I?", "where do I live?"), but
+    only from the messages it is given: what the history no longer holds, it has forgotten. It
+    also answers "how many messages" and "what did I first say".
     """
     users = [message.text for message in messages if message.role == "user"]
     if not users:
         return "Hello! How can I help?"
     question, earlier = users[-1], users[:-1]
     facts: dict[str, str] = {}
+    for message in messages:
+        if message.role == "system":
+            facts.update(_facts_in(message.text))
     for text in earlier:
         facts.update(_facts_in(text))
 
@@ -80,6 +84,25 @@ def recall_reply(messages: Sequence[Message]) -> str:
             for key, value in stated.items()
         )
     return f"You said: {question}"
+
+
+def summary_reply(messages: Sequence[Message]) -> str:
+    """A rule-based summarizer for tests and demos (``ScriptedProvider(summary_reply)`` given to
+    :class:`~chatstate.summaries.ProviderSummarizer`): it keeps the facts that the request's
+    user-side text states (the previous summary and the transcript), newest last, in words that
+    :func:`recall_reply` reads back."""
+    facts: dict[str, str] = {}
+    for message in messages:
+        if message.role == "user":
+            for line in message.text.splitlines():
+                facts.update(_facts_in(line))
+    if not facts:
+        return "Nothing of note was said."
+    stated = [
+        f"I live in {value}." if key == "home" else f"my {key} is {value}."
+        for key, value in facts.items()
+    ]
+    return "The user said: " + " ".join(stated)
 
 
 def _recall(facts: dict[str, str], key: str, known: str, unknown: str) -> str:

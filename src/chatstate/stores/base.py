@@ -141,11 +141,11 @@ class SessionSummaries(Protocol):
 
         Reads the whole history and the summary, and awaits ``fold(history, summary)`` (a
         session with no history is left alone). When it returns ``(count, summary)``, with
-        ``0 < count < len(history)``, the first ``count`` messages are removed and ``summary``
-        stored in one atomic step, with the session's expiry, if the session still starts with
-        the messages read and still has the summary read; otherwise (another turn trimmed or
-        compacted it meanwhile) nothing changes. Returns whether it changed the session. No lock
-        is held while ``fold`` runs: turns go on meanwhile, and their appends are kept.
+        ``0 < count < len(history)``, ``summary`` is stored and the first ``count`` messages
+        removed, in one atomic step, with the session's expiry. No lock is held while ``fold``
+        runs: turns go on meanwhile. What they appended is kept, and what their trims removed
+        from the head is not removed twice; but if the session was otherwise changed (another
+        fold, a save, a delete), nothing is. Returns whether it changed the session.
         """
         ...
 

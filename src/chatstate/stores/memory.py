@@ -215,18 +215,20 @@ class InMemoryStateStore(StateStore):
             return False
         count, new_summary = result
         check_sizes((new_summary,), self._max_message_bytes)
+        if self._live(session_id) is not session or session.summary is not summary:
+            return False  # compacted, rewritten or gone meanwhile
         stored = session.messages
-        if (
-            self._live(session_id) is not session
-            or session.summary is not summary
-            or len(stored) <= count
-            or any(now is not then for now, then in zip(stored, history[:count], strict=False))
-        ):
-            return False  # trimmed, compacted or rewritten meanwhile
-        del stored[:count]
-        session.summary = new_summary
-        session.version += 1
-        return True
+        # What turns did meanwhile: trimmed some of the history read from its head, appended.
+        for trimmed in range(len(history)):
+            kept = len(history) - trimmed
+            if len(stored) >= kept and all(
+                now is then for now, then in zip(stored, history[trimmed:], strict=False)
+            ):
+                del stored[: max(0, count - trimmed)]
+                session.summary = new_summary
+                session.version += 1
+                return True
+        return False  # rewritten meanwhile
 
     @contextlib.asynccontextmanager
     async def lease(self, session_id: str, *, ttl: float, timeout: float) -> AsyncIterator[None]:

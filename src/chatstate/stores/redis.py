@@ -167,25 +167,35 @@ return {entries, redis.call('GET', KEYS[2])}
 """
 
 
-# Fold the oldest entries into the summary, if nothing changed them since they were read.
-# KEYS[1]: the list; KEYS[2]: the summary (KEYS[3]: the version); ARGV[1]: how many entries;
-# ARGV[2]: the summary read ('' if none); ARGV[3]: the new summary; ARGV[4..3+n]: the entries read
-# (ARGV[#ARGV]: a version seed).
+# Fold the oldest entries into the summary, if the session is still the one read: its summary
+# unchanged, and its list the entries read less some trimmed from the head (by turns appending
+# meanwhile), plus any appended. The entries folded that are still there are removed.
+# KEYS[1]: the list; KEYS[2]: the summary (KEYS[3]: the version); ARGV[1]: how many entries are
+# folded; ARGV[2]: the summary read ('' if none); ARGV[3]: the new summary; ARGV[4..]: every entry
+# read (then, with versions, a version seed).
 def _compact(versioned: bool) -> str:
     return f"""
-local n = tonumber(ARGV[1])
+local folded = tonumber(ARGV[1])
+local read = #ARGV - {4 if versioned else 3}
 if (redis.call('GET', KEYS[2]) or '') ~= ARGV[2] then return 0 end
-if redis.call('LLEN', KEYS[1]) <= n then return 0 end
-local head = redis.call('LRANGE', KEYS[1], 0, n - 1)
-for i = 1, n do
-  if head[i] ~= ARGV[3 + i] then return 0 end
+local current = redis.call('LRANGE', KEYS[1], 0, read - 1)
+for trimmed = 0, read - 1 do
+  local same = #current >= read - trimmed
+  local i = 1
+  while same and i <= read - trimmed do
+    same = current[i] == ARGV[3 + trimmed + i]
+    i = i + 1
+  end
+  if same then
+    if folded > trimmed then redis.call('LTRIM', KEYS[1], folded - trimmed, -1) end
+    redis.call('SET', KEYS[2], ARGV[3])
+    local ttl = redis.call('PTTL', KEYS[1])
+    if ttl > 0 then redis.call('PEXPIRE', KEYS[2], ttl) end
+    {_BUMP if versioned else ""}
+    return 1
+  end
 end
-redis.call('LTRIM', KEYS[1], n, -1)
-redis.call('SET', KEYS[2], ARGV[3])
-local ttl = redis.call('PTTL', KEYS[1])
-if ttl > 0 then redis.call('PEXPIRE', KEYS[2], ttl) end
-{_BUMP if versioned else ""}
-return 1
+return 0
 """
 
 
@@ -694,7 +704,7 @@ class RedisStateStore(StateStore):
             return False
         count, new_summary = result
         (entry,) = self._codec.encode([new_summary])
-        args = [count, summary or b"", entry, *raw[:count]]
+        args = [count, summary or b"", entry, *raw]
         script = _COMPACT_SCRIPT
         if self.versioned:
             keys, script = (*keys, self.key(session_id, "version")), _COMPACT_VERSIONED_SCRIPT

@@ -436,32 +436,62 @@ class StateStoreConformance:
             await summaries.compact("s", failing)
         assert await summaries.load_with_summary("s") == (_turns(3), None)
 
-    async def test_a_fold_raced_by_a_trim_changes_nothing_and_loses_nothing(
+    async def test_a_fold_raced_by_turns_keeps_them_and_removes_nothing_twice(
         self, store: StateStore
     ) -> None:
         summaries = _summaries(store)
-        await store.append("s", _turns(4))
 
-        async def fold_while_a_turn_trims(
+        def folding_two_while(*turns: tuple[list[Message], int | None]) -> Fold:
+            async def fold(history: list[Message], summary: Message | None) -> tuple[int, Message]:
+                for messages, bound in turns:  # what other turns do while the model summarises
+                    await store.append("s", messages, max_messages=bound)
+                return 2, _summary("two")
+
+            return fold
+
+        await store.save("s", _turns(4))  # m0 m1 m2 m3; folds m0 m1
+        assert await summaries.compact("s", folding_two_while(([_user("late")], 4))) is True
+        # the turn's trim took m0: only m1 is left to remove
+        assert await summaries.load_with_summary("s") == (
+            [*_turns(4)[2:], _user("late")],
+            _summary("two"),
+        )
+        await store.save("s", _turns(4))
+        assert await summaries.compact("s", folding_two_while((_turns(3, "n"), 4))) is True
+        assert await summaries.load_with_summary("s") == (  # the trim took more than the fold
+            [_turns(4)[3], *_turns(3, "n")],
+            _summary("two"),
+        )
+        await store.save("s", _turns(4))
+        assert await summaries.compact("s", folding_two_while((_turns(2, "n"), None))) is True
+        assert await summaries.load_with_summary("s") == (
+            [*_turns(4)[2:], *_turns(2, "n")],
+            _summary("two"),
+        )
+
+    async def test_a_fold_raced_by_a_rewrite_or_another_fold_changes_nothing(
+        self, store: StateStore
+    ) -> None:
+        summaries = _summaries(store)
+        await store.save("s", _turns(4))
+
+        async def fold_while_saved(
             history: list[Message], summary: Message | None
         ) -> tuple[int, Message]:
-            await store.append("s", [_user("late")], max_messages=4)  # cuts m0 away
+            await store.save("s", _turns(3, "new"))
             return 2, _summary("stale")
 
-        assert await summaries.compact("s", fold_while_a_turn_trims) is False
-        assert await summaries.load_with_summary("s") == ([*_turns(4)[1:], _user("late")], None)
+        assert await summaries.compact("s", fold_while_saved) is False
+        assert await summaries.load_with_summary("s") == (_turns(3, "new"), None)
 
-        async def fold_while_a_turn_appends(
+        async def fold_while_folded(
             history: list[Message], summary: Message | None
         ) -> tuple[int, Message]:
-            await store.append("s", [_user("later")])  # no trim: the head is as it was read
-            return 2, _summary("fresh")
+            assert await summaries.compact("s", _fold_one("first")) is True
+            return 2, _summary("second")
 
-        assert await summaries.compact("s", fold_while_a_turn_appends) is True
-        assert await summaries.load_with_summary("s") == (
-            [_turns(4)[3], _user("late"), _user("later")],
-            _summary("fresh"),
-        )
+        assert await summaries.compact("s", fold_while_folded) is False
+        assert await summaries.load_with_summary("s") == (_turns(3, "new")[1:], _summary("first"))
 
     async def test_a_summary_is_dropped_by_save_and_delete(self, store: StateStore) -> None:
         summaries = _summaries(store)
