@@ -79,6 +79,13 @@ def test_a_quick_run_against_redis_measures_both_sides(
     for row in turn:
         assert row["round_trips_per_op"]["floor"] == 1.0  # one LRANGE, one MULTI/EXEC
     assert {row["variant"] for row in turn} == {"", "auto_pipeline=False"}
+    # The token window beside the same store's plain load: the same round trips on both sides.
+    windows = {row["key"]: row for row in rows if row["key"].startswith("window_")}
+    assert set(windows) == {"window_20", "window_200", "window_2000"}
+    assert [windows[f"window_{n}"]["sessions"] for n in (20, 200, 2000)] == [100, 100, 20]
+    for row in windows.values():
+        trips = row["round_trips_per_op"]
+        assert trips["ours"] == pytest.approx(trips["floor"], rel=0.5) and trips["ours"] > 0
     stored = [row for row in rows if row["key"] == "stored_bytes"]
     assert {row["variant"] for row in stored} == {"", "compress_over=None", "compression='zstd'"}
     large = [row for row in rows if row["group"] == "redis" and row["key"] == "large_messages"]
@@ -117,6 +124,9 @@ def test_a_quick_run_without_redis_measures_the_in_memory_store(
         "read_heavy",
         "long_history",
         "large_messages",
+        "window_20",
+        "window_200",
+        "window_2000",
         "heap",
     }
     assert report["environment"]["redis_server"] is None

@@ -26,6 +26,7 @@ from chatstate.pipeline import CallNext, ExecutionResult, Middleware, Pipeline, 
 from chatstate.providers import Provider, ScriptedProvider
 from chatstate.retry import RetryPolicy
 from chatstate.stores import CachedStore, InMemoryStateStore, StateStore
+from chatstate.summaries import ProviderSummarizer, Summarizer, SummaryConfig
 from chatstate.tokens import TextTokenCounter, TokenCounter
 
 if TYPE_CHECKING:
@@ -61,6 +62,7 @@ __all__ = [
     "Provider",
     "ProviderError",
     "ProviderMiddleware",
+    "ProviderSummarizer",
     "RedisStateStore",
     "RequestContext",
     "RetryPolicy",
@@ -73,6 +75,8 @@ __all__ = [
     "StateSaveError",
     "StateStore",
     "StoreError",
+    "Summarizer",
+    "SummaryConfig",
     "TextPart",
     "TextTokenCounter",
     "TokenCounter",

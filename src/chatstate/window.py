@@ -49,62 +49,71 @@ class TokenBudget:
 def valid_window(history: Sequence[Message], new: Sequence[Message] = ()) -> list[Message]:
     """The longest suffix of ``history`` that, followed by ``new`` (the turn's own messages, such
     as a tool result answering the last call), is a valid window."""
-    messages = [*history, *new]
-    start = _first_valid_start(messages)
-    if start > len(history):  # not even the turn's own messages hold: send them as they are
-        return []
-    return list(history[start:])
+    return list(history[_longest_valid(history, new, None, None) :])
 
 
 def fit_window(
     history: Sequence[Message], new: Sequence[Message], budget: int, tally: Tally
 ) -> list[Message]:
     """The longest suffix of ``history`` that, followed by ``new``, is a valid window, and whose
-    messages take at most ``budget`` tokens by ``tally`` (which counts only what it walks past).
-
-    A suffix of a valid window is valid exactly when it starts at a message that is not a tool
-    result, so the walk back keeps the last such start it reaches within the budget.
-    """
-    first = _first_valid_start([*history, *new])
-    best = len(history)
-    if first >= best:
-        return []
-    total = 0
-    for index in range(best - 1, first - 1, -1):
-        message = history[index]
-        total += tally(message)
-        if total > budget:
-            break
-        if message.role != "tool":
-            best = index
-    return list(history[best:])
+    messages take at most ``budget`` tokens by ``tally`` (which counts only what it walks past)."""
+    return list(history[_longest_valid(history, new, budget, tally) :])
 
 
 def is_valid_window(messages: Sequence[Message]) -> bool:
     """Whether ``messages`` follow the rules of the module."""
-    return _first_valid_start(messages) == 0
+    return _longest_valid(messages, (), None, None) == 0
 
 
-def _first_valid_start(messages: Sequence[Message]) -> int:
-    """The smallest index from which the messages are valid (``len(messages)`` if none)."""
-    start = 0  # every block from here on has been valid
-    index, count = 0, len(messages)
-    while index < count:
-        message = messages[index]
-        if message.role == "tool":  # a result with no call before it in its block: cut here
-            index += 1
-            start = index
+def _longest_valid(
+    history: Sequence[Message], new: Sequence[Message], budget: int | None, tally: Tally | None
+) -> int:
+    """Where the longest valid suffix of ``history`` (followed by ``new``) that fits ``budget``
+    starts (``len(history)``: none).
+
+    One walk back from the newest message, which stops at the first message that does not fit or
+    that no valid suffix can start at or before; so a window costs what it keeps, not what is
+    stored. A suffix is valid if it starts at a message that is not a tool result, and every
+    message from there on that is not a tool result is followed by exactly the results of its
+    calls (none if it calls nothing).
+    """
+    block: list[str | None] = []  # the tool results just after the message looked at
+    for message in reversed(new):  # the turn's own messages: never counted, never a start
+        if message.role == "tool":
+            block.append(message.tool_call_id)
+        elif _answered(message, block):
+            block = []
+        else:
+            return len(history)
+    best = index = len(history)
+    total = 0
+    fingerprint = tally.fingerprint if tally is not None else 0
+    for message in reversed(history):
+        index -= 1
+        if tally is not None:
+            # The count the message carries (see messages.cache_token_count), else counted now.
+            tokens: int | None = getattr(message, "_tokens", None)
+            if tokens is not None and tokens >> 32 == fingerprint:
+                total += tokens & 0xFFFF_FFFF
+            else:
+                total += tally(message)
+            if total > budget:  # type: ignore[operator]
+                break
+        if message.role == "tool":
+            block.append(message.tool_call_id)
             continue
-        index += 1
-        if not message.tool_calls:
-            continue
-        pending = {call.id for call in message.tool_calls}
-        while index < count and pending and messages[index].role == "tool":
-            call_id = messages[index].tool_call_id
-            if call_id not in pending:
-                break  # a result of another call: this block is broken
-            pending.discard(call_id)
-            index += 1
-        if pending:  # calls without all their results: nothing up to here can be sent
-            start = index
-    return start
+        if block or message.tool_calls:
+            if not _answered(message, block):
+                break  # a broken exchange: no suffix that holds it is valid
+            block = []
+        best = index
+    return best
+
+
+def _answered(message: Message, results: list[str | None]) -> bool:
+    """Whether a message that is not a tool result may come just before the tool ``results``:
+    they are exactly the results of its calls (none if it calls nothing)."""
+    calls = message.tool_calls
+    if not results:
+        return not calls
+    return len(calls) == len(results) and {call.id for call in calls} == set(results)

@@ -22,7 +22,7 @@ from chatstate.bench.workload import TTL_SECONDS, Backend, Floor, conversation
 from chatstate.messages import Message
 from chatstate.stores.memory import InMemoryStateStore
 
-SCENARIOS: Sequence[Scenario] = (scenarios.TURN, *scenarios.SECONDARY)
+SCENARIOS: Sequence[Scenario] = (scenarios.TURN, *scenarios.SECONDARY, *scenarios.WINDOWS)
 
 _TARGETS: dict[str, Target] = {
     scenarios.LOAD.key: MEMORY_LOAD,
@@ -79,7 +79,7 @@ async def run_scenario(scenario: Scenario, options: BenchOptions, progress: Prog
     """Alternate batches of ours and of the floor, cycling through ``max(sessions)`` sessions;
     one row: their median microseconds per turn."""
     params = scenario.params(options)
-    ids = [f"{scenario.key}-{index}" for index in range(max(options.sessions))]
+    ids = [f"{scenario.key}-{index}" for index in range(scenario.sessions(max(options.sessions)))]
     async with InMemoryStateStore(max_sessions=None) as store:
         floor = DictOfListsFloor()
         await scenarios.seed((store, floor), ids, scenario.seed_count(options), params)

@@ -193,6 +193,10 @@ def plan(bench: RedisBench, options: BenchOptions) -> list[PlanItem]:
         *(item(scenario, options.secondary_sessions) for scenario in scenarios.SECONDARY),
         item(scenarios.CACHED_LOAD, options.secondary_sessions),
         item(scenarios.LAZY_TURN, options.secondary_sessions),
+        *(
+            item(scenario, scenario.sessions(options.secondary_sessions))
+            for scenario in scenarios.WINDOWS
+        ),
         PlanItem(
             group="redis",
             key="stored_bytes",
@@ -220,9 +224,11 @@ async def run_scenario(
         "ours": scenario.ours(ours, params),
         **{name: scenario.ours(store, params) for name, store in variants.items()},
         **_variant_sides(bench, scenario, params),
-        "floor": scenario.floor(bench.floor, params),
+        "floor": scenario.floor(scenario.floor_backend(ours, bench.floor), params),
     }
-    backends: list[Backend] = [ours, *variants.values(), bench.floor]
+    backends: list[Backend] = [ours, *variants.values()]
+    if not scenario.floor_is_ours:
+        backends.append(bench.floor)
     progress.detail("seeding")
     await scenarios.seed(backends, ids, scenario.seed_count(options), params)
     figures = await compare_concurrent(

@@ -29,19 +29,43 @@ class Scenario:
     """Messages stored per session before measuring; None: ``history``."""
     message_bytes: int | None = None
     """None: the run's ``message_bytes``."""
+    history: int | None = None
+    """Messages loaded per session (and seeded, unless ``seed`` says otherwise); None: the
+    run's ``history``."""
+    max_sessions: int | None = None
+    """At most this many sessions (a long history times many sessions would fill the memory)."""
+    floor_is_ours: bool = False
+    """The floor runs on our store too: the scenario measures what a step adds to our own call."""
+    counted: bool = False
+    """Seed messages with their token counts, as a store with token budgets on holds them."""
 
     def params(self, options: BenchOptions, *, fresh: bool = False) -> Params:
         size = self.message_bytes if self.message_bytes is not None else options.message_bytes
-        return Params.of(history=options.history, message_bytes=size, fresh=fresh)
+        return Params.of(
+            history=self.history_of(options), message_bytes=size, fresh=fresh, counted=self.counted
+        )
+
+    def history_of(self, options: BenchOptions) -> int:
+        return self.history if self.history is not None else options.history
 
     def seed_count(self, options: BenchOptions) -> int:
-        return self.seed if self.seed is not None else options.history
+        return self.seed if self.seed is not None else self.history_of(options)
+
+    def sessions(self, count: int) -> int:
+        """How many sessions of ``count`` the scenario runs."""
+        return count if self.max_sessions is None else min(count, self.max_sessions)
 
     def describe(self, options: BenchOptions) -> str:
-        return self.title.format(history=options.history, seed=self.seed_count(options))
+        return self.title.format(history=self.history_of(options), seed=self.seed_count(options))
+
+    def floor_backend(self, ours: StateStore, floor: Floor) -> Backend:
+        return ours if self.floor_is_ours else floor
 
     def workloads(self, ours: StateStore, floor: Floor, params: Params) -> dict[str, Workload]:
-        return {"ours": self.ours(ours, params), "floor": self.floor(floor, params)}
+        return {
+            "ours": self.ours(ours, params),
+            "floor": self.floor(self.floor_backend(ours, floor), params),
+        }
 
 
 LOAD = Scenario("load", "load(limit={history}) of {seed}", w.load_only, w.load_only, "loads/s")
@@ -98,6 +122,23 @@ CACHED_LOAD = Scenario(
 )
 """Redis only: loads through a CachedStore that holds the sessions, beside plain Redis loads and
 the in-memory store."""
+
+WINDOWS: Sequence[Scenario] = tuple(
+    Scenario(
+        f"window_{count}",
+        "load {history:,} + token window, vs the plain load",
+        w.windowed_load,
+        w.load_only,
+        "loads/s",
+        history=count,
+        max_sessions=sessions,
+        floor_is_ours=True,
+        counted=True,
+    )
+    for count, sessions in ((20, None), (200, 100), (2000, 20))
+)
+"""What a token budget adds to a load: the load and the window of a history whose messages all
+fit (the longest walk), beside the same store's plain load, for 20, 200 and 2,000 messages."""
 
 SECONDARY: Sequence[Scenario] = (
     LOAD,

@@ -18,6 +18,10 @@ from chatstate.messages import Message
 from chatstate.middleware import ProviderMiddleware, StateMiddleware, StateMiddlewareConfig
 from chatstate.pipeline import Pipeline
 from chatstate.stores.base import StateStore
+from chatstate.tokens import ESTIMATE, Tally
+from chatstate.window import TokenBudget
+
+_ESTIMATE = Tally(ESTIMATE)
 
 TTL_SECONDS = 3600
 """The expiry every benchmark append sets, as an app with 1-hour sessions would."""
@@ -126,12 +130,22 @@ class Params:
     turn: tuple[Message, Message]
     ttl: int = TTL_SECONDS
     fresh: bool = False
+    counted: bool = False
+    """Seeded messages carry their token counts (by the default estimate)."""
     _numbers: Iterator[int] = field(default_factory=itertools.count, compare=False, repr=False)
 
     @classmethod
-    def of(cls, *, history: int, message_bytes: int, fresh: bool = False) -> Params:
+    def of(
+        cls, *, history: int, message_bytes: int, fresh: bool = False, counted: bool = False
+    ) -> Params:
         user, reply = conversation(2, message_bytes, start=history)
-        return cls(history=history, message_bytes=message_bytes, turn=(user, reply), fresh=fresh)
+        return cls(
+            history=history,
+            message_bytes=message_bytes,
+            turn=(user, reply),
+            fresh=fresh,
+            counted=counted,
+        )
 
     def next_turn(self) -> tuple[Message, Message]:
         """The turn's user message and reply: new ones with ``fresh``, else always the same."""
@@ -147,13 +161,15 @@ class Params:
     def history_of(self, count: int) -> list[Message]:
         """``count`` messages to seed a session with: new ones with ``fresh``."""
         messages = conversation(count, self.message_bytes)
-        if not self.fresh:
-            return messages  # immutable: shared by all sessions
-        number = next(self._numbers)
-        return [
-            message.model_copy(update={"content": _numbered(message.text, number)})
-            for message in messages
-        ]
+        if self.fresh:
+            number = next(self._numbers)
+            messages = [
+                message.model_copy(update={"content": _numbered(message.text, number)})
+                for message in messages
+            ]
+        if self.counted:
+            _ESTIMATE.total(messages)  # a count kept with each message, and stored with it
+        return messages  # immutable: without fresh, shared by all sessions
 
 
 def _numbered(text: str, number: int) -> str:
@@ -179,6 +195,19 @@ def load_only(backend: Backend, params: Params) -> Workload:
     """``load(limit=history)``."""
     limit = params.history
     return Workload((("load", lambda session_id: backend.load(session_id, limit=limit)),))
+
+
+def windowed_load(backend: Backend, params: Params) -> Workload:
+    """``load(limit=history)``, then the token window the provider middleware makes of it, with a
+    budget that every message fits (the whole history walked: the most a window costs)."""
+    limit = params.history
+    budget = TokenBudget(max_tokens=1 << 40, reply_tokens=0, tally=_ESTIMATE)
+    new = (params.turn[0],)
+
+    async def step(session_id: str) -> list[Message]:
+        return budget.window(await backend.load(session_id, limit=limit), fixed=(), new=new)
+
+    return Workload((("load", step),))
 
 
 def load_all(backend: Backend, params: Params) -> Workload:
