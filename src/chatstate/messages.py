@@ -227,6 +227,7 @@ class Message(_Frozen):
         # Runs for every message built or loaded: the common case (no tool calls) returns early.
         # The str fields are checked for lone surrogates here, not by a validator of their own:
         # one Python call per message instead of one per field.
+        object.__setattr__(self, "_tokens", None)  # no count yet; reading a set slot is cheap
         content = self.content
         if type(content) is str and not content.isascii():
             _encodable(content)
@@ -271,7 +272,7 @@ _MESSAGE_LIST: TypeAdapter[list[Message]] = TypeAdapter(list[Message])
 
 def cached_token_count(message: Message, fingerprint: int) -> int | None:
     """The token count ``message`` carries, if the counter of ``fingerprint`` made it."""
-    tokens: int | None = getattr(message, "_tokens", None)
+    tokens = _tokens_of(message)
     if tokens is None:
         return None
     return tokens & _MAX_COUNT if tokens >> 32 == fingerprint else None
@@ -284,7 +285,11 @@ def cache_token_count(message: Message, fingerprint: int, tokens: int) -> None:
 
 
 def _tokens_of(message: Message) -> int | None:
-    return getattr(message, "_tokens", None)
+    try:
+        tokens: int | None = message._tokens  # type: ignore[attr-defined]  # the slot
+    except AttributeError:  # a copy (model_copy), which validation did not see
+        return None
+    return tokens
 
 
 def as_messages(messages: Iterable[Message]) -> list[Message]:

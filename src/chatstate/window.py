@@ -92,7 +92,10 @@ def _longest_valid(
         index -= 1
         if tally is not None:
             # The count the message carries (see messages.cache_token_count), else counted now.
-            tokens: int | None = getattr(message, "_tokens", None)
+            try:
+                tokens: int | None = message._tokens  # type: ignore[attr-defined]  # its slot
+            except AttributeError:  # a copy that validation did not see
+                tokens = None
             if tokens is not None and tokens >> 32 == fingerprint:
                 total += tokens & 0xFFFF_FFFF
             else:
