@@ -170,22 +170,19 @@ async def test_a_slow_summary_times_out_and_counts_as_failed() -> None:
 async def test_a_token_budget_that_cuts_the_window_schedules_a_summary() -> None:
     done = []
 
-    async def summarize(summary: str | None, messages: Sequence[Message]) -> str:
-        done.append(len(messages))
-        return "earlier: " + ", ".join(message.text for message in messages)
+    class Recording:
+        async def summarize(self, summary: str | None, messages: Sequence[Message]) -> str:
+            done.append(len(messages))
+            return "earlier: " + ", ".join(message.text for message in messages)
 
-    class Summarizer:
-        pass
-
-    summarizer = Summarizer()
-    summarizer.summarize = summarize  # type: ignore[attr-defined]
+    summarizer = Recording()
     store = InMemoryStateStore()
     await store.save("s", [Message(role="user", content="x" * 400) for _ in range(6)])
     config = StateMiddlewareConfig(
         max_messages=100,
         max_tokens=400,
         reply_tokens=50,
-        summary=SummaryConfig(summarizer=summarizer),  # type: ignore[arg-type]
+        summary=SummaryConfig(summarizer=summarizer),
     )
     state = StateMiddleware(store, config)
     pipe = Pipeline(state, ProviderMiddleware(ScriptedProvider()))

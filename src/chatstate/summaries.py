@@ -210,7 +210,8 @@ class Summaries:
         self.failed = 0
         """Summaries that failed or timed out (each logged, and tried again later)."""
         self.skipped = 0
-        """Folds not stored because a turn changed the head of the history meanwhile."""
+        """Folds that stored nothing: nothing was left to fold, or the session changed
+        otherwise than by turns meanwhile (another fold, a save, a delete)."""
 
     @property
     def pending(self) -> int:

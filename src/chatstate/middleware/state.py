@@ -284,5 +284,5 @@ class StateMiddleware:
                 session_id,
                 length,
                 loaded=len(context.history),
-                window=None if window is None or context.history_loader else len(window),
+                window=None if window is None else len(window),
             )

@@ -145,25 +145,17 @@ local n = push()
 """
 
 
-# KEYS[1]: the list; KEYS[2]: the summary; ARGV[1]: first index to read; ARGV[2]: ttl in ms.
-_LOAD_AND_TOUCH = """
+def _load(summary: bool) -> str:
+    # KEYS[1]: the list; KEYS[2]: the summary; ARGV[1]: first index to read; ARGV[2]: ttl in ms
+    # to refresh both to (0: leave them). Returns the entries (and the summary, or nil).
+    found = "{entries, #entries > 0 and redis.call('GET', KEYS[2]) or false}"
+    return f"""
 local entries = redis.call('LRANGE', KEYS[1], ARGV[1], -1)
-if #entries > 0 then
+if #entries > 0 and ARGV[2] ~= '0' then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
   redis.call('PEXPIRE', KEYS[2], ARGV[2])
 end
-return entries
-"""
-# KEYS[1]: the list; KEYS[2]: the summary; ARGV[1]: first index to read; ARGV[2]: ttl in ms to
-# refresh both to (0: leave them).
-_LOAD_WITH_SUMMARY = """
-local entries = redis.call('LRANGE', KEYS[1], ARGV[1], -1)
-if #entries == 0 then return {entries, false} end
-if ARGV[2] ~= '0' then
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  redis.call('PEXPIRE', KEYS[2], ARGV[2])
-end
-return {entries, redis.call('GET', KEYS[2])}
+return {found if summary else "entries"}
 """
 
 
@@ -275,8 +267,8 @@ _LOAD_VERSIONED_SCRIPT = _Script(_LOAD_VERSIONED)
 _INDEX_CONVERSATION_SCRIPT = _Script(_INDEX_CONVERSATION)
 _LIST_CONVERSATIONS_SCRIPT = _Script(_LIST_CONVERSATIONS)
 _DROP_CONVERSATIONS_SCRIPT = _Script(_DROP_CONVERSATIONS)
-_LOAD_AND_TOUCH_SCRIPT = _Script(_LOAD_AND_TOUCH)
-_LOAD_WITH_SUMMARY_SCRIPT = _Script(_LOAD_WITH_SUMMARY)
+_LOAD_AND_TOUCH_SCRIPT = _Script(_load(summary=False))
+_LOAD_WITH_SUMMARY_SCRIPT = _Script(_load(summary=True))
 _COMPACT_SCRIPT = _Script(_compact(versioned=False))
 _COMPACT_VERSIONED_SCRIPT = _Script(_compact(versioned=True))
 _RENEW_SCRIPT = _Script(RENEW)
@@ -507,25 +499,38 @@ class RedisStateStore(StateStore):
         )
 
     async def load(self, session_id: str, *, limit: int | None = None) -> list[Message]:
+        raw, _ = await self._read(session_id, limit, summary=False, touch_ms=self._sliding_ms)
+        return self._decode(raw, session_id)
+
+    async def _read(
+        self, session_id: str, limit: int | None, *, summary: bool, touch_ms: int
+    ) -> tuple[list[bytes], bytes | None]:
+        """The newest ``limit`` entries of a session (and its summary's entry, with
+        ``summary``), in one round trip; the expiry refreshed to ``touch_ms`` if not 0."""
         key = self.key(session_id)
         limit = check_limit(limit)
         if limit == 0:
-            return []
+            return [], None
         start = 0 if limit is None else -limit
         started = clock()
         try:
             if self._cold_cluster:
                 await self._warm_up()
-            if self._sliding_ms:
+            found = None
+            if summary:
+                raw, found = await _LOAD_WITH_SUMMARY_SCRIPT.run(
+                    self._execute, (key, _summary(key)), start, touch_ms, repeatable=True
+                )
+            elif touch_ms:
                 raw = await _LOAD_AND_TOUCH_SCRIPT.run(
-                    self._execute, (key, _summary(key)), start, self._sliding_ms, repeatable=True
+                    self._execute, (key, _summary(key)), start, touch_ms, repeatable=True
                 )
             else:
                 raw = await self._execute("LRANGE", key, start, -1, repeatable=True)
         except _REDIS_ERRORS as exc:
             raise self._translate(exc, session_id, StateLoadError, "loading") from exc
         self._recorder.load_window.append(clock() - started)
-        return self._decode(raw, session_id)
+        return raw, found
 
     def _decode(self, raw: Sequence[bytes], session_id: str) -> list[Message]:
         """A load's entries as messages; corrupt ones skipped (logged, counted) or raised."""
@@ -653,24 +658,7 @@ class RedisStateStore(StateStore):
     ) -> tuple[list[Message], Message | None]:
         """:meth:`load`, and the session's summary, in one round trip (see
         :class:`~chatstate.stores.base.SessionSummaries`)."""
-        key = self.key(session_id)
-        limit = check_limit(limit)
-        if limit == 0:
-            return [], None
-        started = clock()
-        try:
-            if self._cold_cluster:
-                await self._warm_up()
-            raw, summary = await _LOAD_WITH_SUMMARY_SCRIPT.run(
-                self._execute,
-                (key, _summary(key)),
-                0 if limit is None else -limit,
-                self._sliding_ms,
-                repeatable=True,
-            )
-        except _REDIS_ERRORS as exc:
-            raise self._translate(exc, session_id, StateLoadError, "loading") from exc
-        self._recorder.load_window.append(clock() - started)
+        raw, summary = await self._read(session_id, limit, summary=True, touch_ms=self._sliding_ms)
         return self._decode(raw, session_id), self._decode_summary(summary, session_id)
 
     def _decode_summary(self, raw: bytes | None, session_id: str) -> Message | None:
@@ -682,18 +670,8 @@ class RedisStateStore(StateStore):
     async def compact(self, session_id: str, fold: Fold) -> bool:
         """Fold the oldest messages into the session's summary (see
         :class:`~chatstate.stores.base.SessionSummaries`): one round trip to read, and one
-        script that changes the session only if its first messages and its summary are still
-        the ones read."""
-        key = self.key(session_id)
-        keys: tuple[str, ...] = (key, _summary(key))
-        try:
-            if self._cold_cluster:
-                await self._warm_up()
-            raw, summary = await _LOAD_WITH_SUMMARY_SCRIPT.run(
-                self._execute, keys, 0, 0, repeatable=True
-            )
-        except _REDIS_ERRORS as exc:
-            raise self._translate(exc, session_id, StateLoadError, "loading") from exc
+        script that changes the session only if it still holds what was read."""
+        raw, summary = await self._read(session_id, None, summary=True, touch_ms=0)
         if not raw:
             return False
         # A damaged entry raises rather than being skipped: the count the fold returns must
@@ -704,6 +682,8 @@ class RedisStateStore(StateStore):
             return False
         count, new_summary = result
         (entry,) = self._codec.encode([new_summary])
+        key = self.key(session_id)
+        keys: tuple[str, ...] = (key, _summary(key))
         args = [count, summary or b"", entry, *raw]
         script = _COMPACT_SCRIPT
         if self.versioned:
