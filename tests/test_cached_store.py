@@ -9,6 +9,7 @@ import pytest
 from redis.asyncio import Redis
 
 from chatstate import ConfigurationError, InMemoryStateStore, Message, RedisStateStore
+from chatstate.stores.base import SessionSnapshot
 from chatstate.stores.cached import CachedStore
 from chatstate.testing.redis_server import RedisServer
 
@@ -115,3 +116,19 @@ async def test_a_cache_needs_a_store_that_numbers_its_writes(client: Redis) -> N
         await RedisStateStore(client).version("s")
     with pytest.raises(ConfigurationError, match="max_staleness"):
         CachedStore(InMemoryStateStore(), max_staleness=timedelta(seconds=-1))
+
+
+async def test_a_restore_or_a_fold_through_the_cache_drops_its_copy() -> None:
+    clock = FakeClock()
+    cached = CachedStore(InMemoryStateStore(), max_staleness=timedelta(hours=1), clock=clock)
+    await cached.append("s", _turn("one"))
+    assert await cached.load("s") == _turn("one")  # cached, trusted for an hour
+    assert await cached.restore("s", SessionSnapshot(_turn("two")), overwrite=True) is True
+    assert await cached.load("s") == _turn("two")
+
+    async def fold(history: list[Message], summary: Message | None) -> tuple[int, Message]:
+        return 1, Message(role="system", content="summary")
+
+    assert await cached.load("s") == _turn("two")
+    assert await cached.compact("s", fold) is True
+    assert await cached.load("s") == _turn("two")[1:]

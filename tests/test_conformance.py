@@ -12,6 +12,7 @@ from redis.asyncio import Redis, RedisCluster
 
 from chatstate import InMemoryStateStore, InstrumentedStore, RedisStateStore, StateStore
 from chatstate.stores.cached import CachedStore
+from chatstate.stores.sqlite import SQLiteStateStore
 from chatstate.testing import StateStoreConformance
 from chatstate.testing.redis_server import LocalRedisCluster, RedisServer
 
@@ -92,6 +93,23 @@ async def _cached_redis(request: pytest.FixtureRequest) -> AsyncIterator[Backend
     await client.aclose()
 
 
+async def _sqlite(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
+    clock = FakeClock(1_700_000_000.0)  # a wall clock
+
+    async def advance(seconds: float) -> None:
+        clock.advance(seconds)
+
+    path = request.getfixturevalue("tmp_path") / "chat.db"
+    async with SQLiteStateStore(path, clock=clock) as store:
+        yield Backend(store, advance)
+
+
+async def _cached_sqlite(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
+    async for backend in _sqlite(request):
+        async with CachedStore(backend.store, max_staleness=timedelta(0)) as cached:
+            yield Backend(cached, backend.advance_time)
+
+
 async def _instrumented(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
     # The wrapper that measures a third-party store must not change what the store does.
     async for backend in _memory():
@@ -103,6 +121,8 @@ BACKENDS = {
     "instrumented-memory": _instrumented,
     "cached-memory": _cached_memory,
     "cached-redis": _cached_redis,
+    "sqlite": _sqlite,
+    "cached-sqlite": _cached_sqlite,
     "fakeredis": _fakeredis,
     "redis": _redis,
     "redis-cluster": _cluster,

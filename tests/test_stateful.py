@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import tempfile
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 import fakeredis
@@ -18,6 +20,7 @@ from hypothesis.stateful import RuleBasedStateMachine, rule, run_state_machine_a
 from redis.asyncio import Redis, RedisCluster
 
 from chatstate import InMemoryStateStore, Message, RedisStateStore, StateStore
+from chatstate.stores.sqlite import SQLiteStateStore
 
 from .conftest import FakeClock
 from .redis_time import advance_redis_time
@@ -146,9 +149,25 @@ async def _cluster(url: str | None) -> Backend:
     return await _redis_on(client, f"stateful-{next(_numbers)}")
 
 
+async def _sqlite(_: str | None) -> Backend:
+    clock = FakeClock(1_700_000_000.0)
+    folder = tempfile.TemporaryDirectory()
+    store = SQLiteStateStore(Path(folder.name) / "chat.db", clock=clock)
+
+    async def advance(seconds: float) -> None:
+        clock.advance(seconds)
+
+    async def close() -> None:
+        await store.aclose()
+        folder.cleanup()
+
+    return Backend(store, advance, close)
+
+
 KINDS = {
     "memory": (_memory, None, 200),
     "fakeredis": (_fakeredis, None, 60),
+    "sqlite": (_sqlite, None, 60),
     "redis": (_redis, "redis_server", 60),
     "redis-cluster": (_cluster, "redis_cluster", 20),
 }

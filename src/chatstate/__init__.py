@@ -7,15 +7,18 @@ from chatstate.errors import (
     ChatStateError,
     ConfigurationError,
     CorruptEntryError,
+    DecryptionError,
     InvalidInputError,
     InvalidMessageError,
     InvalidSessionIdError,
     LeaseTimeoutError,
     PipelineError,
     ProviderError,
+    SessionExistsError,
     StateLoadError,
     StateSaveError,
     StoreError,
+    UnknownKeyError,
     UnsupportedFormatError,
     WrongTypeError,
 )
@@ -25,7 +28,7 @@ from chatstate.middleware import ProviderMiddleware, StateMiddleware, StateMiddl
 from chatstate.pipeline import CallNext, ExecutionResult, Middleware, Pipeline, RequestContext
 from chatstate.providers import Provider, ScriptedProvider
 from chatstate.retry import RetryPolicy
-from chatstate.stores import CachedStore, InMemoryStateStore, StateStore
+from chatstate.stores import CachedStore, InMemoryStateStore, SQLiteStateStore, StateStore
 from chatstate.summaries import ProviderSummarizer, Summarizer, SummaryConfig
 from chatstate.tokens import TextTokenCounter, TokenCounter
 
@@ -45,6 +48,7 @@ __all__ = [
     "ConfigurationError",
     "ContentPart",
     "CorruptEntryError",
+    "DecryptionError",
     "ExecutionResult",
     "ImagePart",
     "InMemoryStateStore",
@@ -67,7 +71,9 @@ __all__ = [
     "RequestContext",
     "RetryPolicy",
     "Role",
+    "SQLiteStateStore",
     "ScriptedProvider",
+    "SessionExistsError",
     "StateLoadError",
     "StateMetrics",
     "StateMiddleware",
@@ -81,6 +87,7 @@ __all__ = [
     "TextTokenCounter",
     "TokenCounter",
     "ToolCall",
+    "UnknownKeyError",
     "UnsupportedFormatError",
     "WrongTypeError",
     "__version__",

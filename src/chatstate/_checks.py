@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from datetime import timedelta
+from typing import Literal
 
 from chatstate.errors import ConfigurationError, InvalidSessionIdError
 
@@ -99,3 +100,10 @@ def redact_url(url: str) -> str:
     credentials, _, host = rest.rpartition("@")
     user = credentials.partition(":")[0]
     return f"{scheme}://{user + ':***' if user else '***'}@{host}"
+
+
+def check_on_corrupt(value: object) -> Literal["skip", "raise"]:
+    """A store's ``on_corrupt``: ``"skip"`` or ``"raise"``."""
+    if value == "skip" or value == "raise":
+        return value
+    raise ConfigurationError(f"on_corrupt must be 'skip' or 'raise', got {value!r}")

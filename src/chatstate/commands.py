@@ -1,6 +1,6 @@
 """The ``chatstate chat``, ``inspect``, ``sessions`` and ``stats`` commands.
 
-Each takes ``--store URL`` (``memory://``, ``redis://...``, ``rediss://...``; default
+Each takes ``--store URL`` (``memory://``, ``sqlite:///chat.db``, ``redis://...``; default
 ``memory://``, or ``$CHATSTATE_STORE``) and answers a bad URL, an unreachable server or an
 unknown session with one clear line on stderr, not a traceback.
 """
@@ -31,8 +31,9 @@ def add_store_argument(parser: argparse.ArgumentParser) -> None:
         "--store",
         metavar="URL",
         default=os.environ.get("CHATSTATE_STORE", DEFAULT_STORE),
-        help="memory://, redis://host:port/db or rediss://... (default: $CHATSTATE_STORE or "
-        "memory://, which keeps nothing after the command)",
+        help="memory://, sqlite:///chat.db (a file, no server), redis://host:port/db or "
+        "rediss://... (default: $CHATSTATE_STORE or memory://, which keeps nothing after the "
+        "command)",
     )
     parser.add_argument("--prefix", default="chatstate", help="the Redis key prefix")
 
@@ -42,7 +43,7 @@ def _run(args: argparse.Namespace, work: Callable[[StateStore], Awaitable[int]])
 
     async def main() -> int:
         options: dict[str, Any] = {}
-        if not args.store.startswith("memory://"):
+        if args.store.startswith(("redis://", "rediss://", "unix://")):
             options["prefix"] = args.prefix
         async with open_store(args.store, **options) as store:
             return await work(store)

@@ -16,8 +16,11 @@ and chained with ``raise ... from exc``, so callers never have to catch a depend
     │   ├── StateSaveError: messages were not stored (carries them, for a retry)
     │   ├── WrongTypeError: a session's key holds data that chatstate did not write
     │   ├── LeaseTimeoutError: another instance held a session's lease for too long
+    │   ├── SessionExistsError: a session to be created already exists (an import, a fork)
     │   └── CorruptEntryError: a stored entry cannot be decoded
-    │       └── UnsupportedFormatError: an entry written by a newer format version
+    │       ├── UnsupportedFormatError: an entry written by a newer format version
+    │       └── DecryptionError: an encrypted entry was tampered with or needs another key
+    │           └── UnknownKeyError: an encrypted entry names a key that is not given
     ├── ProviderError: the model provider failed or answered with something that is not a reply
     └── PipelineError: the middleware chain is misassembled (for example, nothing produced a reply)
 """
@@ -34,15 +37,18 @@ __all__ = [
     "ChatStateError",
     "ConfigurationError",
     "CorruptEntryError",
+    "DecryptionError",
     "InvalidInputError",
     "InvalidMessageError",
     "InvalidSessionIdError",
     "LeaseTimeoutError",
     "PipelineError",
     "ProviderError",
+    "SessionExistsError",
     "StateLoadError",
     "StateSaveError",
     "StoreError",
+    "UnknownKeyError",
     "UnsupportedFormatError",
     "WrongTypeError",
 ]
@@ -105,6 +111,24 @@ class CorruptEntryError(StoreError):
 
 class UnsupportedFormatError(CorruptEntryError):
     """A stored entry was written in a format this version of chatstate does not know."""
+
+
+class DecryptionError(CorruptEntryError):
+    """An encrypted entry failed authentication: it was changed after it was written, moved from
+    another session, or encrypted with a key other than the one its key id names here."""
+
+
+class UnknownKeyError(DecryptionError):
+    """An encrypted entry names a key id that the store was not given. ``key_id`` names it."""
+
+    def __init__(self, message: str, *, session_id: str | None = None, key_id: str) -> None:
+        super().__init__(message, session_id=session_id)
+        self.key_id = key_id
+
+
+class SessionExistsError(StoreError):
+    """A session that was to be created (by an import or a fork) already exists; nothing was
+    written. Pass ``overwrite=True`` to replace it."""
 
 
 class ProviderError(ChatStateError):

@@ -42,6 +42,7 @@ from pydantic import (
 )
 
 from chatstate import _compression
+from chatstate._checks import check_count
 from chatstate._compression import Compression
 from chatstate.errors import CorruptEntryError, InvalidMessageError, UnsupportedFormatError
 
@@ -487,6 +488,13 @@ _MAX_CACHED_LOAD = 256
 """Loads of more entries than this bypass the codec's cache."""
 
 
+DEFAULT_COMPRESS_OVER = 1024
+"""Entries whose JSON is longer are compressed by default (1 KiB), by the stores that serialise."""
+
+DEFAULT_MAX_MESSAGE_BYTES = 1 << 20
+"""The largest message (its JSON) a serialising store takes by default: 1 MiB."""
+
+
 class EntryCodec:
     """Turns messages into stored entries and back, remembering recent ones.
 
@@ -517,6 +525,28 @@ class EntryCodec:
         self._cache: OrderedDict[bytes, Message] = OrderedDict()
         self._cache_bytes = cache_bytes
         self._held = 0
+
+    @classmethod
+    def for_store(
+        cls,
+        *,
+        compress_over: int | None,
+        compression: Compression,
+        message_cache_bytes: int,
+        max_message_bytes: int | None,
+    ) -> EntryCodec:
+        """The codec of a store, from the store's options (named as the stores name them),
+        checked: ConfigurationError for one out of range."""
+        if compress_over is not None:
+            check_count(compress_over, name="compress_over", minimum=0)
+        return cls(
+            compress_over=compress_over,
+            compression=compression,
+            cache_bytes=check_count(message_cache_bytes, name="message_cache_bytes", minimum=0),
+            max_bytes=None
+            if max_message_bytes is None
+            else check_count(max_message_bytes, name="max_message_bytes"),
+        )
 
     def encode(self, messages: Sequence[Message]) -> list[bytes]:
         """The entries of ``messages``, which are remembered for the loads that follow. A message

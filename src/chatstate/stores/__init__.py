@@ -6,12 +6,15 @@ from chatstate.stores.base import (
     TTL,
     Fold,
     SessionLeases,
+    SessionSnapshot,
     SessionSummaries,
+    SessionTransfer,
     StateStore,
     VersionedStore,
 )
 from chatstate.stores.cached import CachedStore
 from chatstate.stores.memory import InMemoryStateStore
+from chatstate.stores.sqlite import SQLiteStateStore
 
 if TYPE_CHECKING:
     from chatstate.stores.redis import RedisStateStore
@@ -22,8 +25,11 @@ __all__ = [
     "Fold",
     "InMemoryStateStore",
     "RedisStateStore",
+    "SQLiteStateStore",
     "SessionLeases",
+    "SessionSnapshot",
     "SessionSummaries",
+    "SessionTransfer",
     "StateStore",
     "VersionedStore",
 ]

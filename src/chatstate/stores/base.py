@@ -4,14 +4,25 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field
 from datetime import timedelta
 from types import TracebackType
 from typing import Protocol, Self, TypeAlias, runtime_checkable
 
-from chatstate.errors import InvalidInputError
-from chatstate.messages import Message
+from chatstate._checks import check_ttl
+from chatstate.errors import InvalidInputError, InvalidMessageError
+from chatstate.messages import Message, as_messages
 
-__all__ = ["TTL", "Fold", "SessionLeases", "SessionSummaries", "StateStore", "VersionedStore"]
+__all__ = [
+    "TTL",
+    "Fold",
+    "SessionLeases",
+    "SessionSnapshot",
+    "SessionSummaries",
+    "SessionTransfer",
+    "StateStore",
+    "VersionedStore",
+]
 
 TTL: TypeAlias = timedelta | float | None
 """A time to live: a timedelta, a number of seconds, or None for never."""
@@ -150,6 +161,40 @@ class SessionSummaries(Protocol):
         ...
 
 
+@dataclass(frozen=True, slots=True)
+class SessionSnapshot:
+    """A whole session as it stood at one instant: its history, oldest first, its summary (None
+    if it has none) and the seconds it had left to live (None: no expiry)."""
+
+    messages: list[Message] = field(default_factory=list)
+    summary: Message | None = None
+    ttl: float | None = None
+
+
+@runtime_checkable
+class SessionTransfer(Protocol):
+    """A store that can read and write a whole session at once (optional): what exports, imports
+    and forks are made of.
+
+    ``snapshot`` reads the history, the summary and the time left in one atomic read; ``restore``
+    writes them as the whole session in one atomic write, and never replaces a session that
+    exists unless ``overwrite`` is given. Between the two, no lock is held: a fork copies the
+    session as it was when it was read.
+    """
+
+    async def snapshot(self, session_id: str) -> SessionSnapshot | None:
+        """The session as it stands, or None if it does not exist (or has expired)."""
+        ...
+
+    async def restore(
+        self, session_id: str, snapshot: SessionSnapshot, *, overwrite: bool = False
+    ) -> bool:
+        """Write ``snapshot`` as the whole session (its ``ttl`` from now) in one atomic step and
+        return True; or, if the session exists and ``overwrite`` is false, write nothing and
+        return False. A snapshot without messages raises InvalidInputError."""
+        ...
+
+
 async def run_fold(
     fold: Fold, history: list[Message], summary: Message | None
 ) -> tuple[int, Message] | None:
@@ -170,3 +215,18 @@ async def run_fold(
             f"a fold's summary must be a chatstate.Message, got {type(new_summary).__name__}"
         )
     return count, new_summary
+
+
+def check_snapshot(snapshot: object) -> tuple[list[Message], Message | None, float | None]:
+    """A snapshot's messages, summary and TTL in seconds, checked (stores share this)."""
+    if not isinstance(snapshot, SessionSnapshot):
+        raise InvalidInputError(f"expected a SessionSnapshot, got {type(snapshot).__name__}")
+    messages = as_messages(snapshot.messages)
+    if not messages:
+        raise InvalidInputError("a snapshot to restore must hold at least one message")
+    if snapshot.summary is not None and not isinstance(snapshot.summary, Message):
+        raise InvalidMessageError(
+            f"a snapshot's summary must be a chatstate.Message or None, got "
+            f"{type(snapshot.summary).__name__}"
+        )
+    return messages, snapshot.summary, check_ttl(snapshot.ttl)

@@ -147,8 +147,25 @@ class CachedStore(StoreWrapper):
             self._entries.pop(session_id, None)
         return existed
 
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self.store, name)
+        if name not in _OTHER_WRITES:
+            return attribute
+
+        async def write(session_id: str, *args: Any, **options: Any) -> Any:
+            try:
+                return await attribute(session_id, *args, **options)
+            finally:  # the copy may be old now
+                self._entries.pop(session_id, None)
+
+        return write
+
     def _keep(self, session_id: str, entry: _Entry) -> None:
         self._entries[session_id] = entry
         self._entries.move_to_end(session_id)
         while len(self._entries) > self.max_sessions:
             self._entries.popitem(last=False)
+
+
+_OTHER_WRITES = frozenset({"compact", "restore"})
+"""Writes of the optional protocols, lent through from the store: each drops the cached copy."""

@@ -7,7 +7,6 @@ import contextlib
 import heapq
 import secrets
 import time
-import weakref
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Sequence
 
@@ -19,10 +18,18 @@ from chatstate._checks import (
     check_ttl,
 )
 from chatstate._locks import KeyedLock
+from chatstate._periodic import keep_sweeping
 from chatstate.errors import ConfigurationError, LeaseTimeoutError
 from chatstate.messages import Message, as_messages, check_sizes
 from chatstate.metrics import Recorder, StateMetrics, clock
-from chatstate.stores.base import TTL, Fold, StateStore, run_fold
+from chatstate.stores.base import (
+    TTL,
+    Fold,
+    SessionSnapshot,
+    StateStore,
+    check_snapshot,
+    run_fold,
+)
 
 __all__ = ["InMemoryStateStore"]
 
@@ -230,6 +237,32 @@ class InMemoryStateStore(StateStore):
                 return True
         return False  # rewritten meanwhile
 
+    async def snapshot(self, session_id: str) -> SessionSnapshot | None:
+        """The whole session as it stands (see :class:`~chatstate.stores.base.SessionTransfer`);
+        None if there is none."""
+        session = self._live(check_session_id(session_id))
+        if session is None:
+            return None
+        expires_at = session.expires_at
+        ttl = None if expires_at is None else expires_at - self._clock()
+        return SessionSnapshot(session.messages[:], session.summary, ttl)
+
+    async def restore(
+        self, session_id: str, snapshot: SessionSnapshot, *, overwrite: bool = False
+    ) -> bool:
+        """Write a whole session at once; an existing one only with ``overwrite`` (see
+        :class:`~chatstate.stores.base.SessionTransfer`)."""
+        session_id = check_session_id(session_id)
+        messages, summary, seconds = check_snapshot(snapshot)
+        check_sizes(messages if summary is None else [*messages, summary], self._max_message_bytes)
+        if not overwrite and self._live(session_id) is not None:
+            return False
+        session = self._session_for_write(session_id)
+        session.messages, session.summary = messages, summary
+        session.version += 1
+        self._set_expiry(session_id, session, seconds)
+        return True
+
     @contextlib.asynccontextmanager
     async def lease(self, session_id: str, *, ttl: float, timeout: float) -> AsyncIterator[None]:
         """Hold the session's turn lease (see :class:`~chatstate.stores.base.SessionLeases`). In
@@ -390,7 +423,9 @@ class InMemoryStateStore(StateStore):
         if len(heap) > 2 * len(self._sessions) + 1024:
             self._rebuild_heap()
         if not self._closed and self._sweep_interval is not None:
-            self._ensure_sweeper(self._sweep_interval)
+            self._sweeper = keep_sweeping(
+                self._sweeper, self, self._sweep_interval, "chatstate-memory-sweep"
+            )
 
     def _rebuild_heap(self) -> None:
         self._expiry_heap = [
@@ -413,30 +448,6 @@ class InMemoryStateStore(StateStore):
                 self._expire(session_id)
                 removed += 1
         return removed, False
-
-    def _ensure_sweeper(self, interval: float) -> None:
-        task = self._sweeper
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            return
-        # A task of a loop that has since closed never finishes: start one on the current loop.
-        if task is not None and not task.done() and task.get_loop() is loop:
-            return
-        self._sweeper = loop.create_task(
-            _sweep_forever(weakref.ref(self), interval), name="chatstate-memory-sweep"
-        )
-
-
-async def _sweep_forever(store_ref: weakref.ref[InMemoryStateStore], interval: float) -> None:
-    # Holds the store only weakly, so an abandoned store can still be garbage collected.
-    while True:
-        await asyncio.sleep(interval)
-        store = store_ref()
-        if store is None:
-            return
-        await store.sweep()
-        del store
 
 
 _TIME_ONE_IN = 15

@@ -28,6 +28,7 @@ from chatstate._checks import (
     check_count,
     check_limit,
     check_max_messages,
+    check_on_corrupt,
     check_session_id,
     check_ttl,
     redact_url,
@@ -40,12 +41,25 @@ from chatstate.errors import (
     StoreError,
     WrongTypeError,
 )
-from chatstate.messages import EntryCodec, Message, as_messages
+from chatstate.messages import (
+    DEFAULT_COMPRESS_OVER,
+    DEFAULT_MAX_MESSAGE_BYTES,
+    EntryCodec,
+    Message,
+    as_messages,
+)
 from chatstate.metrics import Recorder, StateMetrics, clock
 from chatstate.retry import RetryPolicy
 from chatstate.stores._autopipeline import AutoPipeline
 from chatstate.stores._redis_lease import RELEASE, RENEW, RedisLease
-from chatstate.stores.base import TTL, Fold, StateStore, run_fold
+from chatstate.stores.base import (
+    TTL,
+    Fold,
+    SessionSnapshot,
+    StateStore,
+    check_snapshot,
+    run_fold,
+)
 
 try:
     from redis.asyncio import BlockingConnectionPool, Redis
@@ -78,10 +92,10 @@ _ESCAPES = str.maketrans({"%": "%25", "{": "%7B", "}": "%7D"})
 
 # Lua's unpack() has a stack limit of a few thousand values: push in chunks. ARGV[3..last] are the
 # entries.
-def _push(last: str) -> str:
+def _push(last: str, first: int = 3) -> str:
     return f"""
 local n = 0
-for i = 3, {last}, 1000 do
+for i = {first}, {last}, 1000 do
   n = redis.call('RPUSH', KEYS[1], unpack(ARGV, i, math.min(i + 999, {last})))
 end
 return n
@@ -130,16 +144,24 @@ end
 """
 
 
-def _save(versioned: bool) -> str:
+def _save(versioned: bool, restore: bool = False) -> str:
+    # KEYS as for the append; ARGV[2]: ttl in ms (0: none); ARGV[3..]: entries (none: delete).
+    # To restore: ARGV[1] '1' to overwrite an existing session ('0': return -1 and write nothing),
+    # ARGV[3]: the summary ('': none), ARGV[4..]: entries.
+    first = 4 if restore else 3
+    refuse = "if ARGV[1] == '0' and redis.call('EXISTS', KEYS[1]) == 1 then return -1 end"
+    summary = "if ARGV[3] ~= '' then redis.call('SET', KEYS[2], ARGV[3]) end"
     return f"""
 local kind = redis.call('TYPE', KEYS[1])['ok']
 if kind ~= 'list' and kind ~= 'none' then
   return redis.error_reply('WRONGTYPE the key holds a ' .. kind)
 end
+{refuse if restore else ""}
 redis.call('DEL', unpack(KEYS))
-if #ARGV < {4 if versioned else 3} then return 0 end
-local function push() {_push("#ARGV - 1" if versioned else "#ARGV")} end
+if #ARGV < {first + versioned} then return 0 end
+local function push() {_push("#ARGV - 1" if versioned else "#ARGV", first)} end
 local n = push()
+{summary if restore else ""}
 {_EXPIRE}
 {_BUMP + "return version" if versioned else "return n"}
 """
@@ -188,6 +210,14 @@ for trimmed = 0, read - 1 do
   end
 end
 return 0
+"""
+
+
+# KEYS[1]: the list; KEYS[2]: the summary. The whole session and its time left (ms; -1: none).
+_SNAPSHOT = """
+local entries = redis.call('LRANGE', KEYS[1], 0, -1)
+if #entries == 0 then return false end
+return {entries, redis.call('GET', KEYS[2]) or false, redis.call('PTTL', KEYS[1])}
 """
 
 
@@ -263,6 +293,9 @@ _APPEND_SCRIPT = _Script(_append(versioned=False))
 _SAVE_SCRIPT = _Script(_save(versioned=False))
 _APPEND_VERSIONED_SCRIPT = _Script(_append(versioned=True))
 _SAVE_VERSIONED_SCRIPT = _Script(_save(versioned=True))
+_RESTORE_SCRIPT = _Script(_save(versioned=False, restore=True))
+_RESTORE_VERSIONED_SCRIPT = _Script(_save(versioned=True, restore=True))
+_SNAPSHOT_SCRIPT = _Script(_SNAPSHOT)
 _LOAD_VERSIONED_SCRIPT = _Script(_LOAD_VERSIONED)
 _INDEX_CONVERSATION_SCRIPT = _Script(_INDEX_CONVERSATION)
 _LIST_CONVERSATIONS_SCRIPT = _Script(_LIST_CONVERSATIONS)
@@ -275,9 +308,6 @@ _RENEW_SCRIPT = _Script(RENEW)
 _RELEASE_SCRIPT = _Script(RELEASE)
 
 
-DEFAULT_COMPRESS_OVER = 1024
-"""Entries whose JSON is longer are compressed by default (1 KiB)."""
-
 DEFAULT_RETRY = RetryPolicy()
 """Three tries, backoff from 50 ms (see :class:`~chatstate.RetryPolicy`)."""
 
@@ -288,9 +318,6 @@ replies) before the call fails with a timeout."""
 DEFAULT_CONNECT_TIMEOUT = 2.0
 """Seconds :meth:`RedisStateStore.from_url` gives a new connection: a server that is down fails
 calls this fast (times the tries of the retry policy)."""
-
-DEFAULT_MAX_MESSAGE_BYTES = 1 << 20
-"""The largest message (its JSON) the Redis store takes by default: 1 MiB."""
 
 DEFAULT_MAX_CONNECTIONS = 50
 """The pool size of a standalone client made by :meth:`RedisStateStore.from_url`."""
@@ -385,24 +412,18 @@ class RedisStateStore(StateStore):
             raise ConfigurationError(
                 f"prefix must be a non-empty str without braces, got {prefix!r}"
             )
-        if on_corrupt not in ("skip", "raise"):
-            raise ConfigurationError(f"on_corrupt must be 'skip' or 'raise', got {on_corrupt!r}")
-        if compress_over is not None:
-            check_count(compress_over, name="compress_over", minimum=0)
         self.client = client
         self.prefix = prefix
         self._keys: dict[str, str] = {}
         # A SCAN pattern of every session's history key (the prefix's glob characters escaped).
         self._sessions_pattern = f"{prefix.translate(_GLOB)}:{{*}}:messages"
         self._sliding_ms = _ms(check_ttl(sliding_ttl, name="sliding_ttl"))
-        self._on_corrupt: Literal["skip", "raise"] = on_corrupt
-        self._codec = EntryCodec(
+        self._on_corrupt = check_on_corrupt(on_corrupt)
+        self._codec = EntryCodec.for_store(
             compress_over=compress_over,
             compression=compression,
-            cache_bytes=check_count(message_cache_bytes, name="message_cache_bytes", minimum=0),
-            max_bytes=None
-            if max_message_bytes is None
-            else check_count(max_message_bytes, name="max_message_bytes"),
+            message_cache_bytes=message_cache_bytes,
+            max_message_bytes=max_message_bytes,
         )
         self._owns_client = owns_client
         self._closed = False
@@ -544,27 +565,70 @@ class RedisStateStore(StateStore):
         return messages
 
     async def save(self, session_id: str, messages: Sequence[Message], *, ttl: TTL = None) -> None:
-        key = self.key(session_id)
         new = as_messages(messages)
-        ms = _ms(check_ttl(ttl))
-        entries = self._codec.encode(new)
+        await self._write_whole(session_id, new, check_ttl(ttl), None, None)
+
+    async def _write_whole(
+        self,
+        session_id: str,
+        messages: list[Message],
+        ttl: float | None,
+        summary: Message | None,
+        overwrite: bool | None,
+    ) -> bool:
+        """Replace the whole session in one script: a save (``overwrite`` None), or a restore
+        (with its summary) that, unless ``overwrite``, leaves an existing session alone and
+        returns False."""
+        key = self.key(session_id)
+        entries = self._codec.encode(messages)
+        keys: tuple[str, ...] = (key, _summary(key))
+        if overwrite is None:
+            script, args = _SAVE_SCRIPT, [0, _ms(ttl), *entries]
+        else:
+            packed = self._codec.encode([summary])[0] if summary is not None else b""
+            script, args = _RESTORE_SCRIPT, [int(overwrite), _ms(ttl), packed, *entries]
+        if self.versioned:
+            keys = (*keys, self.key(session_id, "version"))
+            script = _SAVE_VERSIONED_SCRIPT if overwrite is None else _RESTORE_VERSIONED_SCRIPT
+            args.append(_seed())
         started = clock()
         try:
             if self._cold_cluster:
                 await self._warm_up()
-            if self.versioned:
-                keys = (key, _summary(key), self.key(session_id, "version"))
-                await _SAVE_VERSIONED_SCRIPT.run(
-                    self._execute, keys, 0, ms, *entries, _seed(), repeatable=True
-                )
-            else:
-                await _SAVE_SCRIPT.run(
-                    self._execute, (key, _summary(key)), 0, ms, *entries, repeatable=True
-                )
+            done = await script.run(self._execute, keys, *args, repeatable=True)
         except _REDIS_ERRORS as exc:
-            raise self._translate(exc, session_id, StateSaveError, "saving", new) from exc
+            raise self._translate(exc, session_id, StateSaveError, "saving", messages) from exc
         self._recorder.saves += 1
         self._recorder.save_window.append(clock() - started)
+        return bool(done != -1)
+
+    async def snapshot(self, session_id: str) -> SessionSnapshot | None:
+        """The whole session, its summary and its time left, in one atomic script (see
+        :class:`~chatstate.stores.base.SessionTransfer`); None if there is none."""
+        key = self.key(session_id)
+        try:
+            if self._cold_cluster:
+                await self._warm_up()
+            found = await _SNAPSHOT_SCRIPT.run(self._execute, (key, _summary(key)), repeatable=True)
+        except _REDIS_ERRORS as exc:
+            raise self._translate(exc, session_id, StateLoadError, "loading") from exc
+        if not found:
+            return None
+        raw, summary, ttl_ms = found
+        messages, _ = self._codec.decode(raw, on_corrupt="raise", session_id=session_id)
+        return SessionSnapshot(
+            messages,
+            self._decode_summary(summary, session_id),
+            ttl_ms / 1000 if ttl_ms > 0 else None,
+        )
+
+    async def restore(
+        self, session_id: str, snapshot: SessionSnapshot, *, overwrite: bool = False
+    ) -> bool:
+        """Write a whole session in one atomic script; an existing one only with ``overwrite``
+        (see :class:`~chatstate.stores.base.SessionTransfer`)."""
+        messages, summary, ttl = check_snapshot(snapshot)
+        return await self._write_whole(session_id, messages, ttl, summary, bool(overwrite))
 
     async def append(
         self,

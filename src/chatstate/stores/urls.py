@@ -13,18 +13,30 @@ __all__ = ["open_store"]
 
 
 def open_store(url: str, **options: Any) -> StateStore:
-    """The store a URL names: ``memory://`` (this process only), ``redis://`` or ``rediss://``
+    """The store a URL names: ``memory://`` (this process only), ``sqlite:///path`` (a file,
+    relative to the working directory; ``sqlite:////abs/path`` for an absolute one,
+    ``sqlite:///:memory:`` for a private in-memory database), ``redis://`` or ``rediss://``
     (``RedisStateStore.from_url``; ``?cluster=1`` not supported yet). ``options`` go to the
     store. Raises :class:`~chatstate.errors.ConfigurationError` for anything else."""
     if not isinstance(url, str):
         raise ConfigurationError(f"a store URL must be a str, got {type(url).__name__}")
     if url == "memory://" or url.startswith("memory://"):
         return InMemoryStateStore(**options)
+    if url.startswith("sqlite:"):
+        path = url.removeprefix("sqlite:///")
+        if path == url or not path or "?" in path:
+            raise ConfigurationError(
+                f"invalid SQLite URL {url!r}: use sqlite:///relative/path.db, "
+                "sqlite:////absolute/path.db or sqlite:///:memory: (options as arguments)"
+            )
+        from chatstate.stores.sqlite import SQLiteStateStore
+
+        return SQLiteStateStore(path, **options)
     if url.startswith(("redis://", "rediss://", "unix://")):
         from chatstate.stores.redis import RedisStateStore
 
         return RedisStateStore.from_url(url, **options)
     raise ConfigurationError(
-        f"unknown store URL {redact_url(url)!r}: use memory://, redis://host:port/db or "
-        "rediss://host:port/db"
+        f"unknown store URL {redact_url(url)!r}: use memory://, sqlite:///path.db, "
+        "redis://host:port/db or rediss://host:port/db"
     )

@@ -34,7 +34,13 @@ from chatstate.errors import (
     InvalidSessionIdError,
 )
 from chatstate.messages import ImagePart, Message, TextPart, ToolCall
-from chatstate.stores.base import Fold, SessionSummaries, StateStore
+from chatstate.stores.base import (
+    Fold,
+    SessionSnapshot,
+    SessionSummaries,
+    SessionTransfer,
+    StateStore,
+)
 
 __all__ = ["StateStoreConformance", "sample_conversation"]
 
@@ -92,6 +98,12 @@ def _fold_one(text: str) -> Fold:
 def _summaries(store: StateStore) -> SessionSummaries:
     if not isinstance(store, SessionSummaries):
         pytest.skip(f"{type(store).__name__} keeps no summaries (it is not a SessionSummaries)")
+    return store
+
+
+def _transfers(store: StateStore) -> SessionTransfer:
+    if not isinstance(store, SessionTransfer):
+        pytest.skip(f"{type(store).__name__} has no snapshot/restore (not a SessionTransfer)")
     return store
 
 
@@ -523,6 +535,81 @@ class StateStoreConformance:
         assert await summaries.load_with_summary("s") == ([], None)
         await store.append("s", [_user("afresh")])  # no summary comes back with a new session
         assert await summaries.load_with_summary("s") == ([_user("afresh")], None)
+
+    # -- whole sessions (optional: SessionTransfer) ----------------------------------------------
+
+    async def test_a_snapshot_restores_as_a_new_session(
+        self, store: StateStore, advance_time: AdvanceTime
+    ) -> None:
+        transfers = _transfers(store)
+        assert await transfers.snapshot("nobody") is None
+        await store.append("s", _turns(3), ttl=100)
+        await advance_time(40)
+        snapshot = await transfers.snapshot("s")
+        assert snapshot is not None and snapshot.messages == _turns(3)
+        assert snapshot.summary is None
+        assert snapshot.ttl is not None and 55 <= snapshot.ttl <= 60
+        assert await transfers.restore("copy", snapshot) is True
+        assert await store.load("copy") == _turns(3)
+        await store.append("copy", [_user("only in the copy")], ttl=100)
+        assert await store.load("s") == _turns(3)  # the two go on apart
+        await advance_time(60)
+        assert await store.load("s") == []  # its own expiry
+        assert len(await store.load("copy")) == 4
+
+    async def test_a_restore_never_overwrites_unless_asked(self, store: StateStore) -> None:
+        transfers = _transfers(store)
+        await store.append("taken", _turns(2, "old"))
+        new = SessionSnapshot(_turns(3, "new"))
+        assert await transfers.restore("taken", new) is False
+        assert await store.load("taken") == _turns(2, "old")
+        assert await transfers.restore("taken", new, overwrite=True) is True
+        assert await store.load("taken") == _turns(3, "new")
+        await store.append("taken", [_user("after")], max_messages=2)
+        assert await store.load("taken") == [_turns(3, "new")[2], _user("after")]
+
+    async def test_an_expired_session_does_not_block_a_restore(
+        self, store: StateStore, advance_time: AdvanceTime
+    ) -> None:
+        transfers = _transfers(store)
+        await store.append("s", _turns(2, "old"), ttl=10)
+        await advance_time(10)
+        assert await transfers.restore("s", SessionSnapshot(_turns(1, "new"), ttl=30)) is True
+        assert await store.load("s") == _turns(1, "new")
+        await advance_time(30)
+        assert await store.load("s") == []
+
+    async def test_a_summary_travels_with_its_session(self, store: StateStore) -> None:
+        transfers, summaries = _transfers(store), _summaries(store)
+        await store.append("s", _turns(4))
+        assert await summaries.compact("s", _fold_one("earlier")) is True
+        snapshot = await transfers.snapshot("s")
+        assert snapshot == SessionSnapshot(_turns(4)[1:], _summary("earlier"), None)
+        assert await transfers.restore("copy", snapshot) is True
+        assert await summaries.load_with_summary("copy") == (_turns(4)[1:], _summary("earlier"))
+        # Overwritten by a snapshot without one, the old summary goes.
+        assert await transfers.restore("copy", SessionSnapshot([_user("x")]), overwrite=True)
+        assert await summaries.load_with_summary("copy") == ([_user("x")], None)
+
+    @pytest.mark.parametrize(
+        "bad",
+        [
+            SessionSnapshot([]),
+            SessionSnapshot(["not a message"]),  # type: ignore[list-item]
+            SessionSnapshot([_user("x")], ttl=-1),
+            SessionSnapshot([_user("x")], summary="text"),  # type: ignore[arg-type]
+            [_user("x")],
+        ],
+        ids=_short_repr,
+    )
+    async def test_a_bad_snapshot_is_rejected_and_changes_nothing(
+        self, store: StateStore, bad: Any
+    ) -> None:
+        transfers = _transfers(store)
+        await store.append("s", _turns(2))
+        with pytest.raises(InvalidInputError):
+            await transfers.restore("s", bad, overwrite=True)
+        assert await store.load("s") == _turns(2)
 
     async def test_close_is_idempotent(self, store: StateStore) -> None:
         await store.aclose()
