@@ -34,6 +34,7 @@ from chatstate.tokens import TextTokenCounter, TokenCounter
 
 if TYPE_CHECKING:
     from chatstate.providers.openai import OpenAICompatibleProvider
+    from chatstate.stores.encrypted import EncryptedStore
     from chatstate.stores.redis import RedisStateStore
 
 __version__ = "0.1.0"
@@ -49,6 +50,7 @@ __all__ = [
     "ContentPart",
     "CorruptEntryError",
     "DecryptionError",
+    "EncryptedStore",
     "ExecutionResult",
     "ImagePart",
     "InMemoryStateStore",
@@ -100,6 +102,10 @@ def __getattr__(name: str) -> Any:
         from chatstate.stores.redis import RedisStateStore
 
         return RedisStateStore
+    if name == "EncryptedStore":  # needs the `encryption` extra (cryptography)
+        from chatstate.stores.encrypted import EncryptedStore
+
+        return EncryptedStore
     if name == "OpenAICompatibleProvider":  # needs the `openai` extra (httpx)
         from chatstate.providers.openai import OpenAICompatibleProvider
 

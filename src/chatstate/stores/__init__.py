@@ -17,11 +17,13 @@ from chatstate.stores.memory import InMemoryStateStore
 from chatstate.stores.sqlite import SQLiteStateStore
 
 if TYPE_CHECKING:
+    from chatstate.stores.encrypted import EncryptedStore
     from chatstate.stores.redis import RedisStateStore
 
 __all__ = [
     "TTL",
     "CachedStore",
+    "EncryptedStore",
     "Fold",
     "InMemoryStateStore",
     "RedisStateStore",
@@ -36,7 +38,11 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    # Imported on first use: the Redis store needs the `redis` extra.
+    # Imported on first use: the Redis store needs the `redis` extra, encryption `encryption`.
+    if name == "EncryptedStore":
+        from chatstate.stores.encrypted import EncryptedStore
+
+        return EncryptedStore
     if name == "RedisStateStore":
         from chatstate.stores.redis import RedisStateStore
 
