@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import io
+from pathlib import Path
 
 import pytest
 
 from chatstate import Message, RedisStateStore
 from chatstate.cli import main
+from chatstate.stores.sqlite import SQLiteStateStore
 from chatstate.testing.redis_server import RedisServer, find_free_port
 
 
@@ -75,7 +77,9 @@ def test_errors_are_one_clear_line(
         assert message in error and "Traceback" not in error and "pw@" not in error
 
 
-@pytest.mark.parametrize("command", ["chat", "inspect", "sessions", "stats"])
+@pytest.mark.parametrize(
+    "command", ["chat", "inspect", "sessions", "stats", "export", "import", "fork"]
+)
 def test_every_command_has_help(command: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert main([command, "--help"]) == 0
     assert "--store" in capsys.readouterr().out
@@ -94,3 +98,41 @@ def test_a_missing_extra_is_a_clear_line(
     error = capsys.readouterr().err
     assert status == 2, error
     assert "pip install 'chatstate[openai]'" in error and "Traceback" not in error
+
+
+def test_export_import_and_fork_between_sqlite_files(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    first, second = f"sqlite:///{tmp_path / 'a.db'}", f"sqlite:///{tmp_path / 'b.db'}"
+
+    async def fill() -> None:
+        async with SQLiteStateStore(tmp_path / "a.db") as store:
+            await store.append("s1", [Message(role="user", content="Hello")])
+            await store.append("s2", [Message(role="user", content="Bonjour")], ttl=600)
+
+    asyncio.run(fill())
+    export = tmp_path / "export.jsonl"
+    assert main(["export", "--store", first, "-o", str(export)]) == 0
+    assert "exported 2 sessions" in capsys.readouterr().err
+    assert len(export.read_text().splitlines()) == 2
+    assert main(["import", "--store", second, str(export)]) == 0
+    assert "imported 2" in capsys.readouterr().err
+    assert main(["import", "--store", second, str(export)]) == 1
+    assert "'s1' exists already" in capsys.readouterr().err
+    assert main(["import", "--store", second, "--on-conflict", "skip", str(export)]) == 0
+    assert "imported 0, skipped 2" in capsys.readouterr().err
+
+    assert main(["fork", "--store", second, "s2", "s3"]) == 0
+    assert "1 messages" in capsys.readouterr().out
+    assert main(["fork", "--store", second, "s2", "s3"]) == 1
+    assert "exists already" in capsys.readouterr().err
+    assert main(["fork", "--store", second, "nobody", "s4"]) == 1
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["export", "--store", second, "s3"]) == 0
+    assert '"content":"Bonjour"' in capsys.readouterr().out
+
+    export.write_text('{"format": "chatstate.session/1"}\n')
+    assert main(["import", "--store", second, str(export)]) == 2
+    assert "line 1" in capsys.readouterr().err
+    assert main(["import", "--store", second, str(tmp_path / "missing.jsonl")]) == 2
+    assert "cannot read" in capsys.readouterr().err

@@ -15,6 +15,7 @@ from chatstate.errors import (
     PipelineError,
     ProviderError,
     SessionExistsError,
+    SessionNotFoundError,
     StateLoadError,
     StateSaveError,
     StoreError,
@@ -31,6 +32,7 @@ from chatstate.retry import RetryPolicy
 from chatstate.stores import CachedStore, InMemoryStateStore, SQLiteStateStore, StateStore
 from chatstate.summaries import ProviderSummarizer, Summarizer, SummaryConfig
 from chatstate.tokens import TextTokenCounter, TokenCounter
+from chatstate.transfer import ImportReport, export_sessions, fork_session, import_sessions
 
 if TYPE_CHECKING:
     from chatstate.providers.openai import OpenAICompatibleProvider
@@ -53,6 +55,7 @@ __all__ = [
     "EncryptedStore",
     "ExecutionResult",
     "ImagePart",
+    "ImportReport",
     "InMemoryStateStore",
     "InstrumentedStore",
     "InvalidInputError",
@@ -76,6 +79,7 @@ __all__ = [
     "SQLiteStateStore",
     "ScriptedProvider",
     "SessionExistsError",
+    "SessionNotFoundError",
     "StateLoadError",
     "StateMetrics",
     "StateMiddleware",
@@ -93,6 +97,9 @@ __all__ = [
     "UnsupportedFormatError",
     "WrongTypeError",
     "__version__",
+    "export_sessions",
+    "fork_session",
+    "import_sessions",
 ]
 
 

@@ -59,6 +59,27 @@ COMMANDS: tuple[Command, ...] = (
         commands.run_sessions,
     ),
     Command(
+        "export",
+        commands.EXPORT_HELP,
+        commands.EXPORT_HELP,
+        commands.add_export_arguments,
+        commands.run_export,
+    ),
+    Command(
+        "import",
+        commands.IMPORT_HELP,
+        commands.IMPORT_HELP,
+        commands.add_import_arguments,
+        commands.run_import,
+    ),
+    Command(
+        "fork",
+        commands.FORK_HELP,
+        commands.FORK_HELP,
+        commands.add_fork_arguments,
+        commands.run_fork,
+    ),
+    Command(
         "stats",
         commands.STATS_HELP,
         commands.STATS_HELP,

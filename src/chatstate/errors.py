@@ -17,6 +17,7 @@ and chained with ``raise ... from exc``, so callers never have to catch a depend
     │   ├── WrongTypeError: a session's key holds data that chatstate did not write
     │   ├── LeaseTimeoutError: another instance held a session's lease for too long
     │   ├── SessionExistsError: a session to be created already exists (an import, a fork)
+    │   ├── SessionNotFoundError (also LookupError): a session to be read does not exist
     │   └── CorruptEntryError: a stored entry cannot be decoded
     │       ├── UnsupportedFormatError: an entry written by a newer format version
     │       └── DecryptionError: an encrypted entry was tampered with or needs another key
@@ -45,6 +46,7 @@ __all__ = [
     "PipelineError",
     "ProviderError",
     "SessionExistsError",
+    "SessionNotFoundError",
     "StateLoadError",
     "StateSaveError",
     "StoreError",
@@ -124,6 +126,10 @@ class UnknownKeyError(DecryptionError):
     def __init__(self, message: str, *, session_id: str | None = None, key_id: str) -> None:
         super().__init__(message, session_id=session_id)
         self.key_id = key_id
+
+
+class SessionNotFoundError(StoreError, LookupError):
+    """A session that had to exist (the source of a fork) does not, or has expired."""
 
 
 class SessionExistsError(StoreError):

@@ -113,6 +113,15 @@ class Conversations:
         )
         return session_id
 
+    async def session_ids(self, user_id: str) -> list[str]:
+        """The session ids of every live conversation of the user, most recent first, and the
+        per-user session's last: what to export for a user (``export_sessions``)."""
+        user_session = self.user_session(user_id)
+        pairs = await self.store.list_conversations(
+            user_session, now=self._clock(), offset=0, limit=1 << 30
+        )
+        return [*(self.session_id(user_id, cid) for cid, _ in pairs), user_session]
+
     async def list(
         self, user_id: str, *, limit: int = 20, offset: int = 0
     ) -> list[ConversationSummary]:

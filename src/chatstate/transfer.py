@@ -1,0 +1,266 @@
+"""Whole sessions moved as they are: export to JSON Lines, import back, fork into a new id.
+
+Each works on any store that can read and write a whole session at once
+(:class:`~chatstate.stores.base.SessionTransfer`: the in-memory, SQLite and Redis stores, and the
+wrappers around them), so a session is always copied in one atomic read and written in one atomic
+write, with its summary and its expiry, and an existing session is never replaced unless asked.
+
+The export format is one JSON object a line, one line a session::
+
+    {"format": "chatstate.session/1", "session_id": "user-ada", "messages": [...],
+     "summary": null, "expires_at": "2026-11-25T10:00:00+00:00"}
+
+``messages`` holds each message as :class:`~chatstate.Message` serialises it (the same JSON as
+the stores keep: ``{"role": "user", "content": "Hello"}``, defaults left out), oldest first, so a
+line reads as an OpenAI-style conversation too; ``expires_at`` is when the session was due to
+expire (UTC), or null. Through an :class:`~chatstate.stores.encrypted.EncryptedStore` the export
+holds the plain messages: it is meant to be kept as carefully as the keys.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterable, AsyncIterator, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal, TypeAlias
+
+from pydantic import ValidationError
+
+from chatstate._checks import check_session_id, check_ttl
+from chatstate.errors import (
+    ConfigurationError,
+    InvalidInputError,
+    SessionExistsError,
+    SessionNotFoundError,
+)
+from chatstate.messages import Message
+from chatstate.stores.base import TTL, SessionSnapshot, SessionTransfer
+
+__all__ = [
+    "EXPORT_FORMAT",
+    "ImportReport",
+    "export_sessions",
+    "fork_session",
+    "import_sessions",
+]
+
+EXPORT_FORMAT = "chatstate.session/1"
+"""The ``format`` of every exported line; a line of another format is refused."""
+
+Conflict: TypeAlias = Literal["raise", "skip", "overwrite"]
+_CONFLICTS = ("raise", "skip", "overwrite")
+
+
+def _transfers(store: object) -> SessionTransfer:
+    if not isinstance(store, SessionTransfer):
+        raise ConfigurationError(
+            f"{type(store).__name__} cannot read and write whole sessions (it has no snapshot() "
+            "and restore(): see chatstate.stores.SessionTransfer)"
+        )
+    return store
+
+
+async def export_sessions(
+    store: Any, session_ids: Iterable[str] | AsyncIterable[str], *, clock: Any = time.time
+) -> AsyncIterator[str]:
+    """One line of JSON (ending in a newline) for each of ``session_ids`` that exists, each
+    read in one atomic snapshot; ids of sessions that do not exist (or have expired) are passed
+    over. ``session_ids`` may be an async iterable, such as ``store.session_ids()`` (every
+    session) or, for one user's sessions, ``await Conversations(store).session_ids(user_id)``.
+    """
+    transfers = _transfers(store)
+    async for session_id in _each(session_ids):
+        snapshot = await transfers.snapshot(session_id)
+        if snapshot is None:
+            continue
+        expires_at = (
+            None
+            if snapshot.ttl is None
+            else datetime.fromtimestamp(clock() + snapshot.ttl, UTC).isoformat()
+        )
+        line = {
+            "format": EXPORT_FORMAT,
+            "session_id": session_id,
+            "messages": [_dump(message) for message in snapshot.messages],
+            "summary": None if snapshot.summary is None else _dump(snapshot.summary),
+            "expires_at": expires_at,
+        }
+        yield json.dumps(line, ensure_ascii=False, separators=(",", ":")) + "\n"
+
+
+@dataclass(slots=True)
+class ImportReport:
+    """What an import did: the ids of the sessions written, of those left alone because they
+    existed (``on_conflict="skip"``), and of those not written because they had expired."""
+
+    imported: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    expired: list[str] = field(default_factory=list)
+
+
+async def import_sessions(
+    store: Any,
+    lines: Iterable[str | bytes] | AsyncIterable[str | bytes],
+    *,
+    on_conflict: Conflict = "raise",
+    ttl: TTL | Literal["recorded"] = "recorded",
+    clock: Any = time.time,
+) -> ImportReport:
+    """Write the sessions of exported ``lines`` (blank lines are passed over) into ``store``.
+
+    Every line is read and checked before anything is written: a line that is not JSON, not of
+    :data:`EXPORT_FORMAT`, or holds an invalid session id or message raises
+    :class:`~chatstate.errors.InvalidInputError` naming its line number, and nothing is written.
+    Then each session is written in one atomic step, with its summary.
+
+    - ``on_conflict``: a session that exists already ``"raise"``-s
+      :class:`~chatstate.errors.SessionExistsError` (the default: the ids are checked before
+      anything is written, and if one exists then, nothing is; one created meanwhile by
+      someone else stops the import there, the sessions before it written), is ``"skip"``-ped,
+      or is replaced (``"overwrite"``).
+    - ``ttl``: ``"recorded"`` (the default) keeps each session's recorded expiry (sessions
+      already past it are not written, and listed in ``expired``); or a TTL for every session
+      (``None``: none expire).
+    """
+    if on_conflict not in _CONFLICTS:
+        raise ConfigurationError(
+            f"on_conflict must be one of {', '.join(_CONFLICTS)}, got {on_conflict!r}"
+        )
+    override = None if ttl == "recorded" else check_ttl(ttl)
+    transfers = _transfers(store)
+    parsed: dict[str, tuple[SessionSnapshot, float | None]] = {}
+    number = 0
+    async for raw in _each(lines):
+        number += 1
+        text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
+        if not text.strip():
+            continue
+        session_id, snapshot, expires_at = _parse(text, number)
+        if session_id in parsed:
+            raise InvalidInputError(f"line {number}: session {session_id!r} appears twice")
+        parsed[session_id] = snapshot, expires_at
+    report = ImportReport()
+    now = clock()
+    writes: list[tuple[str, SessionSnapshot]] = []
+    for session_id, (snapshot, expires_at) in parsed.items():
+        if ttl != "recorded":
+            writes.append((session_id, _with_ttl(snapshot, override)))
+        elif expires_at is not None and expires_at <= now:
+            report.expired.append(session_id)
+        else:
+            left = None if expires_at is None else expires_at - now
+            writes.append((session_id, _with_ttl(snapshot, left)))
+    if on_conflict == "raise":
+        for session_id, _ in writes:
+            if await store.load(session_id, limit=1):
+                raise SessionExistsError(
+                    f"session {session_id!r} exists already; nothing was imported (pass "
+                    "on_conflict='skip' or 'overwrite')",
+                    session_id=session_id,
+                )
+    for session_id, snapshot in writes:
+        if await transfers.restore(session_id, snapshot, overwrite=on_conflict == "overwrite"):
+            report.imported.append(session_id)
+        elif on_conflict == "skip":
+            report.skipped.append(session_id)
+        else:
+            raise SessionExistsError(
+                f"session {session_id!r} was created while the import ran; the sessions "
+                f"before it were imported: {report.imported!r}",
+                session_id=session_id,
+            )
+    return report
+
+
+async def fork_session(
+    store: Any,
+    source: str,
+    target: str,
+    *,
+    overwrite: bool = False,
+    ttl: TTL | Literal["source"] = "source",
+) -> SessionSnapshot:
+    """Copy the session ``source`` (its history, summary and, by default, its time left) to
+    the new session ``target``: branch a conversation, as PromptKit's fork does. The source is
+    read in one atomic snapshot and the fork written in one atomic write; from then on the two
+    go on apart. Returns what was copied.
+
+    Raises :class:`~chatstate.errors.SessionNotFoundError` if ``source`` does not exist, and
+    :class:`~chatstate.errors.SessionExistsError` if ``target`` exists, unless ``overwrite``
+    (then it is replaced whole). ``ttl``: the fork's TTL (``None``: it never expires), or
+    ``"source"``: the time the source has left.
+    """
+    source, target = check_session_id(source), check_session_id(target)
+    if source == target:
+        raise InvalidInputError(f"a session cannot be forked into itself ({source!r})")
+    override = None if ttl == "source" else check_ttl(ttl)
+    transfers = _transfers(store)
+    snapshot = await transfers.snapshot(source)
+    if snapshot is None:
+        raise SessionNotFoundError(
+            f"session {source!r} does not exist (or has expired): nothing to fork",
+            session_id=source,
+        )
+    if ttl != "source":
+        snapshot = _with_ttl(snapshot, override)
+    if not await transfers.restore(target, snapshot, overwrite=bool(overwrite)):
+        raise SessionExistsError(
+            f"session {target!r} exists already; nothing was written (pass overwrite=True to "
+            "replace it)",
+            session_id=target,
+        )
+    return snapshot
+
+
+def _dump(message: Message) -> Any:
+    return json.loads(message.model_dump_json(exclude_defaults=True))
+
+
+def _with_ttl(snapshot: SessionSnapshot, ttl: float | None) -> SessionSnapshot:
+    return SessionSnapshot(snapshot.messages, snapshot.summary, ttl)
+
+
+def _parse(text: str, number: int) -> tuple[str, SessionSnapshot, float | None]:
+    """A line's session id, snapshot (without TTL) and expiry (Unix time, or None)."""
+    where = f"line {number}"
+    try:
+        line = json.loads(text)
+    except ValueError as exc:
+        raise InvalidInputError(f"{where} is not JSON: {exc}") from None
+    if not isinstance(line, dict) or line.get("format") != EXPORT_FORMAT:
+        found = line.get("format") if isinstance(line, dict) else type(line).__name__
+        raise InvalidInputError(f"{where} is not a {EXPORT_FORMAT} line (format: {found!r})")
+    try:
+        session_id = check_session_id(line.get("session_id"))
+    except InvalidInputError as exc:
+        raise type(exc)(f"{where}: {exc}") from None
+    messages = line.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise InvalidInputError(f"{where}: 'messages' must be a non-empty list")
+    try:
+        history = [Message.model_validate(message) for message in messages]
+        summary = line.get("summary")
+        summary = None if summary is None else Message.model_validate(summary)
+    except ValidationError as exc:
+        raise InvalidInputError(
+            f"{where} holds an invalid message: {exc.errors()[0]['msg']}"
+        ) from None
+    expires_at = line.get("expires_at")
+    try:
+        deadline = None if expires_at is None else datetime.fromisoformat(expires_at).timestamp()
+    except (TypeError, ValueError):
+        raise InvalidInputError(
+            f"{where}: 'expires_at' must be an ISO 8601 time or null, got {expires_at!r}"
+        ) from None
+    return session_id, SessionSnapshot(history, summary), deadline
+
+
+async def _each(items: Iterable[Any] | AsyncIterable[Any]) -> AsyncIterator[Any]:
+    if isinstance(items, AsyncIterable):
+        async for item in items:
+            yield item
+    else:
+        for item in items:
+            yield item
