@@ -16,6 +16,7 @@ import pytest
 from chatstate import Message
 from chatstate.errors import (
     ConfigurationError,
+    CorruptEntryError,
     LeaseTimeoutError,
     StateSaveError,
     StoreError,
@@ -293,3 +294,17 @@ def test_the_chat_command_remembers_across_processes(tmp_path: Path) -> None:
     assert "0 messages so far" in chat("My name is Alice\n")
     out = chat("What's my name?\n")
     assert "2 messages so far" in out and "Alice" in out
+
+
+async def test_a_damaged_entry_is_skipped_by_a_load_and_raised_by_a_snapshot(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "chat.db"
+    async with SQLiteStateStore(path) as store:
+        await store.append("s", _turn(1))
+        with sqlite3.connect(path) as raw:
+            raw.execute("UPDATE chatstate_messages SET entry = X'0100ff' WHERE seq = 0")
+        assert [m.text for m in await store.load("s")] == ["answer 1"]
+        assert store.corrupt_entries == 1
+        with pytest.raises(CorruptEntryError):
+            await store.snapshot("s")  # a copy (an export, a fork) never drops it silently

@@ -290,9 +290,9 @@ class SQLiteStateStore(StateStore):
         if row is None:
             return None
         ttl = None if row[2] is None else max(row[2] - self._clock(), 1e-3)
-        return SessionSnapshot(
-            self._decode(entries, session_id), self._summary(row, session_id), ttl
-        )
+        # A damaged entry raises rather than being skipped: a copy must not lose it silently.
+        messages, _ = self._codec.decode(entries, on_corrupt="raise", session_id=session_id)
+        return SessionSnapshot(messages, self._summary(row, session_id), ttl)
 
     async def restore(
         self, session_id: str, snapshot: SessionSnapshot, *, overwrite: bool = False
