@@ -132,3 +132,11 @@ async def test_a_restore_or_a_fold_through_the_cache_drops_its_copy() -> None:
     assert await cached.load("s") == _turn("two")
     assert await cached.compact("s", fold) is True
     assert await cached.load("s") == _turn("two")[1:]
+
+
+async def test_an_append_versioned_through_the_cache_drops_its_copy() -> None:
+    cached = CachedStore(InMemoryStateStore(), max_staleness=timedelta(hours=1))
+    await cached.save("s", _turn("one"))
+    assert await cached.load("s") == _turn("one")
+    await cached.append_versioned("s", _turn("two"))
+    assert await cached.load("s") == _turn("one") + _turn("two")

@@ -308,3 +308,42 @@ async def test_a_damaged_entry_is_skipped_by_a_load_and_raised_by_a_snapshot(
         assert store.corrupt_entries == 1
         with pytest.raises(CorruptEntryError):
             await store.snapshot("s")  # a copy (an export, a fork) never drops it silently
+
+
+async def test_a_damaged_summary_is_raised_by_a_snapshot(tmp_path: Path) -> None:
+    path = tmp_path / "chat.db"
+    async with SQLiteStateStore(path) as store:
+        await store.append("s", _turn(1) + _turn(2))
+
+        async def fold(history: list[Message], summary: Message | None) -> tuple[int, Message]:
+            return 2, Message(role="system", content="summary")
+
+        assert await store.compact("s", fold)
+        with sqlite3.connect(path) as raw:
+            raw.execute("UPDATE chatstate_sessions SET summary = X'0100ff'")
+        assert (await store.load_with_summary("s"))[1] is None  # skipped, as on_corrupt says
+        with pytest.raises(CorruptEntryError):
+            await store.snapshot("s")
+        assert await store.load_with_summary("s", limit=0) == ([], None)
+
+
+async def test_a_lease_needs_a_ttl_and_a_failed_renewal_is_tried_again(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "chat.db"
+    async with SQLiteStateStore(path, busy_timeout=0.02) as store:
+        with pytest.raises(ConfigurationError, match="ttl"):
+            async with store.lease("s", ttl=None, timeout=1):  # type: ignore[arg-type]
+                pass
+        async with SQLiteStateStore(path) as other:
+            async with store.lease("s", ttl=0.6, timeout=1):
+                blocker = sqlite3.connect(path, isolation_level=None)
+                blocker.execute("BEGIN IMMEDIATE")  # the first renewal (at 0.2 s) fails
+                await asyncio.sleep(0.25)
+                blocker.execute("ROLLBACK")
+                blocker.close()
+                await asyncio.sleep(0.6)  # past the first ttl: renewed since, so still ours
+                with pytest.raises(LeaseTimeoutError):
+                    async with other.lease("s", ttl=1, timeout=0.05):
+                        pass
+    assert "renewing the lease of session 's' failed" in caplog.text

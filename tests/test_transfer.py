@@ -298,3 +298,9 @@ async def test_redis_to_sqlite_and_back(
             assert await sqlite_store.load("s") == _conversation("r")
             snapshot = await sqlite_store.snapshot("s")
             assert snapshot is not None and snapshot.ttl is not None and 290 < snapshot.ttl <= 300
+
+
+async def test_an_import_refuses_a_line_that_is_not_utf8() -> None:
+    store = InMemoryStateStore()
+    with pytest.raises(InvalidInputError, match="line 2 is not UTF-8"):
+        await import_sessions(store, [b"", b'{"format": "\xff"}'])

@@ -110,10 +110,12 @@ async def import_sessions(
 ) -> ImportReport:
     """Write the sessions of exported ``lines`` (blank lines are passed over) into ``store``.
 
-    Every line is read and checked before anything is written: a line that is not JSON, not of
-    :data:`EXPORT_FORMAT`, or holds an invalid session id or message raises
+    Every line is read and checked before anything is written: a line that is not UTF-8 JSON,
+    not of :data:`EXPORT_FORMAT`, or holds an invalid session id or message raises
     :class:`~chatstate.errors.InvalidInputError` naming its line number, and nothing is written.
-    Then each session is written in one atomic step, with its summary.
+    Then each session is written in one atomic step, with its summary. (What only the store
+    knows, such as its ``max_message_bytes``, is checked as each session is written: a session
+    it refuses stops the import there, the sessions before it written.)
 
     - ``on_conflict``: a session that exists already ``"raise"``-s
       :class:`~chatstate.errors.SessionExistsError` (the default: the ids are checked before
@@ -134,7 +136,10 @@ async def import_sessions(
     number = 0
     async for raw in _each(lines):
         number += 1
-        text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
+        try:
+            text = raw.decode() if isinstance(raw, bytes) else raw
+        except UnicodeDecodeError as exc:
+            raise InvalidInputError(f"line {number} is not UTF-8: {exc.reason}") from None
         if not text.strip():
             continue
         session_id, snapshot, expires_at = _parse(text, number)
@@ -154,7 +159,7 @@ async def import_sessions(
             writes.append((session_id, _with_ttl(snapshot, left)))
     if on_conflict == "raise":
         for session_id, _ in writes:
-            if await store.load(session_id, limit=1):
+            if await _exists(store, transfers, session_id):
                 raise SessionExistsError(
                     f"session {session_id!r} exists already; nothing was imported (pass "
                     "on_conflict='skip' or 'overwrite')",
@@ -212,6 +217,15 @@ async def fork_session(
             session_id=target,
         )
     return snapshot
+
+
+async def _exists(store: Any, transfers: SessionTransfer, session_id: str) -> bool:
+    """Whether the session exists: by ``exists()`` where the store has it (reading nothing, and
+    refreshing no sliding expiry), else by a snapshot."""
+    exists = getattr(store, "exists", None)
+    if exists is not None:
+        return bool(await exists(session_id))
+    return await transfers.snapshot(session_id) is not None
 
 
 def _dump(message: Message) -> Any:

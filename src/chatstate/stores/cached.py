@@ -167,5 +167,5 @@ class CachedStore(StoreWrapper):
             self._entries.popitem(last=False)
 
 
-_OTHER_WRITES = frozenset({"compact", "restore"})
-"""Writes of the optional protocols, lent through from the store: each drops the cached copy."""
+_OTHER_WRITES = frozenset({"append_versioned", "compact", "restore"})
+"""Writes lent through from the store as they are: each drops the cached copy."""

@@ -244,7 +244,7 @@ class InMemoryStateStore(StateStore):
         if session is None:
             return None
         expires_at = session.expires_at
-        ttl = None if expires_at is None else expires_at - self._clock()
+        ttl = None if expires_at is None else max(expires_at - self._clock(), 1e-3)
         return SessionSnapshot(session.messages[:], session.summary, ttl)
 
     async def restore(

@@ -615,11 +615,14 @@ class RedisStateStore(StateStore):
         if not found:
             return None
         raw, summary, ttl_ms = found
-        messages, _ = self._codec.decode(raw, on_corrupt="raise", session_id=session_id)
+        # A damaged entry raises: a copy (an export, a fork) must not lose it silently.
+        both = [*raw, summary] if summary else raw
+        decoded, _ = self._codec.decode(both, on_corrupt="raise", session_id=session_id)
+        messages = decoded[: len(raw)]
         return SessionSnapshot(
             messages,
-            self._decode_summary(summary, session_id),
-            ttl_ms / 1000 if ttl_ms > 0 else None,
+            decoded[-1] if summary else None,
+            max(ttl_ms, 1) / 1000 if ttl_ms >= 0 else None,  # -1: no expiry
         )
 
     async def restore(

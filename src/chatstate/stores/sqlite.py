@@ -200,7 +200,8 @@ class SQLiteStateStore(StateStore):
         :class:`~chatstate.stores.base.SessionSummaries`), in one transaction."""
         row, entries = await self._read(session_id, limit)
         self._recorder.loads += 1
-        return self._decode(entries, session_id), self._summary(row, session_id)
+        messages = self._decode(entries, session_id)
+        return messages, self._summary(row, session_id) if messages else None
 
     async def save(self, session_id: str, messages: Sequence[Message], *, ttl: TTL = None) -> None:
         session_id = check_session_id(session_id)
@@ -292,7 +293,7 @@ class SQLiteStateStore(StateStore):
         ttl = None if row[2] is None else max(row[2] - self._clock(), 1e-3)
         # A damaged entry raises rather than being skipped: a copy must not lose it silently.
         messages, _ = self._codec.decode(entries, on_corrupt="raise", session_id=session_id)
-        return SessionSnapshot(messages, self._summary(row, session_id), ttl)
+        return SessionSnapshot(messages, self._summary(row, session_id, strict=True), ttl)
 
     async def restore(
         self, session_id: str, snapshot: SessionSnapshot, *, overwrite: bool = False
@@ -318,9 +319,14 @@ class SQLiteStateStore(StateStore):
     async def lease(self, session_id: str, *, ttl: float, timeout: float) -> AsyncIterator[None]:
         """Hold the session's turn lease across every process using this file (see
         :class:`~chatstate.stores.base.SessionLeases`): a row with a random token and an expiry,
-        renewed every third of ``ttl`` while held, deleted on exit."""
+        renewed every third of ``ttl`` while held (a failed renewal is logged and tried again),
+        deleted on exit."""
         session_id = check_session_id(session_id)
-        seconds = check_ttl(ttl, name="ttl") or 0.0
+        seconds = check_ttl(ttl, name="ttl")
+        if seconds is None:
+            raise ConfigurationError(
+                "a lease needs a ttl: seconds, after which a dead holder's ends"
+            )
         token = secrets.token_hex(16)
         deadline = time.monotonic() + max(0.0, timeout)
         pause = 0.002
@@ -339,18 +345,27 @@ class SQLiteStateStore(StateStore):
         async def renew() -> None:
             while True:
                 await asyncio.sleep(seconds / 3)
-                await self._write(self._renew_lease_tx, session_id, token, seconds, action="lease")
+                try:
+                    await self._write(
+                        self._renew_lease_tx, session_id, token, seconds, action="lease"
+                    )
+                except StoreError:
+                    logger.warning("renewing the lease of session %r failed", session_id)
 
         renewer = asyncio.create_task(renew(), name="chatstate-sqlite-lease")
         try:
             yield
         finally:
             renewer.cancel()
-            with contextlib.suppress(asyncio.CancelledError, StoreError):
-                await renewer
-            await asyncio.shield(
-                self._write(self._release_lease_tx, session_id, token, action="lease")
-            )
+            await asyncio.wait([renewer])  # never swallows a cancellation of the caller's own
+            try:
+                await asyncio.shield(
+                    self._write(self._release_lease_tx, session_id, token, action="lease")
+                )
+            except StoreError:
+                logger.warning(
+                    "releasing the lease of session %r failed; it ends in %g s", session_id, seconds
+                )
 
     async def session_ids(self) -> AsyncIterator[str]:
         """The ids of the live sessions, in id order, read a chunk at a time."""
@@ -843,13 +858,15 @@ class SQLiteStateStore(StateStore):
             logger.warning("skipped %d corrupt entries of session %r", skipped, session_id)
         return messages
 
-    def _summary(self, row: _Row | None, session_id: str) -> Message | None:
+    def _summary(
+        self, row: _Row | None, session_id: str, *, strict: bool = False
+    ) -> Message | None:
         if row is None or row[5] is None:
             return None
         try:
             return decode_entry(row[5])
         except StoreError as exc:
-            if self._on_corrupt == "raise":
+            if strict or self._on_corrupt == "raise":
                 exc.session_id = session_id
                 raise
             self.corrupt_entries += 1
