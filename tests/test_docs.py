@@ -35,6 +35,14 @@ def test_the_main_example_remembers_and_bounds_history() -> None:
     assert "Stored history of user-123 (6 messages)" in output
 
 
+def test_the_private_assistant_remembers_across_a_restart_and_stores_no_plaintext() -> None:
+    output = _run("examples/private_assistant.py")
+    assert output.count("assistant: Your name is Ada.") == 1
+    assert "the file holds the name in plain text: False" in output
+    assert "assistant (branch): Your name is Ada." in output
+    assert 'export: {"format":"chatstate.session/1","session_id":"ada"' in output
+
+
 @pytest.mark.parametrize("example", EXAMPLES, ids=lambda path: path.name)
 def test_every_example_runs(example: Path) -> None:
     _run(str(example))
