@@ -6,16 +6,22 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
 
+from chatstate.bench import encryption, memory
 from chatstate.bench.measure import percentile
+from chatstate.bench.options import BenchOptions
 from chatstate.bench.results import Target
+from chatstate.bench.runner import run_suite
+from chatstate.bench.sqlite import HandWrittenSQLiteFloor
 from chatstate.bench.workload import conversation, english_text
 from chatstate.cli import main
+from chatstate.stores.sqlite import SQLiteStateStore
 from chatstate.testing import RedisServer
 from chatstate.testing.redis_server import find_free_port
 
@@ -31,6 +37,31 @@ def _rows(report: dict[str, Any]) -> list[dict[str, Any]]:
         assert row["ratio"] == row["ours"] / row["floor"], row
         assert (row["ok"] is None) == (row["target"] is None), row
     return rows
+
+
+def _sqlite_rows(rows: list[dict[str, Any]], beside: set[str]) -> list[dict[str, Any]]:
+    """The SQLite rows, after checking their shape: each scenario at 1 and 100 sessions, ours with
+    throughput, p50 and p99 (a turn: p50 of both steps), the stores ``beside`` it with two."""
+    found = [row for row in rows if row["group"] == "sqlite"]
+    assert {(row["key"], row["sessions"]) for row in found} == {
+        (key, sessions) for key in ("load", "append", "turn") for sessions in (1, 100)
+    }
+    assert {row["variant"] for row in found} == {"", *beside}
+    for key, metrics in (
+        ("load", {"throughput", "load p50", "load p99"}),
+        ("append", {"throughput", "append p50", "append p99"}),
+        ("turn", {"throughput", "load p50", "append p50"}),
+    ):
+        for sessions in (1, 100):
+            ours = [r for r in found if r["key"] == key and r["sessions"] == sessions]
+            assert {r["metric"] for r in ours if not r["variant"]} == metrics
+            for variant in beside:
+                assert len([r for r in ours if r["variant"] == variant]) == 2
+    units = {"load": "loads/s", "append": "appends/s", "turn": "turns/s"}
+    for row in found:
+        assert row["unit"] == (units[row["key"]] if row["metric"] == "throughput" else "µs")
+        assert row["round_trips_per_op"] is None and row["target"] is None
+    return found
 
 
 def _assert_png(path: Path) -> None:
@@ -56,7 +87,13 @@ def test_a_quick_run_against_redis_measures_both_sides(
 
     report = json.loads(out.read_text())
     rows = _rows(report)
-    assert {row["group"] for row in rows} == {"in-memory", "redis"}
+    assert {row["group"] for row in rows} == {"in-memory", "sqlite", "redis"}
+    # SQLite beside its hand-written floor, with the in-memory and Redis stores in the same rounds.
+    _sqlite_rows(rows, {"in-memory store", "Redis store"})
+    assert any(
+        note.startswith("sqlite, 100 sessions:") and "Redis store" in note
+        for note in report["notes"]
+    )
     turn = [row for row in rows if row["group"] == "redis" and row["key"] == "turn"]
     assert {row["sessions"] for row in turn} == {1, 100, 1000}
     assert {row["metric"] for row in turn} == {"throughput", "load p50", "load p99"}
@@ -86,6 +123,18 @@ def test_a_quick_run_against_redis_measures_both_sides(
     for row in windows.values():
         trips = row["round_trips_per_op"]
         assert trips["ours"] == pytest.approx(trips["floor"], rel=0.5) and trips["ours"] > 0
+    # Encryption's cost per load: beside the same Redis store unencrypted, with and without the
+    # message cache; the same round trips on both sides.
+    encrypted = [row for row in rows if row["group"] == "redis" and row["key"] == "encrypted_load"]
+    assert {(row["variant"], row["metric"]) for row in encrypted} == {
+        (variant, metric)
+        for variant in ("", "message_cache_bytes=0")
+        for metric in ("throughput", "load p50")
+    }
+    for row in encrypted:
+        assert row["sessions"] == 100
+        trips = row["round_trips_per_op"]
+        assert trips["ours"] == pytest.approx(trips["floor"], rel=0.5) and trips["ours"] > 0
     stored = [row for row in rows if row["key"] == "stored_bytes"]
     assert {row["variant"] for row in stored} == {"", "compress_over=None", "compression='zstd'"}
     large = [row for row in rows if row["group"] == "redis" and row["key"] == "large_messages"]
@@ -105,18 +154,34 @@ def test_a_quick_run_against_redis_measures_both_sides(
         client.close()
 
 
-def test_a_quick_run_without_redis_measures_the_in_memory_store(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+def test_a_quick_run_without_redis_measures_the_in_memory_and_sqlite_stores(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temporary))
     out, plot = tmp_path / "bench.json", tmp_path / "bench.png"
     status = main(["bench", "--quick", "--no-progress", "--json", str(out), "--plot", str(plot)])
     printed = capsys.readouterr().out
     assert status == 0, printed
-    assert "In-memory store" in printed and "Redis store" not in printed
+    assert "In-memory store" in printed and "SQLite store" in printed
+    assert "Redis store" not in printed
+    assert list(temporary.iterdir()) == []  # the SQLite files are gone
     report = json.loads(out.read_text())
     rows = _rows(report)
-    assert {row["group"] for row in rows} == {"in-memory"}
-    assert {row["key"] for row in rows} == {
+    assert {row["group"] for row in rows} == {"in-memory", "sqlite"}
+    _sqlite_rows(rows, {"in-memory store"})
+    assert report["environment"]["sqlite"]
+    notes = [note for note in report["notes"] if note.startswith("sqlite, ")]
+    assert [note.split(":")[0] for note in notes] == ["sqlite, 1 session", "sqlite, 100 sessions"]
+    assert all("by hand" in note and "in-memory store" in note for note in notes)
+    # Encryption's cost per load, beside the plain in-memory store's load.
+    encrypted = {row["variant"]: row for row in rows if row["key"] == "encrypted_load"}
+    assert set(encrypted) == {"", "message_cache_bytes=0"}
+    for row in encrypted.values():
+        assert row["group"] == "in-memory" and row["unit"] == "µs"
+    assert encryption.MISSING_NOTE not in report["notes"]
+    assert {row["key"] for row in rows if row["group"] == "in-memory"} == {
         "turn",
         "load",
         "append",
@@ -127,11 +192,49 @@ def test_a_quick_run_without_redis_measures_the_in_memory_store(
         "window_20",
         "window_200",
         "window_2000",
+        "encrypted_load",
         "heap",
     }
     assert report["environment"]["redis_server"] is None
     assert any("in-memory" in note and "plot" in note for note in report["notes"])
     _assert_png(plot)
+
+
+async def test_without_cryptography_the_encrypted_rows_are_skipped_with_a_note(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(sys.modules, "cryptography", None)  # makes `import cryptography` fail
+    assert not encryption.available()
+    options = BenchOptions.create(quick=True, sessions=(1,), turns=1)
+    assert "encrypted_load" not in {item.key for item in memory.plan(options)}
+    report = await run_suite(options)
+    assert "encrypted_load" not in {row.key for row in report.rows}
+    assert {row.group for row in report.rows} == {"in-memory", "sqlite"}
+    assert report.notes.count(encryption.MISSING_NOTE) == 1
+    assert (
+        "\n" not in encryption.MISSING_NOTE and "chatstate[encryption]" in encryption.MISSING_NOTE
+    )
+
+
+async def test_the_sqlite_floor_keeps_what_the_store_keeps(tmp_path: Path) -> None:
+    """The floor does the store's work by hand: the same histories after the same appends."""
+    floor = HandWrittenSQLiteFloor(str(tmp_path / "floor.db"))
+    await floor.open()
+    try:
+        async with SQLiteStateStore(tmp_path / "ours.db") as store:
+            history = conversation(9, 50)
+            for start in range(0, 9, 2):
+                turn = history[start : start + 2]
+                lengths = [
+                    await side.append("s", turn, max_messages=5, ttl=60) for side in (store, floor)
+                ]
+                assert lengths[0] == lengths[1] == min(start + len(turn), 5)
+            for limit in (None, 3, 20):
+                assert await floor.load("s", limit=limit) == await store.load("s", limit=limit)
+            assert await floor.load("s") == history[-5:]
+            assert await floor.load("none", limit=20) == []
+    finally:
+        await floor.aclose()
 
 
 @pytest.mark.parametrize(

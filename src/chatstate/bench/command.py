@@ -12,12 +12,16 @@ from pathlib import Path
 from chatstate._checks import redact_url
 from chatstate.bench.options import BenchError, BenchOptions
 
-HELP = "measure chatstate beside its floors (in-memory; Redis with --redis or --redis-server)"
+HELP = (
+    "measure chatstate beside its floors (in-memory, SQLite; Redis with --redis or --redis-server)"
+)
 
 DESCRIPTION = """\
 Measure chatstate side by side with its floor, in the same run, in alternating rounds: the
-in-memory store beside a plain dict of lists and, with --redis or --redis-server, the Redis store
-beside the same commands written by hand with redis.asyncio on the same connection pool. Prints
+in-memory store beside a plain dict of lists, the SQLite store (on files in a temporary directory)
+beside the same SQL written by hand with sqlite3 and, with --redis or --redis-server, the Redis
+store beside the same commands written by hand with redis.asyncio on the same connection pool;
+and what encryption (EncryptedStore) adds to a load, where cryptography is installed. Prints
 a table of ours, floor, ratio (ours / floor) and the targets of DESIGN.md section 4. Exit status:
 0 when the suite ran (a missed target is a finding, not a failure), 1 when it could not run, 2 for
 bad options or a missing extra.

@@ -23,6 +23,7 @@ from chatstate.bench.results import Report, Row
 
 _TITLES = {
     "in-memory": "In-memory store beside a dict of lists (same process; medians over rounds)",
+    "sqlite": "SQLite store beside the same SQL by hand with sqlite3 (same thread hop, own file)",
     "redis": "Redis store beside hand-written redis.asyncio calls (same server, same pool)",
 }
 

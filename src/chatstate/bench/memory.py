@@ -6,7 +6,7 @@ import tracemalloc
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict
 
-from chatstate.bench import scenarios
+from chatstate.bench import encryption, scenarios
 from chatstate.bench.measure import Progress, compare_batches
 from chatstate.bench.options import BenchOptions
 from chatstate.bench.results import (
@@ -64,15 +64,26 @@ def plan(options: BenchOptions) -> list[PlanItem]:
             run=lambda progress: run_scenario(scenario, options, progress),
         )
 
-    return [
-        *(item(scenario) for scenario in SCENARIOS),
+    items = [item(scenario) for scenario in SCENARIOS]
+    if encryption.available():  # else the runner notes why these rows are missing
+        encrypted = scenarios.ENCRYPTED_LOAD
+        items.append(
+            PlanItem(
+                group="in-memory",
+                key=encrypted.key,
+                name=f"in-memory: {encrypted.describe(options)}",
+                run=lambda progress: encryption.in_memory_load(options, progress),
+            )
+        )
+    items.append(
         PlanItem(
             group="in-memory",
             key="heap",
             name="in-memory: heap bytes per session",
             run=lambda _: heap_per_session(options),
-        ),
-    ]
+        )
+    )
+    return items
 
 
 async def run_scenario(scenario: Scenario, options: BenchOptions, progress: Progress) -> Measured:

@@ -26,7 +26,9 @@ def write_plot(report: Report, path: Path) -> str:
         figure = _redis_figure(turn_rows)
         shown = "Redis turn throughput and load latency against concurrent sessions"
     else:
-        figure = _memory_figure([row for row in report.rows if row.unit == "µs"])
+        figure = _memory_figure(
+            [row for row in report.rows if row.group == "in-memory" and row.unit == "µs"]
+        )
         shown = "in-memory time per turn by scenario (no Redis in this run)"
     figure.suptitle(f"chatstate bench, {report.environment.get('date', '')}")
     FigureCanvasAgg(figure)  # draws with Agg whatever backend matplotlib is configured with

@@ -21,7 +21,7 @@ from redis.asyncio.connection import Connection
 from redis.exceptions import RedisError
 
 from chatstate._checks import redact_url
-from chatstate.bench import scenarios
+from chatstate.bench import encryption, scenarios
 from chatstate.bench import workload as w
 from chatstate.bench.measure import ConcurrentFigures, Progress, compare_concurrent
 from chatstate.bench.options import BenchError, BenchOptions
@@ -113,6 +113,8 @@ class RedisBench:
     uncompressed: RedisStateStore
     zstd: RedisStateStore
     cached: CachedStore
+    encrypted: RedisStateStore
+    """What an EncryptedStore wraps in the encrypted_load scenario."""
     server_version: str
 
     @classmethod
@@ -147,6 +149,7 @@ class RedisBench:
                 uncompressed=store("json", compress_over=None),
                 zstd=store("zstd", compression="zstd"),
                 cached=CachedStore(store("cached", versioned=True)),
+                encrypted=store("encrypted"),
                 server_version=str(info.get("redis_version", "unknown")),
             )
         finally:
@@ -188,6 +191,15 @@ def plan(bench: RedisBench, options: BenchOptions) -> list[PlanItem]:
             run=lambda progress: run_scenario(bench, scenario, sessions, options, progress),
         )
 
+    def encrypted_item(sessions: int) -> PlanItem:
+        scenario = scenarios.ENCRYPTED_LOAD
+        return PlanItem(
+            group="redis",
+            key=f"{scenario.key}@{sessions}",
+            name=f"redis: {scenario.describe(options)}, {sessions:,} sessions",
+            run=lambda progress: encrypted_load(bench, sessions, options, progress),
+        )
+
     return [
         *(item(scenarios.TURN, sessions) for sessions in options.sessions),
         *(item(scenario, options.secondary_sessions) for scenario in scenarios.SECONDARY),
@@ -196,6 +208,11 @@ def plan(bench: RedisBench, options: BenchOptions) -> list[PlanItem]:
         *(
             item(scenario, scenario.sessions(options.secondary_sessions))
             for scenario in scenarios.WINDOWS
+        ),
+        *(  # else the runner notes why these rows are missing
+            [encrypted_item(scenarios.ENCRYPTED_LOAD.sessions(options.secondary_sessions))]
+            if encryption.available()
+            else []
         ),
         PlanItem(
             group="redis",
@@ -248,6 +265,33 @@ async def run_scenario(
     return Measured(rows, details)
 
 
+async def encrypted_load(
+    bench: RedisBench, sessions: int, options: BenchOptions, progress: Progress
+) -> Measured:
+    """``EncryptedStore(RedisStateStore)`` loads beside the plain store's, all sessions at once:
+    with the default message cache (ours) and with none, beside the same store unencrypted."""
+    scenario = scenarios.ENCRYPTED_LOAD
+    params = scenario.params(options, fresh=True)
+    ids = [f"{scenario.key}{sessions}-{index}" for index in range(sessions)]
+    encrypted, sides = encryption.encrypted_sides(bench.ours, bench.encrypted, params)
+    progress.detail("seeding")
+    await scenarios.seed((bench.ours, encrypted), ids, scenario.seed_count(options), params)
+    figures = await compare_concurrent(
+        sides,
+        ids,
+        turns=options.turns,
+        rounds=options.repeats,
+        round_trips=_round_trips,
+        progress=progress,
+    )
+    details = {
+        "sessions": sessions,
+        "turns_per_session": options.turns,
+        "sides": {side: asdict(value) for side, value in figures.items()},
+    }
+    return Measured(_rows(scenario, sessions, options, figures), details)
+
+
 def _variants(bench: RedisBench, scenario: Scenario) -> dict[str, StateStore]:
     """The same store set otherwise, measured beside it: what one feature buys."""
     if scenario is scenarios.TURN:
@@ -275,7 +319,8 @@ def _metrics(scenario: Scenario, sessions: int) -> list[_Metric]:
     if scenario.unit == "ops/s":
         return [("throughput", scenario.unit, attrgetter("ops_per_s"), None)]
     load_p50: _Metric = ("load p50", "ms", lambda figures: figures.latency_ms["load"]["p50"], None)
-    if scenario is scenarios.LARGE_MESSAGES:  # what compression costs, or saves, on a load
+    if scenario is scenarios.LARGE_MESSAGES or scenario is scenarios.ENCRYPTED_LOAD:
+        # What compression, or encryption, costs (or saves) a load
         return [("throughput", scenario.unit, attrgetter("turns_per_s"), None), load_p50]
     if scenario is not scenarios.TURN:
         return [("throughput", scenario.unit, attrgetter("turns_per_s"), None)]

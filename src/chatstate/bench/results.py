@@ -7,9 +7,12 @@ import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeAlias
 
 from chatstate.bench.measure import Progress
+
+Group: TypeAlias = Literal["in-memory", "sqlite", "redis"]
+"""Which suite a row or a scenario belongs to: one table each."""
 
 FORMAT_VERSION = 1
 """Bumped when the JSON layout changes incompatibly."""
@@ -74,7 +77,7 @@ def compressed_bytes_target(payload: int) -> Target:
 class Row:
     """One comparison: a figure of ours beside the same figure of its floor, from the same run."""
 
-    group: Literal["in-memory", "redis"]
+    group: Group
     key: str
     """The scenario's name in the report (``"turn"``, ``"load"``, ...)."""
     scenario: str
@@ -173,7 +176,7 @@ class Report:
 class PlanItem:
     """One scenario of a suite, not yet run."""
 
-    group: Literal["in-memory", "redis"]
+    group: Group
     key: str
     """The scenario's name in the report's details."""
     name: str

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
+import sqlite3
 import sys
 from datetime import UTC, datetime
 from typing import Any
@@ -12,7 +13,7 @@ from typing import Any
 import pydantic
 
 import chatstate
-from chatstate.bench import memory, scenarios
+from chatstate.bench import encryption, memory, scenarios, sqlite
 from chatstate.bench.measure import NoProgress, Progress
 from chatstate.bench.options import BenchError, BenchOptions
 from chatstate.bench.results import Report, Row
@@ -29,6 +30,7 @@ def environment() -> dict[str, Any]:
         "cpus": os.cpu_count(),
         "chatstate": chatstate.__version__,
         "pydantic": pydantic.VERSION,
+        "sqlite": sqlite3.sqlite_version,
         "redis_server": None,
     }
 
@@ -36,21 +38,33 @@ def environment() -> dict[str, Any]:
 async def run_suite(
     options: BenchOptions, *, redis_url: str | None = None, progress: Progress | None = None
 ) -> Report:
-    """Run every in-memory scenario and, with ``redis_url``, every Redis scenario against that
-    server (raises :class:`~chatstate.bench.options.BenchError` when it cannot be reached)."""
+    """Run every in-memory and SQLite scenario and, with ``redis_url``, every Redis scenario
+    against that server (raises :class:`~chatstate.bench.options.BenchError` when it cannot be
+    reached). The SQLite scenarios run on files in a temporary directory, removed at the end."""
     progress = progress if progress is not None else NoProgress()
     report = Report(environment=environment(), options=options.to_json())
-    failures: tuple[type[Exception], ...] = (ChatStateError, OSError)
+    failures: tuple[type[Exception], ...] = (ChatStateError, OSError, *sqlite.FAILURES)
     async with contextlib.AsyncExitStack() as stack:
-        items = memory.plan(options)
+        redis_items = []
+        redis_store = None
         if redis_url is not None:
             from chatstate.bench import redis  # needs redis-py: imported only when asked for
 
             # Connect first: an unreachable server fails the run before minutes of measuring.
             bench = await stack.enter_async_context(redis.RedisBench.open(redis_url, options))
             report.environment.update(bench.environment())
-            items += redis.plan(bench, options)
+            redis_items = redis.plan(bench, options)
+            redis_store = bench.ours
             failures += redis.FAILURES
+        try:
+            files = await stack.enter_async_context(sqlite.SQLiteBench.open())
+        except failures as exc:
+            raise BenchError(f"cannot create the SQLite files of the run: {exc}") from exc
+        items = [
+            *memory.plan(options),
+            *sqlite.plan(files, options, redis=redis_store),
+            *redis_items,
+        ]
         progress.begin(len(items))
         for item in items:
             progress.scenario(item.name)
@@ -60,6 +74,9 @@ async def run_suite(
                 raise BenchError(f"{item.name} failed: {type(exc).__name__}: {exc}") from exc
             report.add(item.group, item.key, measured)
     report.notes.extend(_bounding_notes(report.rows, options))
+    report.notes.extend(sqlite.latency_notes(report.rows, options))
+    if not encryption.available():
+        report.notes.append(encryption.MISSING_NOTE)
     return report
 
 

@@ -123,6 +123,23 @@ CACHED_LOAD = Scenario(
 """Redis only: loads through a CachedStore that holds the sessions, beside plain Redis loads and
 the in-memory store."""
 
+ENCRYPTED_LOAD = Scenario(
+    "encrypted_load",
+    "encrypted load(limit={history}) of {seed}, vs the plain load",
+    w.load_only,
+    w.load_only,
+    "loads/s",
+    max_sessions=100,
+)
+"""What encryption adds to a load: an EncryptedStore around a store, beside the same kind of store
+unencrypted; at most 100 sessions, whose messages the default message cache holds (a cache that
+cycles through more sessions than it holds would miss on every load)."""
+
+SQLITE: Sequence[Scenario] = (LOAD, APPEND, TURN)
+"""What the SQLite suite measures, at :data:`SQLITE_SESSIONS` concurrent sessions."""
+
+SQLITE_SESSIONS: Sequence[int] = (1, 100)
+
 WINDOWS: Sequence[Scenario] = tuple(
     Scenario(
         f"window_{count}",
