@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from operator import attrgetter
 from typing import Any, ClassVar
@@ -32,8 +32,10 @@ from chatstate.bench.results import (
     Measured,
     PlanItem,
     Row,
+    SideMetric,
     Target,
     compressed_bytes_target,
+    side_rows,
     stored_bytes_target,
 )
 from chatstate.bench.scenarios import Scenario
@@ -310,7 +312,7 @@ def _variant_sides(bench: RedisBench, scenario: Scenario, params: Params) -> dic
     return {}
 
 
-_Metric = tuple[str, str, Callable[[ConcurrentFigures], float], Target | None]
+_Metric = SideMetric
 
 
 def _metrics(scenario: Scenario, sessions: int) -> list[_Metric]:
@@ -345,25 +347,15 @@ def _rows(
     scenario: Scenario, sessions: int, options: BenchOptions, figures: dict[str, ConcurrentFigures]
 ) -> list[Row]:
     """Each side's figures beside the floor's; targets hold for ours itself, not its variants."""
-    floor = figures["floor"]
-    return [
-        Row(
-            group="redis",
-            key=scenario.key,
-            scenario=scenario.describe(options),
-            sessions=sessions,
-            variant="" if side == "ours" else side,
-            metric=metric,
-            unit=unit,
-            ours=pick(figures[side]),
-            floor=pick(floor),
-            target=target if side == "ours" else None,
-            round_trips=(figures[side].round_trips_per_op, floor.round_trips_per_op),
-        )
-        for side in figures
-        if side != "floor"
-        for metric, unit, pick, target in _metrics(scenario, sessions)
-    ]
+    return side_rows(
+        "redis",
+        scenario,
+        sessions,
+        options,
+        figures,
+        lambda side: _metrics(scenario, sessions),
+        round_trips=True,
+    )
 
 
 async def _bytes_per_message(

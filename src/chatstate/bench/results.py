@@ -4,12 +4,12 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeAlias
 
-from chatstate.bench.measure import Progress
+from chatstate.bench.measure import ConcurrentFigures, Progress
 
 Group: TypeAlias = Literal["in-memory", "sqlite", "redis"]
 """Which suite a row or a scenario belongs to: one table each."""
@@ -182,3 +182,42 @@ class PlanItem:
     name: str
     """What the progress display shows while it runs."""
     run: Callable[[Progress], Awaitable[Measured]]
+
+
+SideMetric: TypeAlias = tuple[str, str, Callable[[ConcurrentFigures], float], "Target | None"]
+"""A row's metric, unit, how to read it from a side's figures, and its target (for ours)."""
+
+
+def side_rows(
+    group: Group,
+    scenario: Any,
+    sessions: int,
+    options: Any,
+    figures: dict[str, ConcurrentFigures],
+    metrics: Callable[[str], Iterable[SideMetric]],
+    *,
+    round_trips: bool = False,
+) -> list[Row]:
+    """A row for each metric of each side (``"ours"``, and the variants and other stores run in
+    the same rounds) beside the floor's figure; a target holds for ours only."""
+    floor = figures["floor"]
+    return [
+        Row(
+            group=group,
+            key=scenario.key,
+            scenario=scenario.describe(options),
+            sessions=sessions,
+            variant="" if side == "ours" else side,
+            metric=metric,
+            unit=unit,
+            ours=pick(figures[side]),
+            floor=pick(floor),
+            target=target if side == "ours" else None,
+            round_trips=(figures[side].round_trips_per_op, floor.round_trips_per_op)
+            if round_trips
+            else None,
+        )
+        for side in figures
+        if side != "floor"
+        for metric, unit, pick, target in metrics(side)
+    ]

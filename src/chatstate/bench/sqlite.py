@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 from chatstate.bench import scenarios
 from chatstate.bench.measure import ConcurrentFigures, Progress, compare_concurrent
 from chatstate.bench.options import BenchOptions
-from chatstate.bench.results import Measured, PlanItem, Row
+from chatstate.bench.results import Measured, PlanItem, Row, SideMetric, side_rows
 from chatstate.bench.scenarios import Scenario
 from chatstate.bench.workload import Backend, Floor
 from chatstate.messages import Message
@@ -264,23 +264,11 @@ def _rows(
 ) -> list[Row]:
     """Each side's figures beside the floor's (the in-memory and Redis stores too: the ratio then
     compares them with the same SQL by hand)."""
-    floor = figures["floor"]
-    return [
-        Row(
-            group="sqlite",
-            key=scenario.key,
-            scenario=scenario.describe(options),
-            sessions=sessions,
-            variant="" if side == "ours" else side,
-            metric=metric,
-            unit=unit,
-            ours=pick(figures[side]),
-            floor=pick(floor),
-        )
-        for side in figures
-        if side != "floor"
-        for metric, unit, pick in _metrics(scenario, side)
-    ]
+
+    def metrics(side: str) -> list[SideMetric]:
+        return [(metric, unit, pick, None) for metric, unit, pick in _metrics(scenario, side)]
+
+    return side_rows("sqlite", scenario, sessions, options, figures, metrics)
 
 
 def latency_notes(rows: Sequence[Row], options: BenchOptions) -> list[str]:
