@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -12,6 +13,7 @@ from redis.asyncio import Redis, RedisCluster
 
 from chatstate import InMemoryStateStore, InstrumentedStore, RedisStateStore, StateStore
 from chatstate.stores.cached import CachedStore
+from chatstate.stores.encrypted import EncryptedStore
 from chatstate.stores.sqlite import SQLiteStateStore
 from chatstate.testing import StateStoreConformance
 from chatstate.testing.redis_server import LocalRedisCluster, RedisServer
@@ -110,6 +112,21 @@ async def _cached_sqlite(request: pytest.FixtureRequest) -> AsyncIterator[Backen
             yield Backend(cached, backend.advance_time)
 
 
+def _encrypted(
+    make: Callable[[pytest.FixtureRequest], AsyncIterator[Backend]], cache_bytes: int = 16 << 20
+) -> Callable[[pytest.FixtureRequest], AsyncIterator[Backend]]:
+    """``make``'s store, encrypted (old and new key, so a rotated keyring), the message cache on
+    or off: the cache must never hide a failure."""
+
+    async def encrypted(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
+        keys = {"k2": secrets.token_bytes(32), "k1": secrets.token_bytes(32)}
+        async for backend in make(request):
+            store = EncryptedStore(backend.store, keys=keys, message_cache_bytes=cache_bytes)
+            yield Backend(store, backend.advance_time)
+
+    return encrypted
+
+
 async def _instrumented(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
     # The wrapper that measures a third-party store must not change what the store does.
     async for backend in _memory():
@@ -123,6 +140,10 @@ BACKENDS = {
     "cached-redis": _cached_redis,
     "sqlite": _sqlite,
     "cached-sqlite": _cached_sqlite,
+    "encrypted-memory": _encrypted(_memory_backend),
+    "encrypted-memory-uncached": _encrypted(_memory_backend, cache_bytes=0),
+    "encrypted-redis": _encrypted(_redis),
+    "encrypted-sqlite": _encrypted(_sqlite),
     "fakeredis": _fakeredis,
     "redis": _redis,
     "redis-cluster": _cluster,

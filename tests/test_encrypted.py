@@ -6,7 +6,7 @@ from __future__ import annotations
 import base64
 import logging
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -40,13 +40,9 @@ from chatstate.stores.base import (
 from chatstate.stores.cached import CachedStore
 from chatstate.stores.encrypted import PREFIX, EncryptedStore
 from chatstate.stores.sqlite import SQLiteStateStore
-from chatstate.testing import StateStoreConformance
 from chatstate.testing.conformance import sample_conversation
 from chatstate.testing.redis_server import RedisServer
 from chatstate.tokens import ESTIMATE, count_tokens, fingerprint
-
-from .conftest import FakeClock
-from .redis_time import advance_redis_time
 
 KEY_A = secrets.token_bytes(32)
 KEY_B = secrets.token_bytes(32)
@@ -834,69 +830,3 @@ async def test_the_message_cache_is_bounded() -> None:
     assert len(await store.load("s")) == 100
     await store.aclose()
     assert not store._opened and not store._aeads
-
-
-# -- the conformance suite through the wrapper ---------------------------------------------------
-
-
-class TestEncryptedMemoryConformance(StateStoreConformance):
-    @pytest.fixture
-    def clock(self) -> FakeClock:
-        return FakeClock()
-
-    @pytest.fixture
-    async def store(self, clock: FakeClock, cache_bytes: int) -> AsyncIterator[EncryptedStore]:
-        inner = InMemoryStateStore(clock=clock)
-        keys = {"k2": KEY_B, "k1": KEY_A}
-        async with EncryptedStore(inner, keys=keys, message_cache_bytes=cache_bytes) as store:
-            yield store
-
-    @pytest.fixture
-    def advance_time(self, clock: FakeClock) -> Callable[[float], Awaitable[None]]:
-        async def advance(seconds: float) -> None:
-            clock.advance(seconds)
-
-        return advance
-
-
-class TestEncryptedRedisConformance(StateStoreConformance):
-    @pytest.fixture
-    async def store(
-        self, redis_server: RedisServer, key_prefix: str
-    ) -> AsyncIterator[EncryptedStore]:
-        client = Redis.from_url(redis_server.url)
-        try:
-            inner = RedisStateStore(client, prefix=key_prefix)
-            async with EncryptedStore(inner, keys={"k1": KEY_A}) as store:
-                yield store
-        finally:
-            await client.aclose()
-
-    @pytest.fixture
-    def advance_time(
-        self, redis_server: RedisServer, key_prefix: str
-    ) -> Callable[[float], Awaitable[None]]:
-        async def advance(seconds: float) -> None:
-            async with Redis.from_url(redis_server.url) as client:
-                await advance_redis_time(client, seconds, match=f"{key_prefix}:*")
-
-        return advance
-
-
-class TestEncryptedSQLiteConformance(StateStoreConformance):
-    @pytest.fixture
-    def clock(self) -> FakeClock:
-        return FakeClock(1_700_000_000.0)
-
-    @pytest.fixture
-    async def store(self, clock: FakeClock, tmp_path: Path) -> AsyncIterator[EncryptedStore]:
-        inner = SQLiteStateStore(tmp_path / "chat.db", clock=clock)
-        async with EncryptedStore(inner, keys={"k1": KEY_A}) as store:
-            yield store
-
-    @pytest.fixture
-    def advance_time(self, clock: FakeClock) -> Callable[[float], Awaitable[None]]:
-        async def advance(seconds: float) -> None:
-            clock.advance(seconds)
-
-        return advance

@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Literal, TypeAlias
 
@@ -151,12 +151,12 @@ async def import_sessions(
     writes: list[tuple[str, SessionSnapshot]] = []
     for session_id, (snapshot, expires_at) in parsed.items():
         if ttl != "recorded":
-            writes.append((session_id, _with_ttl(snapshot, override)))
+            writes.append((session_id, replace(snapshot, ttl=override)))
         elif expires_at is not None and expires_at <= now:
             report.expired.append(session_id)
         else:
             left = None if expires_at is None else expires_at - now
-            writes.append((session_id, _with_ttl(snapshot, left)))
+            writes.append((session_id, replace(snapshot, ttl=left)))
     if on_conflict == "raise":
         for session_id, _ in writes:
             if await _exists(store, transfers, session_id):
@@ -209,7 +209,7 @@ async def fork_session(
             session_id=source,
         )
     if ttl != "source":
-        snapshot = _with_ttl(snapshot, override)
+        snapshot = replace(snapshot, ttl=override)
     if not await transfers.restore(target, snapshot, overwrite=bool(overwrite)):
         raise SessionExistsError(
             f"session {target!r} exists already; nothing was written (pass overwrite=True to "
@@ -230,10 +230,6 @@ async def _exists(store: Any, transfers: SessionTransfer, session_id: str) -> bo
 
 def _dump(message: Message) -> Any:
     return json.loads(message.model_dump_json(exclude_defaults=True))
-
-
-def _with_ttl(snapshot: SessionSnapshot, ttl: float | None) -> SessionSnapshot:
-    return SessionSnapshot(snapshot.messages, snapshot.summary, ttl)
 
 
 def _parse(text: str, number: int) -> tuple[str, SessionSnapshot, float | None]:

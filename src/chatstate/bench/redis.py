@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import uuid
 from collections.abc import AsyncIterator, Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from operator import attrgetter
 from typing import Any, ClassVar
 
@@ -35,6 +35,7 @@ from chatstate.bench.results import (
     SideMetric,
     Target,
     compressed_bytes_target,
+    concurrent_details,
     side_rows,
     stored_bytes_target,
 )
@@ -259,11 +260,7 @@ async def run_scenario(
         progress=progress,
     )
     rows = _rows(scenario, sessions, options, figures)
-    details = {
-        "sessions": sessions,
-        "turns_per_session": options.turns,
-        "sides": {side: asdict(value) for side, value in figures.items()},
-    }
+    details = concurrent_details(sessions, options.turns, figures)
     return Measured(rows, details)
 
 
@@ -286,11 +283,7 @@ async def encrypted_load(
         round_trips=_round_trips,
         progress=progress,
     )
-    details = {
-        "sessions": sessions,
-        "turns_per_session": options.turns,
-        "sides": {side: asdict(value) for side, value in figures.items()},
-    }
+    details = concurrent_details(sessions, options.turns, figures)
     return Measured(_rows(scenario, sessions, options, figures), details)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeAlias
 
@@ -221,3 +221,14 @@ def side_rows(
         if side != "floor"
         for metric, unit, pick, target in metrics(side)
     ]
+
+
+def concurrent_details(
+    sessions: int, turns: int, figures: dict[str, ConcurrentFigures]
+) -> dict[str, Any]:
+    """What the JSON report keeps of a concurrent scenario: every side's figures."""
+    return {
+        "sessions": sessions,
+        "turns_per_session": turns,
+        "sides": {side: asdict(value) for side, value in figures.items()},
+    }

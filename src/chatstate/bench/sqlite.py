@@ -16,14 +16,21 @@ import sqlite3
 import tempfile
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 from chatstate.bench import scenarios
 from chatstate.bench.measure import ConcurrentFigures, Progress, compare_concurrent
 from chatstate.bench.options import BenchOptions
-from chatstate.bench.results import Measured, PlanItem, Row, SideMetric, side_rows
+from chatstate.bench.results import (
+    Measured,
+    PlanItem,
+    Row,
+    SideMetric,
+    concurrent_details,
+    side_rows,
+)
 from chatstate.bench.scenarios import Scenario
 from chatstate.bench.workload import Backend, Floor
 from chatstate.messages import Message
@@ -224,11 +231,7 @@ async def run_scenario(
     figures = await compare_concurrent(
         sides, ids, turns=turns, rounds=options.repeats, round_trips=lambda: 0, progress=progress
     )
-    details = {
-        "sessions": sessions,
-        "turns_per_session": turns,
-        "sides": {side: asdict(value) for side, value in figures.items()},
-    }
+    details = concurrent_details(sessions, turns, figures)
     return Measured(_rows(scenario, sessions, options, figures), details)
 
 
