@@ -347,3 +347,22 @@ async def test_a_lease_needs_a_ttl_and_a_failed_renewal_is_tried_again(
                     async with other.lease("s", ttl=1, timeout=0.05):
                         pass
     assert "renewing the lease of session 's' failed" in caplog.text
+
+
+async def test_opening_a_file_another_process_is_writing_waits_for_it(tmp_path: Path) -> None:
+    # Switching a new file to WAL needs the lock another process may hold (its own switch, or
+    # its first write): SQLite answers "locked" at once there, without its busy handler.
+    path = tmp_path / "chat.db"
+    blocker = sqlite3.connect(path, isolation_level=None)
+    blocker.execute("CREATE TABLE app (x)")
+    blocker.execute("BEGIN IMMEDIATE")
+
+    async def release() -> None:
+        await asyncio.sleep(0.3)
+        blocker.execute("COMMIT")
+
+    releasing = asyncio.create_task(release())
+    async with SQLiteStateStore(path, busy_timeout=5) as store:
+        assert await store.append("s", _turn(1)) == 2
+    await releasing
+    blocker.close()

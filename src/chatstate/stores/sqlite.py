@@ -528,7 +528,7 @@ class SQLiteStateStore(StateStore):
             self.path, timeout=self._busy_timeout, isolation_level=None, check_same_thread=False
         )
         try:
-            connection.execute("PRAGMA journal_mode=WAL")
+            self._enable_wal(connection)
             connection.execute(f"PRAGMA synchronous={self._synchronous}")
             connection.execute("BEGIN IMMEDIATE")  # two processes creating the tables take turns
             for statement in _SCHEMA.split(";"):
@@ -551,6 +551,22 @@ class SQLiteStateStore(StateStore):
                 f"knows up to {SCHEMA_VERSION}): upgrade chatstate to use it"
             )
         return connection
+
+    def _enable_wal(self, connection: sqlite3.Connection) -> None:
+        """Switch the file to WAL (a no-op once it is). The switch needs a lock that another
+        process opening or writing the file may hold, and SQLite answers "locked" at once there,
+        without waiting out the busy timeout: so wait here, up to ``busy_timeout``."""
+        deadline = time.monotonic() + self._busy_timeout
+        pause = 0.002
+        while True:
+            try:
+                connection.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY or time.monotonic() >= deadline:
+                    raise
+            time.sleep(pause)  # on the store's own thread, never the event loop's
+            pause = min(pause * 2, 0.05)
 
     def _disconnect(self) -> None:
         connection, self._connection = self._connection, None
