@@ -17,7 +17,7 @@ import time
 import aiosqlite
 
 from chatstate import Message
-from chatstate.messages import encode_entry
+from chatstate.stores._codec import encode_entry
 from chatstate.stores.sqlite import SQLiteStateStore
 
 ROUNDS, CALLS = 5, 400

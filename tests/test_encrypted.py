@@ -28,7 +28,8 @@ from chatstate import (
     StateStore,
 )
 from chatstate.errors import DecryptionError, UnknownKeyError
-from chatstate.messages import ImagePart, TextPart, ToolCall, cached_token_count, decode_entry
+from chatstate.messages import ImagePart, TextPart, ToolCall, cached_token_count
+from chatstate.stores._codec import decode_entry
 from chatstate.stores.base import (
     SessionLeases,
     SessionSnapshot,

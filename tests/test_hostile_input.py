@@ -18,7 +18,7 @@ from chatstate import (
     StateLoadError,
     StateStore,
 )
-from chatstate.messages import encode_entry
+from chatstate.stores._codec import encode_entry
 from chatstate.testing.redis_server import RedisServer
 
 

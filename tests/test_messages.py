@@ -21,16 +21,14 @@ from chatstate import (
     UnsupportedFormatError,
 )
 from chatstate import _compression as compression_module
-from chatstate import messages as messages_module
-from chatstate.messages import (
+from chatstate.messages import cache_token_count, cached_token_count, make_message
+from chatstate.stores import _codec as codec_module
+from chatstate.stores._codec import (
     FORMAT_VERSION,
     EntryCodec,
-    cache_token_count,
-    cached_token_count,
     decode_entries,
     decode_entry,
     encode_entry,
-    make_message,
 )
 from chatstate.testing import sample_conversation
 
@@ -293,13 +291,13 @@ def _distinct(count: int, start: int = 0) -> list[Message]:
 
 def test_the_codec_decodes_only_entries_it_has_not_seen(monkeypatch: pytest.MonkeyPatch) -> None:
     decoded: list[int] = []
-    real = messages_module.decode_entries
+    real = codec_module.decode_entries
 
     def counting(entries: Any, **options: Any) -> Any:
         decoded.append(len(entries))
         return real(entries, **options)
 
-    monkeypatch.setattr(messages_module, "decode_entries", counting)
+    monkeypatch.setattr(codec_module, "decode_entries", counting)
     writer, reader = EntryCodec(), EntryCodec()
     entries = writer.encode(_distinct(20))
     assert writer.decode(entries, on_corrupt="raise", session_id="s") == (_distinct(20), 0)

@@ -21,7 +21,7 @@ from chatstate import (
     UnsupportedFormatError,
     WrongTypeError,
 )
-from chatstate.messages import encode_entry
+from chatstate.stores._codec import encode_entry
 from chatstate.testing.conformance import TRICKY_SESSION_IDS
 
 

@@ -13,7 +13,7 @@ What the store keeps is an ordinary :class:`~chatstate.Message`, which every sto
 
     envelope   byte 0: format version (1); byte 1: length n of the key id;
                n bytes: the key id (UTF-8); 12 bytes: a random nonce;
-               then the ciphertext of the message's entry (chatstate.messages.encode_entry, so a
+               then the ciphertext of the message's entry (the codec's encode_entry, so a
                token count travels with it) and the 16-byte tag
     associated the envelope's first 2 + n bytes and one byte telling a history message (0) from
     data       the session's summary (1)
@@ -42,8 +42,9 @@ from chatstate.errors import (
     StateSaveError,
     UnknownKeyError,
 )
-from chatstate.messages import Message, as_messages, decode_entries, decode_entry, encode_entry
+from chatstate.messages import Message, as_messages
 from chatstate.metrics import StoreWrapper
+from chatstate.stores._codec import decode_entries, decode_entry, encode_entry
 from chatstate.stores.base import (
     TTL,
     Fold,

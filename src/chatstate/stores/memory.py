@@ -20,8 +20,9 @@ from chatstate._checks import (
 from chatstate._locks import KeyedLock
 from chatstate._periodic import keep_sweeping
 from chatstate.errors import ConfigurationError, LeaseTimeoutError
-from chatstate.messages import Message, as_messages, check_sizes
+from chatstate.messages import Message, as_messages
 from chatstate.metrics import Recorder, StateMetrics, clock
+from chatstate.stores._codec import check_sizes
 from chatstate.stores.base import (
     TTL,
     Fold,

@@ -41,16 +41,11 @@ from chatstate.errors import (
     StoreError,
     WrongTypeError,
 )
-from chatstate.messages import (
-    DEFAULT_COMPRESS_OVER,
-    DEFAULT_MAX_MESSAGE_BYTES,
-    EntryCodec,
-    Message,
-    as_messages,
-)
+from chatstate.messages import Message, as_messages
 from chatstate.metrics import Recorder, StateMetrics, clock
 from chatstate.retry import RetryPolicy
 from chatstate.stores._autopipeline import AutoPipeline
+from chatstate.stores._codec import DEFAULT_COMPRESS_OVER, DEFAULT_MAX_MESSAGE_BYTES, EntryCodec
 from chatstate.stores._redis_lease import RELEASE, RENEW, RedisLease
 from chatstate.stores.base import (
     TTL,

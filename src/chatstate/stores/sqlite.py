@@ -31,15 +31,14 @@ from chatstate.errors import (
     StoreError,
     UnsupportedFormatError,
 )
-from chatstate.messages import (
+from chatstate.messages import Message, as_messages
+from chatstate.metrics import Recorder, StateMetrics, clock
+from chatstate.stores._codec import (
     DEFAULT_COMPRESS_OVER,
     DEFAULT_MAX_MESSAGE_BYTES,
     EntryCodec,
-    Message,
-    as_messages,
     decode_entry,
 )
-from chatstate.metrics import Recorder, StateMetrics, clock
 from chatstate.stores.base import TTL, Fold, SessionSnapshot, StateStore, check_snapshot, run_fold
 
 __all__ = ["SQLiteStateStore"]
