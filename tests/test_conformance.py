@@ -12,6 +12,7 @@ import pytest
 from redis.asyncio import Redis, RedisCluster
 
 from chatstate import InMemoryStateStore, InstrumentedStore, RedisStateStore, StateStore
+from chatstate.stores import BackendStore
 from chatstate.stores.cached import CachedStore
 from chatstate.stores.encrypted import EncryptedStore
 from chatstate.stores.sqlite import SQLiteStateStore
@@ -19,6 +20,7 @@ from chatstate.testing import StateStoreConformance
 from chatstate.testing.redis_server import LocalRedisCluster, RedisServer
 
 from .conftest import FakeClock
+from .dict_backend import DictBackend
 from .redis_time import advance_redis_time
 
 
@@ -67,6 +69,17 @@ async def _cluster(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
     await client.initialize()
     async for backend in _redis_backend(client, request.getfixturevalue("key_prefix")):
         yield backend
+
+
+async def _third_party(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
+    # A backend that implements only the backend interface, through the store core.
+    clock = FakeClock()
+
+    async def advance(seconds: float) -> None:
+        clock.advance(seconds)
+
+    async with BackendStore(DictBackend(clock)) as store:
+        yield Backend(store, advance)
 
 
 async def _memory_backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
@@ -135,6 +148,7 @@ async def _instrumented(request: pytest.FixtureRequest) -> AsyncIterator[Backend
 
 BACKENDS = {
     "memory": _memory_backend,
+    "third-party": _third_party,
     "instrumented-memory": _instrumented,
     "cached-memory": _cached_memory,
     "cached-redis": _cached_redis,

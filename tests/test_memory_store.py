@@ -80,45 +80,32 @@ async def test_the_expiry_index_stays_bounded_under_repeated_refreshes(clock: Fa
     store = InMemoryStateStore(clock=clock, sweep_interval=None)
     for _ in range(20_000):
         await store.append("hot", _msg("x"), ttl=60, max_messages=1)
-    assert len(store._expiry_heap) <= 2 * store.sessions_in_memory + 1024
+    assert len(store.backend._expiry_heap) <= 2 * store.sessions_in_memory + 1024
 
 
-async def test_the_background_sweep_reclaims_without_being_asked() -> None:
-    store = InMemoryStateStore(sweep_interval=0.01)
-    await store.append("s", _msg("x"), ttl=0.001)
-    for _ in range(200):
-        await asyncio.sleep(0.01)
-        if store.sessions_in_memory == 0:
-            break
-    assert store.sessions_in_memory == 0
-    await store.aclose()
+async def test_writes_sweep_the_expired_sessions_once_per_interval(clock: FakeClock) -> None:
+    store = InMemoryStateStore(clock=clock, sweep_interval=10)
+    for index in range(5):
+        await store.append(f"old{index}", _msg("x"), ttl=1)  # the first write swept (nothing)
+    clock.advance(5)
+    await store.append("new", _msg("x"), ttl=60)  # expired, but no sweep is due yet
+    assert store.sessions_in_memory == 6 and store.expirations == 0
+    clock.advance(6)
+    await store.append("newer", _msg("x"), ttl=60)  # due: this write reclaims them
+    assert store.sessions_in_memory == 2 and store.expirations == 5
 
 
-async def test_aclose_stops_the_background_sweep() -> None:
-    store = InMemoryStateStore(sweep_interval=0.01)
-    await store.append("s", _msg("x"), ttl=60)
-    task = store._sweeper
-    assert task is not None and not task.done()
-    await store.aclose()
-    await asyncio.sleep(0)
-    assert task.done()
-    await store.append("t", _msg("x"), ttl=60)
-    assert store._sweeper is None  # a closed store starts no new task
-
-
-async def test_an_abandoned_store_is_garbage_collected_despite_its_sweeper() -> None:
+async def test_a_store_runs_no_task_of_its_own() -> None:
+    before = asyncio.all_tasks()
     store = InMemoryStateStore(sweep_interval=0.01)
     await store.append("s", _msg("x"), ttl=60)
-    task = store._sweeper
+    async with store.lease("s", ttl=5, timeout=1):
+        pass
+    assert asyncio.all_tasks() == before  # nothing that could outlive the store
     ref = weakref.ref(store)
     del store
     gc.collect()
     assert ref() is None
-    for _ in range(100):
-        await asyncio.sleep(0.01)
-        if task is not None and task.done():
-            break
-    assert task is not None and task.done()
 
 
 async def test_returned_lists_share_the_immutable_messages() -> None:
@@ -165,7 +152,7 @@ async def test_memory_stays_bounded_through_ten_minutes_of_simulated_traffic(
             if second % 5 == 4:
                 await store.sweep()  # what the background sweep does every sweep_interval
             assert store.sessions_in_memory <= 2_000
-            assert len(store._expiry_heap) <= 2 * store.sessions_in_memory + 1024
+            assert len(store.backend._expiry_heap) <= 2 * store.sessions_in_memory + 1024
             if second == 60:
                 plateau = tracemalloc.get_traced_memory()[0]
         grown = tracemalloc.get_traced_memory()[0] - plateau

@@ -56,7 +56,6 @@ async def test_the_in_memory_store_reports_its_state_and_traffic(clock: FakeCloc
     assert (metrics.loads, metrics.appends, metrics.saves, metrics.deletes) == (2, 71, 1, 1)
     assert metrics.trims == 2 and metrics.evictions == 11 and metrics.expirations == 48
     assert metrics.errors == 0
-    # In memory, one call in sixteen is timed (the first included); saves, always.
     assert metrics.load_latency.count == 1 and metrics.save_latency.count == 5 + 1
     assert 0 < metrics.load_latency.p50 <= metrics.load_latency.p99  # type: ignore[operator]
 

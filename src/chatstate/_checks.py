@@ -17,6 +17,10 @@ _FORBIDDEN = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 
 def check_session_id(session_id: object) -> str:
     """Return ``session_id`` if it is a valid session id, else raise InvalidSessionIdError."""
+    # The common case, fast: printable text holds no control character and no surrogate.
+    if type(session_id) is str and 0 < len(session_id) <= MAX_SESSION_ID_LENGTH:
+        if session_id.isprintable():
+            return session_id
     if type(session_id) is not str:
         if not isinstance(session_id, str):
             raise InvalidSessionIdError(

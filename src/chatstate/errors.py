@@ -16,6 +16,7 @@ and chained with ``raise ... from exc``, so callers never have to catch a depend
     │   ├── StateSaveError: messages were not stored (carries them, for a retry)
     │   ├── WrongTypeError: a session's key holds data that chatstate did not write
     │   ├── LeaseTimeoutError: another instance held a session's lease for too long
+    │   ├── LeaseLostError: a turn's lease ran out while the turn ran; the turn was cancelled
     │   ├── SessionExistsError: a session to be created already exists (an import, a fork)
     │   ├── SessionNotFoundError (also LookupError): a session to be read does not exist
     │   └── CorruptEntryError: a stored entry cannot be decoded
@@ -42,6 +43,7 @@ __all__ = [
     "InvalidInputError",
     "InvalidMessageError",
     "InvalidSessionIdError",
+    "LeaseLostError",
     "LeaseTimeoutError",
     "PipelineError",
     "ProviderError",
@@ -100,6 +102,11 @@ class StateSaveError(StoreError):
 
 class WrongTypeError(StoreError):
     """A session's key holds data of another type (not written by chatstate); it is left as is."""
+
+
+class LeaseLostError(StoreError):
+    """A turn's lease ran out while the turn ran (renewals refused, or failing for its whole
+    ttl): another instance may hold it now, so the turn was cancelled."""
 
 
 class LeaseTimeoutError(StoreError):

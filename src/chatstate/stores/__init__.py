@@ -1,7 +1,11 @@
-"""State stores: the protocol and the built-in implementations."""
+"""State stores: the protocol, the store core with its backend interface, and the built-in
+stores (each the core over a backend of its own)."""
 
 from typing import TYPE_CHECKING, Any
 
+from chatstate.stores._backend import Backend, BackendCensus, ErrorKind, Page, RawSession, Written
+from chatstate.stores._core import BackendStore
+from chatstate.stores._events import Hook, Operation, StoreEvent
 from chatstate.stores.base import (
     TTL,
     Fold,
@@ -13,7 +17,7 @@ from chatstate.stores.base import (
     VersionedStore,
 )
 from chatstate.stores.cached import CachedStore
-from chatstate.stores.memory import InMemoryStateStore
+from chatstate.stores.memory import InMemoryStateStore, MemoryBackend
 from chatstate.stores.sqlite import SQLiteStateStore
 
 if TYPE_CHECKING:
@@ -22,10 +26,19 @@ if TYPE_CHECKING:
 
 __all__ = [
     "TTL",
+    "Backend",
+    "BackendCensus",
+    "BackendStore",
     "CachedStore",
     "EncryptedStore",
+    "ErrorKind",
     "Fold",
+    "Hook",
     "InMemoryStateStore",
+    "MemoryBackend",
+    "Operation",
+    "Page",
+    "RawSession",
     "RedisStateStore",
     "SQLiteStateStore",
     "SessionLeases",
@@ -33,7 +46,9 @@ __all__ = [
     "SessionSummaries",
     "SessionTransfer",
     "StateStore",
+    "StoreEvent",
     "VersionedStore",
+    "Written",
 ]
 
 

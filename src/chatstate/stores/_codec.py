@@ -100,7 +100,9 @@ class ObjectCodec:
     def decode(
         self, entries: Sequence[Message], *, on_corrupt: Literal["skip", "raise"], session_id: str
     ) -> tuple[list[Message], int]:
-        return list(entries), 0
+        # The backend's page is a new list already, the caller's own (the messages are shared:
+        # they cannot change).
+        return entries if type(entries) is list else list(entries), 0
 
 
 def encode_entry(

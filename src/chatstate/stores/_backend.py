@@ -1,0 +1,217 @@
+"""The storage interface under every store: what a backend (memory, SQLite, Redis, yours) writes.
+
+A backend stores *entries* (opaque to it: the bytes the codec made, or, in the in-memory backend,
+the objects themselves) in one ordered list per session, and a few things beside each list: the
+summary's entry, the expiry, and two numbers. The store core (:mod:`chatstate.stores._core`) does
+everything else once for every backend: it checks the input, encodes and decodes, maps errors,
+times and counts the calls, runs leases and folds.
+
+Sequence numbers
+    Every entry has a number, unique within its session: the first entry ever appended is 0
+    (or any start the backend likes) and each appended entry takes the next. Trimming and
+    compaction remove entries from the head; they never renumber. A save starts a new numbering
+    (it also changes the generation, below). A read returns the number of its first entry, so the
+    core knows which entries a page covers and a compaction names what it folds by number, never
+    by comparing bytes.
+
+Version
+    A number that changes with every write of the session (append, save, compaction, restore);
+    0 means "no session". A session deleted and written again never repeats a version a reader may
+    have seen (start from a random number).
+
+Generation
+    A number that changes with every write that is not an append: a save, a compaction, a restore,
+    and the session's creation (random, like the version). A compaction commits only if the
+    generation it read is still the session's: appends meanwhile are fine (their entries have
+    larger numbers and stay), anything else means the history it summarised is gone.
+
+Every method is one atomic step (one Lua script, one transaction) and, on a networked backend,
+one round trip. Methods raise the backend's own exceptions: the core maps them, through the
+backend's :meth:`Backend.error_kind`, to chatstate's typed errors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Generic, Literal, Protocol, TypeAlias, TypeVar
+
+__all__ = [
+    "Backend",
+    "BackendCensus",
+    "ErrorKind",
+    "Page",
+    "RawSession",
+    "Written",
+]
+
+E = TypeVar("E")
+
+ErrorKind: TypeAlias = Literal["wrong_type", "unavailable", "timeout", "other"]
+"""How the core reports a backend's exception: ``wrong_type`` (the session's storage holds data
+that chatstate did not write: WrongTypeError), ``unavailable`` (no connection; certainly not
+applied), ``timeout`` (sent, no answer: the outcome is unknown), ``other``."""
+
+
+@dataclass(slots=True)
+class Page(Generic[E]):
+    """What a read returns: the newest entries asked for, oldest first (a new list, the reader's
+    own), with the number of the first, the session's summary entry (when asked for), version,
+    generation and whole length.
+
+    An unknown or expired session reads as ``Page([], 0)``.
+    """
+
+    entries: list[E]
+    first_seq: int
+    summary: E | None = None
+    version: int = 0
+    generation: int = 0
+    length: int = 0
+
+
+@dataclass(slots=True)
+class Written:
+    """What a write returns: the session's length after it, its new version and whether the
+    bound trimmed anything."""
+
+    length: int
+    version: int
+    trimmed: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class RawSession(Generic[E]):
+    """A whole session as stored: its entries, oldest first, the summary entry, and the seconds
+    it has left (None: no expiry)."""
+
+    entries: list[E] = field(default_factory=list)
+    summary: E | None = None
+    ttl: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BackendCensus:
+    """What a backend knows of its contents, for metrics: every figure may be an estimate, as
+    the backend's docs say."""
+
+    sessions: int
+    messages: int
+    storage_bytes: int
+    expirations: int = 0
+    evictions: int = 0
+
+
+class Backend(Protocol[E]):
+    """Storage of entries by session, with sequence numbers, bounds, expiry, summaries, versions
+    and leases. Implement this, give it to :class:`~chatstate.stores.StoreCore`, and the store has
+    every capability of a built-in one (and can prove it with the conformance suite).
+
+    ``ttl`` is seconds (None: no expiry); ``max_entries`` a positive int or None (no bound).
+    """
+
+    name: str
+    """A short name for logs and errors (``"memory"``, ``"redis"``...)."""
+
+    async def read(
+        self,
+        session_id: str,
+        *,
+        limit: int | None,
+        summary: bool,
+        touch: float | None,
+        numbers: bool,
+    ) -> Page[E]:
+        """The newest ``limit`` entries (all if None; none if 0, for the numbers alone), the
+        summary entry if ``summary``; with ``touch``, the session's expiry is set to ``touch``
+        seconds from now in the same step (a sliding expiry). Without ``numbers``, the page's
+        version, generation and length may be left 0 (a plain load needs none of them)."""
+        ...
+
+    async def append(
+        self, session_id: str, entries: Sequence[E], *, max_entries: int | None, ttl: float | None
+    ) -> Written:
+        """Add ``entries`` (at least one) after the last, keep the newest ``max_entries``, and set
+        the expiry (of the list and of its summary) to ``ttl`` from now, atomically. A session
+        that does not exist (or has expired) is created."""
+        ...
+
+    async def replace(
+        self,
+        session_id: str,
+        entries: Sequence[E],
+        *,
+        summary: E | None,
+        ttl: float | None,
+        overwrite: bool,
+    ) -> Written | None:
+        """Make ``entries`` (at least one) and ``summary`` the whole session, expiring ``ttl`` from
+        now. If the session exists and not ``overwrite``, change nothing and return None."""
+        ...
+
+    async def delete(self, session_id: str) -> bool:
+        """Remove the session (entries, summary, numbers); whether it existed."""
+        ...
+
+    async def compact(
+        self, session_id: str, *, generation: int, before_seq: int, summary: E
+    ) -> bool:
+        """If the session's generation is still ``generation``: remove its entries numbered below
+        ``before_seq`` (those a trim left), store ``summary`` with the list's expiry, and change
+        the generation and version. Otherwise change nothing. Returns whether it changed."""
+        ...
+
+    async def snapshot(self, session_id: str) -> RawSession[E] | None:
+        """The whole session in one read; None if it does not exist."""
+        ...
+
+    async def time_left(self, session_id: str) -> float | Literal[False] | None:
+        """Seconds until the session expires: None if it never does, False if it does not
+        exist."""
+        ...
+
+    async def acquire_lease(self, session_id: str, token: str, ttl: float) -> bool:
+        """Take the session's lease for ``token`` for ``ttl`` seconds if nobody holds it (or its
+        holder's time ran out); whether it was taken."""
+        ...
+
+    async def renew_lease(self, session_id: str, token: str, ttl: float) -> bool:
+        """Extend the lease to ``ttl`` from now if ``token`` still holds it; whether it does."""
+        ...
+
+    async def release_lease(self, session_id: str, token: str) -> bool:
+        """Give the lease up if ``token`` holds it; whether it did."""
+        ...
+
+    async def index_conversation(
+        self, user_session: str, conversation_id: str, *, now: float, ttl: float | None
+    ) -> None:
+        """Record that ``conversation_id`` of the user was active at ``now`` (Unix seconds) and
+        lives ``ttl`` more seconds (None: for ever)."""
+        ...
+
+    async def list_conversations(
+        self, user_session: str, *, now: float, offset: int, limit: int
+    ) -> list[tuple[str, float]]:
+        """The user's live conversations, most recent first: ``(id, last active)`` pairs."""
+        ...
+
+    async def drop_conversations(self, user_session: str) -> list[str]:
+        """Forget the user's index; the conversation ids it held."""
+        ...
+
+    def session_ids(self) -> AsyncIterator[str]:
+        """Every live session's id, in no particular order, without loading the whole set."""
+        ...
+
+    async def census(self) -> BackendCensus:
+        """Sessions, messages and bytes stored now (estimates allowed), for metrics."""
+        ...
+
+    def error_kind(self, exc: Exception) -> ErrorKind | None:
+        """How to report ``exc`` (None: not this backend's error, let it through)."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release connections, threads and files. Idempotent."""
+        ...

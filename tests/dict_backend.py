@@ -1,0 +1,191 @@
+"""A third-party backend, as small as the interface allows: plain dicts of bytes entries.
+
+It implements only :class:`chatstate.stores.Backend` (no chatstate base class, no helper of the
+built-in backends) and goes through :class:`chatstate.stores.BackendStore`, which gives it the
+codec, the checks, leases, metrics and hooks: the conformance suite runs over it as over the
+built-in stores.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+from chatstate.stores import BackendCensus, ErrorKind, Page, RawSession, Written
+
+
+@dataclass
+class _Row:
+    entries: list[bytes] = field(default_factory=list)
+    head: int = 0
+    summary: bytes | None = None
+    expires_at: float | None = None
+    version: int = 0
+    generation: int = 0
+
+
+class DictBackend:
+    name = "dict"
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self._clock = clock
+        self._rows: dict[str, _Row] = {}
+        self._leases: dict[str, tuple[str, float]] = {}
+        self._index: dict[str, dict[str, tuple[float, float | None]]] = {}
+        self._numbers = itertools.count(1_000)  # never repeats, across sessions too
+
+    def _live(self, session_id: str) -> _Row | None:
+        row = self._rows.get(session_id)
+        if row is not None and row.expires_at is not None and row.expires_at <= self._clock():
+            del self._rows[session_id]
+            return None
+        return row
+
+    def _expire_in(self, row: _Row, ttl: float | None) -> None:
+        row.expires_at = None if ttl is None else self._clock() + ttl
+
+    async def read(
+        self,
+        session_id: str,
+        *,
+        limit: int | None,
+        summary: bool,
+        touch: float | None,
+        numbers: bool,
+    ) -> Page[bytes]:
+        row = self._live(session_id)
+        if row is None:
+            return Page([], 0)
+        if touch is not None:
+            self._expire_in(row, touch)
+        entries = row.entries[:] if limit is None else row.entries[-limit:] if limit else []
+        first = row.head + len(row.entries) - len(entries)
+        kept = row.summary if summary else None
+        return Page(entries, first, kept, row.version, row.generation, len(row.entries))
+
+    async def append(
+        self,
+        session_id: str,
+        entries: Sequence[bytes],
+        *,
+        max_entries: int | None,
+        ttl: float | None,
+    ) -> Written:
+        row = self._live(session_id)
+        if row is None:
+            row = self._rows[session_id] = _Row(generation=next(self._numbers))
+        row.entries.extend(entries)
+        trimmed = max_entries is not None and len(row.entries) > max_entries
+        if max_entries is not None and trimmed:
+            cut = len(row.entries) - max_entries
+            del row.entries[:cut]
+            row.head += cut
+        row.version = next(self._numbers)
+        self._expire_in(row, ttl)
+        return Written(len(row.entries), row.version, trimmed)
+
+    async def replace(
+        self,
+        session_id: str,
+        entries: Sequence[bytes],
+        *,
+        summary: bytes | None,
+        ttl: float | None,
+        overwrite: bool,
+    ) -> Written | None:
+        if self._live(session_id) is not None and not overwrite:
+            return None
+        row = self._rows[session_id] = _Row(list(entries), 0, summary)
+        row.version, row.generation = next(self._numbers), next(self._numbers)
+        self._expire_in(row, ttl)
+        return Written(len(row.entries), row.version)
+
+    async def delete(self, session_id: str) -> bool:
+        return self._live(session_id) is not None and self._rows.pop(session_id) is not None
+
+    async def compact(
+        self, session_id: str, *, generation: int, before_seq: int, summary: bytes
+    ) -> bool:
+        row = self._live(session_id)
+        if row is None or row.generation != generation:
+            return False
+        folded = max(0, before_seq - row.head)
+        del row.entries[:folded]
+        row.head += folded
+        row.summary = summary
+        row.version, row.generation = next(self._numbers), next(self._numbers)
+        return True
+
+    async def snapshot(self, session_id: str) -> RawSession[bytes] | None:
+        row = self._live(session_id)
+        if row is None:
+            return None
+        ttl = None if row.expires_at is None else row.expires_at - self._clock()
+        return RawSession(row.entries[:], row.summary, ttl)
+
+    async def time_left(self, session_id: str) -> float | Literal[False] | None:
+        row = self._live(session_id)
+        if row is None:
+            return False
+        return None if row.expires_at is None else row.expires_at - self._clock()
+
+    async def acquire_lease(self, session_id: str, token: str, ttl: float) -> bool:
+        held = self._leases.get(session_id)
+        if held is not None and held[1] > self._clock() and held[0] != token:
+            return False
+        self._leases[session_id] = (token, self._clock() + ttl)
+        return True
+
+    async def renew_lease(self, session_id: str, token: str, ttl: float) -> bool:
+        held = self._leases.get(session_id)
+        if held is None or held[0] != token:
+            return False
+        self._leases[session_id] = (token, self._clock() + ttl)
+        return True
+
+    async def release_lease(self, session_id: str, token: str) -> bool:
+        if self._leases.get(session_id, ("", 0.0))[0] != token:
+            return False
+        del self._leases[session_id]
+        return True
+
+    async def index_conversation(
+        self, user_session: str, conversation_id: str, *, now: float, ttl: float | None
+    ) -> None:
+        deadline = None if ttl is None else now + ttl
+        self._index.setdefault(user_session, {})[conversation_id] = (now, deadline)
+
+    async def list_conversations(
+        self, user_session: str, *, now: float, offset: int, limit: int
+    ) -> list[tuple[str, float]]:
+        live = [
+            (conversation_id, at)
+            for conversation_id, (at, deadline) in self._index.get(user_session, {}).items()
+            if deadline is None or deadline > now
+        ]
+        live.sort(key=lambda pair: pair[1], reverse=True)
+        return live[offset : offset + limit]
+
+    async def drop_conversations(self, user_session: str) -> list[str]:
+        return list(self._index.pop(user_session, {}))
+
+    async def session_ids(self) -> AsyncIterator[str]:
+        for session_id in list(self._rows):
+            if self._live(session_id) is not None:
+                yield session_id
+
+    async def census(self) -> BackendCensus:
+        rows = [row for session_id in list(self._rows) if (row := self._live(session_id))]
+        return BackendCensus(
+            sessions=len(rows),
+            messages=sum(len(row.entries) for row in rows),
+            storage_bytes=sum(len(entry) for row in rows for entry in row.entries),
+        )
+
+    def error_kind(self, exc: Exception) -> ErrorKind | None:
+        return None
+
+    async def aclose(self) -> None:
+        pass
