@@ -44,6 +44,8 @@ from chatstate.testing.conformance import sample_conversation
 from chatstate.testing.redis_server import RedisServer
 from chatstate.tokens import ESTIMATE, count_tokens, fingerprint
 
+from .conftest import kinds
+
 KEY_A = secrets.token_bytes(32)
 KEY_B = secrets.token_bytes(32)
 
@@ -194,7 +196,7 @@ async def test_every_kind_of_message_round_trips_through_redis(
     assert await reader.load("s", limit=1) == conversation[-1:]
 
 
-@pytest.mark.parametrize("backend", ["memory", "redis"])
+@pytest.mark.parametrize("backend", kinds("memory", "redis"))
 async def test_token_counts_survive_encryption(
     backend: str, request: pytest.FixtureRequest, key_prefix: str
 ) -> None:

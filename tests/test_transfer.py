@@ -33,7 +33,7 @@ from chatstate.stores.sqlite import SQLiteStateStore
 from chatstate.testing.redis_server import RedisServer
 from chatstate.transfer import EXPORT_FORMAT
 
-from .conftest import FakeClock
+from .conftest import FakeClock, kinds
 from .redis_time import advance_redis_time
 
 NOW = 1_700_000_000.0
@@ -91,7 +91,7 @@ class Stores:
                 await advance_redis_time(client, seconds, match=f"{self.prefix}*")
 
 
-@pytest.fixture(params=["memory", "sqlite", "redis", "encrypted-sqlite"])
+@pytest.fixture(params=kinds("memory", "sqlite", "redis", "encrypted-sqlite"))
 async def make(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Stores]:
     stores = Stores(request.param, request, tmp_path)
     yield stores
