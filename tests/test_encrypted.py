@@ -643,7 +643,9 @@ async def test_a_near_cache_over_the_encrypted_store(redis_client: Redis, key_pr
     assert await cached.load("s") == _secret_conversation()
     assert await cached.load("s") == _secret_conversation()
     assert cached.hits == 1
-    assert all(m.text.startswith(PREFIX) for m in await inner.load("s"))
+    stored = await inner.load("s")
+    assert len(stored) == len(_secret_conversation())
+    assert all(m.text.startswith(PREFIX) for m in stored)
     unversioned = EncryptedStore(
         RedisStateStore(redis_client, prefix=key_prefix), keys={"k": KEY_A}
     )
