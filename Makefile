@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip --quiet --disable-pip-version-check
 CHECKED := src tests examples
 
-.PHONY: demo test lint typecheck unit bench redis-server clean
+.PHONY: demo test test-fast lint typecheck unit unit-fast bench redis-server clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +48,13 @@ unit: $(VENV)/.installed-dev redis-server
 	$(BIN)/pytest
 
 test: lint typecheck unit
+
+# The same checks and every test that needs no redis-server (marker `redis`) and is not slow
+# (marker `slow`: hypothesis runs, the bench): about 25 s of pytest; `make test` runs them all.
+unit-fast: $(VENV)/.installed-dev
+	$(BIN)/pytest -m "not redis and not slow"
+
+test-fast: lint typecheck unit-fast
 
 # `chatstate bench` on the in-memory store and a throw-away redis-server; ARGS="--quick" for a
 # smoke run, ARGS="--json bench.json --plot bench.png" to keep the figures (see docs/benchmarks.md).

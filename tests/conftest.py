@@ -13,6 +13,42 @@ pytest.register_assert_rewrite("chatstate.testing")
 
 from chatstate.testing.redis_server import LocalRedisCluster, RedisServer  # noqa: E402
 
+# Tests that need a real redis-server (`make test-fast` leaves them out with -m "not redis"): those
+# that use these fixtures are marked here; a test that starts a server otherwise, or picks one by
+# parameter, carries the mark itself (`kinds` marks the parameters), and `_unmarked_start_no_server`
+# fails any test that starts a server without it.
+SERVER_FIXTURES = frozenset({"redis_server", "redis_cluster"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if SERVER_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.redis)
+
+
+def kinds(*names: str) -> list[Any]:
+    """Parameters naming kinds of store; a kind that runs on a real server ("redis",
+    "cached-redis", "redis-cluster", but not "fakeredis") is marked ``redis``."""
+    return [
+        pytest.param(name, marks=pytest.mark.redis) if "redis" in name.split("-") else name
+        for name in names
+    ]
+
+
+@pytest.fixture(autouse=True)
+def _unmarked_start_no_server(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if request.node.get_closest_marker("redis") is not None:
+        return
+
+    def refuse(self: RedisServer, timeout: float = 10.0) -> RedisServer:
+        raise AssertionError(
+            f"{request.node.nodeid} starts a redis-server: mark it with pytest.mark.redis"
+        )
+
+    monkeypatch.setattr(RedisServer, "start", refuse)
+
 
 class FakeClock:
     """A monotonic clock the test moves by hand."""

@@ -154,6 +154,7 @@ def test_a_quick_run_against_redis_measures_both_sides(
         client.close()
 
 
+@pytest.mark.slow  # a whole `chatstate bench --quick`: about 20 s
 def test_a_quick_run_without_redis_measures_the_in_memory_and_sqlite_stores(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -19,7 +19,7 @@ from chatstate.stores.sqlite import SQLiteStateStore
 from chatstate.testing import StateStoreConformance
 from chatstate.testing.redis_server import LocalRedisCluster, RedisServer
 
-from .conftest import FakeClock
+from .conftest import FakeClock, kinds
 from .dict_backend import DictBackend
 from .redis_time import advance_redis_time
 
@@ -164,7 +164,7 @@ BACKENDS = {
 }
 
 
-@pytest.fixture(params=list(BACKENDS))
+@pytest.fixture(params=kinds(*BACKENDS))
 async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
     async for made in BACKENDS[request.param](request):
         yield made

@@ -45,7 +45,7 @@ def _turn(session: str, index: int) -> list[Message]:
 @pytest.fixture
 def server() -> Iterator[RedisServer]:
     """A server of the test's own, to kill, pause and restart; every write is on disk (AOF with
-    fsync on every write) before it is acknowledged."""
+    fsync on every write) before it is acknowledged. A test that uses it is marked redis."""
     with RedisServer("--appendonly", "yes", "--appendfsync", "always") as server:
         yield server
 
@@ -173,6 +173,7 @@ async def test_no_retry_policy_means_one_try(client: Redis, key_prefix: str) -> 
 # A server killed and restarted ----------------------------------------------------------------
 
 
+@pytest.mark.redis
 async def test_a_killed_server_fails_calls_fast_and_loses_no_acknowledged_turn(
     server: RedisServer, key_prefix: str, loop_errors: list[dict[str, Any]]
 ) -> None:
@@ -236,6 +237,7 @@ async def test_a_killed_server_fails_calls_fast_and_loses_no_acknowledged_turn(
     assert loop_errors == []
 
 
+@pytest.mark.redis
 async def test_the_first_calls_after_a_restart_succeed(
     server: RedisServer, key_prefix: str
 ) -> None:
@@ -254,6 +256,7 @@ async def test_the_first_calls_after_a_restart_succeed(
 # A server that stalls -------------------------------------------------------------------------
 
 
+@pytest.mark.redis
 async def test_a_stalled_server_times_out_and_the_pipeline_policy_applies(
     server: RedisServer, key_prefix: str, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -288,6 +291,7 @@ async def test_a_stalled_server_times_out_and_the_pipeline_policy_applies(
     await store.aclose()
 
 
+@pytest.mark.redis
 @pytest.mark.parametrize("auto_pipeline", [True, False], ids=["auto-pipeline", "plain"])
 @pytest.mark.parametrize("stage", ["load", "append"])
 async def test_a_turn_cancelled_midway_is_stored_whole_or_not_at_all(

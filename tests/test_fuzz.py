@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from chatstate import ImagePart, Message, TextPart, ToolCall
 
+from .conftest import kinds
 from .test_stateful import KINDS
 
 T = TypeVar("T")
@@ -61,7 +62,8 @@ _result = st.builds(Message, role=st.just("tool"), content=st.text(), tool_call_
 messages = st.lists(_plain | _calling | _result, max_size=6)
 
 
-@pytest.mark.parametrize("kind", list(KINDS))
+@pytest.mark.slow  # hypothesis: hundreds of examples per store
+@pytest.mark.parametrize("kind", kinds(*KINDS))
 def test_anything_valid_round_trips_on_every_store(
     kind: str, request: pytest.FixtureRequest
 ) -> None:

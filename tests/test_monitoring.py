@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import sys
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -100,10 +101,19 @@ def test_bad_alert_setups_are_rejected() -> None:
         AlertMonitor(object(), [AlertRule.active_sessions_over(1)], callback)
 
 
+async def _eventually(condition: Callable[[], bool]) -> None:
+    """Waits (5 s at most) until ``condition()`` holds."""
+    async with asyncio.timeout(5):
+        while not condition():
+            await asyncio.sleep(0.001)
+
+
 async def test_prometheus_serves_the_latest_metrics() -> None:
     store = InMemoryStateStore()
     registry = CollectorRegistry()
-    exporter = PrometheusExporter(store, name="chat", registry=registry)
+    exporter = PrometheusExporter(
+        store, name="chat", registry=registry, interval=timedelta(milliseconds=1)
+    )
     assert b"chatstate_" not in generate_latest(registry)  # nothing read yet
     for index in range(3):
         await store.append(f"s{index}", _turn(index))
@@ -115,9 +125,12 @@ async def test_prometheus_serves_the_latest_metrics() -> None:
     assert 'chatstate_loads_total{store="chat"} 1.0' in text
     assert 'chatstate_load_latency_seconds{quantile="0.99",store="chat"}' in text
     assert SECRET not in text
-    async with exporter:  # refreshes in the background
+    read = exporter.latest
+    async with exporter:  # refreshes at once, then every interval, in the background
+        await _eventually(lambda: exporter.latest is not read)  # the refresh at the start
         await store.append("s3", _turn(3))
-        await asyncio.sleep(0.01)
+        appended = 'chatstate_appends_total{store="chat"} 4.0'
+        await _eventually(lambda: appended in generate_latest(registry).decode())
     exporter.unregister()
     assert b"chatstate_" not in generate_latest(registry)
 

@@ -3,8 +3,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import timedelta
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -36,18 +37,24 @@ from .conftest import FakeClock
 
 
 class SpyStore(InMemoryStateStore):
-    """Counts calls, and fails them on demand."""
+    """Counts calls, runs ``during[name]()`` inside them, and fails them on demand."""
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.calls: Counter[str] = Counter()
+        self.during: dict[str, Callable[[], object]] = {}
         self.fail_load: Exception | None = None
         self.fail_append: Exception | None = None
 
+    def _called(self, name: str, failure: Exception | None) -> None:
+        self.calls[name] += 1
+        if name in self.during:
+            self.during[name]()
+        if failure is not None:
+            raise failure
+
     async def load(self, session_id: str, *, limit: int | None = None) -> list[Message]:
-        self.calls["load"] += 1
-        if self.fail_load is not None:
-            raise self.fail_load
+        self._called("load", self.fail_load)
         return await super().load(session_id, limit=limit)
 
     async def append(
@@ -58,9 +65,7 @@ class SpyStore(InMemoryStateStore):
         max_messages: int | None = None,
         ttl: TTL = None,
     ) -> int:
-        self.calls["append"] += 1
-        if self.fail_append is not None:
-            raise self.fail_append
+        self._called("append", self.fail_append)
         return await super().append(session_id, messages, max_messages=max_messages, ttl=ttl)
 
 
@@ -102,7 +107,24 @@ async def test_a_turn_sends_system_prompt_history_and_message_and_stores_the_tur
     assert result.response == turn2[1]
     assert await store.load("s") == turn1 + turn2  # the system prompt is not stored
     assert set(result.timings) == {"load", "provider", "save", "total"}
-    assert all(seconds >= 0 for seconds in result.timings.values())
+
+
+async def test_timings_measure_each_stage_and_the_whole_turn(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = FakeClock()  # the stages are timed with perf_counter: here, a clock moved by hand
+    for module in ("pipeline", "middleware.state", "middleware.provider"):
+        monkeypatch.setattr(f"chatstate.{module}.time", SimpleNamespace(perf_counter=clock))
+    store = SpyStore()
+    store.during = {"load": lambda: clock.advance(0.5), "append": lambda: clock.advance(0.25)}
+
+    def answer(messages: list[Message]) -> str:
+        clock.advance(2.0)
+        return "ok"
+
+    pipe, _ = make_pipeline(store, ScriptedProvider(answer))
+    result = await pipe.execute_with_session("s", "user", "hi")
+    assert result.timings == {"load": 0.5, "provider": 2.0, "save": 0.25, "total": 2.75}
 
 
 async def test_history_is_bounded_on_write_and_on_read() -> None:

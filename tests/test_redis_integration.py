@@ -25,6 +25,8 @@ from chatstate import (
 )
 from chatstate.testing.redis_server import LocalRedisCluster, RedisServer, find_free_port
 
+pytestmark = pytest.mark.redis  # every test here talks to a real server (`tls_server` its own)
+
 
 class CountingConnection(Connection):
     """Counts the writes to the server: one per round trip, however many commands it carries."""

@@ -20,6 +20,8 @@ from chatstate import (
 from chatstate.sessions import Conversations, temporary_session
 from chatstate.testing.redis_server import LocalRedisCluster, RedisServer
 
+from .conftest import kinds
+
 
 class Clock:
     """Wall-clock seconds that the test moves (starting from now: Redis expires by its own)."""
@@ -31,7 +33,7 @@ class Clock:
         return self.now
 
 
-@pytest.fixture(params=["memory", "redis", "redis-cluster"])
+@pytest.fixture(params=kinds("memory", "redis", "redis-cluster"))
 async def store(request: pytest.FixtureRequest, key_prefix: str) -> AsyncIterator[StateStore]:
     if request.param == "memory":
         async with InMemoryStateStore() as memory:

@@ -22,7 +22,7 @@ from redis.asyncio import Redis, RedisCluster
 from chatstate import InMemoryStateStore, Message, RedisStateStore, StateStore
 from chatstate.stores.sqlite import SQLiteStateStore
 
-from .conftest import FakeClock
+from .conftest import FakeClock, kinds
 from .redis_time import advance_redis_time
 
 T = TypeVar("T")
@@ -252,7 +252,8 @@ class StoreMachine(RuleBasedStateMachine):
         assert self.run(all_turns()) == expected
 
 
-@pytest.mark.parametrize("kind", list(KINDS))
+@pytest.mark.slow  # hypothesis: hundreds of examples per store
+@pytest.mark.parametrize("kind", kinds(*KINDS))
 def test_every_store_behaves_like_the_model(kind: str, request: pytest.FixtureRequest) -> None:
     make, server, examples = KINDS[kind]
     url = request.getfixturevalue(server).url if server else None

@@ -28,8 +28,10 @@ from chatstate.providers.scripted import summary_reply
 from chatstate.summaries import ProviderSummarizer, SummaryConfig, fold_count, transcript
 from chatstate.window import is_valid_window
 
+from .conftest import kinds
 
-@pytest.fixture(params=["memory", "redis"])
+
+@pytest.fixture(params=kinds("memory", "redis"))
 async def store(request: pytest.FixtureRequest, key_prefix: str) -> AsyncIterator[Any]:
     if request.param == "memory":
         async with InMemoryStateStore() as memory:

@@ -27,6 +27,8 @@ from chatstate import (
 from chatstate.testing import RedisServer
 from chatstate.tokens import ESTIMATE, TextTokenCounter, count_tokens, estimate_tokens
 
+from .conftest import kinds
+
 
 @pytest.mark.parametrize(
     ("text", "tokens"),
@@ -105,7 +107,7 @@ class _Counting:
         return ESTIMATE.count(message)
 
 
-@pytest.fixture(params=["memory", "fakeredis", "redis"])
+@pytest.fixture(params=kinds("memory", "fakeredis", "redis"))
 async def store_factory(
     request: pytest.FixtureRequest, key_prefix: str
 ) -> AsyncIterator[Callable[[], Any]]:

@@ -33,7 +33,7 @@ from chatstate.stores.sqlite import SQLiteStateStore
 from chatstate.testing.redis_server import RedisServer
 from chatstate.transfer import EXPORT_FORMAT
 
-from .conftest import FakeClock
+from .conftest import FakeClock, kinds
 from .redis_time import advance_redis_time
 
 NOW = 1_700_000_000.0
@@ -91,7 +91,7 @@ class Stores:
                 await advance_redis_time(client, seconds, match=f"{self.prefix}*")
 
 
-@pytest.fixture(params=["memory", "sqlite", "redis", "encrypted-sqlite"])
+@pytest.fixture(params=kinds("memory", "sqlite", "redis", "encrypted-sqlite"))
 async def make(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Stores]:
     stores = Stores(request.param, request, tmp_path)
     yield stores
@@ -217,32 +217,36 @@ async def test_a_fork_copies_one_instant_while_turns_go_on(make: Stores) -> None
     store = make()
     turns = 30
 
+    def turn(number: int) -> list[Message]:
+        return [
+            Message(role="user", content=f"q{number}"),
+            Message(role="assistant", content=f"a{number}"),
+        ]
+
+    await store.append("busy", turn(0))  # every fork has a source
+
     async def talk() -> None:
-        for number in range(turns):
-            await store.append(
-                "busy",
-                [
-                    Message(role="user", content=f"q{number}"),
-                    Message(role="assistant", content=f"a{number}"),
-                ],
-            )
+        for number in range(1, turns):
+            await store.append("busy", turn(number))
             await asyncio.sleep(0)
 
     async def forks() -> list[list[Message]]:
         copies = []
         for number in range(10):
             await asyncio.sleep(0)
-            try:
-                copies.append((await fork_session(store, "busy", f"fork-{number}")).messages)
-            except SessionNotFoundError:
-                continue  # before the first turn
+            copies.append((await fork_session(store, "busy", f"fork-{number}")).messages)
         return copies
 
     _, copies = await asyncio.gather(talk(), forks())
     final = await store.load("busy")
     assert len(final) == 2 * turns
-    for copy in copies:  # each a whole number of turns: the history as it stood at one instant
-        assert len(copy) % 2 == 0 and copy == final[: len(copy)]
+    assert len(copies) == 10
+    assert len(copies[0]) < len(final)  # the first fork ran while the turns went on
+    for number, copy in enumerate(copies):
+        # Each a whole number of turns: the history as it stood at one instant, and stored.
+        assert len(copy) >= 2 and len(copy) % 2 == 0 and copy == final[: len(copy)]
+        assert await store.load(f"fork-{number}") == copy
+    assert [len(copy) for copy in copies] == sorted(len(copy) for copy in copies)
 
 
 async def test_every_session_of_a_user_exports(tmp_path: Path) -> None:

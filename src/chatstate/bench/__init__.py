@@ -7,8 +7,9 @@ Run it as ``chatstate bench`` (``--help`` for the options; it needs the ``bench`
     report.write_json(Path("bench.json"))
 
 Every scenario runs ours and its floor in alternating rounds, so a noisy machine moves both; the
-ratio ours / floor is the figure that counts (DESIGN.md section 4). Importing this package needs
-neither rich nor matplotlib: they are imported when a table is printed or a plot drawn.
+ratio ours / floor is the figure that counts (the targets: docs/benchmarks.md). Importing this
+package needs neither rich nor matplotlib: they are imported when a table is printed or a plot
+drawn.
 """
 
 from chatstate.bench.options import BenchError, BenchOptions

@@ -319,7 +319,7 @@ def _metrics(scenario: Scenario, sessions: int) -> list[_Metric]:
         return [("throughput", scenario.unit, attrgetter("turns_per_s"), None), load_p50]
     if scenario is not scenarios.TURN:
         return [("throughput", scenario.unit, attrgetter("turns_per_s"), None)]
-    throughput_target = None  # between 1 and 100 sessions, DESIGN.md sets none
+    throughput_target = None  # between 1 and 100 sessions, docs/benchmarks.md sets none
     if sessions == 1:
         throughput_target = TURN_THROUGHPUT_ONE_SESSION
     elif sessions >= 100:
@@ -420,7 +420,7 @@ async def stored_bytes(bench: RedisBench, options: BenchOptions) -> Measured:
 
 
 def _stored_bytes_target(variant: str, size: int, options: BenchOptions) -> Target | None:
-    """DESIGN.md: the payload + 64 B for the run's messages; 0.6 x the payload for 2 KiB of
+    """docs/benchmarks.md: the payload + 64 B for the run's messages; 0.6 x the payload for 2 KiB of
     English text compressed. Plain 2 KiB entries get no target: Redis rounds allocations of that
     size up the same way for any client (see the floor)."""
     if size == LARGE_MESSAGE_BYTES and size != options.message_bytes:
