@@ -12,7 +12,7 @@ import pytest
 from redis.asyncio import Redis, RedisCluster
 
 from chatstate import InMemoryStateStore, InstrumentedStore, RedisStateStore, StateStore
-from chatstate.stores import BackendStore
+from chatstate.stores import BackendStore, Encryption
 from chatstate.stores.cached import CachedStore
 from chatstate.stores.encrypted import EncryptedStore
 from chatstate.stores.sqlite import SQLiteStateStore
@@ -79,6 +79,29 @@ async def _third_party(request: pytest.FixtureRequest) -> AsyncIterator[Backend]
         clock.advance(seconds)
 
     async with BackendStore(DictBackend(clock)) as store:
+        yield Backend(store, advance)
+
+
+async def _sealed_memory(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
+    # Encryption as the store's own option: old and new key, so a rotated keyring.
+    clock = FakeClock()
+
+    async def advance(seconds: float) -> None:
+        clock.advance(seconds)
+
+    keys = {"k2": secrets.token_bytes(32), "k1": secrets.token_bytes(32)}
+    async with InMemoryStateStore(clock=clock, encryption=Encryption(keys=keys)) as store:
+        yield Backend(store, advance)
+
+
+async def _sealed_third_party(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
+    clock = FakeClock()
+
+    async def advance(seconds: float) -> None:
+        clock.advance(seconds)
+
+    encryption = Encryption(keys={"k": secrets.token_bytes(32)})
+    async with BackendStore(DictBackend(clock), encryption=encryption) as store:
         yield Backend(store, advance)
 
 
@@ -149,6 +172,8 @@ async def _instrumented(request: pytest.FixtureRequest) -> AsyncIterator[Backend
 BACKENDS = {
     "memory": _memory_backend,
     "third-party": _third_party,
+    "sealed-memory": _sealed_memory,
+    "sealed-third-party": _sealed_third_party,
     "instrumented-memory": _instrumented,
     "cached-memory": _cached_memory,
     "cached-redis": _cached_redis,

@@ -139,7 +139,7 @@ def test_invalid_messages_name_the_problem(fields: dict[str, Any], problem: str)
 
 def test_entry_envelope_carries_the_format_version() -> None:
     entry = encode_entry(Message(role="user", content="hi"))
-    assert entry[0] == 1 and FORMAT_VERSION == 2  # 2 only for a message with a token count
+    assert entry[0] == 1 and FORMAT_VERSION == 3  # 2: with a token count; 3: encrypted
     assert entry == b'\x01\x00{"role":"user","content":"hi"}'  # defaults are not stored
 
 
@@ -211,7 +211,8 @@ def test_large_entries_can_be_compressed_and_mixed_with_plain_ones() -> None:
         (b"", CorruptEntryError, "too short"),
         (b"\x01", CorruptEntryError, "too short"),
         (b"\x00\x00{}", CorruptEntryError, "invalid format version 0"),
-        (b"\x03\x00{}", UnsupportedFormatError, "format version 3"),
+        (b"\x03\x00{}", UnsupportedFormatError, "encrypted"),
+        (b"\x04\x00{}", UnsupportedFormatError, "format version 4"),
         (b"\x02\x00\x00\x01\x00\x00", CorruptEntryError, "too short"),
         (b"\x02\x00\x00\x01\x00\x00\x00\x05[]", CorruptEntryError, "not a valid message"),
         (b"\x01\x05{}", UnsupportedFormatError, "codec 5"),
@@ -291,13 +292,13 @@ def _distinct(count: int, start: int = 0) -> list[Message]:
 
 def test_the_codec_decodes_only_entries_it_has_not_seen(monkeypatch: pytest.MonkeyPatch) -> None:
     decoded: list[int] = []
-    real = codec_module.decode_entries
+    real = codec_module.decode_aligned
 
     def counting(entries: Any, **options: Any) -> Any:
         decoded.append(len(entries))
         return real(entries, **options)
 
-    monkeypatch.setattr(codec_module, "decode_entries", counting)
+    monkeypatch.setattr(codec_module, "decode_aligned", counting)
     writer, reader = EntryCodec(), EntryCodec()
     entries = writer.encode(_distinct(20))
     assert writer.decode(entries, on_corrupt="raise", session_id="s") == (_distinct(20), 0)

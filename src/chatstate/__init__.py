@@ -30,7 +30,13 @@ from chatstate.middleware import ProviderMiddleware, StateMiddleware, StateMiddl
 from chatstate.pipeline import CallNext, ExecutionResult, Middleware, Pipeline, RequestContext
 from chatstate.providers import Provider, ScriptedProvider
 from chatstate.retry import RetryPolicy
-from chatstate.stores import CachedStore, InMemoryStateStore, SQLiteStateStore, StateStore
+from chatstate.stores import (
+    CachedStore,
+    Encryption,
+    InMemoryStateStore,
+    SQLiteStateStore,
+    StateStore,
+)
 from chatstate.summaries import ProviderSummarizer, Summarizer, SummaryConfig
 from chatstate.tokens import TextTokenCounter, TokenCounter
 from chatstate.transfer import ImportReport, export_sessions, fork_session, import_sessions
@@ -54,6 +60,7 @@ __all__ = [
     "CorruptEntryError",
     "DecryptionError",
     "EncryptedStore",
+    "Encryption",
     "ExecutionResult",
     "ImagePart",
     "ImportReport",

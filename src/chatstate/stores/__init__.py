@@ -5,6 +5,7 @@ from typing import TYPE_CHECKING, Any
 
 from chatstate.stores._backend import Backend, BackendCensus, ErrorKind, Page, RawSession, Written
 from chatstate.stores._core import BackendStore
+from chatstate.stores._encryption import Encryption
 from chatstate.stores._events import Hook, Operation, StoreEvent
 from chatstate.stores.base import (
     TTL,
@@ -31,6 +32,7 @@ __all__ = [
     "BackendStore",
     "CachedStore",
     "EncryptedStore",
+    "Encryption",
     "ErrorKind",
     "Fold",
     "Hook",

@@ -1,38 +1,41 @@
-"""The codec: how messages become stored entries and back, in stages.
+"""The codec: how messages become a backend's entries and back, in stages.
 
-A stored entry is a small versioned envelope around the message's JSON::
-
-    byte 0     format version (1 or 2)
-    byte 1     low 4 bits: codec (0 = JSON); high 4 bits: compression (0 = none, 1 = zlib,
-               2 = zstd)
-    bytes 2-7  version 2 only: the message's token count, as a 16-bit fingerprint of the counter
-               that made it and a 32-bit count (big-endian; see :mod:`chatstate.tokens`)
-    then       the payload
-
-Version 2 is written only for a message that carries a token count (with a token budget on);
-everything else is written as version 1, which every release reads. Readers accept every version
-up to their own and raise :class:`UnsupportedFormatError` for newer ones, so history written today
-stays readable after an upgrade, and an old reader never guesses at a format it does not know.
-
-:class:`EntryCodec` is the codec of the stores that serialise (SQLite, Redis); :class:`ObjectCodec`
-that of the in-memory store, which keeps the immutable messages themselves.
+A message is serialised to JSON, compressed when that pays (:mod:`chatstate.stores._envelope`:
+the stored entry's format) and, with ``encryption``, sealed (:mod:`chatstate.stores._encryption`);
+a load runs the stages backwards. :class:`EntryCodec` is the codec of every store that keeps bytes
+(SQLite, Redis, and any store with encryption); :class:`ObjectCodec` that of the in-memory store,
+which keeps the immutable messages themselves.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
-from itertools import repeat
+from collections.abc import Sequence
 from typing import Literal, Protocol, TypeVar
-
-from pydantic import TypeAdapter, ValidationError
 
 from chatstate import _compression
 from chatstate._checks import check_count
 from chatstate._compression import Compression
-from chatstate.errors import CorruptEntryError, InvalidMessageError, UnsupportedFormatError
-from chatstate.messages import Message, describe_error, tokens_of
+from chatstate.errors import CorruptEntryError, DecryptionError, UnknownKeyError
+from chatstate.messages import Message, tokens_of
+from chatstate.stores._encryption import HISTORY, LEGACY_PREFIX, SUMMARY, Encryption
+from chatstate.stores._envelope import (
+    _PLAIN_HEADER,
+    DEFAULT_COMPRESS_OVER,
+    DEFAULT_MAX_MESSAGE_BYTES,
+    ENCRYPTED,
+    FORMAT_VERSION,
+    _check_size,
+    _envelope,
+    _json,
+    check_sizes,
+    decode_aligned,
+    decode_entries,
+    decode_entry,
+    encode_entry,
+)
 
+# The codec is where the stores find every stage: the envelope's names are re-exported here.
 __all__ = [
     "DEFAULT_COMPRESS_OVER",
     "DEFAULT_MAX_MESSAGE_BYTES",
@@ -40,6 +43,7 @@ __all__ = [
     "Codec",
     "EntryCodec",
     "ObjectCodec",
+    "check_sizes",
     "decode_entries",
     "decode_entry",
     "encode_entry",
@@ -47,37 +51,30 @@ __all__ = [
 
 E = TypeVar("E")
 
-FORMAT_VERSION = 2
-"""The newest entry format this version reads (it writes 2 only for counted messages)."""
+_MAX_CACHED_LOAD = 256
+"""Loads of more entries than this bypass the codec's cache."""
 
-_CODEC_JSON = 0
-_COUNTED = 2  # the version of entries with a token count
-_COUNT_END = 8  # where the payload of a counted entry starts
-
-
-def _header(compression: int, tokens: int | None = None) -> bytes:
-    if tokens is None:
-        return bytes((1, _CODEC_JSON | compression << 4))
-    return bytes((_COUNTED, _CODEC_JSON | compression << 4)) + tokens.to_bytes(6, "big")
-
-
-_PLAIN_HEADER = _header(_compression.NONE)
-_PLAIN_COUNTED = bytes((_COUNTED, _CODEC_JSON))
-
-
-_MESSAGE_LIST: TypeAdapter[list[Message]] = TypeAdapter(list[Message])
+OnCorrupt = Literal["skip", "raise"]
 
 
 class Codec(Protocol[E]):
-    """Turns messages into a backend's entries and back."""
+    """Turns messages into a backend's entries and back, for one session (``session_id``), as
+    its history or (``summary``) its summary."""
 
-    def encode(self, messages: Sequence[Message]) -> list[E]:
+    def encode(
+        self, messages: Sequence[Message], *, session_id: str, summary: bool = False
+    ) -> list[E]:
         """The entries of ``messages``; InvalidMessageError (and nothing encoded) for one that
         cannot be stored."""
         ...
 
     def decode(
-        self, entries: Sequence[E], *, on_corrupt: Literal["skip", "raise"], session_id: str
+        self,
+        entries: Sequence[E],
+        *,
+        on_corrupt: OnCorrupt,
+        session_id: str,
+        summary: bool = False,
     ) -> tuple[list[Message], int]:
         """The messages of ``entries`` and how many were skipped as corrupt (``"skip"``), or
         CorruptEntryError (``"raise"``)."""
@@ -93,176 +90,23 @@ class ObjectCodec:
     def __init__(self, *, max_bytes: int | None = None) -> None:
         self._max_bytes = max_bytes
 
-    def encode(self, messages: Sequence[Message]) -> list[Message]:
+    def encode(
+        self, messages: Sequence[Message], *, session_id: str, summary: bool = False
+    ) -> list[Message]:
         check_sizes(messages, self._max_bytes)
         return list(messages)
 
     def decode(
-        self, entries: Sequence[Message], *, on_corrupt: Literal["skip", "raise"], session_id: str
+        self,
+        entries: Sequence[Message],
+        *,
+        on_corrupt: OnCorrupt,
+        session_id: str,
+        summary: bool = False,
     ) -> tuple[list[Message], int]:
         # The backend's page is a new list already, the caller's own (the messages are shared:
         # they cannot change).
         return entries if type(entries) is list else list(entries), 0
-
-
-def encode_entry(
-    message: Message, *, compress_over: int | None = None, compression: Compression = "auto"
-) -> bytes:
-    """Serialise a message into a stored entry.
-
-    With ``compress_over`` set, a payload longer than that many bytes is compressed (``"zlib"``,
-    ``"zstd"`` with the zstandard package, or ``"auto"``: zstd if it is installed, else zlib) when
-    that makes it smaller.
-    """
-    return _envelope(
-        _json(message), compress_over, *_compression.compressor(compression), tokens_of(message)
-    )
-
-
-def _json(message: Message) -> bytes:
-    return message.__pydantic_serializer__.to_json(message, exclude_defaults=True)
-
-
-def _envelope(
-    payload: bytes,
-    compress_over: int | None,
-    kind: int,
-    compress: Callable[[bytes], bytes],
-    tokens: int | None,
-) -> bytes:
-    if compress_over is not None and len(payload) > compress_over:
-        packed = compress(payload)
-        if len(packed) < len(payload):
-            return _header(kind, tokens) + packed
-    if tokens is None:
-        return _PLAIN_HEADER + payload
-    return _header(_compression.NONE, tokens) + payload
-
-
-def check_sizes(messages: Sequence[Message], max_bytes: int | None) -> None:
-    """Raise InvalidMessageError if a message's JSON is longer than ``max_bytes`` (None: no
-    limit); for stores that keep messages as objects (a serialising store checks as it encodes)."""
-    if max_bytes is not None:
-        for index, message in enumerate(messages):
-            _check_size(index, len(_json(message)), max_bytes)
-
-
-def _check_size(index: int, size: int, max_bytes: int) -> None:
-    if size > max_bytes:
-        raise InvalidMessageError(
-            f"messages[{index}] is {size:,} bytes as JSON; the limit is {max_bytes:,} "
-            "(max_message_bytes); nothing was stored"
-        )
-
-
-def decode_entry(entry: bytes) -> Message:
-    """Parse a stored entry back into a message.
-
-    Raises :class:`UnsupportedFormatError` for an entry of a newer format and
-    :class:`CorruptEntryError` for one that is damaged.
-    """
-    if len(entry) < 2:
-        raise CorruptEntryError(f"stored entry is too short ({len(entry)} bytes)")
-    version, flags = entry[0], entry[1]
-    if version == 1:
-        start, tokens = 2, None
-    elif version == _COUNTED:
-        if len(entry) < _COUNT_END:
-            raise CorruptEntryError(f"stored entry is too short ({len(entry)} bytes)")
-        start, tokens = _COUNT_END, int.from_bytes(entry[2:_COUNT_END])
-    elif version > FORMAT_VERSION:
-        raise UnsupportedFormatError(
-            f"stored entry has format version {version}; this chatstate reads up to "
-            f"{FORMAT_VERSION} (upgrade chatstate to read it)"
-        )
-    else:
-        raise CorruptEntryError(f"stored entry has an invalid format version {version}")
-    codec, compression = flags & 0x0F, flags >> 4
-    if codec != _CODEC_JSON:
-        raise UnsupportedFormatError(f"stored entry uses unknown codec {codec}")
-    payload = entry[start:]
-    if compression != _compression.NONE:
-        payload = _compression.decompress(compression, payload)
-    try:
-        message = Message.model_validate_json(payload)
-    except ValidationError as exc:
-        raise CorruptEntryError(
-            f"stored entry is not a valid message: {describe_error(exc)}"
-        ) from exc
-    if tokens is not None:
-        object.__setattr__(message, "_tokens", tokens)
-    return message
-
-
-def decode_entries(
-    entries: Sequence[bytes],
-    *,
-    on_corrupt: Literal["skip", "raise"],
-    session_id: str,
-) -> tuple[list[Message], int]:
-    """Decode stored entries, oldest first; returns the messages and how many were skipped."""
-    if entries:
-        # The common case, every entry plain JSON: one call into pydantic-core for all of them
-        # rather than one per entry (about half the cost). Valid entries joined with commas are
-        # exactly the array of them; anything else fails validation or yields a different count
-        # (short of entries crafted together, by someone who could as well write valid ones),
-        # and is then decoded entry by entry below, so one bad entry never costs the rest.
-        counts: list[int | None] | None = None
-        if all(map(bytes.startswith, entries, repeat(_PLAIN_HEADER, len(entries)))):
-            payloads = [entry[2:] for entry in entries]
-        else:
-            payloads, counts = _plain_counted(entries)
-        if payloads:
-            try:
-                messages = _MESSAGE_LIST.validate_json(b"[" + b",".join(payloads) + b"]")
-            except ValidationError:
-                pass
-            else:
-                if len(messages) == len(entries):
-                    if counts is not None:
-                        for message, tokens in zip(messages, counts, strict=True):
-                            if tokens is not None:
-                                object.__setattr__(message, "_tokens", tokens)
-                    return messages, 0
-    result: list[Message] = []
-    skipped = 0
-    for entry in entries:
-        try:
-            result.append(decode_entry(entry))
-        except CorruptEntryError as exc:
-            if on_corrupt == "raise":
-                exc.session_id = session_id
-                raise
-            skipped += 1
-    return result, skipped
-
-
-def _plain_counted(entries: Sequence[bytes]) -> tuple[list[bytes], list[int | None]]:
-    """The payloads and token counts of entries that are all plain JSON, of either version
-    (nothing if any is not)."""
-    payloads: list[bytes] = []
-    counts: list[int | None] = []
-    for entry in entries:
-        if entry.startswith(_PLAIN_COUNTED) and len(entry) >= _COUNT_END:
-            payloads.append(entry[_COUNT_END:])
-            counts.append(int.from_bytes(entry[2:_COUNT_END]))
-        elif entry.startswith(_PLAIN_HEADER):
-            payloads.append(entry[2:])
-            counts.append(None)
-        else:
-            return [], []
-    return payloads, counts
-
-
-_MAX_CACHED_LOAD = 256
-"""Loads of more entries than this bypass the codec's cache."""
-
-
-DEFAULT_COMPRESS_OVER = 1024
-"""Entries whose JSON is longer are compressed by default (1 KiB), by the stores that serialise."""
-
-DEFAULT_MAX_MESSAGE_BYTES = 1 << 20
-"""The largest message (its JSON) a serialising store takes by default: 1 MiB."""
 
 
 class EntryCodec:
@@ -270,16 +114,25 @@ class EntryCodec:
 
     A session's history changes by a turn at a time, so most entries a load reads were written or
     read a moment ago. The codec keeps the messages of the entries it encoded or decoded lately,
-    keyed by the entry's exact bytes (an entry always decodes to the same immutable message), so a
-    load decodes only what it has not seen: about two entries a turn instead of the whole window.
-    The cache is bounded by ``cache_bytes``, an estimate of the memory its entries hold (their
-    bytes and messages); the least recently used go first, so entries trimmed out of every window
-    leave before live ones. It pays while the windows of the active sessions fit: the default
-    32 MiB holds about 22,000 messages of 200 bytes. Loads of more than 256 entries bypass it.
-    ``cache_bytes=0`` turns it off.
+    keyed by the entry's exact bytes (an entry always decodes to the same immutable message; an
+    encrypted one only in its own session and place, which the cache checks), so a load decodes
+    only what it has not seen: about two entries a turn instead of the whole window. The cache is
+    bounded by ``cache_bytes``, an estimate of the memory its entries hold; the least recently
+    used go first, so entries trimmed out of every window leave before live ones. It pays while
+    the windows of the active sessions fit: the default 32 MiB holds about 22,000 messages of 200
+    bytes. Loads of more than 256 entries bypass it. ``cache_bytes=0`` turns it off (and keeps no
+    plaintext in memory beyond what a call returns).
     """
 
-    __slots__ = ("_cache", "_cache_bytes", "_compress", "_compress_over", "_held", "_max_bytes")
+    __slots__ = (
+        "_cache",
+        "_cache_bytes",
+        "_compress",
+        "_compress_over",
+        "_encryption",
+        "_held",
+        "_max_bytes",
+    )
 
     def __init__(
         self,
@@ -288,11 +141,14 @@ class EntryCodec:
         compression: Compression = "auto",
         cache_bytes: int = 32 << 20,
         max_bytes: int | None = None,
+        encryption: Encryption | None = None,
     ) -> None:
         self._compress_over = compress_over
         self._compress = _compression.compressor(compression)
         self._max_bytes = max_bytes
-        self._cache: OrderedDict[bytes, Message] = OrderedDict()
+        self._encryption = encryption
+        # entry -> (message, None) for a plain entry, (message, (session, kind)) for a sealed one
+        self._cache: OrderedDict[bytes, tuple[Message, tuple[str, bytes] | None]] = OrderedDict()
         self._cache_bytes = cache_bytes
         self._held = 0
 
@@ -304,11 +160,18 @@ class EntryCodec:
         compression: Compression,
         message_cache_bytes: int,
         max_message_bytes: int | None,
+        encryption: Encryption | None = None,
     ) -> EntryCodec:
         """The codec of a store, from the store's options (named as the stores name them),
         checked: ConfigurationError for one out of range."""
         if compress_over is not None:
             check_count(compress_over, name="compress_over", minimum=0)
+        if encryption is not None and not isinstance(encryption, Encryption):
+            from chatstate.errors import ConfigurationError
+
+            raise ConfigurationError(
+                f"encryption must be a chatstate.Encryption, got {type(encryption).__name__}"
+            )
         return cls(
             compress_over=compress_over,
             compression=compression,
@@ -316,9 +179,16 @@ class EntryCodec:
             max_bytes=None
             if max_message_bytes is None
             else check_count(max_message_bytes, name="max_message_bytes"),
+            encryption=encryption,
         )
 
-    def encode(self, messages: Sequence[Message]) -> list[bytes]:
+    @property
+    def encryption(self) -> Encryption | None:
+        return self._encryption
+
+    def encode(
+        self, messages: Sequence[Message], *, session_id: str = "", summary: bool = False
+    ) -> list[bytes]:
         """The entries of ``messages``, which are remembered for the loads that follow. A message
         whose JSON is over ``max_bytes`` raises InvalidMessageError (and nothing is encoded)."""
         compress_over, max_bytes = self._compress_over, self._max_bytes
@@ -328,57 +198,133 @@ class EntryCodec:
             if max_bytes is not None:
                 _check_size(index, len(payload), max_bytes)
             entries.append(_envelope(payload, compress_over, *self._compress, tokens_of(message)))
+        owner = None
+        encryption = self._encryption
+        if encryption is not None:
+            kind = SUMMARY if summary else HISTORY
+            entries = [encryption.seal(entry, session_id, kind) for entry in entries]
+            owner = (session_id, kind)
         if self._cache_bytes:
             for entry, message in zip(entries, messages, strict=True):
-                self._remember(entry, message)
+                self._remember(entry, message, owner)
         return entries
 
     def decode(
-        self, entries: Sequence[bytes], *, on_corrupt: Literal["skip", "raise"], session_id: str
+        self,
+        entries: Sequence[bytes],
+        *,
+        on_corrupt: OnCorrupt,
+        session_id: str,
+        summary: bool = False,
     ) -> tuple[list[Message], int]:
-        """Like :func:`decode_entries`, decoding only the entries it does not remember."""
+        """The messages of ``entries``, decoding only the entries it does not remember."""
+        kind = SUMMARY if summary else HISTORY
         if not self._cache_bytes or len(entries) > _MAX_CACHED_LOAD:
             # A load this long (an unbounded history) would only push the windows of other
             # sessions out of the cache, and pay for it on every entry.
-            return decode_entries(entries, on_corrupt=on_corrupt, session_id=session_id)
-        cache = self._cache
-        get, keep = cache.get, cache.move_to_end
+            return _kept(self._decode_all(entries, on_corrupt, session_id, kind))
+        get, keep = self._cache.get, self._cache.move_to_end
         found: list[Message | None] = []
         missing: list[int] = []
         for entry in entries:
-            message = get(entry)
-            if message is None:
-                missing.append(len(found))
-            else:
+            hit = get(entry)
+            if hit is not None and (hit[1] is None or hit[1] == (session_id, kind)):
                 keep(entry)  # least recently used first out: live windows stay, trimmed go
-            found.append(message)
+                found.append(hit[0])
+            else:
+                missing.append(len(found))
+                found.append(None)
         if not missing:
             return found, 0  # type: ignore[return-value]  # no None left
         unseen = [entries[index] for index in missing]
-        decoded, skipped = decode_entries(unseen, on_corrupt=on_corrupt, session_id=session_id)
-        if skipped:  # which ones? decode them one by one
-            decoded = []
-            for index, entry in zip(missing, unseen, strict=True):
-                try:
-                    found[index] = decode_entry(entry)
-                except CorruptEntryError:
-                    continue
-                self._remember(entry, found[index])  # type: ignore[arg-type]
-            return [message for message in found if message is not None], skipped
+        owner = (session_id, kind)
+        skipped = 0
+        decoded = self._decode_all(unseen, on_corrupt, session_id, kind)
         for index, entry, message in zip(missing, unseen, decoded, strict=True):
-            found[index] = message
-            self._remember(entry, message)
-        return found, 0  # type: ignore[return-value]
+            if message is None:
+                skipped += 1
+            else:
+                found[index] = message
+                self._remember(entry, message, owner if entry[:1] == _SEALED else None)
+        if skipped:
+            return _kept(found)
+        return found, 0  # type: ignore[return-value]  # no None left
 
-    def _remember(self, entry: bytes, message: Message) -> None:
+    def _decode_all(
+        self, entries: Sequence[bytes], on_corrupt: OnCorrupt, session_id: str, kind: bytes
+    ) -> list[Message | None]:
+        """Every stage backwards: open what is sealed, then read the plain entries."""
+        encryption = self._encryption
+        if encryption is None:
+            for entry in entries:
+                if entry[:1] == _SEALED:
+                    key_id = Encryption.key_id_of(entry)
+                    raise UnknownKeyError(
+                        f"an entry of session {session_id!r} is encrypted (key {key_id!r}), and "
+                        "this store was given no keys: give it encryption=Encryption(keys=...)",
+                        session_id=session_id,
+                        key_id=key_id,
+                    )
+            return decode_aligned(entries, on_corrupt=on_corrupt, session_id=session_id)
+        # With keys, every entry must open: a plain one may have been forged, so it is refused
+        # like a damaged one (but for the messages 0.1.0's EncryptedStore sealed).
+        opened = [self._open(entry, session_id, kind, on_corrupt) for entry in entries]
+        readable = [entry for entry in opened if entry is not None]
+        decoded = iter(decode_aligned(readable, on_corrupt=on_corrupt, session_id=session_id))
+        return [None if entry is None else next(decoded) for entry in opened]
+
+    def _open(
+        self, entry: bytes, session_id: str, kind: bytes, on_corrupt: OnCorrupt
+    ) -> bytes | None:
+        """The plain entry sealed in ``entry``; None for one that fails authentication and is
+        skipped (``on_tamper="skip"``). A key not given always raises."""
+        encryption = self._encryption
+        assert encryption is not None
+        try:
+            if entry[:1] == _SEALED:
+                return encryption.open(entry, session_id, kind)
+            try:
+                message = decode_entry(entry)
+            except CorruptEntryError:
+                message = None
+            if message is None or not _is_legacy(message):
+                raise DecryptionError(
+                    f"an entry of session {session_id!r} is not encrypted, in a store that "
+                    "encrypts: it was not written through these keys",
+                    session_id=session_id,
+                )
+            return encryption.open_legacy(message, session_id, kind)
+        except UnknownKeyError:
+            raise
+        except DecryptionError:
+            if on_corrupt == "raise" or encryption.on_tamper == "raise":
+                raise
+            return None
+
+    def _remember(self, entry: bytes, message: Message, owner: tuple[str, bytes] | None) -> None:
         cache = self._cache
         if entry in cache:
             return
-        cache[entry] = message
+        cache[entry] = (message, owner)
         self._held += _cost(entry)
         while self._held > self._cache_bytes and cache:
             oldest, _ = cache.popitem(last=False)
             self._held -= _cost(oldest)
+
+
+_SEALED = bytes((ENCRYPTED,))
+
+
+def _kept(messages: list[Message | None]) -> tuple[list[Message], int]:
+    """The messages that were read, and how many were skipped."""
+    kept = [message for message in messages if message is not None]
+    return kept, len(messages) - len(kept)
+
+
+def _is_legacy(message: Message) -> bool:
+    """Whether ``message`` is one that 0.1.0's EncryptedStore stored in place of a message."""
+    content = message.content
+    return type(content) is str and content.startswith(LEGACY_PREFIX) and message.role == "user"
 
 
 def _cost(entry: bytes) -> int:

@@ -25,6 +25,7 @@ from chatstate._checks import (
 from chatstate._locks import KeyedLock
 from chatstate.errors import (
     ChatStateError,
+    ConfigurationError,
     StateLoadError,
     StateSaveError,
     StoreError,
@@ -33,7 +34,14 @@ from chatstate.errors import (
 from chatstate.messages import Message, as_messages
 from chatstate.metrics import Recorder, StateMetrics
 from chatstate.stores._backend import Backend, Page, Written
-from chatstate.stores._codec import Codec, EntryCodec, ObjectCodec
+from chatstate.stores._codec import (
+    DEFAULT_COMPRESS_OVER,
+    DEFAULT_MAX_MESSAGE_BYTES,
+    Codec,
+    EntryCodec,
+    ObjectCodec,
+)
+from chatstate.stores._encryption import Encryption
 from chatstate.stores._events import Hook, Operation, StoreEvent, emit
 from chatstate.stores._lease import Lease
 from chatstate.stores.base import TTL, Fold, SessionSnapshot, check_snapshot, run_fold
@@ -57,6 +65,8 @@ class BackendStore(Generic[E]):
     - ``codec``: how messages become the backend's entries (default: the
       :class:`~chatstate.stores._codec.EntryCodec` of the serialising stores: JSON, compressed
       over 1 KiB, at most 1 MiB a message).
+    - ``encryption``: an :class:`~chatstate.Encryption` (keys): every entry sealed before the
+      backend sees it (with the default codec).
     - ``on_corrupt``: an entry that cannot be decoded is ``"skip"``-ped (logged and counted in
       ``corrupt_entries``) or ``"raise"``-s CorruptEntryError. Folds and snapshots always raise:
       they never summarise, copy or delete what they could not read.
@@ -75,12 +85,23 @@ class BackendStore(Generic[E]):
         backend: Backend[E],
         *,
         codec: Codec[E] | None = None,
+        encryption: Encryption | None = None,
         on_corrupt: Literal["skip", "raise"] = "skip",
         sliding_ttl: TTL = None,
         hooks: Sequence[Hook] = (),
     ) -> None:
         self.backend = backend
-        self._codec: Codec[E] = codec if codec is not None else EntryCodec()  # type: ignore[assignment]
+        if codec is None:
+            codec = EntryCodec.for_store(  # type: ignore[assignment]  # bytes, a backend's E
+                compress_over=DEFAULT_COMPRESS_OVER,
+                compression="auto",
+                message_cache_bytes=32 << 20,
+                max_message_bytes=DEFAULT_MAX_MESSAGE_BYTES,
+                encryption=encryption,
+            )
+        elif encryption is not None:
+            raise ConfigurationError("give encryption= to the codec, or no codec (not both)")
+        self._codec: Codec[E] = codec  # type: ignore[assignment]
         self._on_corrupt = check_on_corrupt(on_corrupt)
         self._touch = check_ttl(sliding_ttl, name="sliding_ttl")
         # A codec that keeps the messages themselves: a load hands out the page's new list.
@@ -246,7 +267,7 @@ class BackendStore(Generic[E]):
         new = as_messages(messages)
         bound = check_max_messages(max_messages)
         seconds = check_ttl(ttl)
-        entries = self._codec.encode(new)
+        entries = self._codec.encode(new, session_id=session_id)
         if not entries:
             started = _clock()
             page = await self._read(session_id, 0, False, started, touch=False)
@@ -273,7 +294,7 @@ class BackendStore(Generic[E]):
         session_id = check_session_id(session_id)
         new = as_messages(messages)
         seconds = check_ttl(ttl)
-        entries = self._codec.encode(new)
+        entries = self._codec.encode(new, session_id=session_id)
         started = _clock()
         try:
             if entries:
@@ -323,7 +344,7 @@ class BackendStore(Generic[E]):
         if result is None:
             return False
         count, new_summary = result
-        (entry,) = self._codec.encode([new_summary])
+        (entry,) = self._codec.encode([new_summary], session_id=session_id, summary=True)
         started = _clock()
         try:
             done = await self.backend.compact(
@@ -364,8 +385,11 @@ class BackendStore(Generic[E]):
         ``overwrite`` (see :class:`~chatstate.stores.SessionTransfer`)."""
         session_id = check_session_id(session_id)
         messages, summary, seconds = check_snapshot(snapshot)
-        entries = self._codec.encode(messages)
-        summary_entry = self._codec.encode([summary])[0] if summary is not None else None
+        encode = self._codec.encode
+        entries = encode(messages, session_id=session_id)
+        summary_entry = (
+            None if summary is None else encode([summary], session_id=session_id, summary=True)[0]
+        )
         started = _clock()
         try:
             written: Written | None = await self.backend.replace(
@@ -476,7 +500,9 @@ class BackendStore(Generic[E]):
         """A summary's entry decoded (None for none, or a corrupt one skipped and counted)."""
         if entry is None:
             return None
-        decoded, skipped = self._codec.decode([entry], on_corrupt=on_corrupt, session_id=session_id)
+        decoded, skipped = self._codec.decode(
+            [entry], on_corrupt=on_corrupt, session_id=session_id, summary=True
+        )
         self.corrupt_entries += skipped
         return decoded[0] if decoded else None
 

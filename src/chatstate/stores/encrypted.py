@@ -45,6 +45,7 @@ from chatstate.errors import (
 from chatstate.messages import Message, as_messages
 from chatstate.metrics import StoreWrapper
 from chatstate.stores._codec import decode_entries, decode_entry, encode_entry
+from chatstate.stores._encryption import _checked_keys
 from chatstate.stores.base import (
     TTL,
     Fold,
@@ -510,44 +511,3 @@ def _not_encrypted(session_id: str | None, why: str) -> DecryptionError:
     return DecryptionError(
         f"a stored entry{where} cannot be decrypted: {why}", session_id=session_id
     )
-
-
-def _checked_keys(keys: object) -> dict[str, bytes]:
-    """The keys, checked and copied; errors name a key by its id, never show a secret."""
-    if not isinstance(keys, Mapping):
-        raise ConfigurationError(
-            f"keys must be a mapping of key id to secret bytes, got {type(keys).__name__}"
-        )
-    if not keys:
-        raise ConfigurationError("keys must hold at least one key (the first one encrypts)")
-    checked: dict[str, bytes] = {}
-    for index, (key_id, secret) in enumerate(keys.items()):
-        if not isinstance(key_id, str):
-            raise ConfigurationError(
-                f"key ids must be str; key number {index + 1} has a {type(key_id).__name__} id"
-            )
-        if not key_id:
-            raise ConfigurationError(f"key ids must not be empty (key number {index + 1})")
-        try:
-            size = len(key_id.encode("utf-8"))
-        except UnicodeEncodeError:
-            raise ConfigurationError(
-                f"key id number {index + 1} is not valid Unicode (it holds a lone surrogate)"
-            ) from None
-        if size > _MAX_KEY_ID_BYTES:
-            raise ConfigurationError(
-                f"key id number {index + 1} is {size} bytes as UTF-8; the limit is "
-                f"{_MAX_KEY_ID_BYTES}"
-            )
-        if not isinstance(secret, bytes):
-            raise ConfigurationError(
-                f"the secret of key {key_id!r} must be bytes, got {type(secret).__name__} "
-                "(decode text first, for example with bytes.fromhex or base64.b64decode)"
-            )
-        if len(secret) < _MIN_SECRET_BYTES:
-            raise ConfigurationError(
-                f"the secret of key {key_id!r} is {len(secret)} bytes long; it must be at least "
-                f"{_MIN_SECRET_BYTES} random bytes (secrets.token_bytes(32))"
-            )
-        checked[key_id] = bytes(secret)
-    return checked

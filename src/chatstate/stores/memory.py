@@ -15,8 +15,9 @@ from chatstate._checks import check_count, check_ttl
 from chatstate.errors import ConfigurationError
 from chatstate.messages import Message
 from chatstate.stores._backend import BackendCensus, ErrorKind, Page, RawSession, Written
-from chatstate.stores._codec import ObjectCodec
+from chatstate.stores._codec import Codec, EntryCodec, ObjectCodec
 from chatstate.stores._core import BackendStore
+from chatstate.stores._encryption import Encryption
 from chatstate.stores._events import Hook
 
 __all__ = ["InMemoryStateStore", "MemoryBackend"]
@@ -336,7 +337,7 @@ class MemoryBackend:
         return removed, False
 
 
-class InMemoryStateStore(BackendStore[Message]):
+class InMemoryStateStore(BackendStore[Any]):
     """History kept in this process's memory.
 
     Messages are stored as the immutable :class:`Message` objects they are, so a load costs a dict
@@ -351,6 +352,8 @@ class InMemoryStateStore(BackendStore[Message]):
     - ``clock``: a monotonic clock in seconds, to be replaced in tests.
     - ``max_message_bytes``: refuse, with InvalidMessageError and before anything of the call is
       stored, a message whose JSON is longer (default None: no limit, and no cost).
+    - ``encryption``: an :class:`~chatstate.Encryption`: the messages are kept sealed (bytes),
+      opened on every load (a cache of 16 MiB keeps recently opened ones).
     - ``sliding_ttl``, ``hooks``: as for every store (:class:`~chatstate.stores.BackendStore`).
 
     Safe for any number of tasks on one event loop; not for use from several threads at once.
@@ -366,6 +369,7 @@ class InMemoryStateStore(BackendStore[Message]):
         sweep_interval: float | None = 60.0,
         clock: Callable[[], float] = time.monotonic,
         max_message_bytes: int | None = None,
+        encryption: Encryption | None = None,
         sliding_ttl: float | None = None,
         hooks: Sequence[Hook] = (),
     ) -> None:
@@ -374,9 +378,20 @@ class InMemoryStateStore(BackendStore[Message]):
             if max_message_bytes is None
             else check_count(max_message_bytes, name="max_message_bytes")
         )
+        codec: Codec[Any]
+        if encryption is None:
+            codec = ObjectCodec(max_bytes=max_bytes)
+        else:  # the messages are kept sealed, as bytes
+            codec = EntryCodec.for_store(
+                compress_over=None,
+                compression="auto",
+                message_cache_bytes=16 << 20,
+                max_message_bytes=max_bytes,
+                encryption=encryption,
+            )
         super().__init__(
             MemoryBackend(max_sessions=max_sessions, sweep_interval=sweep_interval, clock=clock),
-            codec=ObjectCodec(max_bytes=max_bytes),
+            codec=codec,
             sliding_ttl=sliding_ttl,
             hooks=hooks,
         )
