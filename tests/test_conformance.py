@@ -11,7 +11,7 @@ import fakeredis
 import pytest
 from redis.asyncio import Redis, RedisCluster
 
-from chatstate import InMemoryStateStore, InstrumentedStore, RedisStateStore, StateStore
+from chatstate import InMemoryStateStore, RedisStateStore, StateStore
 from chatstate.stores import BackendStore, Encryption
 from chatstate.stores.cached import CachedStore
 from chatstate.stores.encrypted import EncryptedStore
@@ -163,18 +163,11 @@ def _encrypted(
     return encrypted
 
 
-async def _instrumented(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
-    # The wrapper that measures a third-party store must not change what the store does.
-    async for backend in _memory():
-        yield Backend(InstrumentedStore(backend.store), backend.advance_time)
-
-
 BACKENDS = {
     "memory": _memory_backend,
     "third-party": _third_party,
     "sealed-memory": _sealed_memory,
     "sealed-third-party": _sealed_third_party,
-    "instrumented-memory": _instrumented,
     "cached-memory": _cached_memory,
     "cached-redis": _cached_redis,
     "sqlite": _sqlite,

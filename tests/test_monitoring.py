@@ -25,10 +25,15 @@ from chatstate import (
     ConfigurationError,
     InMemoryStateStore,
     Message,
+    StateSaveError,
     StoreError,
 )
-from chatstate.otel import OpenTelemetryExporter, TracedStore, session_hash
+from chatstate.otel import OpenTelemetryExporter, OpenTelemetryTracing, session_hash
 from chatstate.prometheus import PrometheusExporter
+from chatstate.stores import BackendStore
+
+from .conftest import FakeClock
+from .dict_backend import DictBackend
 
 SECRET = "the secret content of a message"
 
@@ -97,7 +102,7 @@ def test_bad_alert_setups_are_rejected() -> None:
         AlertRule("", lambda m: 1, 1)
     with pytest.raises(ConfigurationError):
         AlertMonitor(store, [], callback)
-    with pytest.raises(ConfigurationError, match="InstrumentedStore"):
+    with pytest.raises(ConfigurationError, match="BackendStore"):
         AlertMonitor(object(), [AlertRule.active_sessions_over(1)], callback)
 
 
@@ -139,28 +144,54 @@ async def test_spans_show_the_session_hashed_and_never_the_content() -> None:
     spans = InMemorySpanExporter()
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(spans))
-    store = TracedStore(InMemoryStateStore(), tracer_provider=provider)
-    await store.append("user-42", _turn(0))
-    assert await store.load("user-42", limit=5) == _turn(0)
-    with pytest.raises(ConfigurationError):
-        await store.append("user-42", _turn(1), max_messages=0)
+    tracer = provider.get_tracer("test")
+    store = InMemoryStateStore()
+    store.add_hook(OpenTelemetryTracing(tracer_provider=provider))
+    with tracer.start_as_current_span("request") as request:
+        await store.append("user-42", _turn(0))
+        assert await store.load_with_summary("user-42", limit=5) == (_turn(0), None)
     assert await store.delete("user-42")
+    async with store.lease("user-42", ttl=5, timeout=1):
+        pass
     finished = spans.get_finished_spans()
     assert [span.name for span in finished] == [
         "chatstate.append",
         "chatstate.load",
-        "chatstate.append",
+        "request",
         "chatstate.delete",
+        "chatstate.lease",
     ]
-    for span in finished:
+    for span in finished[:2]:  # under the span current when the operation ran
+        assert span.parent is not None and span.parent.span_id == request.get_span_context().span_id
+    for span in [*finished[:2], *finished[3:]]:
         assert span.attributes is not None
         assert span.attributes["chatstate.session.hash"] == session_hash("user-42")
+        assert span.start_time is not None and span.end_time is not None
+        assert 0 < span.end_time - span.start_time < 1e9
         shown = repr(dict(span.attributes)) + repr(span.events) + str(span.status.description)
         assert "user-42" not in shown and SECRET not in shown
     assert finished[1].attributes["chatstate.messages"] == 1  # type: ignore[index]
-    assert finished[2].status.status_code is StatusCode.ERROR
-    assert store.sessions_in_memory == 0  # the wrapper lends the store's own attributes
-    await store.aclose()
+
+
+async def test_a_failed_operation_is_an_error_span(clock: FakeClock) -> None:
+    spans = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(spans))
+
+    class Down(DictBackend):
+        async def append(self, session_id: str, entries: Any, **options: Any) -> Any:
+            raise ConnectionError("refused")
+
+        def error_kind(self, exc: Exception) -> Any:
+            return "unavailable"
+
+    store = BackendStore(Down(clock), hooks=[OpenTelemetryTracing(tracer_provider=provider)])
+    with pytest.raises(StateSaveError):
+        await store.append("user-42", _turn(0))
+    (span,) = spans.get_finished_spans()
+    assert span.status.status_code is StatusCode.ERROR
+    assert span.attributes is not None and span.attributes["error.type"] == "ConnectionError"
+    assert "refused" not in repr(span.status.description)
 
 
 async def test_opentelemetry_observes_the_latest_metrics() -> None:

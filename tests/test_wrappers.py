@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from chatstate import InMemoryStateStore, InstrumentedStore, Message
+from chatstate import InMemoryStateStore, Message
 from chatstate.stores.base import (
     TTL,
     SessionLeases,
@@ -81,12 +81,11 @@ def _static_protocols(store: Any) -> list[bool]:
 @pytest.mark.parametrize(
     "wrap",
     [
-        InstrumentedStore,
         lambda store: EncryptedStore(store, keys=KEYS),
         lambda store: CachedStore(store, max_staleness=timedelta(0)),
         lambda store: CachedStore(EncryptedStore(store, keys=KEYS)),
     ],
-    ids=["instrumented", "encrypted", "cached", "cached-encrypted"],
+    ids=["encrypted", "cached", "cached-encrypted"],
 )
 async def test_wrappers_have_their_stores_protocols_on_the_class(wrap: Any, tmp_path: Path) -> None:
     for inner in (InMemoryStateStore(), SQLiteStateStore(tmp_path / "c.db")):
@@ -103,8 +102,8 @@ async def test_wrappers_have_their_stores_protocols_on_the_class(wrap: Any, tmp_
 
 @pytest.mark.parametrize(
     "wrap",
-    [InstrumentedStore, lambda store: EncryptedStore(store, keys=KEYS)],
-    ids=["instrumented", "encrypted"],
+    [lambda store: EncryptedStore(store, keys=KEYS)],
+    ids=["encrypted"],
 )
 def test_wrappers_of_a_plain_store_claim_nothing_more(wrap: Any) -> None:
     wrapper = wrap(PlainStore())

@@ -25,7 +25,7 @@ from chatstate.errors import (
     WrongTypeError,
 )
 from chatstate.messages import ContentPart, ImagePart, Message, Role, TextPart, ToolCall
-from chatstate.metrics import InstrumentedStore, LatencySummary, StateMetrics
+from chatstate.metrics import LatencySummary, StateMetrics
 from chatstate.middleware import ProviderMiddleware, StateMiddleware, StateMiddlewareConfig
 from chatstate.pipeline import CallNext, ExecutionResult, Middleware, Pipeline, RequestContext
 from chatstate.providers import Provider, ScriptedProvider
@@ -65,7 +65,6 @@ __all__ = [
     "ImagePart",
     "ImportReport",
     "InMemoryStateStore",
-    "InstrumentedStore",
     "InvalidInputError",
     "InvalidMessageError",
     "InvalidSessionIdError",

@@ -97,7 +97,8 @@ class MetricsPoller(Periodic):
     def __init__(self, store: Any, interval: timedelta) -> None:
         if not callable(getattr(store, "metrics", None)):
             raise ConfigurationError(
-                f"{type(store).__name__} has no metrics(): wrap it in InstrumentedStore"
+                f"{type(store).__name__} has no metrics(): build it as a backend of "
+                "chatstate.stores.BackendStore"
             )
         self.store = store
         self.interval = check_ttl(interval, name="interval") or 0.0

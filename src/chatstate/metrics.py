@@ -1,8 +1,9 @@
 """What a store reports about itself: :class:`StateMetrics`, from ``await store.metrics()``.
 
-Every built-in store answers ``metrics()``; :class:`InstrumentedStore` gives the same for any
-other store by wrapping it. Latencies are percentiles over a sliding window of the most recent
-calls (:data:`WINDOW`); counters count since the store was made, in this process.
+Every store answers ``metrics()``: the built-in ones and any store built on
+:class:`~chatstate.stores.BackendStore` over a backend of your own. Latencies are percentiles
+over a sliding window of the most recent calls (:data:`WINDOW`); counters count since the store
+was made, in this process.
 """
 
 from __future__ import annotations
@@ -10,19 +11,15 @@ from __future__ import annotations
 import functools
 import math
 import time
-from collections import OrderedDict, deque
-from collections.abc import Awaitable, Sequence
+from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Self, cast
 
-from chatstate.errors import InvalidInputError
-
 if TYPE_CHECKING:
-    from chatstate.messages import Message
-    from chatstate.stores.base import TTL
+    pass
 
-__all__ = ["WINDOW", "InstrumentedStore", "LatencySummary", "StateMetrics"]
+__all__ = ["WINDOW", "LatencySummary", "StateMetrics"]
 
 WINDOW = 1024
 """Latency percentiles are over this many most recent calls."""
@@ -211,143 +208,3 @@ def _lending(cls: type[Any], names: frozenset[str]) -> type[Any]:
     namespace["__qualname__"] = cls.__qualname__
     namespace["__doc__"] = cls.__doc__
     return type(cls.__name__, (cls,), namespace)
-
-
-class InstrumentedStore(StoreWrapper):
-    """Any :class:`~chatstate.StateStore`, measured: ``InstrumentedStore(store)`` behaves as
-    ``store`` does and answers ``await metrics()`` with the same :class:`StateMetrics` the
-    built-in stores give, from what passes through it.
-
-    Calls, errors and latencies are exact for this wrapper's traffic. The store's contents are
-    known only as far as the traffic shows them: ``active_sessions`` counts the sessions this
-    wrapper saw written or loaded non-empty and not expired since (by the TTLs it passed), at most
-    ``max_tracked`` of them (the least recently seen are forgotten); ``avg_history_size`` is their
-    last known length, ``storage_used`` their messages' estimated size as JSON text. Sessions
-    written by other processes, or expired by the store otherwise, are not seen. ``trims`` counts
-    appends that returned fewer messages than the known history plus the appended ones.
-    """
-
-    def __init__(self, store: Any, *, max_tracked: int = 100_000) -> None:
-        super().__init__(store)
-        self._recorder = Recorder()
-        self._tracked: OrderedDict[str, _Seen] = OrderedDict()
-        self._max_tracked = max_tracked
-        self._expirations = 0
-        self._evictions = 0
-
-    async def load(self, session_id: str, *, limit: int | None = None) -> list[Message]:
-        started = clock()
-        messages: list[Message] = await self._call(self.store.load(session_id, limit=limit))
-        self._recorder.loads += 1
-        self._recorder.load_window.append(clock() - started)
-        if limit is None:
-            self._see(session_id, len(messages), _bytes(messages), keep_expiry=True)
-        return messages
-
-    async def save(self, session_id: str, messages: Sequence[Message], *, ttl: TTL = None) -> None:
-        started = clock()
-        await self._call(self.store.save(session_id, messages, ttl=ttl))
-        self._recorder.saves += 1
-        self._recorder.save_window.append(clock() - started)
-        self._see(session_id, len(messages), _bytes(messages), ttl=ttl)
-
-    async def append(
-        self,
-        session_id: str,
-        messages: Sequence[Message],
-        *,
-        max_messages: int | None = None,
-        ttl: TTL = None,
-    ) -> int:
-        started = clock()
-        length: int = await self._call(
-            self.store.append(session_id, messages, max_messages=max_messages, ttl=ttl)
-        )
-        recorder = self._recorder
-        recorder.appends += 1
-        recorder.save_window.append(clock() - started)
-        seen = self._live(session_id)
-        known = seen.length if seen is not None else 0
-        if length < known + len(messages):
-            recorder.trims += 1
-        size = (seen.size if seen is not None else 0) + _bytes(messages)
-        if known + len(messages):
-            size = size * length // (known + len(messages))  # what the trim left, roughly
-        self._see(session_id, length, size, ttl=ttl)
-        return length
-
-    async def delete(self, session_id: str) -> bool:
-        existed: bool = await self._call(self.store.delete(session_id))
-        self._recorder.deletes += 1
-        self._tracked.pop(session_id, None)
-        return existed
-
-    async def metrics(self) -> StateMetrics:
-        """The figures of the traffic this wrapper saw (see the class)."""
-        now = time.monotonic()
-        for session_id in [sid for sid, seen in self._tracked.items() if seen.expired(now)]:
-            del self._tracked[session_id]
-            self._expirations += 1
-        tracked = self._tracked.values()
-        return self._recorder.metrics(
-            active_sessions=len(self._tracked),
-            messages=sum(seen.length for seen in tracked),
-            storage_used=sum(seen.size for seen in tracked),
-            expirations=self._expirations,
-            evictions=self._evictions,
-        )
-
-    async def _call(self, call: Awaitable[Any]) -> Any:
-        try:
-            return await call
-        except InvalidInputError:
-            raise  # bad input, not a failure of the store
-        except Exception:
-            self._recorder.errors += 1
-            raise
-
-    def _live(self, session_id: str) -> _Seen | None:
-        seen = self._tracked.get(session_id)
-        if seen is not None and seen.expired(time.monotonic()):
-            del self._tracked[session_id]
-            self._expirations += 1
-            return None
-        return seen
-
-    def _see(
-        self,
-        session_id: str,
-        length: int,
-        size: int,
-        *,
-        ttl: TTL = None,
-        keep_expiry: bool = False,
-    ) -> None:
-        if not length:
-            self._tracked.pop(session_id, None)
-            return
-        old = self._tracked.pop(session_id, None)
-        if keep_expiry:
-            expires_at = old.expires_at if old is not None else None
-        else:
-            seconds = ttl.total_seconds() if isinstance(ttl, timedelta) else ttl
-            expires_at = None if seconds is None else time.monotonic() + seconds
-        self._tracked[session_id] = _Seen(length, size, expires_at)
-        while len(self._tracked) > self._max_tracked:
-            self._tracked.popitem(last=False)
-            self._evictions += 1
-
-
-@dataclass(frozen=True, slots=True)
-class _Seen:
-    length: int
-    size: int
-    expires_at: float | None
-
-    def expired(self, now: float) -> bool:
-        return self.expires_at is not None and self.expires_at <= now
-
-
-def _bytes(messages: Sequence[Message]) -> int:
-    """Estimated bytes of messages as JSON: their text and a little framing."""
-    return sum(len(message.text) + 32 for message in messages)

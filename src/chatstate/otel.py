@@ -3,7 +3,7 @@ OpenTelemetry instruments, and a span per store call.
 
 ::
 
-    store = TracedStore(RedisStateStore.from_url(url))         # a span per load, append, ...
+    store.add_hook(OpenTelemetryTracing())                     # a span per operation
     async with OpenTelemetryExporter(store, name="chat"):      # observable instruments
         ...
 
@@ -15,14 +15,13 @@ SDK configured, OpenTelemetry's API does nothing, at almost no cost.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Awaitable, Iterable, Sequence
+import time
+from collections.abc import Iterable
 from datetime import timedelta
 from typing import Any
 
 from chatstate._periodic import MetricsPoller
-from chatstate.messages import Message
-from chatstate.metrics import StoreWrapper
-from chatstate.stores.base import TTL
+from chatstate.stores._events import StoreEvent
 
 try:
     from opentelemetry import metrics as otel_metrics
@@ -34,7 +33,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
         "chatstate.otel needs opentelemetry-api: pip install 'chatstate[otel]'"
     ) from exc
 
-__all__ = ["OpenTelemetryExporter", "TracedStore", "session_hash"]
+__all__ = ["OpenTelemetryExporter", "OpenTelemetryTracing", "session_hash"]
 
 _INSTRUMENTATION = "chatstate"
 _COUNTERS = ("loads", "appends", "saves", "deletes", "errors", "trims", "expirations", "evictions")
@@ -45,75 +44,39 @@ def session_hash(session_id: str) -> str:
     return hashlib.sha256(session_id.encode()).hexdigest()[:16]
 
 
-class TracedStore(StoreWrapper):
-    """Any store, with a span around each ``load``, ``save``, ``append`` and ``delete``."""
+class OpenTelemetryTracing:
+    """A store hook that records a span per operation: ``store.add_hook(OpenTelemetryTracing())``.
 
-    def __init__(self, store: Any, *, tracer_provider: TracerProvider | None = None) -> None:
-        super().__init__(store)
+    Every operation of the store gets one (``chatstate.load``, ``chatstate.append``, ...,
+    ``chatstate.compact``, ``chatstate.lease``: whatever method made it), timed as the operation
+    ran, under the span current when it ended (a request's, in a traced web app). Attributes:
+    ``chatstate.operation``, ``chatstate.session.hash``, ``chatstate.messages`` and, for a failed
+    operation, ``error.type`` with an ERROR status (the message is not recorded: it may quote the
+    session id).
+    """
+
+    __slots__ = ("_tracer",)
+
+    def __init__(self, *, tracer_provider: TracerProvider | None = None) -> None:
         self._tracer = trace.get_tracer(_INSTRUMENTATION, tracer_provider=tracer_provider)
 
-    async def load(self, session_id: str, *, limit: int | None = None) -> list[Message]:
-        messages: list[Message] = await self._span(
-            "load", session_id, self.store.load(session_id, limit=limit), limit=limit
-        )
-        return messages
-
-    async def save(self, session_id: str, messages: Sequence[Message], *, ttl: TTL = None) -> None:
-        await self._span(
-            "save", session_id, self.store.save(session_id, messages, ttl=ttl), count=messages
-        )
-
-    async def append(
-        self,
-        session_id: str,
-        messages: Sequence[Message],
-        *,
-        max_messages: int | None = None,
-        ttl: TTL = None,
-    ) -> int:
-        length: int = await self._span(
-            "append",
-            session_id,
-            self.store.append(session_id, messages, max_messages=max_messages, ttl=ttl),
-            count=messages,
-        )
-        return length
-
-    async def delete(self, session_id: str) -> bool:
-        existed: bool = await self._span("delete", session_id, self.store.delete(session_id))
-        return existed
-
-    async def _span(
-        self,
-        operation: str,
-        session_id: str,
-        call: Awaitable[Any],
-        *,
-        count: Sequence[Message] | None = None,
-        limit: int | None = None,
-    ) -> Any:
+    def __call__(self, event: StoreEvent) -> None:
+        ended = time.time_ns()
         attributes: dict[str, Any] = {
-            "chatstate.operation": operation,
-            "chatstate.session.hash": session_hash(session_id)
-            if isinstance(session_id, str)
-            else "invalid",
+            "chatstate.operation": event.operation,
+            "chatstate.session.hash": session_hash(event.session_id),
+            "chatstate.messages": event.messages,
         }
-        if limit is not None:
-            attributes["chatstate.limit"] = limit
-        with self._tracer.start_as_current_span(
-            f"chatstate.{operation}", attributes=attributes, record_exception=False
-        ) as span:
-            try:
-                result = await call
-            except Exception as exc:
-                span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
-                span.set_attribute("error.type", type(exc).__name__)
-                raise  # the message may quote the session id: not recorded
-            if isinstance(result, list):
-                span.set_attribute("chatstate.messages", len(result))
-            elif count is not None:
-                span.set_attribute("chatstate.messages", len(count))
-            return result
+        span = self._tracer.start_span(
+            f"chatstate.{event.operation}",
+            attributes=attributes,
+            start_time=ended - round(event.seconds * 1e9),
+            record_exception=False,
+        )
+        if event.error is not None:
+            span.set_status(Status(StatusCode.ERROR, type(event.error).__name__))
+            span.set_attribute("error.type", type(event.error).__name__)
+        span.end(end_time=ended)
 
 
 class OpenTelemetryExporter(MetricsPoller):
