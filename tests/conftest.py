@@ -11,20 +11,10 @@ import pytest
 # Before anything imports chatstate.testing, so that its assertions explain their failures.
 pytest.register_assert_rewrite("chatstate.testing")
 
+from chatstate.testing import FakeClock  # noqa: E402
 from chatstate.testing.redis_server import LocalRedisCluster, RedisServer  # noqa: E402
 
-
-class FakeClock:
-    """A monotonic clock the test moves by hand."""
-
-    def __init__(self, start: float = 1_000.0) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
+__all__ = ["FakeClock"]  # tests import it from here, as they did before it moved
 
 
 @pytest.fixture
