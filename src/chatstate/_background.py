@@ -3,8 +3,32 @@ owner's ``__aenter__`` to its ``__aexit__``, so nothing started in it outlives t
 
 from __future__ import annotations
 
+from collections.abc import Callable, Coroutine, Iterable
+from typing import Any, TypeVar
+
 import anyio
 from anyio.abc import TaskGroup
+
+T = TypeVar("T")
+
+
+async def concurrently(
+    function: Callable[[T], Coroutine[Any, Any, object]], items: Iterable[T]
+) -> None:
+    """``await function(item)`` for every item at once, in a task group. The first error cancels
+    the others and is raised as it is, not in an ExceptionGroup (as ``asyncio.gather`` did)."""
+    try:
+        async with anyio.create_task_group() as group:
+            for item in items:
+                group.start_soon(function, item)
+    except BaseExceptionGroup as errors:
+        failures, others = errors.split(Exception)
+        if failures is None or others is not None:
+            raise
+        first: BaseException = failures
+        while isinstance(first, BaseExceptionGroup):
+            first = first.exceptions[0]
+        raise first from None
 
 
 class Background:

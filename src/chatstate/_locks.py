@@ -1,15 +1,19 @@
-"""Per-key asyncio locks that exist only while someone holds or awaits them."""
+"""Per-key locks that exist only while someone holds or awaits them."""
 
 from __future__ import annotations
 
-import asyncio
+import anyio
 
 
 class _Entry:
     __slots__ = ("lock", "users")
 
     def __init__(self) -> None:
-        self.lock = asyncio.Lock()
+        # A semaphore of one, not an anyio.Lock: a lock belongs to the task that took it, and a
+        # holder may take it in one task and give it back in another (asyncio.wait_for waits in
+        # a task of its own on Python 3.11). fast_acquire: a free one is taken without a trip
+        # through the event loop, as with asyncio.Lock; every turn takes one, most find it free.
+        self.lock = anyio.Semaphore(1, fast_acquire=True)
         self.users = 0
 
 
@@ -18,7 +22,8 @@ class KeyedLock:
 
     ``await locks.acquire(key)`` then ``locks.release(key)`` in a ``finally``. An entry is made on
     first use and dropped when its last holder or waiter leaves, so a million distinct keys over
-    time leave nothing behind. The locks bind to the event loop that uses them.
+    time leave nothing behind. A key may be released by another task than the one that took it.
+    Runs on asyncio and on trio.
     """
 
     __slots__ = ("_entries",)
