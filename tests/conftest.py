@@ -76,3 +76,25 @@ def redis_cluster() -> Iterator[LocalRedisCluster]:
 def key_prefix() -> str:
     """A prefix no other test uses, so tests sharing a server never see each other's keys."""
     return f"test-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """pytest-asyncio's auto mode claims every async test, even those marked ``anyio``: give
+    those back to anyio's plugin (a plain ``pytest.Function``), which runs each on the backend
+    of its ``anyio_backend`` fixture (tests/test_backends.py checks that trio runs are on trio)."""
+    for index, item in enumerate(items):
+        if type(item) is pytest.Function or item.get_closest_marker("anyio") is None:
+            continue
+        assert isinstance(item, pytest.Function) and item.parent is not None
+        plain = pytest.Function.from_parent(
+            item.parent,
+            name=item.name,
+            callspec=getattr(item, "callspec", None),
+            callobj=item.obj,
+            fixtureinfo=item._fixtureinfo,
+            keywords=item.keywords,
+            originalname=item.originalname,
+        )
+        plain.own_markers = [mark for mark in item.own_markers if mark.name != "asyncio"]
+        items[index] = plain
