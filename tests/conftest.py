@@ -78,6 +78,13 @@ def key_prefix() -> str:
     return f"test-{uuid.uuid4().hex[:12]}"
 
 
+@pytest.fixture(params=["asyncio", "trio"], scope="module")
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    """The backends of the tests marked ``anyio`` (``pytestmark = pytest.mark.anyio`` in a
+    module): each runs on asyncio and on trio. Every other async test runs on asyncio alone."""
+    return str(request.param)
+
+
 @pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """pytest-asyncio's auto mode claims every async test, even those marked ``anyio``: give

@@ -34,11 +34,6 @@ from chatstate.testing import FakeClock
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture(params=["asyncio", "trio"], scope="module")
-def anyio_backend(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
 def _memory() -> InMemoryStateStore:
     return InMemoryStateStore(sweep_interval=None)
 

@@ -2,8 +2,11 @@ from __future__ import annotations
 
 import anyio
 import anyio.lowlevel
+import pytest
 
 from chatstate._locks import KeyedLock
+
+pytestmark = pytest.mark.anyio  # on asyncio and on trio
 
 
 async def test_holders_of_one_key_run_one_at_a_time() -> None:
@@ -80,3 +83,31 @@ async def test_a_key_taken_in_one_task_may_be_given_back_in_another() -> None:
     assert len(locks) == 0
     await locks.acquire("k")  # free again
     locks.release("k")
+
+
+async def test_a_waiter_cancelled_after_it_was_handed_the_key_hands_it_on() -> None:
+    locks = KeyedLock()
+    got: list[int] = []
+
+    async def first(scope: anyio.CancelScope) -> None:
+        with scope:
+            await locks.acquire("k")
+            got.append(1)
+            locks.release("k")
+
+    async def second() -> None:
+        await locks.acquire("k")
+        got.append(2)
+        locks.release("k")
+
+    await locks.acquire("k")
+    scope = anyio.CancelScope()
+    with anyio.fail_after(5):  # a key lost with the cancelled waiter would hang the second
+        async with anyio.create_task_group() as group:
+            group.start_soon(first, scope)
+            await anyio.wait_all_tasks_blocked()
+            group.start_soon(second)
+            await anyio.wait_all_tasks_blocked()
+            scope.cancel()  # the first waiter is cancelled, and before it runs again...
+            locks.release("k")  # ...is handed the key
+    assert got == [2] and len(locks) == 0
