@@ -31,17 +31,18 @@ async def main() -> None:
             print(f"[{session_id}] user:      {text}")
             print(f"[{session_id}] assistant: {result.response.content}")
 
-        print("Two turns of one session: the second remembers the first.")
-        await say("user-123", "My name is Alice")
-        await say("user-123", "What's my name?")
+        async with pipe:  # owns what goes on after the turns (summaries, when they are on)
+            print("Two turns of one session: the second remembers the first.")
+            await say("user-123", "My name is Alice")
+            await say("user-123", "What's my name?")
 
-        print("\nAnother session is isolated from it.")
-        await say("user-456", "What's my name?")
+            print("\nAnother session is isolated from it.")
+            await say("user-456", "What's my name?")
 
-        print(f"\nHistory is bounded: max_messages={config.max_messages}.")
-        for text in ("I live in Paris", "My favourite colour is blue", "How many messages?"):
-            await say("user-123", text)
-        await say("user-123", "What's my name?")  # the turn that told it has been trimmed away
+            print(f"\nHistory is bounded: max_messages={config.max_messages}.")
+            for text in ("I live in Paris", "My favourite colour is blue", "How many messages?"):
+                await say("user-123", text)
+            await say("user-123", "What's my name?")  # the turn that told it was trimmed away
         history = await store.load("user-123")
         print(f"\nStored history of user-123 ({len(history)} messages):")
         for message in history:

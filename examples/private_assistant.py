@@ -31,11 +31,11 @@ def open_store(path: Path) -> EncryptedStore:
 
 
 async def turn(store: EncryptedStore, session_id: str, text: str) -> str:
-    pipe = Pipeline(
+    async with Pipeline(
         StateMiddleware(store, StateMiddlewareConfig(max_messages=20)),
         ProviderMiddleware(ScriptedProvider()),
-    )
-    result = await pipe.execute_with_session(session_id, "user", text)
+    ) as pipe:
+        result = await pipe.execute_with_session(session_id, "user", text)
     return result.response.text
 
 

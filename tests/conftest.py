@@ -11,6 +11,7 @@ import pytest
 # Before anything imports chatstate.testing, so that its assertions explain their failures.
 pytest.register_assert_rewrite("chatstate.testing")
 
+from chatstate.testing import FakeClock  # noqa: E402
 from chatstate.testing.redis_server import LocalRedisCluster, RedisServer  # noqa: E402
 
 # Tests that need a real redis-server (`make test-fast` leaves them out with -m "not redis"): those
@@ -20,7 +21,7 @@ from chatstate.testing.redis_server import LocalRedisCluster, RedisServer  # noq
 SERVER_FIXTURES = frozenset({"redis_server", "redis_cluster"})
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def _mark_server_tests(items: list[pytest.Item]) -> None:
     for item in items:
         if SERVER_FIXTURES.intersection(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.redis)
@@ -50,17 +51,7 @@ def _unmarked_start_no_server(
     monkeypatch.setattr(RedisServer, "start", refuse)
 
 
-class FakeClock:
-    """A monotonic clock the test moves by hand."""
-
-    def __init__(self, start: float = 1_000.0) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
+__all__ = ["FakeClock"]  # tests import it from here, as they did before it moved
 
 
 @pytest.fixture
@@ -122,3 +113,33 @@ def redis_cluster() -> Iterator[LocalRedisCluster]:
 def key_prefix() -> str:
     """A prefix no other test uses, so tests sharing a server never see each other's keys."""
     return f"test-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture(params=["asyncio", "trio"], scope="module")
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    """The backends of the tests marked ``anyio`` (``pytestmark = pytest.mark.anyio`` in a
+    module): each runs on asyncio and on trio. Every other async test runs on asyncio alone."""
+    return str(request.param)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """pytest-asyncio's auto mode claims every async test, even those marked ``anyio``: give
+    those back to anyio's plugin (a plain ``pytest.Function``), which runs each on the backend
+    of its ``anyio_backend`` fixture (tests/test_backends.py checks that trio runs are on trio)."""
+    for index, item in enumerate(items):
+        if type(item) is pytest.Function or item.get_closest_marker("anyio") is None:
+            continue
+        assert isinstance(item, pytest.Function) and item.parent is not None
+        plain = pytest.Function.from_parent(
+            item.parent,
+            name=item.name,
+            callspec=getattr(item, "callspec", None),
+            callobj=item.obj,
+            fixtureinfo=item._fixtureinfo,
+            keywords=item.keywords,
+            originalname=item.originalname,
+        )
+        plain.own_markers = [mark for mark in item.own_markers if mark.name != "asyncio"]
+        items[index] = plain
+    _mark_server_tests(items)

@@ -1,8 +1,12 @@
 from __future__ import annotations
 
-import asyncio
+import anyio
+import anyio.lowlevel
+import pytest
 
 from chatstate._locks import KeyedLock
+
+pytestmark = pytest.mark.anyio  # on asyncio and on trio
 
 
 async def test_holders_of_one_key_run_one_at_a_time() -> None:
@@ -16,19 +20,21 @@ async def test_holders_of_one_key_run_one_at_a_time() -> None:
         try:
             inside += 1
             most = max(most, inside)
-            await asyncio.sleep(0)
+            await anyio.lowlevel.checkpoint()
             inside -= 1
         finally:
             locks.release("k")
 
-    await asyncio.gather(*(worker() for _ in range(50)))
+    async with anyio.create_task_group() as group:
+        for _ in range(50):
+            group.start_soon(worker)
     assert most == 1
     assert len(locks) == 0
 
 
 async def test_different_keys_do_not_wait_for_each_other() -> None:
     locks = KeyedLock()
-    all_in = asyncio.Event()
+    all_in = anyio.Event()
     entered = 0
 
     async def worker(key: str) -> None:
@@ -38,11 +44,14 @@ async def test_different_keys_do_not_wait_for_each_other() -> None:
             entered += 1
             if entered == 10:
                 all_in.set()
-            await asyncio.wait_for(all_in.wait(), timeout=5)  # deadlocks if keys shared a lock
+            with anyio.fail_after(5):  # a deadlock if keys shared a lock
+                await all_in.wait()
         finally:
             locks.release(key)
 
-    await asyncio.gather(*(worker(f"k{index}") for index in range(10)))
+    async with anyio.create_task_group() as group:
+        for index in range(10):
+            group.start_soon(worker, f"k{index}")
 
 
 async def test_a_million_keys_leave_nothing_behind() -> None:
@@ -57,10 +66,48 @@ async def test_a_million_keys_leave_nothing_behind() -> None:
 async def test_a_waiter_cancelled_while_waiting_leaves_nothing_behind() -> None:
     locks = KeyedLock()
     await locks.acquire("k")
-    waiter = asyncio.create_task(locks.acquire("k"))
-    await asyncio.sleep(0)
-    assert len(locks) == 1
-    waiter.cancel()
-    await asyncio.gather(waiter, return_exceptions=True)
+    async with anyio.create_task_group() as group:
+        group.start_soon(locks.acquire, "k")
+        await anyio.wait_all_tasks_blocked()  # the waiter waits for the lock
+        assert len(locks) == 1
+        group.cancel_scope.cancel()
     locks.release("k")
     assert len(locks) == 0
+
+
+async def test_a_key_taken_in_one_task_may_be_given_back_in_another() -> None:
+    locks = KeyedLock()
+    async with anyio.create_task_group() as group:
+        group.start_soon(locks.acquire, "k")  # as asyncio.wait_for does on Python 3.11
+    locks.release("k")  # by the test's own task
+    assert len(locks) == 0
+    await locks.acquire("k")  # free again
+    locks.release("k")
+
+
+async def test_a_waiter_cancelled_after_it_was_handed_the_key_hands_it_on() -> None:
+    locks = KeyedLock()
+    got: list[int] = []
+
+    async def first(scope: anyio.CancelScope) -> None:
+        with scope:
+            await locks.acquire("k")
+            got.append(1)
+            locks.release("k")
+
+    async def second() -> None:
+        await locks.acquire("k")
+        got.append(2)
+        locks.release("k")
+
+    await locks.acquire("k")
+    scope = anyio.CancelScope()
+    with anyio.fail_after(5):  # a key lost with the cancelled waiter would hang the second
+        async with anyio.create_task_group() as group:
+            group.start_soon(first, scope)
+            await anyio.wait_all_tasks_blocked()
+            group.start_soon(second)
+            await anyio.wait_all_tasks_blocked()
+            scope.cancel()  # the first waiter is cancelled, and before it runs again...
+            locks.release("k")  # ...is handed the key
+    assert got == [2] and len(locks) == 0

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import importlib
 import sys
-from collections.abc import Callable
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -31,8 +29,8 @@ from chatstate import (
 from chatstate.otel import OpenTelemetryExporter, OpenTelemetryTracing, session_hash
 from chatstate.prometheus import PrometheusExporter
 from chatstate.stores import BackendStore
+from chatstate.testing import FakeClock
 
-from .conftest import FakeClock
 from .dict_backend import DictBackend
 
 SECRET = "the secret content of a message"
@@ -64,10 +62,21 @@ async def test_an_alert_fires_once_when_crossed_and_once_when_recovered() -> Non
     }
 
 
+class _Counted(InMemoryStateStore):
+    """Counts the readings of its metrics."""
+
+    readings = 0
+
+    async def metrics(self) -> Any:
+        self.readings += 1
+        return await super().metrics()
+
+
 async def test_alerts_run_in_the_background_and_survive_failures(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    store = InMemoryStateStore()
+    clock = FakeClock()
+    store = _Counted()
     await store.append("s", _turn(0))
     await store.load("s")
     calls: list[AlertEvent] = []
@@ -78,9 +87,19 @@ async def test_alerts_run_in_the_background_and_survive_failures(
 
     slow = AlertRule.load_p99_over(timedelta(microseconds=0))  # any load is slower than that
     never = AlertRule("never", lambda m: m.load_latency.p99, 0, below=True)
-    async with AlertMonitor(store, [slow, never], flaky, interval=timedelta(milliseconds=5)):
-        await asyncio.sleep(0.05)
-    assert [event.rule for event in calls] == [slow]  # once, though checked about ten times
+    interval = timedelta(seconds=15)
+    async with AlertMonitor(store, [slow, never], flaky, interval=interval, clock=clock):
+        await clock.sleeping()  # the first check ran at once; the next waits for the clock
+        assert store.readings == 1
+        clock.advance(14.9)
+        assert clock.waiting == 1 and store.readings == 1  # not due yet: still asleep
+        for _ in range(9):
+            clock.advance(15)
+            await clock.sleeping()
+    assert store.readings == 10
+    assert clock.waiting == 0  # the block's end stopped the checks
+    assert [event.rule for event in calls] == [slow]  # once, though checked ten times
+    assert calls[0].at == datetime.fromtimestamp(clock.time() - 9 * 15 - 14.9, UTC)
     assert "the callback failed" in caplog.text
 
     class Broken(InMemoryStateStore):
@@ -90,6 +109,25 @@ async def test_alerts_run_in_the_background_and_survive_failures(
     monitor = AlertMonitor(Broken(), [slow], flaky)
     assert await monitor.check() == []
     assert "reading the metrics failed" in caplog.text
+
+
+async def test_a_poller_runs_only_inside_its_block_and_lets_its_errors_through() -> None:
+    clock = FakeClock()
+    store = _Counted()
+    poller = PrometheusExporter(store, registry=CollectorRegistry(), clock=clock)
+    with pytest.raises(KeyError):  # the block's own error, not an ExceptionGroup
+        async with poller:
+            await clock.sleeping()
+            raise KeyError("the application failed")
+    assert clock.waiting == 0 and store.readings == 1
+    async with poller:  # a poller may run again after its block
+        await clock.sleeping()
+        with pytest.raises(RuntimeError, match="already running"):
+            await poller.__aenter__()
+        await poller.aclose()  # stops it early
+        assert clock.waiting == 0
+    clock.advance(3600)
+    assert store.readings == 2
 
 
 def test_bad_alert_setups_are_rejected() -> None:
@@ -104,13 +142,6 @@ def test_bad_alert_setups_are_rejected() -> None:
         AlertMonitor(store, [], callback)
     with pytest.raises(ConfigurationError, match="BackendStore"):
         AlertMonitor(object(), [AlertRule.active_sessions_over(1)], callback)
-
-
-async def _eventually(condition: Callable[[], bool]) -> None:
-    """Waits (5 s at most) until ``condition()`` holds."""
-    async with asyncio.timeout(5):
-        while not condition():
-            await asyncio.sleep(0.001)
 
 
 async def test_prometheus_serves_the_latest_metrics() -> None:
@@ -130,12 +161,28 @@ async def test_prometheus_serves_the_latest_metrics() -> None:
     assert 'chatstate_loads_total{store="chat"} 1.0' in text
     assert 'chatstate_load_latency_seconds{quantile="0.99",store="chat"}' in text
     assert SECRET not in text
-    read = exporter.latest
-    async with exporter:  # refreshes at once, then every interval, in the background
-        await _eventually(lambda: exporter.latest is not read)  # the refresh at the start
-        await store.append("s3", _turn(3))
-        appended = 'chatstate_appends_total{store="chat"} 4.0'
-        await _eventually(lambda: appended in generate_latest(registry).decode())
+    exporter.unregister()
+    assert b"chatstate_" not in generate_latest(registry)
+
+
+async def test_prometheus_refreshes_every_interval_in_the_background() -> None:
+    clock = FakeClock()
+    store = InMemoryStateStore()
+    registry = CollectorRegistry()
+    exporter = PrometheusExporter(
+        store, registry=registry, interval=timedelta(seconds=10), clock=clock
+    )
+    async with exporter:
+        await clock.sleeping()  # the first refresh is done
+        assert (
+            'chatstate_active_sessions{store="default"} 0.0' in generate_latest(registry).decode()
+        )
+        await store.append("s", _turn(0))
+        clock.advance(10)
+        await clock.sleeping()
+        assert (
+            'chatstate_active_sessions{store="default"} 1.0' in generate_latest(registry).decode()
+        )
     exporter.unregister()
     assert b"chatstate_" not in generate_latest(registry)
 

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -8,6 +7,8 @@ from datetime import timedelta
 from types import SimpleNamespace
 from typing import Any
 
+import anyio
+import anyio.lowlevel
 import pytest
 
 from chatstate import (
@@ -161,12 +162,12 @@ async def test_the_ttl_is_applied_to_every_turn(clock: FakeClock) -> None:
 async def test_a_thousand_concurrent_turns_over_a_hundred_sessions() -> None:
     provider = ScriptedProvider(lambda messages: f"reply to {messages[-1].text}", latency=0)
     pipe, store = make_pipeline(provider=provider, max_messages=8)
-    await asyncio.gather(
-        *(
-            pipe.execute_with_session(f"session-{turn % 100}", "user", f"{turn % 100}:{turn}")
-            for turn in range(1000)
-        )
-    )
+    async with anyio.create_task_group() as group:
+        for turn in range(1000):
+            session = turn % 100
+            group.start_soon(
+                pipe.execute_with_session, f"session-{session}", "user", f"{session}:{turn}"
+            )
     for session in range(100):
         history = await store.load(f"session-{session}")
         assert len(history) == 8
@@ -182,11 +183,13 @@ async def _racing_turns(lock: bool) -> list[int]:
 
     async def reply(messages: Sequence[Message]) -> str:
         seen.append(len(messages) - 1)
-        await asyncio.sleep(0)
+        await anyio.lowlevel.checkpoint()
         return "ok"
 
     pipe, _ = make_pipeline(provider=ScriptedProvider(reply), max_messages=-1, lock=lock)
-    await asyncio.gather(*(pipe.execute_with_session("s", "user", str(i)) for i in range(20)))
+    async with anyio.create_task_group() as group:
+        for index in range(20):
+            group.start_soon(pipe.execute_with_session, "s", "user", str(index))
     return seen
 
 
@@ -201,7 +204,7 @@ async def test_without_the_lock_turns_of_one_session_race() -> None:
 
 
 async def test_turns_of_different_sessions_run_concurrently() -> None:
-    all_in = asyncio.Event()
+    all_in = anyio.Event()
     inside = 0
 
     async def reply(messages: Sequence[Message]) -> str:
@@ -209,11 +212,14 @@ async def test_turns_of_different_sessions_run_concurrently() -> None:
         inside += 1
         if inside == 10:
             all_in.set()
-        await asyncio.wait_for(all_in.wait(), timeout=5)  # times out if sessions were serialised
+        with anyio.fail_after(5):  # times out if sessions were serialised
+            await all_in.wait()
         return "ok"
 
     pipe, _ = make_pipeline(provider=ScriptedProvider(reply))
-    await asyncio.gather(*(pipe.execute_with_session(f"s{i}", "user", "hi") for i in range(10)))
+    async with anyio.create_task_group() as group:
+        for index in range(10):
+            group.start_soon(pipe.execute_with_session, f"s{index}", "user", "hi")
 
 
 async def test_session_locks_do_not_pile_up() -> None:

@@ -16,6 +16,7 @@ from chatstate import (
     Message,
     RedisStateStore,
     StateStore,
+    StoreError,
 )
 from chatstate.sessions import Conversations, temporary_session
 from chatstate.testing.redis_server import LocalRedisCluster, RedisServer
@@ -124,3 +125,25 @@ async def test_erasing_a_user_deletes_every_conversation_and_the_index(
     if isinstance(store, RedisStateStore):
         left = [key async for key in store.client.scan_iter(match=f"{store.prefix}:{{user-9*")]
         assert left == []
+
+
+async def test_a_failed_delete_of_an_erase_raises_the_store_s_error_and_a_retry_finishes() -> None:
+    class Failing(InMemoryStateStore):
+        failing: str | None = "user-9-conv-y"
+
+        async def delete(self, session_id: str) -> bool:
+            if session_id == self.failing:
+                raise StoreError("the store is down")
+            return await super().delete(session_id)
+
+    store = Failing()
+    conversations = Conversations(store)
+    for name in ["x", "y", "z"]:
+        await store.append(
+            await conversations.record("9", name), [Message(role="user", content=name)]
+        )
+    with pytest.raises(StoreError, match="the store is down"):  # not an ExceptionGroup
+        await conversations.erase("9")
+    store.failing = None
+    assert await conversations.erase("9") == 3  # the index went last: nothing was lost
+    assert [await store.load(f"user-9-conv-{name}") for name in "xyz"] == [[], [], []]

@@ -3,12 +3,12 @@ sent before the window; failures logged, counted and retried, never failing a tu
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncIterator, Sequence
 from datetime import timedelta
 from typing import Any
 
+import anyio
 import pytest
 from redis.asyncio import Redis
 
@@ -17,6 +17,7 @@ from chatstate import (
     InMemoryStateStore,
     Message,
     Pipeline,
+    PipelineError,
     ProviderMiddleware,
     RedisStateStore,
     ScriptedProvider,
@@ -26,6 +27,7 @@ from chatstate import (
 )
 from chatstate.providers.scripted import summary_reply
 from chatstate.summaries import ProviderSummarizer, SummaryConfig, fold_count, transcript
+from chatstate.testing import FakeClock
 from chatstate.window import is_valid_window
 
 from .conftest import kinds
@@ -49,7 +51,7 @@ class _Turns:
     def __init__(self) -> None:
         self.done = 0
         self.ended = False
-        self.changed = asyncio.Condition()
+        self.changed = anyio.Condition()
 
     async def finished_one(self) -> None:
         async with self.changed:
@@ -64,7 +66,8 @@ class _Turns:
     async def slow(self, messages: Sequence[Message]) -> str:
         async with self.changed:
             started = self.done
-            await self.changed.wait_for(lambda: self.done > started or self.ended)
+            while self.done == started and not self.ended:
+                await self.changed.wait()
         return summary_reply(messages)
 
 
@@ -78,15 +81,16 @@ async def test_a_fact_from_turn_1_is_recalled_at_turn_100_through_the_summary(st
     provider = ScriptedProvider(latency=0)  # a provider awaits its network: the loop runs on
     pipe = Pipeline(state, ProviderMiddleware(provider, system_prompt="Be brief."))
     pending_after_turn = 0
-    async with asyncio.timeout(60):  # a turn that waited for a summary would hang here
-        await pipe.execute_with_session("s", "user", "Hello! My name is Ada.")
-        for turn in range(2, 100):
-            await pipe.execute_with_session("s", "user", f"Note {turn}: nothing much today.")
-            pending_after_turn += state.summaries.pending  # type: ignore[union-attr]
-            await turns.finished_one()
-        result = await pipe.execute_with_session("s", "user", "What's my name?")
-        await turns.end()
-        await state.drain()
+    # fail_after: a turn that waited for a summary would hang here
+    with anyio.fail_after(60):
+        async with pipe:
+            await pipe.execute_with_session("s", "user", "Hello! My name is Ada.")
+            for turn in range(2, 100):
+                await pipe.execute_with_session("s", "user", f"Note {turn}: nothing much today.")
+                pending_after_turn += state.summaries.pending  # type: ignore[union-attr]
+                await turns.finished_one()
+            result = await pipe.execute_with_session("s", "user", "What's my name?")
+            await turns.end()
     assert result.response.text == "Your name is Ada."
     sent = provider.calls[-1]
     assert sent[0] == Message(role="system", content="Be brief.")
@@ -117,56 +121,143 @@ class _Flaky:
 async def test_a_failed_summary_never_fails_a_turn_and_is_retried_later(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
+    clock = FakeClock()
     store = InMemoryStateStore()
     flaky = _Flaky(failures=2)
     summary = SummaryConfig(
-        summarizer=flaky,
-        summarize_at=4,
-        keep_recent=2,
-        retry_after=timedelta(milliseconds=50),
+        summarizer=flaky, summarize_at=4, keep_recent=2, retry_after=timedelta(seconds=30)
     )
-    state = StateMiddleware(store, StateMiddlewareConfig(max_messages=20, summary=summary))
+    config = StateMiddlewareConfig(max_messages=20, summary=summary)
+    state = StateMiddleware(store, config, clock=clock)
     pipe = Pipeline(state, ProviderMiddleware(ScriptedProvider()))
     counts = state.summaries
     assert counts is not None
+
+    async def turn(text: str) -> None:
+        async with pipe:  # the block's end waits for the summary the turn started
+            await pipe.execute_with_session("s", "user", text)
+
     with caplog.at_level(logging.WARNING, logger="chatstate.summaries"):
-        for turn in range(2):
-            await pipe.execute_with_session("s", "user", f"turn {turn}")
-        await state.drain()
+        for index in range(2):
+            await turn(f"turn {index}")
         assert (counts.failed, counts.made, flaky.calls) == (1, 0, 1)
-        await pipe.execute_with_session("s", "user", "too soon to retry")
-        await state.drain()
+        clock.advance(29.9)
+        await turn("too soon to retry")
         assert flaky.calls == 1  # within retry_after: not tried again
-        await asyncio.sleep(0.06)
-        await pipe.execute_with_session("s", "user", "retried")
-        await state.drain()
+        clock.advance(0.1)
+        await turn("retried")
         assert (counts.failed, counts.made, flaky.calls) == (2, 0, 2)
-        await asyncio.sleep(0.06)
-        await pipe.execute_with_session("s", "user", "retried again")
-        await state.drain()
-    assert (counts.failed, counts.made, flaky.calls) == (2, 1, 3)
+        clock.advance(30)
+        await turn("retried again")
+    assert (counts.failed, counts.made, flaky.calls, counts.pending) == (2, 1, 3, 0)
     assert "summarising session 's' failed (RuntimeError: the summary model is down)" in caplog.text
     history, stored = await store.load_with_summary("s")
     assert stored is not None and stored.text == "8 messages" and len(history) == 2
 
 
-async def test_a_slow_summary_times_out_and_counts_as_failed() -> None:
+async def test_a_slow_summary_times_out_on_the_clock_and_counts_as_failed() -> None:
+    clock = FakeClock()
+
     async def never(messages: Sequence[Message]) -> str:
-        await asyncio.Event().wait()
+        await anyio.sleep_forever()
         return "unreachable"
 
     summary = SummaryConfig(
         summarizer=ProviderSummarizer(ScriptedProvider(never)),
         summarize_at=2,
         keep_recent=1,
-        timeout=timedelta(milliseconds=20),
+        timeout=timedelta(seconds=20),
     )
-    state = StateMiddleware(InMemoryStateStore(), StateMiddlewareConfig(summary=summary))
+    config = StateMiddlewareConfig(summary=summary)
+    state = StateMiddleware(InMemoryStateStore(), config, clock=clock)
     pipe = Pipeline(state, ProviderMiddleware(ScriptedProvider()))
-    result = await pipe.execute_with_session("s", "user", "hello")
-    assert result.response.text
-    await state.drain()
+    async with pipe:
+        result = await pipe.execute_with_session("s", "user", "hello")
+        assert result.response.text
+        await clock.sleeping()  # the summary runs, under its timeout
+        clock.advance(19.9)
+        assert clock.waiting == 1
+        clock.advance(0.1)
     assert state.summaries is not None and state.summaries.failed == 1
+
+
+def _hanging_summary() -> tuple[StateMiddleware, anyio.Event, list[str]]:
+    """A state middleware whose summaries start (``started`` is set) and never finish; ``ended``
+    records how each ended."""
+    started, ended = anyio.Event(), []
+
+    class Hanging:
+        async def summarize(self, summary: str | None, messages: Sequence[Message]) -> str:
+            started.set()
+            try:
+                await anyio.sleep_forever()
+            except BaseException as exc:
+                ended.append(type(exc).__name__)
+                raise
+            return "unreachable"
+
+    summary = SummaryConfig(summarizer=Hanging(), summarize_at=2, keep_recent=1)
+    config = StateMiddlewareConfig(summary=summary)
+    return StateMiddleware(InMemoryStateStore(), config), started, ended
+
+
+async def test_a_cancelled_pipeline_block_cancels_its_summaries() -> None:
+    state, started, ended = _hanging_summary()
+    pipe = Pipeline(state, ProviderMiddleware(ScriptedProvider()))
+    with anyio.CancelScope() as scope:
+        async with pipe:
+            await pipe.execute_with_session("s", "user", "hello")
+            await started.wait()
+            scope.cancel()
+            await anyio.sleep_forever()
+    assert scope.cancelled_caught
+    assert ended == [anyio.get_cancelled_exc_class().__name__]  # nothing outlived the block
+    assert state.summaries is not None and state.summaries.pending == 0
+    assert (state.summaries.made, state.summaries.failed) == (0, 0)
+    store: Any = state.store
+    assert await store.load_with_summary("s") == (await store.load("s"), None)
+
+
+async def test_an_error_in_the_pipeline_block_cancels_its_summaries_and_leaves_as_raised() -> None:
+    state, started, ended = _hanging_summary()
+    pipe = Pipeline(state, ProviderMiddleware(ScriptedProvider()))
+    with pytest.raises(KeyError, match="the application failed"):  # not an ExceptionGroup
+        async with pipe:
+            await pipe.execute_with_session("s", "user", "hello")
+            await started.wait()
+            raise KeyError("the application failed")
+    assert ended == [anyio.get_cancelled_exc_class().__name__]
+    assert state.summaries is not None and state.summaries.pending == 0
+
+
+async def test_summaries_need_the_pipeline_block() -> None:
+    state, _, _ = _hanging_summary()
+    pipe = Pipeline(state, ProviderMiddleware(ScriptedProvider()))
+    with pytest.raises(PipelineError, match=r"async with Pipeline\(\.\.\.\) as pipe"):
+        await pipe.execute_with_session("s", "user", "hello")
+    assert await state.store.load("s") == []  # refused before anything was stored
+    async with pipe:
+        with pytest.raises(RuntimeError, match="already running"):
+            await pipe.__aenter__()
+
+
+async def test_a_turn_that_ends_after_the_block_is_stored_without_its_summary() -> None:
+    state, _, _ = _hanging_summary()
+    answering, answer = anyio.Event(), anyio.Event()
+
+    async def reply(messages: Sequence[Message]) -> str:
+        answering.set()
+        await answer.wait()
+        return "late"
+
+    pipe = Pipeline(state, ProviderMiddleware(ScriptedProvider(reply)))
+    async with anyio.create_task_group() as requests:  # a server's, outliving the pipeline
+        async with pipe:
+            requests.start_soon(pipe.execute_with_session, "s", "user", "hello")
+            await answering.wait()
+        answer.set()  # the turn's summary finds the pipeline's task group closed
+    assert len(await state.store.load("s")) == 2
+    assert state.summaries is not None and state.summaries.pending == 0
 
 
 async def test_a_token_budget_that_cuts_the_window_schedules_a_summary() -> None:
@@ -188,8 +279,8 @@ async def test_a_token_budget_that_cuts_the_window_schedules_a_summary() -> None
     )
     state = StateMiddleware(store, config)
     pipe = Pipeline(state, ProviderMiddleware(ScriptedProvider()))
-    await pipe.execute_with_session("s", "user", "hi")
-    await state.drain()
+    async with pipe:
+        await pipe.execute_with_session("s", "user", "hi")
     assert done and done[0] >= 5  # below summarize_at (75), but out of the window
     history, stored = await store.load_with_summary("s")
     assert stored is not None and len(history) < 8

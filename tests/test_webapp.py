@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import importlib.util
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 
@@ -69,8 +69,12 @@ async def test_bad_requests_get_clear_errors_and_change_nothing() -> None:
 
 async def test_concurrent_requests_on_one_session_and_on_many() -> None:
     async with _client("memory://") as client:
-        await asyncio.gather(*(_say(client, "busy", f"message {n}") for n in range(20)))
-        await asyncio.gather(*(_say(client, f"user-{n}", "hello") for n in range(50)))
+        async with anyio.create_task_group() as group:
+            for n in range(20):
+                group.start_soon(_say, client, "busy", f"message {n}")
+        async with anyio.create_task_group() as group:
+            for n in range(50):
+                group.start_soon(_say, client, f"user-{n}", "hello")
         history = (await client.get("/sessions/busy/messages")).json()["messages"]
         assert len(history) == 40  # every turn, whole: user then assistant, never interleaved
         assert all(
@@ -89,9 +93,10 @@ async def test_two_instances_sharing_redis_keep_one_conversation(
         await _say(first, session, "My name is Carol")
         assert "Carol" in await _say(second, session, "What's my name?")
         # Both instances at once, on one session: the Redis lease serialises the turns.
-        await asyncio.gather(
-            *(_say(client, session, f"turn {n}") for n in range(10) for client in (first, second))
-        )
+        async with anyio.create_task_group() as group:
+            for n in range(10):
+                for client in (first, second):
+                    group.start_soon(_say, client, session, f"turn {n}")
         history = (await first.get(f"/sessions/{session}/messages")).json()["messages"]
         assert len(history) == 2 * 22
         assert all(

@@ -52,11 +52,11 @@ def create_app(store_url: str | None = None, provider: Provider | None = None) -
                 lease_ttl=timedelta(seconds=30) if shared else None,
             )
             app.state.store = store
-            app.state.pipe = Pipeline(
+            async with Pipeline(
                 StateMiddleware(store, config),
                 ProviderMiddleware(provider or ScriptedProvider()),
-            )
-            yield
+            ) as app.state.pipe:  # owns what goes on after the turns, until shutdown
+                yield
 
     async def post_message(request: Request) -> JSONResponse:
         try:

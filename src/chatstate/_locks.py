@@ -1,16 +1,10 @@
-"""Per-key asyncio locks that exist only while someone holds or awaits them."""
+"""Per-key locks that exist only while someone holds or awaits them."""
 
 from __future__ import annotations
 
-import asyncio
+from collections import deque
 
-
-class _Entry:
-    __slots__ = ("lock", "users")
-
-    def __init__(self) -> None:
-        self.lock = asyncio.Lock()
-        self.users = 0
+import anyio
 
 
 class KeyedLock:
@@ -18,34 +12,41 @@ class KeyedLock:
 
     ``await locks.acquire(key)`` then ``locks.release(key)`` in a ``finally``. An entry is made on
     first use and dropped when its last holder or waiter leaves, so a million distinct keys over
-    time leave nothing behind. The locks bind to the event loop that uses them.
+    time leave nothing behind. Waiters are served first come, first served; a key may be released
+    by another task than the one that took it. Runs on asyncio and on trio.
     """
 
     __slots__ = ("_entries",)
 
     def __init__(self) -> None:
-        self._entries: dict[str, _Entry] = {}
+        # key -> the events of the tasks waiting for it, in order; present while the key is held.
+        # A free key is taken without an event or a trip through the event loop (as with
+        # asyncio.Lock): every turn takes one and most find it free, and an anyio lock or event
+        # costs microseconds to make.
+        self._entries: dict[str, deque[anyio.Event]] = {}
 
     def __len__(self) -> int:
         return len(self._entries)
 
     async def acquire(self, key: str) -> None:
-        entry = self._entries.get(key)
-        if entry is None:
-            entry = self._entries[key] = _Entry()
-        entry.users += 1
+        waiters = self._entries.get(key)
+        if waiters is None:
+            self._entries[key] = deque()
+            return
+        turn = anyio.Event()
+        waiters.append(turn)
         try:
-            await entry.lock.acquire()
+            await turn.wait()
         except BaseException:  # cancelled while waiting: leave as if never come
-            self._leave(key, entry)
+            if turn.is_set():
+                self.release(key)  # handed the key meanwhile: hand it on
+            else:
+                waiters.remove(turn)
             raise
 
     def release(self, key: str) -> None:
-        entry = self._entries[key]
-        entry.lock.release()
-        self._leave(key, entry)
-
-    def _leave(self, key: str, entry: _Entry) -> None:
-        entry.users -= 1
-        if not entry.users:
+        waiters = self._entries[key]
+        if waiters:
+            waiters.popleft().set()  # the key passes to the first waiter, still held
+        else:
             del self._entries[key]

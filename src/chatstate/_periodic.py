@@ -1,4 +1,5 @@
-"""A task that does something every ``interval`` while an ``async with`` block runs."""
+"""Work done every ``interval`` while an ``async with`` block runs (:class:`Periodic`), and the
+stores' sweeper task (:func:`keep_sweeping`, asyncio only until the store core replaces it)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ from datetime import timedelta
 from types import TracebackType
 from typing import Any, Protocol, Self
 
+from chatstate._background import Background
 from chatstate._checks import check_ttl
+from chatstate.clock import SYSTEM_CLOCK, Clock
 from chatstate.errors import ConfigurationError
 from chatstate.metrics import StateMetrics
 
@@ -51,12 +54,13 @@ async def _sweep_forever(store_ref: weakref.ref[_Sweepable], interval: float) ->
 
 
 class Periodic:
-    """Subclasses define :meth:`tick`; ``async with`` runs it now and every ``interval`` seconds
-    in the background until the block ends (or :meth:`aclose`). A failing tick is logged and
-    the next one runs on time."""
+    """Subclasses define :meth:`tick`; ``async with`` runs it now and then every ``interval``
+    seconds of ``clock``, in a task group of its own, until the block ends (or :meth:`aclose`).
+    A failing tick is logged and the next one runs on time."""
 
     interval: float
-    _task: asyncio.Task[None] | None = None
+    clock: Clock = SYSTEM_CLOCK
+    _background: Background | None = None
 
     async def tick(self) -> None:
         raise NotImplementedError
@@ -67,11 +71,13 @@ class Periodic:
                 await self.tick()
             except Exception:
                 logger.exception("%s failed", type(self).__name__)
-            await asyncio.sleep(self.interval)
+            await self.clock.sleep(self.interval)
 
     async def __aenter__(self) -> Self:
-        if self._task is None or self._task.done():
-            self._task = asyncio.create_task(self._run(), name=f"chatstate-{type(self).__name__}")
+        if self._background is None:
+            self._background = Background(type(self).__name__)
+        group = await self._background.enter()
+        group.start_soon(self._run, name=f"chatstate-{type(self).__name__}")
         return self
 
     async def __aexit__(
@@ -79,22 +85,22 @@ class Periodic:
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
         tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
+    ) -> bool:
+        if self._background is None:
+            return False
+        return await self._background.exit(exc, cancel=True)
 
     async def aclose(self) -> None:
-        """Stop the background task."""
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            await asyncio.wait([task])
+        """Stop the background task (the end of ``async with`` does it), from the task that
+        entered."""
+        await self.__aexit__(None, None, None)
 
 
 class MetricsPoller(Periodic):
-    """Reads ``await store.metrics()`` now (:meth:`refresh`) and every ``interval`` inside
-    ``async with``; keeps the latest reading for those who cannot await it."""
+    """Reads ``await store.metrics()`` now (:meth:`refresh`) and every ``interval`` of ``clock``
+    inside ``async with``; keeps the latest reading for those who cannot await it."""
 
-    def __init__(self, store: Any, interval: timedelta) -> None:
+    def __init__(self, store: Any, interval: timedelta, *, clock: Clock = SYSTEM_CLOCK) -> None:
         if not callable(getattr(store, "metrics", None)):
             raise ConfigurationError(
                 f"{type(store).__name__} has no metrics(): build it as a backend of "
@@ -102,6 +108,7 @@ class MetricsPoller(Periodic):
             )
         self.store = store
         self.interval = check_ttl(interval, name="interval") or 0.0
+        self.clock = clock
         self.latest: StateMetrics | None = None
 
     async def refresh(self) -> StateMetrics:

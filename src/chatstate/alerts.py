@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from chatstate._periodic import MetricsPoller
+from chatstate.clock import SYSTEM_CLOCK, Clock
 from chatstate.errors import ConfigurationError
 from chatstate.metrics import StateMetrics
 
@@ -71,9 +72,10 @@ class AlertMonitor(MetricsPoller):
     """Checks ``rules`` against ``await store.metrics()`` every ``interval`` and awaits
     ``callback(event)`` when a rule starts firing and when it recovers.
 
-    ``async with AlertMonitor(store, rules, callback):`` runs the checks in the background;
-    :meth:`check` runs one now. A failing ``metrics()`` or callback is logged and the checks go
-    on; the rules keep their state.
+    ``async with AlertMonitor(store, rules, callback):`` runs the checks in a task group of its
+    own, the first at once; :meth:`check` runs one now. ``clock`` measures the interval and
+    stamps the events (a :class:`~chatstate.testing.FakeClock` in tests). A failing
+    ``metrics()`` or callback is logged and the checks go on; the rules keep their state.
     """
 
     def __init__(
@@ -83,8 +85,9 @@ class AlertMonitor(MetricsPoller):
         callback: Callback,
         *,
         interval: timedelta = timedelta(seconds=15),
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
-        super().__init__(store, interval)
+        super().__init__(store, interval, clock=clock)
         if not rules or not all(isinstance(rule, AlertRule) for rule in rules):
             raise ConfigurationError("rules must be a non-empty sequence of AlertRule")
         if not callable(callback):
@@ -102,11 +105,12 @@ class AlertMonitor(MetricsPoller):
             logger.warning("alerts: reading the metrics failed: %s: %s", type(exc).__name__, exc)
             return []
         events = []
+        now = datetime.fromtimestamp(self.clock.time(), UTC)
         for rule in self.rules:
             firing, value = rule.firing(metrics)
             if firing != self.firing[rule.name]:
                 self.firing[rule.name] = firing
-                events.append(AlertEvent(rule, firing, value, datetime.now(UTC)))
+                events.append(AlertEvent(rule, firing, value, now))
         for event in events:
             try:
                 await self.callback(event)

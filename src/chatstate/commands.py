@@ -92,18 +92,18 @@ def run_chat(args: argparse.Namespace, *, stdin: TextIO | None = None) -> int:
             )
         else:
             provider = ScriptedProvider()
-        pipe = Pipeline(
-            StateMiddleware(store, StateMiddlewareConfig(max_messages=args.max_messages)),
-            ProviderMiddleware(provider),
-        )
         history = await store.load(args.session)
         print(f"session {args.session!r}: {len(history)} messages so far. /quit to leave.")
-        for line in lines:
-            text = line.strip()
-            if not text or text == "/quit":
-                break
-            result = await pipe.execute_with_session(args.session, "user", text)
-            print(f"assistant: {result.response.text}", flush=True)
+        async with Pipeline(
+            StateMiddleware(store, StateMiddlewareConfig(max_messages=args.max_messages)),
+            ProviderMiddleware(provider),
+        ) as pipe:
+            for line in lines:
+                text = line.strip()
+                if not text or text == "/quit":
+                    break
+                result = await pipe.execute_with_session(args.session, "user", text)
+                print(f"assistant: {result.response.text}", flush=True)
         if args.provider:
             await provider.aclose()
         return 0

@@ -21,6 +21,7 @@ from datetime import timedelta
 from typing import Any
 
 from chatstate._periodic import MetricsPoller
+from chatstate.clock import SYSTEM_CLOCK, Clock
 from chatstate.stores._events import StoreEvent
 
 try:
@@ -96,8 +97,9 @@ class OpenTelemetryExporter(MetricsPoller):
         name: str = "default",
         meter_provider: MeterProvider | None = None,
         interval: timedelta = timedelta(seconds=15),
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
-        super().__init__(store, interval)
+        super().__init__(store, interval, clock=clock)
         self._attributes = {"chatstate.store": name}
         meter = otel_metrics.get_meter(_INSTRUMENTATION, meter_provider=meter_provider)
         gauge = meter.create_observable_gauge

@@ -5,8 +5,12 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeAlias
+from types import TracebackType
+from typing import Any, Protocol, Self, TypeAlias
 
+from anyio.abc import TaskGroup
+
+from chatstate._background import Background
 from chatstate._checks import check_session_id
 from chatstate.errors import ConfigurationError, InvalidMessageError, PipelineError
 from chatstate.messages import Message, make_message
@@ -53,6 +57,10 @@ class RequestContext:
     """The part of the history the provider was sent (set by the provider middleware)."""
     budget: TokenBudget | None = None
     """The token budget of the request (``StateMiddlewareConfig(max_tokens=...)``), if any."""
+    task_group: TaskGroup | None = None
+    """The task group of the pipeline's ``async with`` block, for work that goes on after the
+    turn (the state middleware's summaries): the block's end waits for it, or cancels it. None
+    when the pipeline runs outside ``async with``."""
 
     async def get_history(self) -> list[Message]:
         """The session's history, loading it first if a middleware deferred the load."""
@@ -116,9 +124,17 @@ class Pipeline:
     ``Pipeline(StateMiddleware(store, config), ProviderMiddleware(provider))``: the first middleware
     runs first and wraps all the others. A pipeline is safe to share between any number of
     concurrent requests.
+
+    ``async with Pipeline(...) as pipe:`` owns the work that goes on after a turn has returned
+    (summaries) in a task group: when the block ends, it waits for that work (each summary is
+    bounded by its ``timeout``); when the block raises or is cancelled, it cancels it. Nothing
+    started by a turn outlives the block. Outside ``async with``, a pipeline runs turns that need
+    no background work; a :class:`~chatstate.StateMiddleware` with summaries raises
+    :class:`~chatstate.errors.PipelineError` at the first turn instead of losing or delaying
+    them. Enter and leave the block in one task; a pipeline may be entered again after its block.
     """
 
-    __slots__ = ("_handler", "middlewares")
+    __slots__ = ("_background", "_handler", "middlewares")
 
     def __init__(self, *middlewares: Middleware) -> None:
         if not middlewares:
@@ -133,6 +149,19 @@ class Pipeline:
         for middleware in reversed(middlewares):
             handler = _Link(middleware, handler)
         self._handler = handler
+        self._background = Background("this Pipeline")
+
+    async def __aenter__(self) -> Self:
+        await self._background.enter()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        return await self._background.exit(exc, cancel=False)
 
     def __repr__(self) -> str:
         names = ", ".join(type(middleware).__name__ for middleware in self.middlewares)
@@ -155,7 +184,11 @@ class Pipeline:
         if not isinstance(message, Message):
             raise InvalidMessageError(f"expected a chatstate.Message, got {type(message).__name__}")
         context = RequestContext(
-            session_id=session_id, message=message, options=options, new_messages=[message]
+            session_id=session_id,
+            message=message,
+            options=options,
+            new_messages=[message],
+            task_group=self._background.group,
         )
         await self._handler(context)
         response = context.response

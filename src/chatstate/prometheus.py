@@ -19,6 +19,7 @@ from datetime import timedelta
 from typing import Any
 
 from chatstate._periodic import MetricsPoller
+from chatstate.clock import SYSTEM_CLOCK, Clock
 from chatstate.metrics import LatencySummary
 
 try:
@@ -48,8 +49,9 @@ class PrometheusExporter(MetricsPoller, Collector):
         name: str = "default",
         registry: CollectorRegistry = REGISTRY,
         interval: timedelta = timedelta(seconds=15),
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
-        super().__init__(store, interval)
+        super().__init__(store, interval, clock=clock)
         self.name = name
         self._registry = registry
         registry.register(self)

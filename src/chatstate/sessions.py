@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import secrets
 import time
 from collections.abc import Callable
@@ -20,6 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol, runtime_checkable
 
+from chatstate._background import concurrently
 from chatstate._checks import MAX_SESSION_ID_LENGTH, check_session_id, check_ttl
 from chatstate.errors import ConfigurationError, InvalidSessionIdError
 
@@ -143,12 +143,10 @@ class Conversations:
         user_session = self.user_session(user_id)
         pairs = await self.store.list_conversations(user_session, now=0.0, offset=0, limit=1 << 30)
         ids = [cid for cid, _ in pairs]
-        await asyncio.gather(
-            *(self.store.delete(self.session_id(user_id, cid)) for cid in ids),
-            self.store.delete(user_session),
-        )
+        delete = self.store.delete
+        await concurrently(delete, [*(self.session_id(user_id, cid) for cid in ids), user_session])
         dropped = await self.store.drop_conversations(user_session)
         known = set(ids)
         stragglers = [cid for cid in dropped if cid not in known]  # recorded meanwhile
-        await asyncio.gather(*(self.store.delete(self.session_id(user_id, c)) for c in stragglers))
+        await concurrently(delete, [self.session_id(user_id, cid) for cid in stragglers])
         return len(ids) + len(stragglers)

@@ -3,26 +3,27 @@
 ``StateMiddlewareConfig(summary=SummaryConfig(ProviderSummarizer(provider)))`` turns them on. When
 a turn leaves the session's history at ``summarize_at`` messages or more (or a token budget kept
 some of it out of the window), the middleware folds the oldest messages, all but the newest
-``keep_recent``, into the session's summary: in the background, after the turn has returned, so no
-turn ever waits for a model to summarise. The store commits the fold only if the session still
-starts with the messages that were summarised (see
-:class:`~chatstate.stores.base.SessionSummaries`), so a fold can never lose or repeat what a turn
-wrote meanwhile, on this instance or another. A fold that fails or times out is logged, counted
-and tried again at a later turn; the turn itself never sees it.
+``keep_recent``, into the session's summary: in the background, after the turn has returned (in
+the task group of ``async with Pipeline(...)``), so no turn ever waits for a model to summarise.
+The store commits the fold only if the session still starts with the messages that were
+summarised (see :class:`~chatstate.stores.base.SessionSummaries`), so a fold can never lose or
+repeat what a turn wrote meanwhile, on this instance or another. A fold that fails or times out
+is logged, counted and tried again at a later turn; the turn itself never sees it.
 """
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import logging
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Protocol, runtime_checkable
 
+from anyio.abc import TaskGroup
+
 from chatstate._checks import check_count, check_ttl
+from chatstate.clock import Clock
 from chatstate.errors import ConfigurationError, ProviderError
 from chatstate.messages import Message
 from chatstate.providers.base import Provider, check_provider
@@ -184,6 +185,7 @@ class Summaries:
 
     __slots__ = (
         "_at",
+        "_clock",
         "_keep",
         "_retry_at",
         "_running",
@@ -194,7 +196,9 @@ class Summaries:
         "store",
     )
 
-    def __init__(self, store: Any, config: SummaryConfig, max_messages: int | None) -> None:
+    def __init__(
+        self, store: Any, config: SummaryConfig, max_messages: int | None, clock: Clock
+    ) -> None:
         if not isinstance(store, SessionSummaries):
             raise ConfigurationError(
                 f"summaries need a store that keeps them (SessionSummaries: load_with_summary() "
@@ -203,7 +207,8 @@ class Summaries:
         self.store = store
         self.config = config
         self._at, self._keep = config.bounds(max_messages)
-        self._running: dict[str, asyncio.Task[None]] = {}
+        self._clock = clock
+        self._running: set[str] = set()  # sessions with a fold running
         self._retry_at: dict[str, float] = {}
         self.made = 0
         """Summaries stored."""
@@ -216,7 +221,7 @@ class Summaries:
     @property
     def pending(self) -> int:
         """Summaries running now."""
-        return sum(1 for task in self._running.values() if not task.done())
+        return len(self._running)
 
     def framed(self, stored: Message | None) -> Message | None:
         """The system message the provider gets for a stored summary."""
@@ -224,33 +229,36 @@ class Summaries:
             return None
         return _frame(self.config.prefix, stored.text)
 
-    def after_turn(self, session_id: str, length: int, loaded: int, window: int | None) -> None:
-        """Schedule a fold if the turn left ``length`` messages at or over the threshold, or the
-        window sent (``window`` of the ``loaded`` messages, if known) left some out."""
+    def after_turn(
+        self,
+        session_id: str,
+        length: int,
+        loaded: int,
+        window: int | None,
+        task_group: TaskGroup,
+    ) -> None:
+        """Start a fold in ``task_group`` if the turn left ``length`` messages at or over the
+        threshold, or the window sent (``window`` of the ``loaded`` messages, if known) left some
+        out."""
         keep = self._keep
         if window is not None and window < loaded:
             keep = min(keep, max(1, window // 2))
         elif length < self._at:
             return
-        if length <= keep:
-            return
-        running = self._running.get(session_id)
-        loop = asyncio.get_running_loop()
-        if running is not None and not running.done() and running.get_loop() is loop:
+        if length <= keep or session_id in self._running:
             return
         retry_at = self._retry_at.get(session_id)
         if retry_at is not None:
-            if time.monotonic() < retry_at:
+            if self._clock.monotonic() < retry_at:
                 return
             del self._retry_at[session_id]
-        self._running[session_id] = loop.create_task(
-            self._fold(session_id, keep), name=f"chatstate-summary-{session_id[:40]}"
-        )
-
-    async def drain(self) -> None:
-        """Wait for the summaries running now (for a graceful shutdown)."""
-        while tasks := [task for task in self._running.values() if not task.done()]:
-            await asyncio.gather(*tasks, return_exceptions=True)
+        try:
+            task_group.start_soon(
+                self._fold, session_id, keep, name=f"chatstate-summary-{session_id[:40]}"
+            )
+        except RuntimeError:  # the pipeline's block ended during this turn: a later turn folds
+            return
+        self._running.add(session_id)
 
     async def _fold(self, session_id: str, keep: int) -> None:
         config = self.config
@@ -262,7 +270,7 @@ class Summaries:
             count = fold_count(history, keep)
             if not count:
                 return None
-            async with asyncio.timeout(timeout):
+            with self._clock.fail_after(timeout):
                 text = await config.summarizer.summarize(
                     None if summary is None else summary.text, history[:count]
                 )
@@ -279,10 +287,10 @@ class Summaries:
         except Exception as exc:
             self.failed += 1
             retry = config.retry_after.total_seconds()
+            now = self._clock.monotonic()
             if len(self._retry_at) >= 10_000:
-                now = time.monotonic()
                 self._retry_at = {key: at for key, at in self._retry_at.items() if at > now}
-            self._retry_at[session_id] = time.monotonic() + retry
+            self._retry_at[session_id] = now + retry
             logger.warning(
                 "summarising session %r failed (%s: %s); trying again after %g s",
                 session_id,
@@ -296,9 +304,7 @@ class Summaries:
             else:
                 self.skipped += 1
         finally:
-            task = self._running.get(session_id)
-            if task is not None and task is asyncio.current_task():
-                del self._running[session_id]
+            self._running.discard(session_id)
 
 
 def fold_count(history: Sequence[Message], keep: int) -> int:

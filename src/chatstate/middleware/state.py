@@ -11,7 +11,14 @@ from typing import Literal
 
 from chatstate._checks import check_count, check_max_messages, check_ttl
 from chatstate._locks import KeyedLock
-from chatstate.errors import ChatStateError, ConfigurationError, StateLoadError, StateSaveError
+from chatstate.clock import SYSTEM_CLOCK, Clock
+from chatstate.errors import (
+    ChatStateError,
+    ConfigurationError,
+    PipelineError,
+    StateLoadError,
+    StateSaveError,
+)
 from chatstate.messages import Message
 from chatstate.pipeline import CallNext, RequestContext
 from chatstate.stores.base import SessionLeases, StateStore
@@ -58,7 +65,8 @@ class StateMiddlewareConfig:
       default is an offline estimate. Each message is counted once, when its turn is stored, and
       its count is stored with it.
     - ``summary``: fold what leaves the history into a per-session summary, written in the
-      background after a turn and sent before the window (a
+      background after a turn (in the task group of ``async with Pipeline(...)``, which a
+      pipeline with summaries needs) and sent before the window (a
       :class:`~chatstate.summaries.SummaryConfig`; the store must keep summaries, as the built-in
       ones do). ``None`` (the default): no summaries. With summaries, the folds keep the stored
       history short; a session may hold up to twice ``max_messages`` while a fold is running
@@ -135,6 +143,9 @@ class StateMiddleware:
     ``context.history``; after it, it appends the turn's new messages (the user's message and the
     reply) in ONE atomic ``append``, trimmed to ``max_messages``, with the expiry refreshed. With
     ``lock`` on, turns of one session run one at a time; other sessions never wait.
+
+    ``clock`` measures the summaries' ``timeout`` and ``retry_after`` (a
+    :class:`~chatstate.testing.FakeClock` in tests).
     """
 
     __slots__ = (
@@ -152,7 +163,13 @@ class StateMiddleware:
         "store",
     )
 
-    def __init__(self, store: StateStore, config: StateMiddlewareConfig | None = None) -> None:
+    def __init__(
+        self,
+        store: StateStore,
+        config: StateMiddlewareConfig | None = None,
+        *,
+        clock: Clock = SYSTEM_CLOCK,
+    ) -> None:
         for method in ("load", "append"):
             if not callable(getattr(store, method, None)):
                 raise ConfigurationError(
@@ -167,7 +184,7 @@ class StateMiddleware:
         self._lazy = config.lazy
         self._budget = config.budget()
         self._summaries = (
-            None if config.summary is None else Summaries(store, config.summary, self._limit)
+            None if config.summary is None else Summaries(store, config.summary, self._limit, clock)
         )
         # With summaries, folds bound the history; the trim only catches what they miss (a
         # fold running late must find the messages it is to summarise still there).
@@ -193,12 +210,12 @@ class StateMiddleware:
         """The summaries' scores (``made``, ``failed``, ``skipped``, ``pending``), if on."""
         return self._summaries
 
-    async def drain(self) -> None:
-        """Wait for the summaries running in the background (call it at shutdown)."""
-        if self._summaries is not None:
-            await self._summaries.drain()
-
     async def __call__(self, context: RequestContext, call_next: CallNext) -> None:
+        if context.task_group is None and self._summaries is not None:
+            raise PipelineError(
+                "summaries are written in the background, in the task group of the pipeline: "
+                "run the turns inside `async with Pipeline(...) as pipe:`"
+            )
         locks = self._locks
         if locks is None:
             await self._run(context, call_next)
@@ -278,11 +295,13 @@ class StateMiddleware:
                 messages=new_messages,
             ) from exc
         context.timings["save"] = time.perf_counter() - saving
-        if self._summaries is not None:
+        summaries, task_group = self._summaries, context.task_group
+        if summaries is not None and task_group is not None:  # checked by __call__
             window = context.window
-            self._summaries.after_turn(
+            summaries.after_turn(
                 session_id,
                 length,
                 loaded=len(context.history),
                 window=None if window is None else len(window),
+                task_group=task_group,
             )

@@ -13,7 +13,6 @@ httpx): OpenAI itself, or a local llama.cpp, vLLM or Ollama server.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import random
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -21,6 +20,8 @@ from dataclasses import dataclass
 from datetime import timedelta
 from types import TracebackType
 from typing import Any, Self
+
+import anyio
 
 from chatstate.errors import ConfigurationError, ProviderError
 from chatstate.messages import ImagePart, Message, TextPart, ToolCall
@@ -186,7 +187,7 @@ class OpenAICompatibleProvider:
                         f"the provider at {self.base_url} could not be reached: "
                         f"{type(exc).__name__}"
                     ) from exc
-                await asyncio.sleep(self._delay(attempt, None))
+                await anyio.sleep(self._delay(attempt, None))
                 continue
             if response.status_code < 400:
                 return response
@@ -194,7 +195,7 @@ class OpenAICompatibleProvider:
             await response.aclose()
             if last or response.status_code not in _RETRIED_STATUSES:
                 raise _http_error(response)
-            await asyncio.sleep(self._delay(attempt, response.headers.get("retry-after")))
+            await anyio.sleep(self._delay(attempt, response.headers.get("retry-after")))
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _delay(self, attempt: int, retry_after: str | None) -> float:

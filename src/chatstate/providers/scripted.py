@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 import re
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from typing import Any, TypeAlias
+
+import anyio
 
 from chatstate.errors import ConfigurationError, ProviderError
 from chatstate.messages import Message
@@ -120,7 +121,7 @@ class ScriptedProvider:
     - ``ScriptedProvider(func)`` calls ``func(messages)`` (sync or async) for each reply.
 
     Replies may be text or a full assistant :class:`Message` (for tool calls). ``latency`` adds an
-    ``asyncio.sleep`` per call; ``calls`` keeps the messages of the last ``keep_calls`` calls.
+    ``anyio.sleep`` per call; ``calls`` keeps the messages of the last ``keep_calls`` calls.
     """
 
     def __init__(
@@ -153,7 +154,7 @@ class ScriptedProvider:
         self.calls.append(list(messages))
         self.call_count += 1
         if self._latency is not None:
-            await asyncio.sleep(self._latency)
+            await anyio.sleep(self._latency)
         if self._script is not None:
             reply = next(self._script, None)
             if reply is None:

@@ -4,16 +4,24 @@
   pytest-asyncio; imported on first use). For readable assertion failures, call
   ``pytest.register_assert_rewrite("chatstate.testing")`` in your ``conftest.py`` first.
 - :class:`RedisServer`, :class:`LocalRedisCluster`: throw-away local Redis servers.
+- :class:`FakeClock`: a :class:`~chatstate.clock.Clock` that moves only when the test moves it.
 """
 
 from typing import TYPE_CHECKING, Any
 
+from chatstate.testing.clock import FakeClock
 from chatstate.testing.redis_server import LocalRedisCluster, RedisServer
 
 if TYPE_CHECKING:
     from chatstate.testing.conformance import StateStoreConformance, sample_conversation
 
-__all__ = ["LocalRedisCluster", "RedisServer", "StateStoreConformance", "sample_conversation"]
+__all__ = [
+    "FakeClock",
+    "LocalRedisCluster",
+    "RedisServer",
+    "StateStoreConformance",
+    "sample_conversation",
+]
 
 
 def __getattr__(name: str) -> Any:
