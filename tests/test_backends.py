@@ -1,13 +1,13 @@
 """The pipeline, its middlewares, summaries and the metric pollers on asyncio and on trio, through
 anyio's pytest plugin (pytest-asyncio's auto mode hands these tests over: see conftest.py).
 
-The store is the in-memory one without a sweeper: until the store core moves the stores to anyio
-(issue 15), its sweeper, its lease (``lease_ttl``), its ``metrics()`` and the SQLite and Redis
-stores run on asyncio alone, so those cases are not run on trio here yet."""
+The in-memory store runs whole on both (the store core is anyio throughout); the Redis store runs
+on asyncio alone, so its cases are not run on trio."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import timedelta
 
 import anyio
@@ -168,3 +168,32 @@ async def test_an_alert_monitor_polls_on_the_clock(anyio_backend: str) -> None:
         clock.advance(5)
         await clock.sleeping()
     assert events == [(True, anyio_backend)]
+
+
+async def test_the_in_memory_store_runs_whole_on_each_backend(anyio_backend: str) -> None:
+    """Every operation of the store core, the sweep, a lease (with its renewer) and a fold."""
+    clock = FakeClock()
+    store = InMemoryStateStore(clock=clock, sweep_interval=1)
+    turn = [Message(role="user", content="hi"), Message(role="assistant", content="hello")]
+    assert await store.append("s", turn * 2, max_messages=3, ttl=10) == 3
+    assert await store.load("s", limit=2) == turn
+    async with store.lease("s", ttl=0.05, timeout=1):
+        await anyio.sleep(0.03)  # a renewal comes due while it is held
+
+    async def fold(history: Sequence[Message], summary: Message | None) -> tuple[int, Message]:
+        await anyio.lowlevel.checkpoint()
+        return 2, Message(role="system", content="greetings")
+
+    assert await store.compact("s", fold)
+    assert await store.load_with_summary("s") == (
+        turn[1:],
+        Message(role="system", content="greetings"),
+    )
+    snapshot = await store.snapshot("s")
+    assert snapshot is not None and snapshot.ttl == 10
+    assert await store.restore("copy", replace(snapshot, ttl=60))
+    clock.advance(11)
+    assert await store.sweep() == 1  # s expired, not its copy
+    metrics = await store.metrics()
+    assert (metrics.active_sessions, metrics.loads) == (1, 3)  # a snapshot reads: a load
+    await store.aclose()
