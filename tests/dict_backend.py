@@ -34,7 +34,9 @@ class DictBackend:
         self._rows: dict[str, _Row] = {}
         self._leases: dict[str, tuple[str, float]] = {}
         self._index: dict[str, dict[str, tuple[float, float | None]]] = {}
-        self._numbers = itertools.count(1_000)  # never repeats, across sessions too
+        # Generations, and the first version of a session (x 1000): never repeated, whatever
+        # sessions come and go; a version then goes up by one with every write.
+        self._numbers = itertools.count(1_000)
 
     def _live(self, session_id: str) -> _Row | None:
         row = self._rows.get(session_id)
@@ -75,14 +77,16 @@ class DictBackend:
     ) -> Written:
         row = self._live(session_id)
         if row is None:
-            row = self._rows[session_id] = _Row(generation=next(self._numbers))
+            row = self._rows[session_id] = _Row(
+                version=next(self._numbers) * 1000, generation=next(self._numbers)
+            )
         row.entries.extend(entries)
         trimmed = max_entries is not None and len(row.entries) > max_entries
         if max_entries is not None and trimmed:
             cut = len(row.entries) - max_entries
             del row.entries[:cut]
             row.head += cut
-        row.version = next(self._numbers)
+        row.version += 1
         self._expire_in(row, ttl)
         return Written(len(row.entries), row.version, trimmed)
 
@@ -95,10 +99,12 @@ class DictBackend:
         ttl: float | None,
         overwrite: bool,
     ) -> Written | None:
-        if self._live(session_id) is not None and not overwrite:
+        old = self._live(session_id)
+        if old is not None and not overwrite:
             return None
         row = self._rows[session_id] = _Row(list(entries), 0, summary)
-        row.version, row.generation = next(self._numbers), next(self._numbers)
+        row.version = old.version + 1 if old is not None else next(self._numbers) * 1000
+        row.generation = next(self._numbers)
         self._expire_in(row, ttl)
         return Written(len(row.entries), row.version)
 
@@ -115,7 +121,8 @@ class DictBackend:
         del row.entries[:folded]
         row.head += folded
         row.summary = summary
-        row.version, row.generation = next(self._numbers), next(self._numbers)
+        row.version += 1
+        row.generation = next(self._numbers)
         return True
 
     async def snapshot(self, session_id: str) -> RawSession[bytes] | None:

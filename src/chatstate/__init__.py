@@ -34,6 +34,7 @@ from chatstate.stores import (
     CachedStore,
     Encryption,
     InMemoryStateStore,
+    NearCache,
     SQLiteStateStore,
     StateStore,
 )
@@ -73,6 +74,7 @@ __all__ = [
     "LeaseTimeoutError",
     "Message",
     "Middleware",
+    "NearCache",
     "OpenAICompatibleProvider",
     "Pipeline",
     "PipelineError",

@@ -7,6 +7,7 @@ from chatstate.stores._backend import Backend, BackendCensus, ErrorKind, Page, R
 from chatstate.stores._core import BackendStore
 from chatstate.stores._encryption import Encryption
 from chatstate.stores._events import Hook, Operation, StoreEvent
+from chatstate.stores._near_cache import NearCache
 from chatstate.stores.base import (
     TTL,
     Fold,
@@ -38,6 +39,7 @@ __all__ = [
     "Hook",
     "InMemoryStateStore",
     "MemoryBackend",
+    "NearCache",
     "Operation",
     "Page",
     "RawSession",

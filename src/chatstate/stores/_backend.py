@@ -15,9 +15,10 @@ Sequence numbers
     by comparing bytes.
 
 Version
-    A number that changes with every write of the session (append, save, compaction, restore);
-    0 means "no session". A session deleted and written again never repeats a version a reader may
-    have seen (start from a random number).
+    A number that goes up by exactly one with every write of the session (append, save,
+    compaction, restore); 0 means "no session". A session deleted and written again never repeats
+    a version a reader may have seen (it starts from a random number). The near cache relies on
+    both: an append that made version ``v + 1`` followed the kept ``v`` with nothing between.
 
 Generation
     A number that changes with every write that is not an append: a save, a compaction, a restore,

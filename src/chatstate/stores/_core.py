@@ -9,11 +9,9 @@ ones: bounds, expiry, summaries, versions, snapshots, leases, the conversation i
 
 from __future__ import annotations
 
-import logging
-import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from datetime import timedelta
-from typing import Any, Generic, Literal, NoReturn, Self, TypeVar
+from typing import Generic, Literal, Self, TypeVar
 
 from chatstate._checks import (
     check_limit,
@@ -23,16 +21,8 @@ from chatstate._checks import (
     check_ttl,
 )
 from chatstate._locks import KeyedLock
-from chatstate.errors import (
-    ChatStateError,
-    ConfigurationError,
-    StateLoadError,
-    StateSaveError,
-    StoreError,
-    WrongTypeError,
-)
+from chatstate.errors import ConfigurationError, StateLoadError, StateSaveError, StoreError
 from chatstate.messages import Message, as_messages
-from chatstate.metrics import Recorder, StateMetrics
 from chatstate.stores._backend import Backend, Page, Written
 from chatstate.stores._codec import (
     DEFAULT_COMPRESS_OVER,
@@ -42,22 +32,19 @@ from chatstate.stores._codec import (
     ObjectCodec,
 )
 from chatstate.stores._encryption import Encryption
-from chatstate.stores._events import Hook, Operation, StoreEvent, emit
+from chatstate.stores._events import Hook
+from chatstate.stores._index import Listing
 from chatstate.stores._lease import Lease
+from chatstate.stores._near_cache import NearCache
+from chatstate.stores._reporting import clock as _clock
 from chatstate.stores.base import TTL, Fold, SessionSnapshot, check_snapshot, run_fold
 
 __all__ = ["BackendStore"]
 
 E = TypeVar("E")
 
-logger = logging.getLogger("chatstate")
 
-_clock = time.perf_counter
-
-_READS: frozenset[Operation] = frozenset({"load", "snapshot", "version"})
-
-
-class BackendStore(Generic[E]):
+class BackendStore(Listing, Generic[E]):
     """A :class:`~chatstate.StateStore` over any :class:`~chatstate.stores.Backend`, with every
     optional capability: summaries, versions, snapshots, leases, the conversation index, metrics
     and hooks. The built-in stores are this core over their own backends.
@@ -72,13 +59,12 @@ class BackendStore(Generic[E]):
       they never summarise, copy or delete what they could not read.
     - ``sliding_ttl``: every load sets the session to expire this long from now, in the load's
       own step.
+    - ``near_cache``: a :class:`~chatstate.NearCache`: loads served from this process's memory
+      while the history is known current.
     - ``hooks``: subscribers to the store's events (see :meth:`add_hook`).
     """
 
-    _timing_mask = 0
-    """Loads and appends whose count has none of these bits set are timed for the latency
-    percentiles: all of them (0), or one in sixteen (15) where a call costs about a microsecond
-    and timing it would cost a tenth of that."""
+    backend: Backend[E]
 
     def __init__(
         self,
@@ -88,8 +74,10 @@ class BackendStore(Generic[E]):
         encryption: Encryption | None = None,
         on_corrupt: Literal["skip", "raise"] = "skip",
         sliding_ttl: TTL = None,
+        near_cache: NearCache | None = None,
         hooks: Sequence[Hook] = (),
     ) -> None:
+        super().__init__(hooks)
         self.backend = backend
         if codec is None:
             codec = EntryCodec.for_store(  # type: ignore[assignment]  # bytes, a backend's E
@@ -106,25 +94,17 @@ class BackendStore(Generic[E]):
         self._touch = check_ttl(sliding_ttl, name="sliding_ttl")
         # A codec that keeps the messages themselves: a load hands out the page's new list.
         self._keeps_messages = isinstance(self._codec, ObjectCodec)
-        self._hooks: list[Hook] = list(hooks)
-        self._recorder = Recorder()
+        if near_cache is not None and not isinstance(near_cache, NearCache):
+            raise ConfigurationError(
+                f"near_cache must be a chatstate.NearCache, got {type(near_cache).__name__}"
+            )
+        self.near_cache = None if near_cache is None else near_cache.bind(self, self._touch)
+        """The store's :class:`~chatstate.NearCache`, if it has one."""
         self._local_leases = KeyedLock()
         self._closed = False
-        self.corrupt_entries = 0
-        """Entries skipped because they could not be decoded."""
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.backend!r})"
-
-    # -- hooks -----------------------------------------------------------------------------------
-
-    def add_hook(self, hook: Hook) -> None:
-        """Call ``hook(event)`` when each operation ends (see :mod:`chatstate.stores._events`)."""
-        self._hooks.append(hook)
-
-    def remove_hook(self, hook: Hook) -> None:
-        """Stop calling ``hook``; ValueError if it was not added."""
-        self._hooks.remove(hook)
 
     # -- reads -----------------------------------------------------------------------------------
 
@@ -134,16 +114,14 @@ class BackendStore(Generic[E]):
         session_id = check_session_id(session_id)
         if limit is not None and (type(limit) is not int or limit < 0):
             check_limit(limit)
-        recorder = self._recorder
-        timed = not recorder.loads & self._timing_mask or self._hooks  # the first, and so on
-        recorder.loads += 1
-        started = _clock() if timed else 0.0
+        if self.near_cache is not None:
+            return (await self._near_load(session_id, limit))[0]
+        started = _clock()
         try:
             page = await self.backend.read(
                 session_id, limit=limit, summary=False, touch=self._touch, numbers=False
             )
         except Exception as exc:
-            recorder.loads -= 1
             self._fail(exc, "load", session_id, started, StateLoadError, "loading")
         if self._keeps_messages:
             messages: list[Message] = page.entries  # type: ignore[assignment]  # the messages
@@ -154,8 +132,7 @@ class BackendStore(Generic[E]):
             )
             if skipped:
                 self._skipped(skipped, session_id)
-        if timed:
-            self._timed_load(session_id, started, len(messages), skipped)
+        self._loaded(session_id, started, len(messages), skipped)
         return messages
 
     async def load_with_summary(
@@ -163,7 +140,7 @@ class BackendStore(Generic[E]):
     ) -> tuple[list[Message], Message | None]:
         """:meth:`load`, and the session's summary (None if it has none), in one step."""
         started = _clock()
-        page = await self._read(session_id, limit, True, started)
+        page = await self._read(session_id, limit, summary=True, started=started)
         messages = self._decoded(page, session_id, started)
         if page.summary is None or not messages:
             return messages, None
@@ -173,14 +150,17 @@ class BackendStore(Generic[E]):
         self, session_id: str, *, limit: int | None = None
     ) -> tuple[list[Message], int]:
         """:meth:`load`, and the session's version when it was read, in one step."""
+        if self.near_cache is not None:
+            session_id = check_session_id(session_id)
+            return await self._near_load(session_id, check_limit(limit))
         started = _clock()
-        page = await self._read(session_id, limit, False, started)
+        page = await self._read(session_id, limit, started=started)
         return self._decoded(page, session_id, started), page.version
 
     async def version(self, session_id: str) -> int:
         """A number that changes with every write of the session; 0 if it does not exist."""
         started = _clock()
-        page = await self._read(session_id, 0, False, started, touch=False)
+        page = await self._read(session_id, 0, started=started, touch=False)
         self._report("version", session_id, started)
         return page.version
 
@@ -199,8 +179,38 @@ class BackendStore(Generic[E]):
         self._report("version", session_id, started)
         return None if left is None or left is False else timedelta(seconds=left)
 
+    async def _near_load(self, session_id: str, limit: int | None) -> tuple[list[Message], int]:
+        """A load through the near cache: served from memory while it is known current."""
+        near = self.near_cache
+        assert near is not None
+        started = _clock()
+        now = near.clock()
+        entry = near.get(session_id, limit)
+        if entry is not None and near.due(entry, now):
+            near.version_checks += 1
+            page = await self._read(session_id, 0, started=started)  # refreshes a sliding ttl
+            if page.version == entry.version:
+                entry.checked_at = now
+            else:
+                entry = None
+        if entry is not None:
+            messages = near.served(session_id, entry, limit)
+            self._loaded(session_id, started, len(messages))
+            return messages, entry.version
+        began = near.began()
+        page = await self._read(session_id, limit, started=started)
+        messages = self._decoded(page, session_id, started)
+        near.keep(session_id, messages, page.version, limit, began, now)
+        return messages, page.version
+
     async def _read(
-        self, session_id: str, limit: int | None, summary: bool, started: float, touch: bool = True
+        self,
+        session_id: str,
+        limit: int | None,
+        *,
+        started: float,
+        summary: bool = False,
+        touch: bool = True,
     ) -> Page[E]:
         session_id = check_session_id(session_id)
         if limit is not None and (type(limit) is not int or limit < 0):
@@ -222,21 +232,20 @@ class BackendStore(Generic[E]):
         )
         if skipped:
             self._skipped(skipped, session_id)
-        self._recorder.loads += 1
-        self._timed_load(session_id, started, len(messages), skipped)
+        self._loaded(session_id, started, len(messages), skipped)
         return messages
 
-    def _skipped(self, skipped: int, session_id: str) -> None:
+    def _decode_one(
+        self, entry: E | None, session_id: str, on_corrupt: Literal["skip", "raise"]
+    ) -> Message | None:
+        """A summary's entry decoded (None for none, or a corrupt one skipped and counted)."""
+        if entry is None:
+            return None
+        decoded, skipped = self._codec.decode(
+            [entry], on_corrupt=on_corrupt, session_id=session_id, summary=True
+        )
         self.corrupt_entries += skipped
-        logger.warning("skipped %d corrupt entries of session %r", skipped, session_id)
-
-    def _timed_load(self, session_id: str, started: float, messages: int, skipped: int) -> None:
-        ended = _clock()
-        self._recorder.load_window.append(ended - started)
-        if self._hooks:
-            event = StoreEvent("load", session_id, started, ended - started, messages)
-            event.skipped = skipped
-            emit(self._hooks, event)
+        return decoded[0] if decoded else None
 
     # -- writes ----------------------------------------------------------------------------------
 
@@ -270,23 +279,18 @@ class BackendStore(Generic[E]):
         entries = self._codec.encode(new, session_id=session_id)
         if not entries:
             started = _clock()
-            page = await self._read(session_id, 0, False, started, touch=False)
+            page = await self._read(session_id, 0, started=started, touch=False)
             return page.length, page.version
         started = _clock()
         try:
             written = await self.backend.append(session_id, entries, max_entries=bound, ttl=seconds)
         except Exception as exc:
+            if self.near_cache is not None:
+                self.near_cache.dropped(session_id)  # it may have been written all the same
             self._fail(exc, "append", session_id, started, StateSaveError, "appending to", new)
-        recorder = self._recorder
-        if not recorder.appends & self._timing_mask:
-            recorder.save_window.append(_clock() - started)
-        recorder.appends += 1
-        if written.trimmed:
-            recorder.trims += 1
-        if self._hooks:
-            event = StoreEvent("append", session_id, started, _clock() - started, len(new))
-            event.trimmed = written.trimmed
-            emit(self._hooks, event)
+        if self.near_cache is not None:
+            self.near_cache.appended(session_id, new, written.length, written.version)
+        self._appended(session_id, started, len(new), written.trimmed)
         return written.length, written.version
 
     async def save(self, session_id: str, messages: Sequence[Message], *, ttl: TTL = None) -> None:
@@ -305,6 +309,8 @@ class BackendStore(Generic[E]):
                 await self.backend.delete(session_id)
         except Exception as exc:
             self._fail(exc, "save", session_id, started, StateSaveError, "saving", new)
+        finally:
+            self._wrote(session_id)
         self._report("save", session_id, started, len(new))
 
     async def delete(self, session_id: str) -> bool:
@@ -315,6 +321,8 @@ class BackendStore(Generic[E]):
             existed = await self.backend.delete(session_id)
         except Exception as exc:
             self._fail(exc, "delete", session_id, started, StoreError, "deleting")
+        finally:
+            self._wrote(session_id)
         self._report("delete", session_id, started)
         return existed
 
@@ -355,6 +363,8 @@ class BackendStore(Generic[E]):
             )
         except Exception as exc:
             self._fail(exc, "compact", session_id, started, StoreError, "compacting")
+        finally:
+            self._wrote(session_id)
         self._report("compact", session_id, started, count)
         return done
 
@@ -397,6 +407,8 @@ class BackendStore(Generic[E]):
             )
         except Exception as exc:
             self._fail(exc, "restore", session_id, started, StateSaveError, "restoring", messages)
+        finally:
+            self._wrote(session_id)
         self._report("restore", session_id, started, len(messages))
         return written is not None
 
@@ -408,77 +420,7 @@ class BackendStore(Generic[E]):
         timeout=10):``."""
         return Lease(self, check_session_id(session_id), ttl=ttl, timeout=timeout)
 
-    # -- the conversation index ------------------------------------------------------------------
-
-    async def index_conversation(
-        self, user_session: str, conversation_id: str, *, now: float, ttl: float | None
-    ) -> None:
-        """Record a conversation of a user (see :class:`~chatstate.sessions.Conversations`)."""
-        user_session = check_session_id(user_session)
-        await self._index(
-            user_session,
-            self.backend.index_conversation(user_session, conversation_id, now=now, ttl=ttl),
-        )
-
-    async def list_conversations(
-        self, user_session: str, *, now: float, offset: int, limit: int
-    ) -> list[tuple[str, float]]:
-        """A user's live conversations, most recent first (see ``Conversations.list``)."""
-        user_session = check_session_id(user_session)
-        listed: list[tuple[str, float]] = await self._index(
-            user_session,
-            self.backend.list_conversations(user_session, now=now, offset=offset, limit=limit),
-        )
-        return listed
-
-    async def drop_conversations(self, user_session: str) -> list[str]:
-        """Forget a user's index; returns the conversation ids it held."""
-        user_session = check_session_id(user_session)
-        dropped: list[str] = await self._index(
-            user_session, self.backend.drop_conversations(user_session)
-        )
-        return dropped
-
-    async def _index(self, user_session: str, call: Any) -> Any:
-        started = _clock()
-        try:
-            result = await call
-        except Exception as exc:
-            self._fail(
-                exc, "index", user_session, started, StoreError, "indexing the conversations of"
-            )
-        self._report("index", user_session, started)
-        return result
-
-    async def session_ids(self) -> AsyncIterator[str]:
-        """The ids of every live session, in no particular order."""
-        try:
-            async for session_id in self.backend.session_ids():
-                yield session_id
-        except Exception as exc:
-            if self.backend.error_kind(exc) is None:
-                raise
-            raise StoreError(f"listing the sessions failed: {type(exc).__name__}: {exc}") from exc
-
-    # -- metrics and lifetime --------------------------------------------------------------------
-
-    async def metrics(self) -> StateMetrics:
-        """This store's :class:`~chatstate.metrics.StateMetrics`: calls, errors, trims and
-        latencies of this instance (every operation, whatever its method), and the backend's
-        census of what it holds (see the backend's docs for which figures are estimates)."""
-        try:
-            census = await self.backend.census()
-        except Exception as exc:
-            if self.backend.error_kind(exc) is None:
-                raise
-            raise StoreError(f"reading the metrics failed: {type(exc).__name__}: {exc}") from exc
-        return self._recorder.metrics(
-            active_sessions=census.sessions,
-            messages=census.messages,
-            storage_used=census.storage_bytes,
-            expirations=census.expirations,
-            evictions=census.evictions,
-        )
+    # -- lifetime ---------------------------------------------------------------------------------
 
     async def aclose(self) -> None:
         """Release the backend's resources (connections, threads). Idempotent."""
@@ -494,17 +436,10 @@ class BackendStore(Generic[E]):
 
     # -- internals -------------------------------------------------------------------------------
 
-    def _decode_one(
-        self, entry: E | None, session_id: str, on_corrupt: Literal["skip", "raise"]
-    ) -> Message | None:
-        """A summary's entry decoded (None for none, or a corrupt one skipped and counted)."""
-        if entry is None:
-            return None
-        decoded, skipped = self._codec.decode(
-            [entry], on_corrupt=on_corrupt, session_id=session_id, summary=True
-        )
-        self.corrupt_entries += skipped
-        return decoded[0] if decoded else None
+    def _wrote(self, session_id: str) -> None:
+        """A write other than an append ended (or failed, its outcome unknown)."""
+        if self.near_cache is not None:
+            self.near_cache.dropped(session_id)
 
     def _started(self) -> float:
         return _clock()
@@ -524,53 +459,3 @@ class BackendStore(Generic[E]):
             return await call
         except Exception as exc:
             self._fail(exc, "lease", session_id, started, StoreError, f"{action} the lease of")
-
-    def _report(
-        self, operation: Operation, session_id: str, started: float, messages: int = 0
-    ) -> None:
-        ended = _clock()
-        recorder = self._recorder
-        if operation in _READS:
-            if operation != "version":
-                recorder.loads += 1
-                recorder.load_window.append(ended - started)
-        elif operation == "delete":
-            recorder.deletes += 1
-        elif operation in ("save", "restore"):
-            recorder.saves += 1
-            recorder.save_window.append(ended - started)
-        if self._hooks:
-            emit(self._hooks, StoreEvent(operation, session_id, started, ended - started, messages))
-
-    def _fail(
-        self,
-        exc: Exception,
-        operation: Operation,
-        session_id: str,
-        started: float,
-        kind: type[StoreError],
-        doing: str,
-        messages: Sequence[Message] = (),
-    ) -> NoReturn:
-        """Raise ``exc`` as chatstate's error of ``kind`` (reported as a failed operation)."""
-        self._recorder.errors += 1
-        if self._hooks:
-            ended = _clock()
-            emit(
-                self._hooks, StoreEvent(operation, session_id, started, ended - started, error=exc)
-            )
-        if isinstance(exc, ChatStateError):
-            raise exc
-        error_kind = self.backend.error_kind(exc)
-        if error_kind is None:
-            raise exc
-        if error_kind == "wrong_type":
-            raise WrongTypeError(
-                f"the storage of session {session_id!r} holds data that is not a chatstate "
-                f"history; it was left unchanged",
-                session_id=session_id,
-            ) from exc
-        text = f"{doing} session {session_id!r} failed: {type(exc).__name__}: {exc}"
-        if kind is StateSaveError:
-            raise StateSaveError(text, session_id=session_id, messages=messages) from exc
-        raise kind(text, session_id=session_id) from exc
