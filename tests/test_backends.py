@@ -16,9 +16,6 @@ import pytest
 import sniffio
 
 from chatstate import (
-    AlertEvent,
-    AlertMonitor,
-    AlertRule,
     InMemoryStateStore,
     Message,
     Pipeline,
@@ -27,7 +24,8 @@ from chatstate import (
     StateMiddleware,
     StateMiddlewareConfig,
 )
-from chatstate.metrics import Recorder, StateMetrics
+from chatstate.metrics import Recorder
+from chatstate.monitoring import AlertEvent, AlertMonitor, AlertRule, StateMetrics
 from chatstate.summaries import SummaryConfig
 from chatstate.testing import FakeClock
 

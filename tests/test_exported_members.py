@@ -5,6 +5,7 @@ import pytest
 import chatstate
 import chatstate.bench
 import chatstate.middleware
+import chatstate.monitoring
 import chatstate.providers
 import chatstate.stores
 import chatstate.testing
@@ -22,6 +23,7 @@ def _isort_style(name: str) -> tuple[int, str]:
         chatstate,
         chatstate.bench,
         chatstate.middleware,
+        chatstate.monitoring,
         chatstate.providers,
         chatstate.stores,
         chatstate.testing,

@@ -12,12 +12,11 @@ from redis.asyncio import Redis, RedisCluster
 from chatstate import (
     InMemoryStateStore,
     InvalidSessionIdError,
-    LatencySummary,
     Message,
     RedisStateStore,
-    StateMetrics,
     StoreError,
 )
+from chatstate.monitoring import LatencyPercentiles, StateMetrics
 from chatstate.stores import BackendStore
 from chatstate.testing.redis_server import LocalRedisCluster, RedisServer
 
@@ -33,9 +32,9 @@ def _turn(index: int, size: int = 100) -> list[Message]:
 
 
 def test_latency_percentiles_are_nearest_rank() -> None:
-    summary = LatencySummary.of([float(n) for n in range(1, 101)])
+    summary = LatencyPercentiles.of([float(n) for n in range(1, 101)])
     assert (summary.count, summary.p50, summary.p95, summary.p99) == (100, 50.0, 95.0, 99.0)
-    assert LatencySummary.of([]) == LatencySummary(0, None, None, None)
+    assert LatencyPercentiles.of([]) == LatencyPercentiles(0, None, None, None)
 
 
 async def test_the_in_memory_store_reports_its_state_and_traffic(clock: FakeClock) -> None:

@@ -17,15 +17,13 @@ from opentelemetry.trace import StatusCode
 from prometheus_client import CollectorRegistry, generate_latest
 
 from chatstate import (
-    AlertEvent,
-    AlertMonitor,
-    AlertRule,
     ConfigurationError,
     InMemoryStateStore,
     Message,
     StateSaveError,
     StoreError,
 )
+from chatstate.monitoring import AlertEvent, AlertMonitor, AlertRule
 from chatstate.otel import OpenTelemetryExporter, OpenTelemetryTracing, session_hash
 from chatstate.prometheus import PrometheusExporter
 from chatstate.stores import BackendStore

@@ -32,8 +32,8 @@ from chatstate import (
     StateMiddleware,
     StateMiddlewareConfig,
     StoreError,
+    open_store,
 )
-from chatstate.stores.urls import open_store
 
 
 def create_app(store_url: str | None = None, provider: Provider | None = None) -> Starlette:

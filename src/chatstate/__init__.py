@@ -1,8 +1,13 @@
-"""chatstate: async-first conversation state for LLM applications."""
+"""chatstate: async-first conversation state for LLM applications.
+
+The core is here: messages, stores (``open_store(url)`` or a store's class), the pipeline and its
+middlewares, providers, errors. Monitoring (metrics, store events, alerts) is in
+:mod:`chatstate.monitoring`; exporters with their extras (:mod:`chatstate.prometheus`,
+:mod:`chatstate.otel`); the conformance suite and test servers in :mod:`chatstate.testing`.
+"""
 
 from typing import TYPE_CHECKING, Any
 
-from chatstate.alerts import AlertEvent, AlertMonitor, AlertRule
 from chatstate.errors import (
     ChatStateError,
     ConfigurationError,
@@ -25,7 +30,6 @@ from chatstate.errors import (
     WrongTypeError,
 )
 from chatstate.messages import ContentPart, ImagePart, Message, Role, TextPart, ToolCall
-from chatstate.metrics import LatencySummary, StateMetrics
 from chatstate.middleware import ProviderMiddleware, StateMiddleware, StateMiddlewareConfig
 from chatstate.pipeline import CallNext, ExecutionResult, Middleware, Pipeline, RequestContext
 from chatstate.providers import Provider, ScriptedProvider
@@ -38,6 +42,7 @@ from chatstate.stores import (
     SQLiteStateStore,
     StateStore,
 )
+from chatstate.stores.urls import open_store
 from chatstate.summaries import ProviderSummarizer, Summarizer, SummaryConfig
 from chatstate.tokens import TextTokenCounter, TokenCounter
 from chatstate.transfer import ImportReport, export_sessions, fork_session, import_sessions
@@ -50,9 +55,6 @@ if TYPE_CHECKING:
 __version__ = "0.1.0"
 
 __all__ = [
-    "AlertEvent",
-    "AlertMonitor",
-    "AlertRule",
     "CachedStore",
     "CallNext",
     "ChatStateError",
@@ -69,7 +71,6 @@ __all__ = [
     "InvalidInputError",
     "InvalidMessageError",
     "InvalidSessionIdError",
-    "LatencySummary",
     "LeaseLostError",
     "LeaseTimeoutError",
     "Message",
@@ -91,7 +92,6 @@ __all__ = [
     "SessionExistsError",
     "SessionNotFoundError",
     "StateLoadError",
-    "StateMetrics",
     "StateMiddleware",
     "StateMiddlewareConfig",
     "StateSaveError",
@@ -110,6 +110,7 @@ __all__ = [
     "export_sessions",
     "fork_session",
     "import_sessions",
+    "open_store",
 ]
 
 

@@ -19,14 +19,14 @@ from typing import TYPE_CHECKING, Any, Self, cast
 if TYPE_CHECKING:
     pass
 
-__all__ = ["WINDOW", "LatencySummary", "StateMetrics"]
+__all__ = ["WINDOW", "LatencyPercentiles", "StateMetrics"]
 
 WINDOW = 1024
 """Latency percentiles are over this many most recent calls."""
 
 
 @dataclass(frozen=True, slots=True)
-class LatencySummary:
+class LatencyPercentiles:
     """Percentiles of the latency of the calls in the window, in seconds (None: no calls yet)."""
 
     count: int
@@ -36,7 +36,7 @@ class LatencySummary:
     p99: float | None
 
     @classmethod
-    def of(cls, samples: Sequence[float]) -> LatencySummary:
+    def of(cls, samples: Sequence[float]) -> LatencyPercentiles:
         if not samples:
             return cls(0, None, None, None)
         ordered = sorted(samples)
@@ -63,8 +63,8 @@ class StateMetrics:
     """Messages per active session, on average."""
     storage_used: int
     """Bytes the sessions take in the store (an estimate for every built-in store)."""
-    load_latency: LatencySummary
-    save_latency: LatencySummary
+    load_latency: LatencyPercentiles
+    save_latency: LatencyPercentiles
     """Of appends and saves."""
     loads: int
     appends: int
@@ -112,8 +112,8 @@ class Recorder:
             active_sessions=active_sessions,
             avg_history_size=messages / active_sessions if active_sessions else 0.0,
             storage_used=storage_used,
-            load_latency=LatencySummary.of(self.load_window),
-            save_latency=LatencySummary.of(self.save_window),
+            load_latency=LatencyPercentiles.of(self.load_window),
+            save_latency=LatencyPercentiles.of(self.save_window),
             loads=self.loads,
             appends=self.appends,
             saves=self.saves,

@@ -20,7 +20,7 @@ from typing import Any
 
 from chatstate._periodic import MetricsPoller
 from chatstate.clock import SYSTEM_CLOCK, Clock
-from chatstate.metrics import LatencySummary
+from chatstate.metrics import LatencyPercentiles
 
 try:
     from prometheus_client.core import REGISTRY, CounterMetricFamily, GaugeMetricFamily, Metric
@@ -82,7 +82,7 @@ class PrometheusExporter(MetricsPoller, Collector):
             yield counter
 
 
-def _quantiles(name: str, summary: LatencySummary, store: str) -> GaugeMetricFamily:
+def _quantiles(name: str, summary: LatencyPercentiles, store: str) -> GaugeMetricFamily:
     gauge = GaugeMetricFamily(
         name, "Latency over the latest calls, by quantile", labels=["store", "quantile"]
     )
