@@ -407,3 +407,23 @@ def test_an_entry_that_would_decompress_to_a_bomb_is_corrupt() -> None:
         assert len(entry) < 100_000
         with pytest.raises(CorruptEntryError, match=r"64 MiB|does not decompress"):
             decode_entry(entry)
+
+
+def _nested(depth: int, leaf: Any = "x") -> Any:
+    for level in range(depth):
+        leaf = [leaf] if level % 2 else {"k": leaf}
+    return leaf
+
+
+def test_metadata_as_deep_as_can_be_read_back_is_taken_and_deeper_refused() -> None:
+    """A message is refused if its JSON would be deeper than a reader parses: written, it could
+    never be loaded again by any instance (it would be skipped as corrupt)."""
+    deepest = Message(role="user", content="hi", metadata={"a": _nested(198)})
+    assert decode_entry(encode_entry(deepest)) == deepest
+    codec = EntryCodec(cache_bytes=0)
+    assert codec.decode(codec.encode([deepest]), on_corrupt="raise", session_id="s") == (
+        [deepest],
+        0,
+    )
+    with pytest.raises(InvalidMessageError, match="nested more than 199 levels"):
+        make_message("user", "hi", metadata={"a": _nested(199)})

@@ -56,18 +56,31 @@ Text = Annotated[str, AfterValidator(_encodable)]
 """A str that can be written as UTF-8."""
 
 
-def _freeze(value: Any) -> Any:
+def _freeze(value: Any, depth: int = 1) -> Any:
     """Make a JSON value immutable: dicts become read-only mappings, lists become tuples."""
     if isinstance(value, str):
         return _encodable(value)
-    if isinstance(value, dict):
-        return MappingProxyType({_encodable(key): _freeze(item) for key, item in value.items()})
-    if isinstance(value, list | tuple):
-        return tuple(_freeze(item) for item in value)
+    if isinstance(value, dict | list | tuple):
+        if depth > MAX_METADATA_DEPTH:
+            # Stored, it could not be read back: JSON parsers stop at a nesting depth.
+            raise ValueError(
+                f"metadata is nested more than {MAX_METADATA_DEPTH} levels deep (counting the "
+                "metadata object), deeper than a stored message can be read back"
+            )
+        if isinstance(value, dict):
+            return MappingProxyType(
+                {_encodable(key): _freeze(item, depth + 1) for key, item in value.items()}
+            )
+        return tuple(_freeze(item, depth + 1) for item in value)
     if isinstance(value, float) and not math.isfinite(value):
         # JSON has no infinity or NaN: stored, it would come back as null.
         raise ValueError(f"metadata must be JSON, and {value} is not a JSON number")
     return value
+
+
+MAX_METADATA_DEPTH = 199
+"""How deeply metadata may nest, its own object counted as 1: with the message's object around
+it, 200 levels, the most the JSON parser of the stores reads back."""
 
 
 def _thaw(value: Any) -> Any:
