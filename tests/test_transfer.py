@@ -144,6 +144,8 @@ async def test_an_import_checks_every_line_before_writing_any(
         "non-empty list": json.dumps({**line, "messages": []}),
         "invalid message": json.dumps({**line, "messages": [{"role": "tool", "content": "x"}]}),
         "expires_at": json.dumps({**line, "expires_at": "tomorrow"}),
+        "with its UTC offset": json.dumps({**line, "expires_at": "2030-01-01T00:00:00"}),
+        "nested too deeply": '{"format": ' + "[" * 100_000 + "]" * 100_000 + "}",
         "appears twice": good,
     }
     for problem, bad in bad_lines.items():

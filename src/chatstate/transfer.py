@@ -239,6 +239,8 @@ def _parse(text: str, number: int) -> tuple[str, SessionSnapshot, float | None]:
         line = json.loads(text)
     except ValueError as exc:
         raise InvalidInputError(f"{where} is not JSON: {exc}") from None
+    except RecursionError:  # nested deeper than Python's parser goes: no message is that deep
+        raise InvalidInputError(f"{where} is JSON nested too deeply to be a session") from None
     if not isinstance(line, dict) or line.get("format") != EXPORT_FORMAT:
         found = line.get("format") if isinstance(line, dict) else type(line).__name__
         raise InvalidInputError(f"{where} is not a {EXPORT_FORMAT} line (format: {found!r})")
@@ -259,12 +261,21 @@ def _parse(text: str, number: int) -> tuple[str, SessionSnapshot, float | None]:
         ) from None
     expires_at = line.get("expires_at")
     try:
-        deadline = None if expires_at is None else datetime.fromisoformat(expires_at).timestamp()
+        moment = None if expires_at is None else datetime.fromisoformat(expires_at)
     except (TypeError, ValueError):
+        moment = None
+        expires_at = repr(expires_at)
+    if expires_at is not None and (moment is None or moment.utcoffset() is None):
+        # A time without its offset would be read in this machine's zone: off by hours.
         raise InvalidInputError(
-            f"{where}: 'expires_at' must be an ISO 8601 time or null, got {expires_at!r}"
-        ) from None
-    return session_id, SessionSnapshot(history, summary), deadline
+            f"{where}: 'expires_at' must be an ISO 8601 time with its UTC offset (as exports "
+            f"write it, e.g. 2026-12-02T06:00:00+00:00) or null, got {expires_at}"
+        )
+    return (
+        session_id,
+        SessionSnapshot(history, summary),
+        None if moment is None else moment.timestamp(),
+    )
 
 
 async def _each(items: Iterable[Any] | AsyncIterable[Any]) -> AsyncIterator[Any]:
