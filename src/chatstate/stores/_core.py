@@ -110,13 +110,13 @@ class BackendStore(Generic[E]):
     async def load(self, session_id: str, *, limit: int | None = None) -> list[Message]:
         """The newest ``limit`` messages of the session (all if None), oldest first."""
         # The hottest path of all: written out, one await deep, nothing done twice.
+        session_id = check_session_id(session_id)  # bad input is no load: checked first
+        if limit is not None and (type(limit) is not int or limit < 0):
+            check_limit(limit)
         recorder = self._recorder
         timed = not recorder.loads & self._timing_mask or self._hooks  # the first, and so on
         recorder.loads += 1
         started = _clock() if timed else 0.0
-        session_id = check_session_id(session_id)
-        if limit is not None and (type(limit) is not int or limit < 0):
-            check_limit(limit)
         try:
             page = await self.backend.read(
                 session_id, limit=limit, summary=False, touch=self._touch, numbers=False
