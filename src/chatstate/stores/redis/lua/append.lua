@@ -5,7 +5,7 @@
 -- Returns {length, version, trimmed (0/1)}.
 -- The reads come first and RPUSH is the first write: a key of another type fails the script
 -- (WRONGTYPE) before anything is changed.
-local meta = redis.call('HMGET', KEYS[3], 'tail', 'gen', 'ver')
+local meta = redis.call('HMGET', KEYS[3], 'tail', 'ver')
 local count = #ARGV - 3
 local n
 -- unpack() has a stack limit of a few thousand values: push in chunks.
@@ -13,19 +13,20 @@ for i = 4, #ARGV, 1000 do
   n = redis.call('RPUSH', KEYS[1], unpack(ARGV, i, math.min(i + 999, #ARGV)))
 end
 local before = n - count
-local tail, gen, ver
-if before > 0 and meta[1] then
-  tail, gen, ver = tonumber(meta[1]), tonumber(meta[2]), tonumber(meta[3])
+local ver
+if before > 0 and meta[1] then  -- the common case: the generation stays
+  ver = tonumber(meta[2]) + 1
+  redis.call('HSET', KEYS[3], 'tail', tonumber(meta[1]) + count, 'ver', ver)
 else
+  local tail, gen
   if before == 0 then  -- a new session (any meta left is stale)
-    tail, gen, ver = 0, tonumber(ARGV[3]), tonumber(ARGV[3])
+    tail, gen, ver = 0, tonumber(ARGV[3]), tonumber(ARGV[3]) + 1
   else  -- a list written by 0.1.0: numbered from 0, as a read of it reported
-    tail, gen, ver = before, 0, tonumber(redis.call('GET', KEYS[4]) or 1)
+    tail, gen, ver = before, 0, tonumber(redis.call('GET', KEYS[4]) or 1) + 1
   end
+  redis.call('HSET', KEYS[3], 'tail', tail + count, 'gen', gen, 'ver', ver)
   redis.call('DEL', KEYS[4])
 end
-ver = ver + 1
-redis.call('HSET', KEYS[3], 'tail', tail + count, 'gen', gen, 'ver', ver)
 local keep = tonumber(ARGV[1])
 local trimmed = 0
 if keep > 0 and n > keep then
