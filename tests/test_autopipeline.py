@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import AsyncIterator, Sequence
-from typing import Any
 
 import fakeredis
 import pytest
@@ -20,7 +19,11 @@ from chatstate import (
     StateSaveError,
     WrongTypeError,
 )
+from chatstate.stores.redis import AutoPipeline
+from chatstate.stores.redis._scripts import LEASE_ACQUIRE
 from chatstate.testing.redis_server import LocalRedisCluster, RedisServer
+
+from .redis_wire import WireConnection, Write, wired_client
 
 
 def _turn(session: str, index: int) -> list[Message]:
@@ -31,16 +34,33 @@ def _turn(session: str, index: int) -> list[Message]:
 
 
 @pytest.fixture
-async def client(redis_server: RedisServer) -> AsyncIterator[Redis]:
-    client = Redis.from_url(redis_server.url)
-    yield client
+async def wired(redis_server: RedisServer) -> AsyncIterator[tuple[Redis, type[WireConnection]]]:
+    client, connection = wired_client(redis_server.url)
+    yield client, connection
     await client.aclose()
+    await client.connection_pool.aclose()
+
+
+@pytest.fixture
+def client(wired: tuple[Redis, type[WireConnection]]) -> Redis:
+    return wired[0]
+
+
+@pytest.fixture
+def connection(wired: tuple[Redis, type[WireConnection]]) -> type[WireConnection]:
+    """The client's connection class: what the store writes to the server."""
+    return wired[1]
 
 
 @pytest.fixture
 async def store(client: Redis, key_prefix: str) -> AsyncIterator[RedisStateStore]:
     async with RedisStateStore(client, prefix=key_prefix) as store:
         yield store
+
+
+def _shared(writes: Sequence[Write]) -> list[Write]:
+    """The writes that carried the commands of more than one call."""
+    return [write for write in writes if len(write.commands) > 1]
 
 
 async def _mixed_workload(store: RedisStateStore, sessions: int, turns: int) -> None:
@@ -60,23 +80,29 @@ async def _mixed_workload(store: RedisStateStore, sessions: int, turns: int) -> 
 
 
 async def test_concurrent_sessions_share_writes_and_each_gets_its_own_reply(
-    store: RedisStateStore,
+    store: RedisStateStore, connection: type[WireConnection]
 ) -> None:
     await _mixed_workload(store, sessions=300, turns=4)
-    pipeline = store._pipeline
-    assert pipeline.batches_sent > 0
-    assert pipeline.commands_batched > 2 * pipeline.batches_sent  # many commands per write
+    commands = sum(len(write.commands) for write in connection.writes)
+    assert commands >= 300 * 4 * 2  # every load and append (and the scripts' first EVALs)
+    assert len(connection.writes) < commands / 3  # many commands per write
 
 
-async def test_one_session_at_a_time_never_waits_for_a_batch(store: RedisStateStore) -> None:
+async def test_one_session_at_a_time_never_waits_for_a_batch(
+    store: RedisStateStore, connection: type[WireConnection]
+) -> None:
     for index in range(20):
         await store.append("alone", _turn("alone", index), max_messages=10)
         assert len(await store.load("alone")) == min(10, 2 * (index + 1))
-    assert store._pipeline.batches_sent == 0  # the fast path: every command went out at once
+    # The fast path: each command went out at once, on its own, from the caller's own task
+    # (not from a batch task, one loop iteration later).
+    assert len(connection.writes) >= 40
+    assert _shared(connection.writes) == []
+    assert {write.task for write in connection.writes} == {asyncio.current_task()}
 
 
 async def test_an_error_reply_fails_only_its_own_caller(
-    store: RedisStateStore, client: Redis
+    store: RedisStateStore, client: Redis, connection: type[WireConnection]
 ) -> None:
     for index in range(0, 100, 10):
         await client.set(store.key(f"s{index}"), "not a list")  # wrong-type keys in the batch
@@ -93,10 +119,10 @@ async def test_an_error_reply_fails_only_its_own_caller(
         except WrongTypeError as exc:
             return exc
 
-    before = store._pipeline.batches_sent
+    before = len(connection.writes)
     appended = await asyncio.gather(*(append(index) for index in range(100)))
     loaded = await asyncio.gather(*(load(index) for index in range(100)))
-    assert store._pipeline.batches_sent > before
+    assert _shared(connection.writes[before:])  # the failing commands shared writes with others
     for index in range(100):
         if index % 10 == 0:
             for error in (appended[index], loaded[index]):
@@ -134,24 +160,22 @@ async def test_cancelled_callers_leave_whole_turns_and_a_connection_in_step(
 
 
 async def test_a_connection_failure_fails_its_batch_and_the_next_calls_succeed(
-    store: RedisStateStore, monkeypatch: pytest.MonkeyPatch
+    store: RedisStateStore, connection: type[WireConnection]
 ) -> None:
-    transport = store._pipeline._transport
-    real = transport.execute_many
-    failures = iter([RedisConnectionError("connection reset by peer")])
+    failures = [RedisConnectionError("connection reset by peer")]
 
-    async def flaky(commands: Sequence[Any]) -> list[Any]:
-        for failure in failures:
-            raise failure
-        return await real(commands)
+    def reset_the_first_shared_write(write: Write) -> BaseException | None:
+        return failures.pop() if failures and len(write.commands) > 1 else None
 
-    monkeypatch.setattr(transport, "execute_many", flaky)
+    await store.append("warm-up", _turn("warm-up", 0))  # the script known to the server
+    connection.fault = reset_the_first_shared_write
     names = [f"f{index}" for index in range(50)]
     results = await asyncio.gather(
         *(store.append(name, _turn(name, 0)) for name in names), return_exceptions=True
     )
     failed = [result for result in results if isinstance(result, BaseException)]
-    assert failed and all(isinstance(error, StateSaveError) for error in failed)
+    assert not failures and failed and all(isinstance(error, StateSaveError) for error in failed)
+    assert len(failed) == max(len(write.commands) for write in connection.writes)  # that write
     for error in failed:
         assert isinstance(error, StateSaveError)
         assert list(error.messages) == _turn(error.session_id or "", 0)  # what to retry
@@ -159,27 +183,28 @@ async def test_a_connection_failure_fails_its_batch_and_the_next_calls_succeed(
 
 
 async def test_a_slow_server_holds_callers_back_instead_of_queueing_without_bound(
-    client: Redis, key_prefix: str, monkeypatch: pytest.MonkeyPatch
+    redis_server: RedisServer, key_prefix: str
 ) -> None:
-    store = RedisStateStore(
-        client, prefix=key_prefix, max_batch=16, max_in_flight=1, max_pending=32
-    )
-    transport = store._pipeline._transport
-    real = transport.execute_many
-    seen: list[tuple[int, int]] = []
+    client, connection = wired_client(redis_server.url)
+    pipeline = AutoPipeline(client, max_batch=16, max_in_flight=1, max_pending=32)
+    queued: list[int] = []
 
-    async def slow(commands: Sequence[Any]) -> list[Any]:
-        seen.append((len(commands), len(store._pipeline._pending)))
-        await asyncio.sleep(0.002)
-        return await real(commands)
+    def observe(write: Write) -> None:
+        queued.append(pipeline.pending)  # commands waiting while this write goes out
+        return None
 
-    monkeypatch.setattr(transport, "execute_many", slow)
-    names = [f"p{index}" for index in range(400)]
-    lengths = await asyncio.gather(*(store.append(name, _turn(name, 0)) for name in names))
-    assert lengths == [2] * 400
-    assert seen and max(size for size, _ in seen) <= 16
-    assert max(pending for _, pending in seen) <= 32
-    await store.aclose()
+    connection.fault = observe
+    connection.stall = 0.002  # a slow server: the next writes wait for this one
+    keys = [f"{key_prefix}:{n}" for n in range(8)]
+    replies = await asyncio.gather(*(pipeline.execute("INCR", keys[n % 8]) for n in range(400)))
+    assert sorted(replies)[-9:] == [49] + [50] * 8  # each applied once
+    sizes = [len(write.commands) for write in connection.writes]
+    assert sum(sizes) == 400 and max(sizes) <= 16
+    assert 16 < max(queued) <= 32  # the queue filled up, and never went over its bound
+    await pipeline.aclose()
+    await client.delete(*keys)
+    await client.aclose()
+    await client.connection_pool.aclose()
 
 
 async def test_a_thousand_sessions_fit_in_a_small_pool(
@@ -205,14 +230,17 @@ async def test_a_thousand_sessions_fit_in_a_small_pool(
 
 
 async def test_turning_it_off_sends_every_command_on_its_own(
-    client: Redis, key_prefix: str
+    client: Redis, connection: type[WireConnection], key_prefix: str
 ) -> None:
     async with RedisStateStore(client, prefix=key_prefix, auto_pipeline=False) as store:
         await _mixed_workload(store, sessions=50, turns=2)
-        assert store._pipeline.batches_sent == 0
+        assert len(connection.writes) >= 50 * 2 * 2
+        assert _shared(connection.writes) == []
 
 
-async def test_leases_go_through_the_pipeline_too(store: RedisStateStore) -> None:
+async def test_leases_go_through_the_pipeline_too(
+    store: RedisStateStore, connection: type[WireConnection]
+) -> None:
     order: list[str] = []
 
     async def turn(name: str) -> None:
@@ -222,7 +250,12 @@ async def test_leases_go_through_the_pipeline_too(store: RedisStateStore) -> Non
 
     await asyncio.gather(*(turn(f"l{index % 20}") for index in range(200)))
     assert len(order) == 200
-    assert store._pipeline.batches_sent > 0
+    takes = [
+        write
+        for write in _shared(connection.writes)
+        if any(LEASE_ACQUIRE.sha.encode() in command for command in write.commands)
+    ]
+    assert takes  # leases taken in writes shared with other calls
 
 
 def test_a_store_can_be_used_from_one_event_loop_after_another() -> None:
@@ -245,7 +278,8 @@ async def test_a_cluster_batches_per_node(
     client = RedisCluster.from_url(redis_cluster.url)
     async with RedisStateStore(client, prefix=key_prefix) as store:
         await _mixed_workload(store, sessions=200, turns=3)
-        assert store._pipeline.batches_sent > 0
+        # redis-py's cluster client makes its own connections: the pipeline's public count.
+        assert store.backend.pipeline.batches_sent > 0
     await client.aclose()
 
 

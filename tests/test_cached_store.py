@@ -14,6 +14,7 @@ from chatstate.stores.cached import CachedStore
 from chatstate.testing.redis_server import RedisServer
 
 from .conftest import FakeClock
+from .plain_store import PlainStore
 
 
 def _turn(text: str) -> list[Message]:
@@ -30,8 +31,8 @@ async def client(redis_server: RedisServer) -> AsyncIterator[Redis]:
 def instances(client: Redis, key_prefix: str) -> tuple[RedisStateStore, RedisStateStore]:
     """Two app instances' stores on one Redis (two stores, as two processes would have)."""
     return (
-        RedisStateStore(client, prefix=key_prefix, versioned=True),
-        RedisStateStore(client, prefix=key_prefix, versioned=True),
+        RedisStateStore(client, prefix=key_prefix),
+        RedisStateStore(client, prefix=key_prefix),
     )
 
 
@@ -65,9 +66,9 @@ async def test_strict_mode_never_serves_an_old_history_and_checks_without_the_pa
     cache = CachedStore(mine, max_staleness=timedelta(0))
     await other.append("s", _turn("one"))
     assert await cache.load("s") == _turn("one")
-    before = await _commands(client, "evalsha", "eval", "lrange")
-    assert await cache.load("s") == _turn("one")  # a version check (GET), then memory
-    assert await _commands(client, "evalsha", "eval", "lrange") == before  # no history read
+    before = await _commands(client, "lrange")  # counted in scripts too
+    assert await cache.load("s") == _turn("one")  # a version check, then memory
+    assert await _commands(client, "lrange") == before  # no history read
     await other.append("s", _turn("two"))
     assert await cache.load("s") == _turn("one") + _turn("two")  # at once
     await other.delete("s")
@@ -101,19 +102,20 @@ async def test_versions_live_and_go_with_their_session(
     await store.append("s", _turn("one"), ttl=60)
     version = await store.version("s")
     assert version > 0 and await store.append_versioned("s", _turn("two")) == (4, version + 1)
-    assert await client.pttl(store.key("s", "version")) == -1  # no ttl on the last write: kept
+    assert await client.pttl(store.key("s", "meta")) == -1  # no ttl on the last write: kept
     await store.append("s", _turn("three"), ttl=60)
-    assert 0 < await client.pttl(store.key("s", "version")) <= 60_000  # expires with the list
+    assert 0 < await client.pttl(store.key("s", "meta")) <= 60_000  # expires with the list
     await store.delete("s")
-    assert await client.exists(store.key("s"), store.key("s", "version")) == 0  # nothing left
+    assert await client.exists(store.key("s"), store.key("s", "meta")) == 0  # nothing left
     assert await store.version("s") == 0
 
 
 async def test_a_cache_needs_a_store_that_numbers_its_writes(client: Redis) -> None:
-    with pytest.raises(ConfigurationError, match="versioned=True"):
-        CachedStore(RedisStateStore(client))
-    with pytest.raises(ConfigurationError, match="versioned=True"):
-        await RedisStateStore(client).version("s")
+    CachedStore(RedisStateStore(client))  # every Redis store does
+    with pytest.raises(ConfigurationError, match="numbers its writes"):
+        CachedStore(PlainStore())  # type: ignore[arg-type]
+    with pytest.warns(DeprecationWarning, match="versioned"):
+        RedisStateStore(client, versioned=True)  # the option of 0.1.0: accepted, ignored
     with pytest.raises(ConfigurationError, match="max_staleness"):
         CachedStore(InMemoryStateStore(), max_staleness=timedelta(seconds=-1))
 

@@ -125,7 +125,7 @@ async def _cached_redis(request: pytest.FixtureRequest) -> AsyncIterator[Backend
     async def advance(seconds: float) -> None:
         await advance_redis_time(client, seconds, match=f"{prefix}:*")
 
-    store = RedisStateStore(client, prefix=prefix, versioned=True)
+    store = RedisStateStore(client, prefix=prefix)
     async with CachedStore(store, max_staleness=timedelta(0)) as cached:
         yield Backend(cached, advance)
     await client.aclose()

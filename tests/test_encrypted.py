@@ -46,6 +46,7 @@ from chatstate.testing.redis_server import RedisServer
 from chatstate.tokens import ESTIMATE, count_tokens, fingerprint
 
 from .conftest import kinds
+from .plain_store import PlainStore
 
 KEY_A = secrets.token_bytes(32)
 KEY_B = secrets.token_bytes(32)
@@ -238,9 +239,7 @@ async def test_the_memory_store_holds_nothing_readable() -> None:
 
 
 async def test_redis_holds_nothing_readable(redis_client: Redis, key_prefix: str) -> None:
-    store = EncryptedStore(
-        RedisStateStore(redis_client, prefix=key_prefix, versioned=True), keys={"k1": KEY_A}
-    )
+    store = EncryptedStore(RedisStateStore(redis_client, prefix=key_prefix), keys={"k1": KEY_A})
     await store.save("s", _secret_conversation())
     await store.append("s", [_user(SECRET_TEXT)], ttl=60)
     assert await store.compact("s", _fold_with(_user(SECRET_SUMMARY), count=2)) is True
@@ -638,7 +637,7 @@ async def test_versions_leases_and_listings_pass_through() -> None:
 
 
 async def test_a_near_cache_over_the_encrypted_store(redis_client: Redis, key_prefix: str) -> None:
-    inner = RedisStateStore(redis_client, prefix=key_prefix, versioned=True)
+    inner = RedisStateStore(redis_client, prefix=key_prefix)
     cached = CachedStore(EncryptedStore(inner, keys={"k1": KEY_A}), max_staleness=timedelta(0))
     await cached.append("s", _secret_conversation())
     assert await cached.load("s") == _secret_conversation()
@@ -647,10 +646,8 @@ async def test_a_near_cache_over_the_encrypted_store(redis_client: Redis, key_pr
     stored = await inner.load("s")
     assert len(stored) == len(_secret_conversation())
     assert all(m.text.startswith(PREFIX) for m in stored)
-    unversioned = EncryptedStore(
-        RedisStateStore(redis_client, prefix=key_prefix), keys={"k": KEY_A}
-    )
-    with pytest.raises(ConfigurationError):
+    unversioned = EncryptedStore(PlainStore(), keys={"k": KEY_A})
+    with pytest.raises(ConfigurationError, match="numbers its writes"):
         CachedStore(EncryptedStore(unversioned, keys={"k1": KEY_A}))
 
 

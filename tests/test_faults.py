@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any
 
 import pytest
@@ -29,8 +29,9 @@ from chatstate import (
     StateSaveError,
     StoreError,
 )
-from chatstate.stores._autopipeline import CommandNotSent
 from chatstate.testing.redis_server import RedisServer
+
+from .redis_wire import WireConnection, Write, wired_client
 
 FAST = RetryPolicy(attempts=3, backoff=0.01, max_backoff=0.05)
 
@@ -94,80 +95,76 @@ def test_bad_retry_policies_are_rejected(options: dict[str, Any]) -> None:
         RetryPolicy(**options)
 
 
-class _Flaky:
-    """Stands in for the connection below the pipeline: fails the first ``failures`` commands
-    with ``error``."""
-
-    def __init__(self, real: Any, error: Exception, failures: int) -> None:
-        self.real, self.error, self.left = real, error, failures
-        self.calls: list[str] = []
-
-    async def __call__(self, command: tuple[Any, ...]) -> Any:
-        self.calls.append(str(command[0]))
-        if self.left:
-            self.left -= 1
-            raise self.error
-        return await self.real(command)
-
-
 def _flaky_store(
-    client: Redis, prefix: str, error: Exception, failures: int, retry: RetryPolicy | None = FAST
-) -> tuple[RedisStateStore, _Flaky]:
-    store = RedisStateStore(client, prefix=prefix, retry=retry)
-    transport = store._pipeline._transport
-    flaky = _Flaky(transport.execute, error, failures)
-    transport.execute = flaky  # type: ignore[method-assign]
-    return store, flaky
+    server: RedisServer, prefix: str, retry: RetryPolicy | None = FAST
+) -> tuple[RedisStateStore, type[WireConnection]]:
+    """A store whose connections log their writes, and fail as the test says."""
+    client, connection = wired_client(server.url)
+    return RedisStateStore(client, prefix=prefix, retry=retry, owns_client=True), connection
 
 
-@pytest.fixture
-async def client(redis_server: RedisServer) -> AsyncIterator[Redis]:
-    async with Redis.from_url(redis_server.url) as client:
-        yield client
+def _failing(error: Exception, times: int) -> Callable[[Write], BaseException | None]:
+    """A fault: the next ``times`` writes fail with ``error`` (their commands never run)."""
+    left = [times]
+
+    def fault(write: Write) -> BaseException | None:
+        if left[0] <= 0:
+            return None
+        left[0] -= 1
+        return error
+
+    return fault
 
 
 @pytest.mark.parametrize(
     "error", [RedisConnectionError("reset"), RedisTimeoutError("no reply")], ids=repr
 )
 async def test_loads_are_retried_after_a_lost_connection_or_a_timeout(
-    client: Redis, key_prefix: str, error: Exception
+    redis_server: RedisServer, key_prefix: str, error: Exception
 ) -> None:
-    store, flaky = _flaky_store(client, key_prefix, error, failures=2)
+    store, connection = _flaky_store(redis_server, key_prefix)
     await store.save("s", _turn("s", 0))
-    flaky.left = 2
+    connection.fault = _failing(error, 2)
+    before = len(connection.writes)
     assert await store.load("s") == _turn("s", 0)
-    assert flaky.calls[-3:] == ["LRANGE"] * 3
-    flaky.left = 3  # more failures than tries
+    assert [write.names for write in connection.writes[before:]] == [["LRANGE"]] * 3
+    connection.fault = _failing(error, 3)  # more failures than tries
     with pytest.raises(StateLoadError):
         await store.load("s")
+    await store.aclose()
 
 
 async def test_an_append_that_may_have_reached_the_server_is_never_retried(
-    client: Redis, key_prefix: str
+    redis_server: RedisServer, key_prefix: str
 ) -> None:
-    store, flaky = _flaky_store(client, key_prefix, RedisTimeoutError("no reply"), failures=1)
+    store, connection = _flaky_store(redis_server, key_prefix)
+    connection.fault = _failing(RedisTimeoutError("no reply"), 1)
     with pytest.raises(StateSaveError) as caught:
         await store.append("s", _turn("s", 1))
     assert list(caught.value.messages) == _turn("s", 1)  # for the caller to decide
-    assert flaky.calls == ["EVALSHA"]  # tried once: a retry could store the turn twice
+    # tried once: a retry could store the turn twice
+    assert [write.names for write in connection.writes] == [["EVALSHA"]]
+    await store.aclose()
 
 
 async def test_an_append_that_never_left_the_client_is_retried(
-    client: Redis, key_prefix: str
+    redis_server: RedisServer, key_prefix: str
 ) -> None:
-    store, flaky = _flaky_store(client, key_prefix, CommandNotSent("refused"), failures=2)
+    store, connection = _flaky_store(redis_server, key_prefix)
+    connection.refuse_connects = 2
     assert await store.append("s", _turn("s", 1)) == 2
-    assert flaky.calls[:3] == ["EVALSHA"] * 3  # then EVAL: the server did not know the script
+    assert connection.connects == 3  # two refused, then the append went out
     assert await store.load("s") == _turn("s", 1)  # once
+    await store.aclose()
 
 
-async def test_no_retry_policy_means_one_try(client: Redis, key_prefix: str) -> None:
-    store, flaky = _flaky_store(
-        client, key_prefix, RedisConnectionError("reset"), failures=1, retry=None
-    )
+async def test_no_retry_policy_means_one_try(redis_server: RedisServer, key_prefix: str) -> None:
+    store, connection = _flaky_store(redis_server, key_prefix, retry=None)
+    connection.fault = _failing(RedisConnectionError("reset"), 1)
     with pytest.raises(StateLoadError):
         await store.load("s")
-    assert flaky.calls == ["LRANGE"]
+    assert [write.names for write in connection.writes] == [["LRANGE"]]
+    await store.aclose()
 
 
 # A server killed and restarted ----------------------------------------------------------------
@@ -232,7 +229,7 @@ async def test_a_killed_server_fails_calls_fast_and_loses_no_acknowledged_turn(
             turn = _turn(name, index)
             at = history.index(turn[0])
             assert history[at : at + 2] == turn  # present, and whole
-    assert await _our_connections(server) <= store._pipeline.max_in_flight  # nothing leaked
+    assert await _our_connections(server) <= store.max_in_flight  # nothing leaked
     await store.aclose()
     assert loop_errors == []
 
@@ -332,7 +329,7 @@ async def test_a_turn_cancelled_midway_is_stored_whole_or_not_at_all(
     stall[0] = False
     result = await pipe.execute_with_session("s", "user", "still there?")
     assert result.response.text == "answer to still there?"  # the connections are fine
-    assert await _our_connections(server) <= store._pipeline.max_in_flight  # none leaked
+    assert await _our_connections(server) <= store.max_in_flight  # none leaked
     pool = store.client.connection_pool  # type: ignore[union-attr]
     await store.aclose()
     assert not pool._in_use_connections  # every connection is back in the pool

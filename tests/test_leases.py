@@ -26,7 +26,7 @@ from chatstate import (
     StateMiddlewareConfig,
     StoreError,
 )
-from chatstate.stores._redis_lease import RELEASE
+from chatstate.stores.redis._scripts import LEASE_RELEASE
 from chatstate.testing import RedisServer
 
 
@@ -100,17 +100,17 @@ async def test_a_lease_is_never_released_by_another_than_its_owner(
     client: Redis = first.client  # type: ignore[assignment]
     key = first.key("s", "lease")
     async with first.lease("s", ttl=5, timeout=1):
-        assert await client.eval(RELEASE, 1, key, "not-the-token") == 0  # type: ignore[misc]
+        assert await client.eval(LEASE_RELEASE.source, 1, key, "not-a-token") == 0  # type: ignore[misc]
         with pytest.raises(LeaseTimeoutError, match="'s'"):
             async with second.lease("s", ttl=5, timeout=0.2):
                 pass
-    # A holder whose lease expired and was taken over leaves the new holder's lease alone.
-    stale = first.lease("s", ttl=0.2, timeout=1)
-    await stale.__aenter__()
-    stale._renewer.cancel()  # type: ignore[union-attr]  # as if the process stalled
+    # A holder whose lease expired (it stalled: no renewals) and was taken over leaves the new
+    # holder's lease alone: neither its renewal nor its release touches it.
+    assert await first.backend.acquire_lease("s", "stalled-holder", 0.2)
     await asyncio.sleep(0.3)
     async with second.lease("s", ttl=5, timeout=1):
-        await stale.__aexit__(None, None, None)
+        assert not await first.backend.renew_lease("s", "stalled-holder", 5)
+        assert not await first.backend.release_lease("s", "stalled-holder")
         assert await client.exists(key) == 1
     assert await client.exists(key) == 0
 

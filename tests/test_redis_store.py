@@ -217,7 +217,7 @@ async def test_from_url_gives_store_options_to_the_store_and_the_rest_to_a_waiti
     assert isinstance(pool, BlockingConnectionPool)  # waits for a connection, never raises
     assert pool.max_connections == 50
     assert pool.connection_kwargs["socket_timeout"] == 2
-    assert store.prefix == "app" and not store._pipeline.enabled
+    assert store.prefix == "app" and not store.auto_pipeline
     await store.aclose()
     with pytest.raises(ConfigurationError, match="no_such_option"):
         RedisStateStore.from_url("redis://127.0.0.1:6390/0", no_such_option=1)
@@ -256,3 +256,28 @@ async def test_large_entries_are_compressed_by_default_and_every_kind_loads(
         assert await store.load("s", limit=2) == [big, big]
     with pytest.raises(ConfigurationError, match="'auto', 'zlib' or 'zstd'"):
         RedisStateStore(client, compression="gzip")  # type: ignore[arg-type]
+
+
+def test_under_trio_every_call_says_the_store_runs_on_asyncio() -> None:
+    trio = pytest.importorskip("trio")
+    store = RedisStateStore(Redis(port=1))  # never reached: the calls stop before any I/O
+
+    async def main() -> None:
+        calls = [
+            store.load("s"),
+            store.load_with_summary("s"),
+            store.append("s", _msgs("hello")),
+            store.save("s", _msgs("hello")),
+            store.delete("s"),
+            store.metrics(),
+        ]
+        for call in calls:
+            with pytest.raises(ConfigurationError, match="asyncio"):
+                await call
+        with pytest.raises(ConfigurationError, match="asyncio"):
+            async with store.lease("s", ttl=5, timeout=1):
+                pass
+        with pytest.raises(ConfigurationError, match="asyncio"):
+            [session async for session in store.session_ids()]
+
+    trio.run(main)

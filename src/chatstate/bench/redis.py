@@ -151,7 +151,7 @@ class RedisBench:
                 without_auto_pipeline=store("plain", auto_pipeline=False),
                 uncompressed=store("json", compress_over=None),
                 zstd=store("zstd", compression="zstd"),
-                cached=CachedStore(store("cached", versioned=True)),
+                cached=CachedStore(store("cached")),
                 encrypted=store("encrypted"),
                 server_version=str(info.get("redis_version", "unknown")),
             )

@@ -37,12 +37,12 @@ class _Entry:
 
 class CachedStore(StoreWrapper):
     """``CachedStore(store)`` serves warm loads from memory and writes through to ``store``, which
-    must number its writes (:class:`~chatstate.stores.base.VersionedStore`; the Redis store with
-    ``versioned=True``, on every instance that writes).
+    must number its writes (:class:`~chatstate.stores.base.VersionedStore`: every built-in store
+    does).
 
     - ``max_staleness`` (default 1 s): a cached history is served without asking the store for
       this long after it was last confirmed current; then one cheap version check (a small
-      ``GET``, no history transferred) confirms it or a full load replaces it. So a write by
+      read, no history transferred) confirms it or a full load replaces it. So a write by
       another instance is seen at most ``max_staleness`` later. ``timedelta(0)`` is strict mode:
       every load checks the version, and never serves a history that is not current.
     - ``max_sessions`` (default 10,000): the sessions kept, least recently used first out.
@@ -62,8 +62,8 @@ class CachedStore(StoreWrapper):
     ) -> None:
         if not isinstance(store, VersionedStore) or not getattr(store, "versioned", True):
             raise ConfigurationError(
-                f"CachedStore needs a store that numbers its writes; {store!r} does not "
-                "(give the Redis store versioned=True)"
+                f"CachedStore needs a store that numbers its writes "
+                f"(a VersionedStore); {store!r} does not"
             )
         if not isinstance(max_staleness, timedelta) or max_staleness < timedelta(0):
             raise ConfigurationError(

@@ -22,34 +22,34 @@ one write of many commands and one read of their replies, and each caller gets i
   command runs and its reply is read and dropped, so the connection stays in step. Batch tasks are
   never cancelled by a caller.
 
-The standalone transport keeps the connections it uses (at most ``max_in_flight``) out of the
-client's pool while the store lives, and checks an idle one for a closed socket before it reuses it
-(the server may have restarted since). The cluster transport hands each batch to redis-py's cluster
-pipeline, which groups the commands per node and follows redirections.
+- **A cluster client** is initialised (its slot map read) by the first command, before it is
+  sent: a cold ``RedisCluster`` under a burst of first commands misroutes them.
+- **asyncio only**: redis.asyncio runs on asyncio's event loop. Under another event loop (trio)
+  the first command raises :class:`~chatstate.errors.ConfigurationError`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import math
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
-from redis.asyncio.connection import AbstractConnection
-from redis.exceptions import AuthenticationError, AuthorizationError, RedisError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisClusterException, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-try:
-    import hiredis
-except ImportError:  # pragma: no cover - redis-py without its hiredis extra
-    hiredis = None  # type: ignore[assignment]
-
+from chatstate.errors import ConfigurationError
 from chatstate.retry import RetryPolicy
+from chatstate.stores.redis._transport import (
+    PERMANENT,
+    ClusterTransport,
+    Command,
+    CommandNotSent,
+    ConnectionTransport,
+    Transport,
+)
 
 logger = logging.getLogger("chatstate.redis")
 
@@ -59,168 +59,6 @@ else:
     RedisClient = Any
 
 __all__ = ["AutoPipeline", "Command", "CommandNotSent"]
-
-Command: TypeAlias = tuple[Any, ...]
-"""A Redis command and its arguments: ``("LRANGE", key, -20, -1)``."""
-
-
-# Connecting failed for a reason that trying again will not change.
-_PERMANENT = (AuthenticationError, AuthorizationError)
-
-
-class CommandNotSent(RedisConnectionError):
-    """No connection to Redis could be had: the command never left the client, so trying it again
-    cannot apply it twice."""
-
-
-# redis-py 8 renamed Connection.can_read_destructive to can_read; both check the socket without
-# blocking for buffered data or an end of file.
-_CAN_READ_NAME = "can_read" if hasattr(AbstractConnection, "can_read") else "can_read_destructive"
-
-
-class _Transport(Protocol):
-    async def execute(self, command: Command) -> Any:
-        """Send one command, return its reply; raise its error."""
-
-    async def execute_many(self, commands: Sequence[Command]) -> list[Any]:
-        """Send the commands in one write; their replies, an error reply as its exception."""
-
-    def detach(self) -> list[AbstractConnection]:
-        """Stop using the connections held; returns them, for :meth:`release`."""
-
-    async def release(self, connections: Sequence[AbstractConnection]) -> None:
-        """Give connections back to the client's pool."""
-
-
-class _ConnectionTransport:
-    """Commands on connections of a standalone client's pool, packed and read by redis-py's own
-    connection, without the per-command work of its client and pipeline layers."""
-
-    def __init__(self, client: Redis) -> None:
-        self._pool = client.connection_pool
-        options = self._pool.connection_kwargs
-        # hiredis packs a command in C, ten times faster than redis-py's asyncio connection
-        # does in Python; it writes text as UTF-8, so only where the client would too.
-        utf8 = (
-            options.get("encoding", "utf-8").lower().replace("-", ""),
-            options.get("encoding_errors", "strict"),
-        ) == ("utf8", "strict")
-        self._pack: Callable[[Command], bytes] | None = (
-            hiredis.pack_command if utf8 and hiredis is not None else None
-        )
-        self._idle: list[AbstractConnection] = []
-        self._held: list[AbstractConnection] = []
-
-    async def _connected(self) -> AbstractConnection:
-        """A connection, connected: a failure here means no command left the client."""
-        try:
-            connection = await self._take()
-        except _PERMANENT:
-            raise
-        except (RedisError, OSError) as exc:
-            raise CommandNotSent(f"no connection to Redis ({type(exc).__name__}: {exc})") from exc
-        if not connection.is_connected:
-            try:
-                await connection.connect()  # type: ignore[no-untyped-call]
-            except _PERMANENT:
-                self._idle.append(connection)
-                raise
-            except (RedisError, OSError) as exc:
-                self._idle.append(connection)
-                raise CommandNotSent(
-                    f"no connection to Redis ({type(exc).__name__}: {exc})"
-                ) from exc
-            except BaseException:
-                self._idle.append(connection)
-                raise
-        return connection
-
-    async def _take(self) -> AbstractConnection:
-        if not self._idle:
-            connection: AbstractConnection = await self._pool.get_connection()  # type: ignore[no-untyped-call]
-            self._held.append(connection)
-            return connection
-        connection = self._idle.pop()
-        if connection.is_connected:
-            # Unread data or an end of file: the server closed it (a restart, an idle timeout) or
-            # it is out of step. Reconnect now rather than fail the caller's command.
-            try:
-                stale = await getattr(connection, _CAN_READ_NAME)()
-            except (RedisConnectionError, OSError):
-                stale = True
-            if stale:
-                await connection.disconnect()
-        return connection
-
-    async def execute(self, command: Command) -> Any:
-        reply = (await self._exchange((command,)))[0]
-        if isinstance(reply, ResponseError):
-            raise reply
-        return reply
-
-    async def execute_many(self, commands: Sequence[Command]) -> list[Any]:
-        return await self._exchange(commands)
-
-    async def _exchange(self, commands: Sequence[Command]) -> list[Any]:
-        connection = await self._connected()
-        pack = self._pack
-        if pack is not None:
-            packed: bytes | list[bytes] = b"".join([pack(command) for command in commands])
-        else:
-            packed = connection.pack_commands(commands)
-        replies: list[Any] = []
-        try:
-            # One deadline for the whole exchange instead of one per reply (the connection's
-            # socket_timeout). A failure inside send or read (a timeout, a cancel) disconnects
-            # the connection, so it goes back clean and reconnects on its next use.
-            async with asyncio.timeout(connection.socket_timeout):
-                await connection.send_packed_command(packed, False)
-                for _ in range(len(commands)):
-                    try:
-                        replies.append(await connection.read_response(timeout=math.inf))
-                    except ResponseError as exc:
-                        replies.append(exc)
-        except TimeoutError as exc:
-            raise RedisTimeoutError(
-                f"no reply from Redis within {connection.socket_timeout} s"
-            ) from exc
-        finally:
-            self._idle.append(connection)
-        return replies
-
-    def detach(self) -> list[AbstractConnection]:
-        """Stop using the held connections; returns them, for :meth:`release`."""
-        held, self._held, self._idle = self._held, [], []
-        return held
-
-    async def release(self, connections: Sequence[AbstractConnection]) -> None:
-        for connection in connections:
-            with contextlib.suppress(Exception):  # a connection of a closed loop may not close
-                await self._pool.release(connection)
-
-
-class _ClusterTransport:
-    """Commands through a cluster client: a batch is a non-transactional cluster pipeline, which
-    sends each node its share in one write and retries redirected commands on their new node."""
-
-    def __init__(self, client: RedisCluster) -> None:
-        self._client = client
-
-    async def execute(self, command: Command) -> Any:
-        return await self._client.execute_command(*command)
-
-    async def execute_many(self, commands: Sequence[Command]) -> list[Any]:
-        pipe = self._client.pipeline(transaction=False)
-        for command in commands:
-            pipe.execute_command(*command)
-        replies: list[Any] = await pipe.execute(raise_on_error=False)
-        return replies
-
-    def detach(self) -> list[AbstractConnection]:
-        return []
-
-    async def release(self, connections: Sequence[AbstractConnection]) -> None:
-        pass
 
 
 class AutoPipeline:
@@ -240,11 +78,13 @@ class AutoPipeline:
         retry: RetryPolicy | None = None,
     ) -> None:
         self._client = client
+        # A cluster client reads its slot map before its first command (see _warm_up).
+        self._cold = isinstance(client, RedisCluster)
         self.retry = retry if retry is not None else RetryPolicy(attempts=1)
-        self._transport: _Transport = (
-            _ClusterTransport(client)
+        self._transport: Transport = (
+            ClusterTransport(client)
             if isinstance(client, RedisCluster)
-            else _ConnectionTransport(client)
+            else ConnectionTransport(client)
         )
         self.enabled = enabled
         self.max_batch = max_batch
@@ -270,11 +110,16 @@ class AutoPipeline:
         left the client (:class:`CommandNotSent`), so no retry applies a write twice.
         """
         try:
-            if not self.enabled:
-                return await self._client.execute_command(*command)
-            loop = asyncio.get_running_loop()
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                raise _not_on_asyncio() from None
             if loop is not self._loop:
                 self._bind(loop)
+            if self._cold:
+                await self._warm_up()
+            if not self.enabled:
+                return await self._client.execute_command(*command)
             if not self._pending and not self._in_flight:
                 self._in_flight = 1
                 try:
@@ -313,6 +158,38 @@ class AutoPipeline:
                 self._flush()
             await asyncio.gather(*self._batches, asyncio.sleep(0), return_exceptions=True)
         await self._transport.release(self._transport.detach())
+
+    @property
+    def pending(self) -> int:
+        """Commands queued now, waiting for a write (at most ``max_pending``)."""
+        return len(self._pending)
+
+    @property
+    def client(self) -> RedisClient:
+        """The redis-py client the commands go through."""
+        return self._client
+
+    async def ready(self) -> RedisClient:
+        """The client, ready for a command sent around the pipeline (a SCAN, an INFO): checked
+        to run on asyncio and, for a cluster, initialised."""
+        loop = _running_loop()
+        if loop is not self._loop:
+            self._bind(loop)
+        if self._cold:
+            await self._warm_up()
+        return self._client
+
+    async def _warm_up(self) -> None:
+        # Concurrent first callers all wait here: redis-py initialises under a lock of its own.
+        try:
+            await self._client.initialize()
+        except PERMANENT:
+            raise
+        except (RedisError, RedisClusterException, OSError) as exc:
+            raise CommandNotSent(
+                f"no connection to the cluster ({type(exc).__name__}: {exc})"
+            ) from exc
+        self._cold = False
 
     def _bind(self, loop: asyncio.AbstractEventLoop) -> None:
         # Futures, tasks and connections belong to one event loop; a store used from another
@@ -399,3 +276,18 @@ def _fail(batch: list[tuple[Command, asyncio.Future[Any]]], exc: Exception) -> N
     for _, future in batch:
         if not future.done():
             future.set_exception(exc)
+
+
+def _running_loop() -> asyncio.AbstractEventLoop:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        raise _not_on_asyncio() from None
+
+
+def _not_on_asyncio() -> ConfigurationError:
+    return ConfigurationError(
+        "the Redis store runs on asyncio (redis.asyncio), and this code runs under another "
+        "event loop (trio?): run it with asyncio (anyio.run(..., backend='asyncio')), or use "
+        "the in-memory or SQLite store, which run on both"
+    )

@@ -1,0 +1,260 @@
+"""The Redis backend: a session's entries, summary and numbers in one cluster slot.
+
+Layout, for a session id escaped into a hash tag (``%`` → ``%25``, ``{`` → ``%7B``, ``}`` →
+``%7D``, so no id can end the tag early or reach another session's keys)::
+
+    {prefix}:{<id>}:messages   list    the entries, oldest first
+    {prefix}:{<id>}:summary    string  the summary's entry, once a fold made one
+    {prefix}:{<id>}:meta       hash    tail (the number the next entry takes), gen, ver
+    {prefix}:{<id>}:lease      string  the turn lease's holder
+    {prefix}:{<id>}:version    string  read and removed: the version of a 0.1.0 versioned store
+
+The head's number is ``tail - LLEN``: trims remove entries from the head and never renumber.
+The summary and the meta hash expire with the list. A list without a meta hash was written by
+0.1.0: it reads as numbered from 0, in generation 0, at the version of its old ``:version`` key
+(1 if it has none), and its first write gives it a meta hash (and removes that key).
+
+Every call is one command, and so one round trip: the plain load is a bare ``LRANGE``; every
+other call is one Lua script (``lua/*.lua``), which Redis runs atomically.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import AsyncIterator, Sequence
+from typing import Literal
+
+from chatstate._checks import check_session_id
+from chatstate.stores._backend import BackendCensus, ErrorKind, Page, RawSession, Written
+from chatstate.stores.redis import _scripts as lua
+from chatstate.stores.redis._autopipeline import AutoPipeline
+from chatstate.stores.redis._census import Census
+from chatstate.stores.redis._errors import error_kind
+
+__all__ = ["RedisBackend"]
+
+_KEYS_KEPT = 65_536
+"""Sessions whose keys the backend keeps at hand (then it starts afresh)."""
+
+_GLOB = str.maketrans({char: "\\" + char for char in "*?[]\\"})
+_ESCAPES = str.maketrans({"%": "%25", "{": "%7B", "}": "%7D"})
+_SUFFIX = "}:messages"
+
+
+def _ms(seconds: float | None) -> int:
+    return 0 if seconds is None else max(1, round(seconds * 1000))
+
+
+def _seed() -> int:
+    """The generation and version of a new session: random (never 0, the numbers of a 0.1.0
+    session), so a session deleted and written again never repeats a number a reader saw.
+    Unpredictability is not needed, only that instances and sessions differ."""
+    return random.getrandbits(48) + 1
+
+
+class RedisBackend:
+    """The :class:`~chatstate.stores.Backend` of :class:`~chatstate.stores.redis.RedisStateStore`:
+    every command goes through ``pipeline`` (an :class:`AutoPipeline` on a redis-py client), and
+    every key starts with ``prefix``. See the module for the layout."""
+
+    name = "redis"
+
+    def __init__(self, pipeline: AutoPipeline, *, prefix: str, census_keys: int = 10_000) -> None:
+        self.pipeline = pipeline
+        self.prefix = prefix
+        self._execute = pipeline.execute
+        self._keys: dict[str, tuple[str, str, str, str]] = {}
+        # A SCAN pattern of every session's list (the prefix's glob characters escaped).
+        self._sessions_pattern = f"{prefix.translate(_GLOB)}:{{*{_SUFFIX}"
+        self._census = Census(pipeline, self._sessions_pattern, census_keys)
+
+    def __repr__(self) -> str:
+        return f"RedisBackend(prefix={self.prefix!r})"
+
+    def key(self, session_id: str, kind: str = "messages") -> str:
+        """The key of a session's ``messages``, ``summary``, ``meta``, ``lease``... (the id is
+        checked)."""
+        return f"{self.prefix}:{{{check_session_id(session_id).translate(_ESCAPES)}}}:{kind}"
+
+    def _session_keys(self, session_id: str) -> tuple[str, str, str, str]:
+        """The list, summary, meta and 0.1.0 version keys of a (checked) session id."""
+        keys = self._keys.get(session_id)
+        if keys is None:
+            if len(self._keys) >= _KEYS_KEPT:
+                self._keys.clear()
+            base = f"{self.prefix}:{{{session_id.translate(_ESCAPES)}}}:"
+            keys = self._keys[session_id] = (
+                base + "messages",
+                base + "summary",
+                base + "meta",
+                base + "version",
+            )
+        return keys
+
+    # -- entries ---------------------------------------------------------------------------------
+
+    async def read(
+        self,
+        session_id: str,
+        *,
+        limit: int | None,
+        summary: bool,
+        touch: float | None,
+        numbers: bool,
+    ) -> Page[bytes]:
+        keys = self._keys.get(session_id) or self._session_keys(session_id)
+        if not (numbers or summary or touch):
+            # The hottest path of all: one LRANGE, nothing else.
+            if limit == 0:
+                return Page([], 0)
+            start = -limit if limit else 0
+            raw = await self._execute("LRANGE", keys[0], start, -1, repeatable=True)
+            return Page(raw, 0)
+        first: int | str = "" if limit == 0 else -limit if limit else 0
+        reply = await lua.READ.run(
+            self._execute, keys, first, _ms(touch), int(summary), repeatable=True
+        )
+        if not reply:
+            return Page([], 0)
+        entries, kept, tail, generation, version, length = reply
+        return Page(entries, tail - len(entries), kept or None, version, generation, length)
+
+    async def append(
+        self,
+        session_id: str,
+        entries: Sequence[bytes],
+        *,
+        max_entries: int | None,
+        ttl: float | None,
+    ) -> Written:
+        keys = self._keys.get(session_id) or self._session_keys(session_id)
+        # Not repeatable: a retry after a lost reply could store the turn twice.
+        length, version, trimmed = await lua.APPEND.run(
+            self._execute, keys, max_entries or 0, _ms(ttl), _seed(), *entries
+        )
+        return Written(length, version, bool(trimmed))
+
+    async def replace(
+        self,
+        session_id: str,
+        entries: Sequence[bytes],
+        *,
+        summary: bytes | None,
+        ttl: float | None,
+        overwrite: bool,
+    ) -> Written | None:
+        keys = self._session_keys(session_id)
+        reply = await lua.REPLACE.run(
+            self._execute,
+            keys,
+            int(overwrite),
+            _ms(ttl),
+            _seed(),
+            summary or b"",
+            *entries,
+            repeatable=True,
+        )
+        return None if reply is None else Written(reply[0], reply[1])
+
+    async def delete(self, session_id: str) -> bool:
+        keys = self._session_keys(session_id)
+        return bool(await lua.DELETE.run(self._execute, keys, repeatable=True))
+
+    async def compact(
+        self, session_id: str, *, generation: int, before_seq: int, summary: bytes
+    ) -> bool:
+        keys = self._session_keys(session_id)
+        done = await lua.COMPACT.run(self._execute, keys, generation, before_seq, summary)
+        return bool(done)
+
+    async def snapshot(self, session_id: str) -> RawSession[bytes] | None:
+        keys = self._session_keys(session_id)[:2]
+        found = await lua.SNAPSHOT.run(self._execute, keys, repeatable=True)
+        if not found:
+            return None
+        entries, summary, ms_left = found
+        ttl = max(ms_left, 1) / 1000 if ms_left >= 0 else None  # -1: no expiry
+        return RawSession(entries, summary or None, ttl)
+
+    async def time_left(self, session_id: str) -> float | Literal[False] | None:
+        ms = int(await self._execute("PTTL", self._session_keys(session_id)[0], repeatable=True))
+        return False if ms == -2 else None if ms == -1 else ms / 1000
+
+    # -- leases ----------------------------------------------------------------------------------
+
+    async def acquire_lease(self, session_id: str, token: str, ttl: float) -> bool:
+        # Repeatable: a token that holds the lease already keeps it.
+        keys = (self.key(session_id, "lease"),)
+        held = await lua.LEASE_ACQUIRE.run(self._execute, keys, token, _ms(ttl), repeatable=True)
+        return bool(held)
+
+    async def renew_lease(self, session_id: str, token: str, ttl: float) -> bool:
+        keys = (self.key(session_id, "lease"),)
+        held = await lua.LEASE_RENEW.run(self._execute, keys, token, _ms(ttl), repeatable=True)
+        return bool(held)
+
+    async def release_lease(self, session_id: str, token: str) -> bool:
+        keys = (self.key(session_id, "lease"),)
+        return bool(await lua.LEASE_RELEASE.run(self._execute, keys, token, repeatable=True))
+
+    # -- the conversation index ------------------------------------------------------------------
+
+    def _index_keys(self, user_session: str) -> tuple[str, str]:
+        return self.key(user_session, "conversations"), self.key(user_session, "deadlines")
+
+    async def index_conversation(
+        self, user_session: str, conversation_id: str, *, now: float, ttl: float | None
+    ) -> None:
+        deadline = "inf" if ttl is None else str(round((now + ttl) * 1000))
+        await lua.INDEX_CONVERSATION.run(
+            self._execute,
+            self._index_keys(user_session),
+            round(now * 1000),
+            conversation_id,
+            deadline,
+            repeatable=True,
+        )
+
+    async def list_conversations(
+        self, user_session: str, *, now: float, offset: int, limit: int
+    ) -> list[tuple[str, float]]:
+        reply = await lua.LIST_CONVERSATIONS.run(
+            self._execute,
+            self._index_keys(user_session),
+            round(now * 1000),
+            offset,
+            limit,
+            repeatable=True,
+        )
+        return [
+            (reply[index].decode(), float(reply[index + 1]) / 1000)
+            for index in range(0, len(reply), 2)
+        ]
+
+    async def drop_conversations(self, user_session: str) -> list[str]:
+        ids = await lua.DROP_CONVERSATIONS.run(
+            self._execute, self._index_keys(user_session), repeatable=True
+        )
+        return [conversation_id.decode() for conversation_id in ids]
+
+    # -- the whole store -------------------------------------------------------------------------
+
+    async def session_ids(self) -> AsyncIterator[str]:
+        """By SCAN (never KEYS), in no order."""
+        client = await self.pipeline.ready()
+        start = len(self.prefix) + 2
+        async for key in client.scan_iter(match=self._sessions_pattern, count=1000):
+            yield _unescape(key.decode()[start : -len(_SUFFIX)])
+
+    async def census(self) -> BackendCensus:
+        return await self._census.count()
+
+    def error_kind(self, exc: Exception) -> ErrorKind | None:
+        return error_kind(exc)
+
+    async def aclose(self) -> None:
+        await self.pipeline.aclose()
+
+
+def _unescape(escaped: str) -> str:
+    return escaped.replace("%7D", "}").replace("%7B", "{").replace("%25", "%")

@@ -1,0 +1,64 @@
+"""The Redis backend's Lua scripts: one ``.lua`` file each (in ``lua/``), read once, run by SHA."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Awaitable, Callable, Sequence
+from importlib.resources import files
+from typing import Any, TypeAlias
+
+from redis.exceptions import NoScriptError
+
+__all__ = ["Execute", "Script", "script"]
+
+Execute: TypeAlias = Callable[..., Awaitable[Any]]
+"""Runs one Redis command: ``await execute("LRANGE", key, 0, -1, repeatable=True)``."""
+
+
+class Script:
+    """A Lua script run by EVALSHA: one round trip, falling back to EVAL (which also caches it on
+    the server) when the server does not know it yet, after a restart or on a new cluster node."""
+
+    __slots__ = ("name", "sha", "source")
+
+    def __init__(self, name: str, source: str) -> None:
+        self.name = name
+        self.source = source
+        self.sha = hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest()
+
+    def __repr__(self) -> str:
+        return f"Script({self.name!r})"
+
+    async def run(
+        self, execute: Execute, keys: Sequence[str], *args: Any, repeatable: bool = False
+    ) -> Any:
+        """Run the script on ``keys`` (all in one slot) with ``args``; see
+        :meth:`~chatstate.stores.redis.AutoPipeline.execute` for ``repeatable``."""
+        try:
+            return await execute(
+                "EVALSHA", self.sha, len(keys), *keys, *args, repeatable=repeatable
+            )
+        except NoScriptError:
+            return await execute(
+                "EVAL", self.source, len(keys), *keys, *args, repeatable=repeatable
+            )
+
+
+def script(name: str) -> Script:
+    """The script in ``lua/<name>.lua``, shipped inside the package."""
+    source = files(__package__).joinpath("lua", f"{name}.lua").read_text(encoding="utf-8")
+    return Script(name, source)
+
+
+READ = script("read")
+APPEND = script("append")
+REPLACE = script("replace")
+DELETE = script("delete")
+COMPACT = script("compact")
+SNAPSHOT = script("snapshot")
+LEASE_ACQUIRE = script("lease_acquire")
+LEASE_RENEW = script("lease_renew")
+LEASE_RELEASE = script("lease_release")
+INDEX_CONVERSATION = script("index_conversation")
+LIST_CONVERSATIONS = script("list_conversations")
+DROP_CONVERSATIONS = script("drop_conversations")

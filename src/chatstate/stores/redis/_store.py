@@ -1,0 +1,279 @@
+"""The Redis store: the store core over :class:`RedisBackend`, on a client given or made."""
+
+from __future__ import annotations
+
+import inspect
+import warnings
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias
+
+from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisClusterException, RedisError
+
+from chatstate._checks import check_count, redact_url
+from chatstate._compression import Compression
+from chatstate.errors import ConfigurationError
+from chatstate.metrics import StateMetrics
+from chatstate.retry import RetryPolicy
+from chatstate.stores._codec import DEFAULT_COMPRESS_OVER, DEFAULT_MAX_MESSAGE_BYTES, EntryCodec
+from chatstate.stores._core import BackendStore
+from chatstate.stores._events import Hook
+from chatstate.stores.base import TTL
+from chatstate.stores.redis._autopipeline import AutoPipeline
+from chatstate.stores.redis._backend import RedisBackend
+
+if TYPE_CHECKING:
+    RedisClient: TypeAlias = Redis | RedisCluster
+else:
+    RedisClient = Any
+
+__all__ = [
+    "DEFAULT_CONNECT_TIMEOUT",
+    "DEFAULT_MAX_CONNECTIONS",
+    "DEFAULT_RETRY",
+    "DEFAULT_SOCKET_TIMEOUT",
+    "RedisStateStore",
+]
+
+DEFAULT_RETRY = RetryPolicy()
+"""Three tries, backoff from 50 ms (see :class:`~chatstate.RetryPolicy`)."""
+
+DEFAULT_SOCKET_TIMEOUT = 5.0
+"""Seconds :meth:`RedisStateStore.from_url` gives a command's reply (a pipelined exchange's
+replies) before the call fails with a timeout."""
+
+DEFAULT_CONNECT_TIMEOUT = 2.0
+"""Seconds :meth:`RedisStateStore.from_url` gives a new connection: a server that is down fails
+calls this fast (times the tries of the retry policy)."""
+
+DEFAULT_MAX_CONNECTIONS = 50
+"""The pool size of a standalone client made by :meth:`RedisStateStore.from_url`."""
+
+_UNSET: Any = object()
+
+
+class RedisStateStore(BackendStore[bytes]):
+    """History in Redis (standalone or Cluster), shared by every instance of an app.
+
+    ``RedisStateStore(client)`` uses a ``redis.asyncio.Redis`` or ``RedisCluster`` client that you
+    own (and close); :meth:`from_url` makes one that the store owns and closes in :meth:`aclose`.
+    The client must not use ``decode_responses=True``. One client, and so one connection pool,
+    serves every session. Every call is one round trip (see
+    :mod:`chatstate.stores.redis._backend` for the keys); every session has a version, which
+    :class:`~chatstate.stores.cached.CachedStore` checks. asyncio only: under trio a call raises
+    :class:`~chatstate.errors.ConfigurationError`.
+
+    - ``prefix``: the first part of every key (default ``"chatstate"``).
+    - ``sliding_ttl``: refresh a session's expiry to this on every load, in the load's round trip.
+    - ``on_corrupt``: an entry that cannot be decoded is ``"skip"``-ped (logged and counted in
+      ``corrupt_entries``; the rest of the history loads) or ``"raise"``-s CorruptEntryError.
+    - ``compress_over`` (default 1024): compress entries whose JSON is longer than this many
+      bytes, when that makes them smaller; ``None`` never compresses. Every entry records how it
+      was written, so compressed and plain entries load together whatever the setting.
+    - ``compression``: ``"auto"`` (the default): zstd, which the ``redis`` extra installs (about
+      twice as fast as zlib to write, as small on chat text), else zlib from the standard
+      library; or ``"zstd"`` or ``"zlib"`` by name. Reading zstd entries needs the zstandard
+      package: give every instance sharing the store the ``redis`` extra (or pin ``"zlib"``).
+    - ``owns_client``: close the client in :meth:`aclose` (what :meth:`from_url` sets).
+    - ``auto_pipeline`` (on by default): the commands of concurrent calls go out together, in one
+      pipelined write per event-loop iteration, each still atomic on its own; a call with nothing
+      to share its write with goes out at once. ``max_batch`` commands per write at most,
+      ``max_in_flight`` writes (and so connections) at once, ``max_pending`` queued commands
+      before callers wait for room. Off, every call is a command of its own on the client.
+    - ``retry``: a :class:`~chatstate.RetryPolicy` (default: 3 tries). Loads, saves, deletes and
+      other calls that are safe to repeat are retried after a lost connection or a timeout; an
+      append or a fold (not idempotent) only when its command never left the client, so no retry
+      applies a turn twice. ``None``: no retries. Give a client of your own
+      ``retry=Retry(NoBackoff(), 0)`` (as :meth:`from_url` does) or redis-py may repeat an append
+      on its own when ``auto_pipeline`` is off or on a cluster.
+    - ``max_message_bytes``: a message whose JSON is longer (default 1 MiB) is refused with
+      InvalidMessageError before anything of its call is stored; None: no limit.
+    - ``message_cache_bytes``: the messages of recently written and read entries are kept,
+      keyed by the entry's exact bytes, so a load decodes only the entries it has not seen (about
+      two a turn) instead of its whole window; this bounds the cache's estimated memory (default
+      32 MiB, about 22,000 messages of 200 bytes; 0 turns it off). It never serves stale history:
+      every load still reads the entries from Redis.
+    - ``census_keys``: keys a :meth:`metrics` call scans at most (see :meth:`metrics`).
+    - ``hooks``: subscribers to the store's events (see :meth:`add_hook`).
+    - ``versioned``: deprecated and ignored (versions are always kept).
+
+    Connections: with auto-pipelining the store uses at most ``max_in_flight`` connections of the
+    client's pool, whatever the number of concurrent sessions, and keeps them until
+    :meth:`aclose`; 1,000 concurrent sessions neither exhaust the pool nor queue for it.
+    """
+
+    backend: RedisBackend
+
+    def __init__(
+        self,
+        client: RedisClient,
+        *,
+        prefix: str = "chatstate",
+        sliding_ttl: TTL = None,
+        on_corrupt: Literal["skip", "raise"] = "skip",
+        compress_over: int | None = DEFAULT_COMPRESS_OVER,
+        compression: Compression = "auto",
+        owns_client: bool = False,
+        auto_pipeline: bool = True,
+        max_batch: int = 128,
+        max_in_flight: int = 4,
+        max_pending: int = 16_384,
+        message_cache_bytes: int = 32 << 20,
+        retry: RetryPolicy | None = DEFAULT_RETRY,
+        max_message_bytes: int | None = DEFAULT_MAX_MESSAGE_BYTES,
+        census_keys: int = 10_000,
+        hooks: Sequence[Hook] = (),
+        versioned: bool = _UNSET,
+    ) -> None:
+        if versioned is not _UNSET:
+            warnings.warn(
+                "RedisStateStore(versioned=...) is deprecated and ignored: every session has a "
+                "version now",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+        if not isinstance(client, Redis | RedisCluster):
+            raise ConfigurationError(
+                "client must be a redis.asyncio.Redis or redis.asyncio.RedisCluster, "
+                f"got {type(client).__name__}"
+            )
+        if _decodes_responses(client):
+            raise ConfigurationError(
+                "the Redis client decodes responses to str (decode_responses=True); "
+                "RedisStateStore stores bytes: give it a client without decode_responses"
+            )
+        if not isinstance(prefix, str) or not prefix or "{" in prefix or "}" in prefix:
+            raise ConfigurationError(
+                f"prefix must be a non-empty str without braces, got {prefix!r}"
+            )
+        if retry is not None and not isinstance(retry, RetryPolicy):
+            raise ConfigurationError(f"retry must be a RetryPolicy or None, got {retry!r}")
+        codec = EntryCodec.for_store(
+            compress_over=compress_over,
+            compression=compression,
+            message_cache_bytes=message_cache_bytes,
+            max_message_bytes=max_message_bytes,
+        )
+        pipeline = AutoPipeline(
+            client,
+            enabled=_check_flag(auto_pipeline, name="auto_pipeline"),
+            max_batch=check_count(max_batch, name="max_batch"),
+            max_in_flight=check_count(max_in_flight, name="max_in_flight"),
+            max_pending=check_count(max_pending, name="max_pending"),
+            # What may be repeated (loads, saves, deletes) is retried after any connection error
+            # or timeout; the rest (appends, folds) only when the command never left the client.
+            retry=retry if retry is not None else RetryPolicy(attempts=1),
+        )
+        super().__init__(
+            RedisBackend(pipeline, prefix=prefix, census_keys=census_keys),
+            codec=codec,
+            on_corrupt=on_corrupt,
+            sliding_ttl=sliding_ttl,
+            hooks=hooks,
+        )
+        self.client = client
+        self.prefix = prefix
+        self._owns_client = owns_client
+
+    @classmethod
+    def from_url(cls, url: str, *, cluster: bool = False, **options: Any) -> RedisStateStore:
+        """A store on a client made from ``url`` (``redis://``, ``rediss://`` for TLS, ``unix://``;
+        ``redis://user:password@host:port/db`` for ACL users), closed by :meth:`aclose`.
+
+        ``options`` that the constructor takes (``prefix``, ``sliding_ttl``, ``auto_pipeline``,
+        ...) go to the store, the rest to the client (``socket_timeout``, ``retry``,
+        ``ssl_ca_certs``, ``max_connections``, ...). ``cluster=True`` makes a ``RedisCluster``
+        from the URL of any node. A standalone client gets a ``BlockingConnectionPool`` of
+        ``max_connections`` (default 50): a call that finds every connection busy waits for one
+        (up to ``timeout``, default 20 s) instead of failing with "too many connections".
+        """
+        if not isinstance(url, str) or not url.startswith(("redis://", "rediss://", "unix://")):
+            raise ConfigurationError(
+                "url must start with redis://, rediss:// or unix://, got "
+                f"{redact_url(url) if isinstance(url, str) else type(url).__name__}"
+            )
+        store_options = {name: options.pop(name) for name in _STORE_OPTIONS & options.keys()}
+        if options.get("decode_responses"):
+            raise ConfigurationError("RedisStateStore stores bytes: decode_responses must be off")
+        options.setdefault("socket_timeout", DEFAULT_SOCKET_TIMEOUT)
+        options.setdefault("socket_connect_timeout", DEFAULT_CONNECT_TIMEOUT)
+        # The store retries by its own RetryPolicy, which knows what is safe to repeat; redis-py's
+        # own retry would repeat an append whose reply was lost.
+        options.setdefault("retry", Retry(NoBackoff(), 0))
+        try:
+            client: RedisClient
+            if cluster:
+                client = RedisCluster.from_url(url, **options)
+            else:
+                options.setdefault("max_connections", DEFAULT_MAX_CONNECTIONS)
+                pool = BlockingConnectionPool.from_url(url, **options)
+                # No I/O: a misspelt option fails here, not at the first connect.
+                pool.make_connection()  # type: ignore[no-untyped-call]
+                client = Redis.from_pool(pool)
+        except (ValueError, TypeError, RedisError, RedisClusterException) as exc:
+            raise ConfigurationError(f"invalid Redis URL {redact_url(url)}: {exc}") from exc
+        return cls(client, **store_options, owns_client=True)
+
+    def __repr__(self) -> str:
+        kind = "cluster" if isinstance(self.client, RedisCluster) else "redis"
+        return f"RedisStateStore({kind}, prefix={self.prefix!r})"
+
+    def key(self, session_id: str, kind: str = "messages") -> str:
+        """The Redis key of a session's history (or of its ``summary``, ``meta``, ``lease``)."""
+        return self.backend.key(session_id, kind)
+
+    @property
+    def auto_pipeline(self) -> bool:
+        """Whether concurrent calls share pipelined writes (the ``auto_pipeline`` option)."""
+        return self.backend.pipeline.enabled
+
+    @property
+    def max_in_flight(self) -> int:
+        """Connections of the client's pool the store uses at most, with ``auto_pipeline``."""
+        return self.backend.pipeline.max_in_flight
+
+    async def metrics(self) -> StateMetrics:
+        """This store's :class:`~chatstate.metrics.StateMetrics`.
+
+        Calls, errors, trims and latencies are this instance's (this process's client).
+        ``active_sessions``, ``avg_history_size`` and ``storage_used`` are every instance's, from a
+        census that never scans the keyspace in one go: each call moves a SCAN of this store's
+        keys on by up to ``census_keys`` keys (10,000) and reports the last completed pass (below
+        that many sessions, every call completes one: exact up to the writes made during it).
+        Sessions are counted exactly; history sizes and the lists' ``MEMORY USAGE`` are sampled,
+        one key in eight (``storage_used`` is their mean times the count; the summaries and
+        numbers beside the lists are not counted). ``expirations`` and ``evictions`` are the
+        server's own counters (``INFO stats``, the whole server, every node of a cluster).
+        """
+        return await super().metrics()
+
+    async def aclose(self) -> None:
+        """Wait for the calls under way, then close the client if the store made it
+        (:meth:`from_url`); a given client is yours."""
+        if self._closed:
+            return
+        await super().aclose()
+        if self._owns_client:
+            await self.client.aclose()
+
+
+_STORE_OPTIONS = frozenset(inspect.signature(RedisStateStore.__init__).parameters) - {
+    "self",
+    "client",
+    "owns_client",
+}
+
+
+def _check_flag(value: object, *, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigurationError(f"{name} must be True or False, got {value!r}")
+    return value
+
+
+def _decodes_responses(client: RedisClient) -> bool:
+    if isinstance(client, RedisCluster):
+        return bool(client.get_encoder().decode_responses)
+    return bool(client.connection_pool.connection_kwargs.get("decode_responses", False))

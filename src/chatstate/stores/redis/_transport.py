@@ -1,0 +1,198 @@
+"""How the auto-pipeline's commands reach Redis: one command, or many in one write.
+
+The standalone transport keeps the connections it uses (at most ``max_in_flight``) out of the
+client's pool while the store lives, and checks an idle one for a closed socket before it reuses it
+(the server may have restarted since). The cluster transport hands each batch to redis-py's cluster
+pipeline, which groups the commands per node and follows redirections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol, TypeAlias
+
+from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.connection import AbstractConnection
+from redis.exceptions import AuthenticationError, AuthorizationError, RedisError, ResponseError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+try:
+    import hiredis
+except ImportError:  # pragma: no cover - redis-py without its hiredis extra
+    hiredis = None  # type: ignore[assignment]
+
+__all__ = [
+    "PERMANENT",
+    "ClusterTransport",
+    "Command",
+    "CommandNotSent",
+    "ConnectionTransport",
+    "Transport",
+]
+
+Command: TypeAlias = tuple[Any, ...]
+"""A Redis command and its arguments: ``("LRANGE", key, -20, -1)``."""
+
+
+# Connecting failed for a reason that trying again will not change.
+PERMANENT = (AuthenticationError, AuthorizationError)
+
+
+class CommandNotSent(RedisConnectionError):
+    """No connection to Redis could be had: the command never left the client, so trying it again
+    cannot apply it twice."""
+
+
+# redis-py 8 renamed Connection.can_read_destructive to can_read; both check the socket without
+# blocking for buffered data or an end of file.
+_CAN_READ_NAME = "can_read" if hasattr(AbstractConnection, "can_read") else "can_read_destructive"
+
+
+class Transport(Protocol):
+    async def execute(self, command: Command) -> Any:
+        """Send one command, return its reply; raise its error."""
+
+    async def execute_many(self, commands: Sequence[Command]) -> list[Any]:
+        """Send the commands in one write; their replies, an error reply as its exception."""
+
+    def detach(self) -> list[AbstractConnection]:
+        """Stop using the connections held; returns them, for :meth:`release`."""
+
+    async def release(self, connections: Sequence[AbstractConnection]) -> None:
+        """Give connections back to the client's pool."""
+
+
+class ConnectionTransport:
+    """Commands on connections of a standalone client's pool, packed and read by redis-py's own
+    connection, without the per-command work of its client and pipeline layers."""
+
+    def __init__(self, client: Redis) -> None:
+        self._pool = client.connection_pool
+        options = self._pool.connection_kwargs
+        # hiredis packs a command in C, ten times faster than redis-py's asyncio connection
+        # does in Python; it writes text as UTF-8, so only where the client would too.
+        utf8 = (
+            options.get("encoding", "utf-8").lower().replace("-", ""),
+            options.get("encoding_errors", "strict"),
+        ) == ("utf8", "strict")
+        self._pack: Callable[[Command], bytes] | None = (
+            hiredis.pack_command if utf8 and hiredis is not None else None
+        )
+        self._idle: list[AbstractConnection] = []
+        self._held: list[AbstractConnection] = []
+
+    async def _connected(self) -> AbstractConnection:
+        """A connection, connected: a failure here means no command left the client."""
+        try:
+            connection = await self._take()
+        except PERMANENT:
+            raise
+        except (RedisError, OSError) as exc:
+            raise CommandNotSent(f"no connection to Redis ({type(exc).__name__}: {exc})") from exc
+        if not connection.is_connected:
+            try:
+                await connection.connect()  # type: ignore[no-untyped-call]
+            except PERMANENT:
+                self._idle.append(connection)
+                raise
+            except (RedisError, OSError) as exc:
+                self._idle.append(connection)
+                raise CommandNotSent(
+                    f"no connection to Redis ({type(exc).__name__}: {exc})"
+                ) from exc
+            except BaseException:
+                self._idle.append(connection)
+                raise
+        return connection
+
+    async def _take(self) -> AbstractConnection:
+        if not self._idle:
+            connection: AbstractConnection = await self._pool.get_connection()  # type: ignore[no-untyped-call]
+            self._held.append(connection)
+            return connection
+        connection = self._idle.pop()
+        if connection.is_connected:
+            # Unread data or an end of file: the server closed it (a restart, an idle timeout) or
+            # it is out of step. Reconnect now rather than fail the caller's command.
+            try:
+                stale = await getattr(connection, _CAN_READ_NAME)()
+            except (RedisConnectionError, OSError):
+                stale = True
+            if stale:
+                await connection.disconnect()
+        return connection
+
+    async def execute(self, command: Command) -> Any:
+        reply = (await self._exchange((command,)))[0]
+        if isinstance(reply, ResponseError):
+            raise reply
+        return reply
+
+    async def execute_many(self, commands: Sequence[Command]) -> list[Any]:
+        return await self._exchange(commands)
+
+    async def _exchange(self, commands: Sequence[Command]) -> list[Any]:
+        connection = await self._connected()
+        pack = self._pack
+        if pack is not None:
+            packed: bytes | list[bytes] = b"".join([pack(command) for command in commands])
+        else:
+            packed = connection.pack_commands(commands)
+        replies: list[Any] = []
+        try:
+            # One deadline for the whole exchange instead of one per reply (the connection's
+            # socket_timeout). A failure inside send or read (a timeout, a cancel) disconnects
+            # the connection, so it goes back clean and reconnects on its next use.
+            async with asyncio.timeout(connection.socket_timeout):
+                await connection.send_packed_command(packed, False)
+                for _ in range(len(commands)):
+                    try:
+                        replies.append(await connection.read_response(timeout=math.inf))
+                    except ResponseError as exc:
+                        replies.append(exc)
+        except TimeoutError as exc:
+            raise RedisTimeoutError(
+                f"no reply from Redis within {connection.socket_timeout} s"
+            ) from exc
+        finally:
+            self._idle.append(connection)
+        return replies
+
+    def detach(self) -> list[AbstractConnection]:
+        """Stop using the held connections; returns them, for :meth:`release`."""
+        held, self._held, self._idle = self._held, [], []
+        return held
+
+    async def release(self, connections: Sequence[AbstractConnection]) -> None:
+        for connection in connections:
+            with contextlib.suppress(Exception):  # a connection of a closed loop may not close
+                await self._pool.release(connection)
+
+
+class ClusterTransport:
+    """Commands through a cluster client: a batch is a non-transactional cluster pipeline, which
+    sends each node its share in one write and retries redirected commands on their new node."""
+
+    def __init__(self, client: RedisCluster) -> None:
+        self._client = client
+
+    async def execute(self, command: Command) -> Any:
+        return await self._client.execute_command(*command)
+
+    async def execute_many(self, commands: Sequence[Command]) -> list[Any]:
+        pipe = self._client.pipeline(transaction=False)
+        for command in commands:
+            pipe.execute_command(*command)
+        replies: list[Any] = await pipe.execute(raise_on_error=False)
+        return replies
+
+    def detach(self) -> list[AbstractConnection]:
+        return []
+
+    async def release(self, connections: Sequence[AbstractConnection]) -> None:
+        pass
