@@ -6,13 +6,14 @@ import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 import fakeredis
 import pytest
 from redis.asyncio import Redis, RedisCluster
 
 from chatstate import InMemoryStateStore, RedisStateStore, StateStore
-from chatstate.stores import BackendStore, Encryption
+from chatstate.stores import BackendStore, Encryption, NearCache
 from chatstate.stores.cached import CachedStore
 from chatstate.stores.encrypted import EncryptedStore
 from chatstate.stores.sqlite import SQLiteStateStore
@@ -40,12 +41,14 @@ async def _memory() -> AsyncIterator[Backend]:
         yield Backend(store, advance)
 
 
-async def _redis_backend(client: Redis | RedisCluster, prefix: str) -> AsyncIterator[Backend]:
+async def _redis_backend(
+    client: Redis | RedisCluster, prefix: str, **options: Any
+) -> AsyncIterator[Backend]:
     async def advance(seconds: float) -> None:
         await advance_redis_time(client, seconds, match=f"{prefix}:*")
 
     try:
-        async with RedisStateStore(client, prefix=prefix) as store:
+        async with RedisStateStore(client, prefix=prefix, **options) as store:
             yield Backend(store, advance)
     finally:
         await client.aclose()
@@ -61,6 +64,21 @@ async def _redis(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
     client = Redis.from_url(server.url)
     async for backend in _redis_backend(client, request.getfixturevalue("key_prefix")):
         yield backend
+
+
+def _redis_options(
+    options: Callable[[], dict[str, Any]],
+) -> Callable[[pytest.FixtureRequest], AsyncIterator[Backend]]:
+    """The Redis store with options of the core: encryption, a strict near cache."""
+
+    async def made(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
+        server: RedisServer = request.getfixturevalue("redis_server")
+        client = Redis.from_url(server.url)
+        prefix = request.getfixturevalue("key_prefix")
+        async for backend in _redis_backend(client, prefix, **options()):
+            yield backend
+
+    return made
 
 
 async def _cluster(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
@@ -176,6 +194,12 @@ BACKENDS = {
     "encrypted-memory-uncached": _encrypted(_memory_backend, cache_bytes=0),
     "encrypted-redis": _encrypted(_redis),
     "encrypted-sqlite": _encrypted(_sqlite),
+    "sealed-redis": _redis_options(
+        lambda: {"encryption": Encryption(keys={"k": secrets.token_bytes(32)})}
+    ),
+    "near-cached-redis": _redis_options(
+        lambda: {"near_cache": NearCache(max_staleness=timedelta(0))}
+    ),
     "fakeredis": _fakeredis,
     "redis": _redis,
     "redis-cluster": _cluster,

@@ -10,16 +10,20 @@ import zlib
 from pathlib import Path
 from typing import Any
 
+import fakeredis
 import pytest
+from redis.asyncio import Redis
 
 from chatstate import (
     ConfigurationError,
     DecryptionError,
     InMemoryStateStore,
     Message,
+    RedisStateStore,
     UnknownKeyError,
 )
 from chatstate.stores import BackendStore, Encryption, SessionSnapshot
+from chatstate.testing.redis_server import RedisServer
 
 from .conftest import FakeClock
 from .dict_backend import DictBackend, _Row
@@ -246,3 +250,56 @@ async def test_a_plain_entry_in_an_encrypted_store_is_refused_as_forged(
     skipping = _sealed(backend, {"k1": KEY}, on_tamper="skip")
     assert await skipping.load("s") == [_user("real")]
     assert skipping.corrupt_entries == 1
+
+
+# -- over Redis --------------------------------------------------------------------------------
+
+
+@pytest.mark.redis
+async def test_redis_holds_nothing_readable(redis_server: RedisServer, key_prefix: str) -> None:
+    async with Redis.from_url(redis_server.url) as client:
+        store = RedisStateStore(client, prefix=key_prefix, encryption=Encryption(keys={"k": KEY}))
+        await store.append("ada", SECRET, ttl=60)
+
+        async def fold(history: list[Message], summary: Any) -> Any:
+            return 1, Message(role="system", content="Ada Lovelace holds passport X1234567")
+
+        assert await store.compact("ada", fold)
+        dumped = b""
+        async for key in client.scan_iter(match=f"{key_prefix}:*"):
+            kind = await client.type(key)
+            if kind == b"list":
+                dumped += b"".join(await client.lrange(key, 0, -1))
+            elif kind == b"string":
+                dumped += await client.get(key) or b""
+            elif kind == b"hash":
+                dumped += b"".join(v for pair in (await client.hgetall(key)).items() for v in pair)
+        assert dumped  # the history, the summary and the meta were read
+        for word in (b"Ada", b"X1234567", b"lookup_passport", b"pii", b"2031", b"assistant"):
+            assert word not in dumped
+        assert await store.load_with_summary("ada") == (
+            SECRET[1:],
+            Message(role="system", content="Ada Lovelace holds passport X1234567"),
+        )
+
+
+@pytest.mark.parametrize("server", ["fakeredis", pytest.param("redis", marks=pytest.mark.redis)])
+async def test_0_1_0_encrypted_sessions_in_redis_load_under_their_key(
+    server: str, request: pytest.FixtureRequest, key_prefix: str
+) -> None:
+    """What 0.1.0's EncryptedStore over its Redis store wrote: the sealed messages as plain
+    entries of the list, the sealed summary beside it, no meta hash."""
+    if server == "redis":
+        client: Any = Redis.from_url(request.getfixturevalue("redis_server").url)
+    else:
+        client = fakeredis.FakeAsyncRedis()
+    tag = f"{key_prefix}:{{{FIXTURE['session_id']}}}"
+    await client.rpush(f"{tag}:messages", *map(bytes.fromhex, FIXTURE["encrypted_entries_hex"]))
+    await client.set(f"{tag}:summary", bytes.fromhex(FIXTURE["encrypted_summary_hex"]))
+    keys = {FIXTURE["key_id"]: bytes.fromhex(FIXTURE["key_hex"])}
+    store = RedisStateStore(client, prefix=key_prefix, encryption=Encryption(keys=keys))
+    summary = Message.model_validate(FIXTURE["summary"])
+    assert await store.load_with_summary(FIXTURE["session_id"]) == (_fixture_messages(), summary)
+    await store.append(FIXTURE["session_id"], [_user("more")], max_messages=3)
+    assert await store.load(FIXTURE["session_id"]) == [*_fixture_messages()[-2:], _user("more")]
+    await client.aclose()

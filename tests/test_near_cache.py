@@ -9,9 +9,11 @@ from typing import Any
 
 import anyio
 import pytest
+from redis.asyncio import Redis
 
-from chatstate import ConfigurationError, Message, NearCache
+from chatstate import ConfigurationError, Message, NearCache, RedisStateStore
 from chatstate.stores import BackendStore, SessionSnapshot
+from chatstate.testing.redis_server import RedisServer
 
 from .conftest import FakeClock
 from .dict_backend import DictBackend
@@ -198,3 +200,37 @@ def test_a_near_cache_serves_one_store_and_checks_its_options(clock: FakeClock) 
         NearCache(max_staleness=timedelta(seconds=-1))
     with pytest.raises(ConfigurationError, match="NearCache"):
         BackendStore(DictBackend(clock), near_cache=timedelta(1))  # type: ignore[arg-type]
+
+
+@pytest.mark.redis
+async def test_two_instances_on_one_redis(redis_server: RedisServer, key_prefix: str) -> None:
+    """A warm load sends Redis nothing; a version check reads no history; another instance's
+    write is seen once the bound has passed."""
+    clock = FakeClock()
+    async with Redis.from_url(redis_server.url) as client:
+        near = NearCache(max_staleness=timedelta(seconds=5), clock=clock)
+        mine = RedisStateStore(client, prefix=key_prefix, near_cache=near)
+        other = RedisStateStore(client, prefix=key_prefix)
+
+        async def commands() -> dict[str, int]:
+            stats = await client.info("commandstats")
+            return {
+                name: int(stats.get(f"cmdstat_{name}", {}).get("calls", 0))
+                for name in ("evalsha", "eval", "lrange")
+            }
+
+        await other.append("s", _turn("one"))
+        assert await mine.load("s") == _turn("one")  # a miss
+        before = await commands()
+        assert await mine.load("s", limit=2) == _turn("one")  # warm: no command at all
+        assert await commands() == before
+        await other.append("s", _turn("two"))
+        clock.advance(5.1)
+        assert await mine.load("s") == _turn("one") + _turn("two")  # checked, then read
+        after = await commands()
+        # Scripts: the other's append, then the check and the read; the check read no history
+        # (commandstats counts the commands scripts run too: one LRANGE, the read's).
+        assert after["evalsha"] + after["eval"] - before["evalsha"] - before["eval"] == 3
+        assert after["lrange"] - before["lrange"] == 1
+        await mine.aclose()
+        await other.aclose()

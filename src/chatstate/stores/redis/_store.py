@@ -20,7 +20,9 @@ from chatstate.metrics import StateMetrics
 from chatstate.retry import RetryPolicy
 from chatstate.stores._codec import DEFAULT_COMPRESS_OVER, DEFAULT_MAX_MESSAGE_BYTES, EntryCodec
 from chatstate.stores._core import BackendStore
+from chatstate.stores._encryption import Encryption
 from chatstate.stores._events import Hook
+from chatstate.stores._near_cache import NearCache
 from chatstate.stores.base import TTL
 from chatstate.stores.redis._autopipeline import AutoPipeline
 from chatstate.stores.redis._backend import RedisBackend
@@ -97,6 +99,10 @@ class RedisStateStore(BackendStore[bytes]):
       32 MiB, about 22,000 messages of 200 bytes; 0 turns it off). It never serves stale history:
       every load still reads the entries from Redis.
     - ``census_keys``: keys a :meth:`metrics` call scans at most (see :meth:`metrics`).
+    - ``encryption``: an :class:`~chatstate.Encryption`: every entry sealed (after compression)
+      before it reaches Redis; nothing of the history is readable there.
+    - ``near_cache``: a :class:`~chatstate.NearCache`: warm loads from this process's memory
+      while the history is known current (with session affinity, most turns).
     - ``hooks``: subscribers to the store's events (see :meth:`add_hook`).
     - ``versioned``: deprecated and ignored (versions are always kept).
 
@@ -125,6 +131,8 @@ class RedisStateStore(BackendStore[bytes]):
         retry: RetryPolicy | None = DEFAULT_RETRY,
         max_message_bytes: int | None = DEFAULT_MAX_MESSAGE_BYTES,
         census_keys: int = 10_000,
+        encryption: Encryption | None = None,
+        near_cache: NearCache | None = None,
         hooks: Sequence[Hook] = (),
         versioned: bool = _UNSET,
     ) -> None:
@@ -156,6 +164,7 @@ class RedisStateStore(BackendStore[bytes]):
             compression=compression,
             message_cache_bytes=message_cache_bytes,
             max_message_bytes=max_message_bytes,
+            encryption=encryption,
         )
         pipeline = AutoPipeline(
             client,
@@ -172,6 +181,7 @@ class RedisStateStore(BackendStore[bytes]):
             codec=codec,
             on_corrupt=on_corrupt,
             sliding_ttl=sliding_ttl,
+            near_cache=near_cache,
             hooks=hooks,
         )
         self.client = client
