@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import functools
 import ipaddress
 import socket
 import uuid
@@ -42,6 +43,18 @@ def _is_local(address: Any) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test marked ``anyio`` runs through anyio's plugin, on the event loop its
+    ``anyio_backend`` names (asyncio or trio). pytest-asyncio's auto mode claims every async
+    test and would run it on asyncio whatever that fixture says; so such a test is run as a
+    plain pytest function, which anyio's ``pytest_pyfunc_call`` takes. Its fixtures must then be
+    plain ones: pytest-asyncio runs async fixtures on asyncio."""
+    for item in items:
+        if isinstance(item, pytest.Function) and item.get_closest_marker("anyio") is not None:
+            item.runtest = functools.partial(pytest.Function.runtest, item)  # type: ignore[method-assign]
 
 
 @pytest.fixture(autouse=True)
