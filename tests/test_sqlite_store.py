@@ -4,25 +4,33 @@ shared by processes, its schema and indexes, its sweep, its leases, and how it f
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 import os
 import sqlite3
 import subprocess
 import sys
 import textwrap
+import threading
+import time
+import weakref
 from pathlib import Path
 
+import anyio
 import pytest
 
 from chatstate import Message
 from chatstate.errors import (
     ConfigurationError,
     CorruptEntryError,
+    LeaseLostError,
     LeaseTimeoutError,
     StateSaveError,
     StoreError,
     UnsupportedFormatError,
 )
 from chatstate.sessions import Conversations
+from chatstate.stores import StoreEvent
 from chatstate.stores.sqlite import SQLiteStateStore
 from chatstate.stores.urls import open_store
 
@@ -103,16 +111,49 @@ async def test_the_sweep_deletes_expired_sessions_from_the_file(tmp_path: Path) 
         assert ids == {"long", "forever"}
 
 
-async def test_the_background_sweep_runs(tmp_path: Path) -> None:
+async def test_writes_sweep_the_expired_sessions_once_per_interval(tmp_path: Path) -> None:
     clock = FakeClock(1_700_000_000.0)
-    async with SQLiteStateStore(tmp_path / "c.db", clock=clock, sweep_interval=0.01) as store:
-        await store.append("s", _turn(1), ttl=1)
-        clock.advance(2)
-        for _ in range(200):
-            if store.expirations:
-                break
-            await asyncio.sleep(0.01)
-        assert store.expirations == 1
+    path = tmp_path / "chat.db"
+    async with SQLiteStateStore(path, clock=clock, sweep_interval=10) as store:
+        for index in range(5):
+            await store.append(f"old{index}", _turn(index), ttl=1)  # the first write swept
+        clock.advance(5)
+        await store.append("new", _turn(5), ttl=60)  # expired, but no sweep is due yet
+        assert _stored_sessions(path) == 6 and store.expirations == 0
+        clock.advance(6)
+        await store.append("newer", _turn(6), ttl=60)  # due: this write deletes them
+        assert _stored_sessions(path) == 2 and store.expirations == 5
+
+
+def _stored_sessions(path: Path) -> int:
+    with contextlib.closing(sqlite3.connect(path)) as raw:
+        (sessions,) = raw.execute(
+            "SELECT count(DISTINCT session_id) FROM chatstate_messages"
+        ).fetchone()
+        return int(sessions)
+
+
+async def test_the_store_runs_no_task_and_its_thread_ends_with_it(tmp_path: Path) -> None:
+    tasks, threads = asyncio.all_tasks(), set(threading.enumerate())
+    store = SQLiteStateStore(tmp_path / "c.db", sweep_interval=0.01)
+    await store.append("s", _turn(1), ttl=60)
+    async with store.lease("s", ttl=5, timeout=1):
+        pass
+    assert asyncio.all_tasks() == tasks  # nothing that could outlive the store
+    (thread,) = set(threading.enumerate()) - threads
+    await store.aclose()
+    thread.join(timeout=5)
+    assert not thread.is_alive()
+    # A store dropped without aclose: collected, and its thread ends (closing the file).
+    dropped = SQLiteStateStore(tmp_path / "c.db")
+    await dropped.append("s", _turn(2))
+    (thread,) = set(threading.enumerate()) - threads
+    ref = weakref.ref(dropped)
+    del dropped
+    gc.collect()
+    assert ref() is None
+    thread.join(timeout=5)
+    assert not thread.is_alive()
 
 
 async def test_a_locked_database_fails_the_append_whole_without_blocking_the_loop(
@@ -140,8 +181,30 @@ async def test_a_locked_database_fails_the_append_whole_without_blocking_the_loo
             blocker.execute("ROLLBACK")
             blocker.close()
         assert caught.value.messages == tuple(_turn(2)) and caught.value.session_id == "s"
+        cause = caught.value.__cause__
+        assert isinstance(cause, sqlite3.OperationalError)
+        assert store.backend.error_kind(cause) == "unavailable"  # certainly not written
         assert ticks >= 10  # the loop ran on while the store waited for the lock
         assert [m.text for m in await store.load("s")] == ["question 1", "answer 1"]
+
+
+async def test_hooks_see_every_operation_and_a_load_slides_the_expiry(tmp_path: Path) -> None:
+    clock = FakeClock(1_700_000_000.0)
+    events: list[StoreEvent] = []
+    path = tmp_path / "chat.db"
+    async with SQLiteStateStore(path, clock=clock, sliding_ttl=60, hooks=[events.append]) as store:
+        await store.append("s", _turn(1), ttl=10)
+        clock.advance(5)
+        assert len(await store.load("s")) == 2  # now expires 60 s from here, not at 10
+        clock.advance(30)
+        assert len(await store.load("s")) == 2
+        assert await store.delete("s")
+    assert [(event.operation, event.messages) for event in events] == [
+        ("append", 2),
+        ("load", 2),
+        ("load", 2),
+        ("delete", 0),
+    ]
 
 
 async def test_a_closed_store_says_so(tmp_path: Path) -> None:
@@ -206,12 +269,48 @@ async def test_a_dead_holders_lease_runs_out(tmp_path: Path) -> None:
     clock = FakeClock(1_700_000_000.0)
     path = tmp_path / "chat.db"
     async with SQLiteStateStore(path, clock=clock) as store:
-        holder = store.lease("s", ttl=3, timeout=1)
-        await holder.__aenter__()  # taken and never released: its holder "died"
+        # Taken through the backend and never renewed nor released: its holder "died".
+        assert await store.backend.acquire_lease("s", "dead holder", 3)
+        with pytest.raises(LeaseTimeoutError):
+            async with store.lease("s", ttl=3, timeout=0.05):
+                pass
         clock.advance(3)
         async with SQLiteStateStore(path, clock=clock) as other:
             async with other.lease("s", ttl=3, timeout=1):
                 pass
+
+
+async def test_the_backend_lease_is_held_by_one_token_at_a_time(tmp_path: Path) -> None:
+    clock = FakeClock(1_700_000_000.0)
+    async with SQLiteStateStore(tmp_path / "c.db", clock=clock) as store:
+        backend = store.backend
+        assert await backend.acquire_lease("s", "a", 10)
+        assert not await backend.acquire_lease("s", "b", 10)
+        assert not await backend.renew_lease("s", "b", 10)  # not b's to renew
+        assert await backend.renew_lease("s", "a", 10)
+        clock.advance(10)
+        assert not await backend.renew_lease("s", "a", 10)  # ran out: no longer a's
+        assert await backend.acquire_lease("s", "b", 10)
+        assert not await backend.renew_lease("s", "a", 10)
+        assert not await backend.release_lease("s", "a")  # a cannot give back b's lease
+        assert await backend.release_lease("s", "b")
+        assert not await backend.release_lease("s", "b")
+
+
+async def test_a_holder_whose_lease_was_taken_meanwhile_is_cancelled(tmp_path: Path) -> None:
+    clock = FakeClock(1_700_000_000.0)
+    path = tmp_path / "chat.db"
+    started = time.monotonic()
+    async with (
+        SQLiteStateStore(path, clock=clock) as first,
+        SQLiteStateStore(path, clock=clock) as second,
+    ):
+        with pytest.raises(LeaseLostError):
+            async with first.lease("s", ttl=0.3, timeout=1):
+                clock.advance(1)  # the first holder stalls past its ttl...
+                async with second.lease("s", ttl=30, timeout=1):  # ...and another takes it
+                    await anyio.sleep(5)  # the first's renewal (at 0.1 s) finds it taken
+    assert time.monotonic() - started < 4  # its turn was cancelled, not left to run on
 
 
 async def test_conversations_are_indexed_in_the_file(tmp_path: Path) -> None:
@@ -366,3 +465,89 @@ async def test_opening_a_file_another_process_is_writing_waits_for_it(tmp_path: 
         assert await store.append("s", _turn(1)) == 2
     await releasing
     blocker.close()
+
+
+_FILE_OF_0_1_0 = Path(__file__).parent / "fixtures" / "sqlite-0.1.0.sql"
+
+
+async def test_a_file_written_by_0_1_0_is_read_and_written_in_its_own_layout(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "chat.db"
+    with contextlib.closing(sqlite3.connect(path)) as raw:
+        raw.executescript(_FILE_OF_0_1_0.read_text())
+        tables = sorted(raw.execute("SELECT type, name, sql FROM sqlite_master"))
+    # 100 s after it was written: "expired" (ttl 10) has expired, "bounded" (a day) has not.
+    clock = FakeClock(1_700_000_100.0)
+    async with SQLiteStateStore(path, clock=clock) as store:
+        assert [m.text for m in await store.load("plain")] == [
+            "question 1",
+            "answer 1",
+            "question 2",
+            "answer 2",
+        ]
+        for name in ("compressed", "zlib"):  # zstd and zlib entries
+            assert [m.text for m in await store.load(name)] == [
+                "question 1" + "." * 3000,
+                "answer 1",
+            ]
+        assert [m.text for m in await store.load("bounded")] == [
+            "answer 3",
+            "question 4",
+            "answer 4",
+        ]
+        ttl = await store.ttl("bounded")
+        assert ttl is not None and ttl.total_seconds() == 86_400 - 100
+        history, summary = await store.load_with_summary("summarised")
+        assert summary == Message(role="system", content="summary of turn 1")
+        assert [m.text for m in history] == ["question 2", "answer 2", "question 3", "answer 3"]
+        assert await store.load("expired") == []
+        asked, called, answered = await store.load("tools")
+        assert asked.metadata == {"lang": "en"} and called.tool_calls[0].name == "weather"
+        assert answered.role == "tool" and answered.tool_call_id == "c1"
+        assert [c.conversation_id for c in await Conversations(store).list("ada")] == ["c1"]
+
+        version = await store.version("plain")
+        assert await store.append("plain", _turn(3), max_messages=5) == 5
+        assert await store.version("plain") != version
+        assert await store.append("bounded", _turn(5), max_messages=3) == 3
+        assert [m.text for m in await store.load("bounded")] == [
+            "answer 4",
+            "question 5",
+            "answer 5",
+        ]
+
+        async def fold(history: list[Message], summary: Message | None) -> tuple[int, Message]:
+            assert summary is not None and summary.text == "summary of turn 1"
+            return 2, Message(role="system", content="summary of turns 1 and 2")
+
+        assert await store.compact("summarised", fold)  # by the numbers 0.1.0 gave them
+        history, summary = await store.load_with_summary("summarised")
+        assert summary is not None and summary.text == "summary of turns 1 and 2"
+        assert [m.text for m in history] == ["question 3", "answer 3"]
+        assert await store.delete("tools") and await store.load("tools") == []
+        await store.save("new", _turn(9))
+    with contextlib.closing(sqlite3.connect(path)) as raw:
+        # The same tables and schema version, and every session's rows exactly head..tail-1:
+        # what 0.1.0 itself reads.
+        assert sorted(raw.execute("SELECT type, name, sql FROM sqlite_master")) == tables
+        assert raw.execute("SELECT value FROM chatstate_meta").fetchall() == [(1,)]
+        sessions = raw.execute("SELECT id, head, tail FROM chatstate_sessions ORDER BY id")
+        layout = {session_id: (head, tail) for session_id, head, tail in sessions}
+        assert layout == {
+            "bounded": (7, 10),
+            "compressed": (0, 2),
+            "new": (0, 2),
+            "plain": (1, 6),
+            "summarised": (4, 6),
+            "zlib": (0, 2),
+        }  # "expired" swept by the first write, "tools" deleted
+        for session_id, (head, tail) in layout.items():
+            seqs = raw.execute(
+                "SELECT seq FROM chatstate_messages WHERE session_id = ? ORDER BY seq",
+                (session_id,),
+            )
+            assert [seq for (seq,) in seqs] == list(range(head, tail))
+        assert raw.execute("SELECT count(*) FROM chatstate_messages").fetchone() == (
+            sum(tail - head for head, tail in layout.values()),
+        )

@@ -3,12 +3,10 @@ stores' sweeper task (:func:`keep_sweeping`, asyncio only until the store core r
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import weakref
 from datetime import timedelta
 from types import TracebackType
-from typing import Any, Protocol, Self
+from typing import Any, Self
 
 from chatstate._background import Background
 from chatstate._checks import check_ttl
@@ -17,40 +15,6 @@ from chatstate.errors import ConfigurationError
 from chatstate.metrics import StateMetrics
 
 logger = logging.getLogger("chatstate")
-
-
-class _Sweepable(Protocol):
-    async def sweep(self) -> int: ...
-
-
-def keep_sweeping(
-    task: asyncio.Task[None] | None, store: _Sweepable, interval: float, name: str
-) -> asyncio.Task[None] | None:
-    """The task that runs ``await store.sweep()`` every ``interval`` seconds: ``task`` if it
-    still runs on this event loop, else a new one (None outside a loop). The task holds the
-    store weakly, so an abandoned store can still be garbage collected (and the task then ends);
-    a failing sweep is logged and the next one runs on time."""
-    try:
-        loop = asyncio.get_running_loop()
-    except RuntimeError:
-        return task
-    # A task of a loop that has since closed never finishes: start one on the current loop.
-    if task is not None and not task.done() and task.get_loop() is loop:
-        return task
-    return loop.create_task(_sweep_forever(weakref.ref(store), interval), name=name)
-
-
-async def _sweep_forever(store_ref: weakref.ref[_Sweepable], interval: float) -> None:
-    while True:
-        await asyncio.sleep(interval)
-        store = store_ref()
-        if store is None:
-            return
-        try:
-            await store.sweep()
-        except Exception:
-            logger.exception("the sweep of %r failed", store)
-        del store
 
 
 class Periodic:

@@ -20,7 +20,7 @@ from chatstate.stores.base import (
 )
 from chatstate.stores.cached import CachedStore
 from chatstate.stores.memory import InMemoryStateStore, MemoryBackend
-from chatstate.stores.sqlite import SQLiteStateStore
+from chatstate.stores.sqlite import SQLiteBackend, SQLiteStateStore
 
 if TYPE_CHECKING:
     from chatstate.stores.encrypted import EncryptedStore
@@ -44,6 +44,7 @@ __all__ = [
     "Page",
     "RawSession",
     "RedisStateStore",
+    "SQLiteBackend",
     "SQLiteStateStore",
     "SessionLeases",
     "SessionSnapshot",

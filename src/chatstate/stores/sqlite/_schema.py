@@ -1,0 +1,114 @@
+"""The SQLite file: its tables, and opening one (WAL, durability, the layout's version).
+
+The layout has not changed since 0.1.0 (schema 1): a file written by any release opens as it is.
+
+- ``chatstate_sessions``: one row a session. Its entries are numbered ``head`` to ``tail - 1``
+  (a trim or a compaction raises ``head``; numbers are never reused within a generation);
+  ``expires_at`` in Unix seconds (NULL: never); ``version`` changes with every write,
+  ``generation`` with every write that is not an append; ``summary`` the summary's entry.
+- ``chatstate_messages``: the entries, keyed by (session, number), so a load reads one range.
+- ``chatstate_leases``: one row a held lease (token, expiry).
+- ``chatstate_conversations``: the conversation index, (user, conversation) with last activity
+  and deadline.
+- ``chatstate_meta``: ``schema``, the layout's version.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+
+from chatstate.errors import UnsupportedFormatError
+
+__all__ = ["SCHEMA_VERSION", "SYNCHRONOUS", "connect"]
+
+SCHEMA_VERSION = 1
+"""The layout of the tables; a file written by a newer layout is refused, never misread."""
+
+SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS chatstate_meta (
+    name TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS chatstate_sessions (
+    id TEXT PRIMARY KEY,
+    head INTEGER NOT NULL,
+    tail INTEGER NOT NULL,
+    expires_at REAL,
+    version INTEGER NOT NULL,
+    generation INTEGER NOT NULL,
+    summary BLOB
+);
+CREATE INDEX IF NOT EXISTS chatstate_sessions_expiry
+    ON chatstate_sessions (expires_at) WHERE expires_at IS NOT NULL;
+CREATE TABLE IF NOT EXISTS chatstate_messages (
+    session_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    entry BLOB NOT NULL,
+    PRIMARY KEY (session_id, seq)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS chatstate_conversations (
+    user_session TEXT NOT NULL,
+    conversation_id TEXT NOT NULL,
+    last_active REAL NOT NULL,
+    deadline REAL,
+    PRIMARY KEY (user_session, conversation_id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS chatstate_leases (
+    session_id TEXT PRIMARY KEY,
+    token TEXT NOT NULL,
+    expires_at REAL NOT NULL
+) WITHOUT ROWID;
+"""
+
+
+def connect(path: str, *, busy_timeout: float, synchronous: str) -> sqlite3.Connection:
+    """Open ``path`` (creating the file and its tables if need be) in WAL mode, on the calling
+    thread, which then owns the connection. UnsupportedFormatError for a newer layout."""
+    connection = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None)
+    try:
+        _enable_wal(connection, busy_timeout)
+        connection.execute(f"PRAGMA synchronous={synchronous}")
+        connection.execute("BEGIN IMMEDIATE")  # two processes creating the tables take turns
+        try:
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    connection.execute(statement)
+            connection.execute(
+                "INSERT OR IGNORE INTO chatstate_meta VALUES ('schema', ?)", (SCHEMA_VERSION,)
+            )
+            (schema,) = connection.execute(
+                "SELECT value FROM chatstate_meta WHERE name = 'schema'"
+            ).fetchone()
+            connection.execute("COMMIT")
+        except BaseException:
+            connection.execute("ROLLBACK")
+            raise
+        if schema > SCHEMA_VERSION:
+            raise UnsupportedFormatError(
+                f"{path!r} was written by a newer chatstate (schema {schema}; this one knows up "
+                f"to {SCHEMA_VERSION}): upgrade chatstate to use it"
+            )
+    except BaseException:
+        connection.close()
+        raise
+    return connection
+
+
+def _enable_wal(connection: sqlite3.Connection, busy_timeout: float) -> None:
+    """Switch the file to WAL (a no-op once it is). The switch needs a lock that another process
+    opening or writing the file may hold, and SQLite answers "locked" at once there, without
+    waiting out the busy timeout: so wait here, up to ``busy_timeout``."""
+    deadline = time.monotonic() + busy_timeout
+    pause = 0.002
+    while True:
+        try:
+            connection.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY or time.monotonic() >= deadline:
+                raise
+        time.sleep(pause)  # on the store's own thread, never the event loop's
+        pause = min(pause * 2, 0.05)

@@ -1,0 +1,272 @@
+"""The SQLite backend, and the SQLite store: the store core over it."""
+
+from __future__ import annotations
+
+import functools
+import os
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Literal
+
+from chatstate._checks import check_ttl
+from chatstate._compression import Compression
+from chatstate.errors import ConfigurationError
+from chatstate.stores._backend import BackendCensus, ErrorKind, Page, RawSession, Written
+from chatstate.stores._codec import DEFAULT_COMPRESS_OVER, DEFAULT_MAX_MESSAGE_BYTES, EntryCodec
+from chatstate.stores._core import BackendStore
+from chatstate.stores._events import Hook
+from chatstate.stores.sqlite._schema import SYNCHRONOUS, connect
+from chatstate.stores.sqlite._thread import StoreThread
+from chatstate.stores.sqlite._transactions import SWEEP_CHUNK, Transactions
+
+__all__ = ["SQLiteBackend", "SQLiteStateStore"]
+
+Synchronous = Literal["OFF", "NORMAL", "FULL", "EXTRA"]
+
+# The result codes of a write that certainly did not happen: the file was locked for longer than
+# busy_timeout, or could not be opened.
+_UNAVAILABLE = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED, sqlite3.SQLITE_CANTOPEN})
+
+
+class SQLiteBackend:
+    """Entries in a SQLite file (see :mod:`chatstate.stores.sqlite._schema` for its tables),
+    every call one transaction on a thread of its own. See :class:`SQLiteStateStore`."""
+
+    name = "sqlite"
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        busy_timeout: float = 30.0,
+        synchronous: Synchronous = "NORMAL",
+        sweep_interval: float | None = 60.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if not isinstance(path, str | os.PathLike):
+            raise ConfigurationError(f"path must be a str or a path, got {type(path).__name__}")
+        self.path = os.fspath(path)
+        if not isinstance(self.path, str) or not self.path:
+            raise ConfigurationError(f"path must name a file, got {path!r}")
+        timeout = check_ttl(busy_timeout, name="busy_timeout") or 0.0
+        if synchronous not in SYNCHRONOUS:
+            raise ConfigurationError(
+                f"synchronous must be one of {', '.join(SYNCHRONOUS)}, got {synchronous!r}"
+            )
+        if sweep_interval is not None:
+            sweep_interval = check_ttl(sweep_interval, name="sweep_interval")
+        self._tx = Transactions(clock=clock, sweep_interval=sweep_interval)
+        self._thread = StoreThread(
+            functools.partial(connect, self.path, busy_timeout=timeout, synchronous=synchronous),
+            name="chatstate-sqlite",
+            closed=f"the SQLite store of {self.path!r} is closed",
+        )
+
+    def __repr__(self) -> str:
+        return f"SQLiteBackend({self.path!r})"
+
+    @property
+    def expirations(self) -> int:
+        return self._tx.expirations
+
+    async def read(
+        self,
+        session_id: str,
+        *,
+        limit: int | None,
+        summary: bool,
+        touch: float | None,
+        numbers: bool = True,
+    ) -> Page[bytes]:
+        return await self._thread.run(self._tx.read, session_id, limit, summary, touch)
+
+    async def append(
+        self,
+        session_id: str,
+        entries: Sequence[bytes],
+        *,
+        max_entries: int | None,
+        ttl: float | None,
+    ) -> Written:
+        return await self._thread.run(self._tx.append, session_id, entries, max_entries, ttl)
+
+    async def replace(
+        self,
+        session_id: str,
+        entries: Sequence[bytes],
+        *,
+        summary: bytes | None,
+        ttl: float | None,
+        overwrite: bool,
+    ) -> Written | None:
+        return await self._thread.run(
+            self._tx.replace, session_id, entries, summary, ttl, overwrite
+        )
+
+    async def delete(self, session_id: str) -> bool:
+        return await self._thread.run(self._tx.delete, session_id)
+
+    async def compact(
+        self, session_id: str, *, generation: int, before_seq: int, summary: bytes
+    ) -> bool:
+        return await self._thread.run(self._tx.compact, session_id, generation, before_seq, summary)
+
+    async def snapshot(self, session_id: str) -> RawSession[bytes] | None:
+        return await self._thread.run(self._tx.snapshot, session_id)
+
+    async def time_left(self, session_id: str) -> float | Literal[False] | None:
+        return await self._thread.run(self._tx.time_left, session_id)
+
+    async def acquire_lease(self, session_id: str, token: str, ttl: float) -> bool:
+        return await self._thread.run(self._tx.acquire_lease, session_id, token, ttl)
+
+    async def renew_lease(self, session_id: str, token: str, ttl: float) -> bool:
+        return await self._thread.run(self._tx.renew_lease, session_id, token, ttl)
+
+    async def release_lease(self, session_id: str, token: str) -> bool:
+        return await self._thread.run(self._tx.release_lease, session_id, token)
+
+    async def index_conversation(
+        self, user_session: str, conversation_id: str, *, now: float, ttl: float | None
+    ) -> None:
+        deadline = None if ttl is None else now + ttl
+        await self._thread.run(
+            self._tx.index_conversation, user_session, conversation_id, now, deadline
+        )
+
+    async def list_conversations(
+        self, user_session: str, *, now: float, offset: int, limit: int
+    ) -> list[tuple[str, float]]:
+        return await self._thread.run(self._tx.list_conversations, user_session, now, offset, limit)
+
+    async def drop_conversations(self, user_session: str) -> list[str]:
+        return await self._thread.run(self._tx.drop_conversations, user_session)
+
+    async def session_ids(self) -> AsyncIterator[str]:
+        """The live sessions' ids in id order, read a chunk (one transaction) at a time."""
+        after = ""
+        while True:
+            ids = await self._thread.run(self._tx.ids_after, after)
+            for session_id in ids:
+                yield session_id
+            if len(ids) < SWEEP_CHUNK:
+                return
+            after = ids[-1]
+
+    async def census(self) -> BackendCensus:
+        """Sessions and messages counted exactly, after a sweep; ``storage_bytes`` is the
+        database's pages in use (the sessions' tables and indexes, and whatever else the file
+        holds)."""
+        await self.sweep()
+        sessions, messages, used = await self._thread.run(self._tx.census)
+        return BackendCensus(sessions, messages, used, expirations=self._tx.expirations)
+
+    def error_kind(self, exc: Exception) -> ErrorKind | None:
+        if not isinstance(exc, sqlite3.Error):
+            return None
+        code = getattr(exc, "sqlite_errorcode", None)  # extended: the primary code in its low byte
+        if code is not None and code & 0xFF in _UNAVAILABLE:
+            return "unavailable"  # rolled back: nothing of the call was written
+        return "other"
+
+    async def aclose(self) -> None:
+        """Close the file and end the thread, after the calls already queued. Idempotent."""
+        await self._thread.aclose()
+
+    async def sweep(self) -> int:
+        """Delete every expired session now (and expired leases and index entries); returns
+        how many sessions. Works in chunks, each its own short transaction."""
+        removed = 0
+        while True:
+            count = await self._thread.run(self._tx.sweep)
+            removed += count
+            if count < SWEEP_CHUNK:
+                return removed
+
+
+class SQLiteStateStore(BackendStore[bytes]):
+    """History in a SQLite database file: it survives restarts, needs no server, and may be shared
+    by several processes on one machine.
+
+    ``SQLiteStateStore("chat.db")`` (or ``open_store("sqlite:///chat.db")``) creates the file
+    and its tables on first use; ``":memory:"`` keeps a private database in memory. Every call
+    is one transaction, run on a thread of the store's own so that no file I/O blocks the event
+    loop (asyncio or trio): an append inserts the messages, trims the session to
+    ``max_messages`` and sets its expiry in one transaction, so a crash, a concurrent writer or
+    a cancelled caller never leaves half of it. The database runs in WAL mode: readers do not
+    wait for the writer.
+
+    - ``busy_timeout`` (default 30 s): how long a write waits for another process's write
+      before failing with StateSaveError (nothing of it written).
+    - ``synchronous`` (default ``"NORMAL"``): SQLite's durability setting. In WAL mode
+      ``"NORMAL"`` loses no committed turn when the app crashes, only, at worst, the last turns
+      when the machine loses power; ``"FULL"`` syncs every commit to disk (slower).
+    - ``sweep_interval`` (default 60 s): expired sessions are never returned; their rows are
+      deleted by a sweep of up to 500 of them that a write runs, in its transaction, at most
+      once per ``sweep_interval`` seconds (no background task). ``None`` turns it off;
+      :meth:`sweep` deletes every expired session now.
+    - ``clock``: the wall clock, Unix seconds (expiry is shared across processes and restarts),
+      to be replaced in tests.
+    - ``on_corrupt``, ``compress_over``, ``compression``, ``max_message_bytes`` and
+      ``message_cache_bytes`` as for :class:`~chatstate.stores.redis.RedisStateStore`: entries
+      are stored in the same format.
+    - ``sliding_ttl``, ``hooks``: as for every store (:class:`~chatstate.stores.BackendStore`).
+
+    Besides the :class:`~chatstate.StateStore` protocol it keeps summaries, numbers writes,
+    holds cross-process turn leases (a row with a token and an expiry), snapshots and restores
+    whole sessions and indexes a user's conversations.
+    """
+
+    backend: SQLiteBackend
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        busy_timeout: float = 30.0,
+        synchronous: Synchronous = "NORMAL",
+        sweep_interval: float | None = 60.0,
+        clock: Callable[[], float] = time.time,
+        on_corrupt: Literal["skip", "raise"] = "skip",
+        compress_over: int | None = DEFAULT_COMPRESS_OVER,
+        compression: Compression = "auto",
+        max_message_bytes: int | None = DEFAULT_MAX_MESSAGE_BYTES,
+        message_cache_bytes: int = 8 << 20,
+        sliding_ttl: float | None = None,
+        hooks: Sequence[Hook] = (),
+    ) -> None:
+        backend = SQLiteBackend(
+            path,
+            busy_timeout=busy_timeout,
+            synchronous=synchronous,
+            sweep_interval=sweep_interval,
+            clock=clock,
+        )
+        codec = EntryCodec.for_store(
+            compress_over=compress_over,
+            compression=compression,
+            message_cache_bytes=message_cache_bytes,
+            max_message_bytes=max_message_bytes,
+        )
+        super().__init__(
+            backend, codec=codec, on_corrupt=on_corrupt, sliding_ttl=sliding_ttl, hooks=hooks
+        )
+
+    def __repr__(self) -> str:
+        return f"SQLiteStateStore({self.path!r})"
+
+    @property
+    def path(self) -> str:
+        """The database file (``":memory:"`` for a private in-memory database)."""
+        return self.backend.path
+
+    @property
+    def expirations(self) -> int:
+        """Expired sessions deleted (by a sweep, or by a write that found them expired)."""
+        return self.backend.expirations
+
+    async def sweep(self) -> int:
+        """Delete every expired session now (and expired leases and index entries); returns
+        how many sessions. Works in chunks, each its own short transaction."""
+        return await self.backend.sweep()
