@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 
 from chatstate import (
-    EncryptedStore,
+    Encryption,
     Pipeline,
     ProviderMiddleware,
     ScriptedProvider,
@@ -26,11 +26,11 @@ from chatstate import (
 KEY = bytes.fromhex(os.environ.get("CHATSTATE_KEY") or secrets.token_hex(32))
 
 
-def open_store(path: Path) -> EncryptedStore:
-    return EncryptedStore(SQLiteStateStore(path), keys={"2026-11": KEY})
+def open_store(path: Path) -> SQLiteStateStore:
+    return SQLiteStateStore(path, encryption=Encryption(keys={"2026-11": KEY}))
 
 
-async def turn(store: EncryptedStore, session_id: str, text: str) -> str:
+async def turn(store: SQLiteStateStore, session_id: str, text: str) -> str:
     async with Pipeline(
         StateMiddleware(store, StateMiddlewareConfig(max_messages=20)),
         ProviderMiddleware(ScriptedProvider()),

@@ -14,8 +14,6 @@ from redis.asyncio import Redis, RedisCluster
 
 from chatstate import InMemoryStateStore, RedisStateStore, StateStore
 from chatstate.stores import BackendStore, Encryption, NearCache
-from chatstate.stores.cached import CachedStore
-from chatstate.stores.encrypted import EncryptedStore
 from chatstate.stores.sqlite import SQLiteStateStore
 from chatstate.testing import StateStoreConformance
 from chatstate.testing.redis_server import LocalRedisCluster, RedisServer
@@ -128,78 +126,43 @@ async def _memory_backend(request: pytest.FixtureRequest) -> AsyncIterator[Backe
         yield backend
 
 
-async def _cached_memory(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
-    # Strict mode: a near cache that checks the version on every load behaves as its store.
-    async for backend in _memory():
-        cached = CachedStore(backend.store, max_staleness=timedelta(0))
-        yield Backend(cached, backend.advance_time)
-
-
-async def _cached_redis(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
-    server: RedisServer = request.getfixturevalue("redis_server")
-    client = Redis.from_url(server.url)
-    prefix = request.getfixturevalue("key_prefix")
-
-    async def advance(seconds: float) -> None:
-        await advance_redis_time(client, seconds, match=f"{prefix}:*")
-
-    store = RedisStateStore(client, prefix=prefix)
-    async with CachedStore(store, max_staleness=timedelta(0)) as cached:
-        yield Backend(cached, advance)
-    await client.aclose()
-
-
-async def _sqlite(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
-    clock = FakeClock(1_700_000_000.0)  # a wall clock
-
-    async def advance(seconds: float) -> None:
-        clock.advance(seconds)
-
-    path = request.getfixturevalue("tmp_path") / "chat.db"
-    async with SQLiteStateStore(path, clock=clock) as store:
-        yield Backend(store, advance)
-
-
-async def _cached_sqlite(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
-    async for backend in _sqlite(request):
-        async with CachedStore(backend.store, max_staleness=timedelta(0)) as cached:
-            yield Backend(cached, backend.advance_time)
-
-
-def _encrypted(
-    make: Callable[[pytest.FixtureRequest], AsyncIterator[Backend]], cache_bytes: int = 16 << 20
+def _sqlite_with(
+    options: Callable[[], dict[str, Any]],
 ) -> Callable[[pytest.FixtureRequest], AsyncIterator[Backend]]:
-    """``make``'s store, encrypted (old and new key, so a rotated keyring), the message cache on
-    or off: the cache must never hide a failure."""
+    async def made(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
+        clock = FakeClock(1_700_000_000.0)  # a wall clock
 
-    async def encrypted(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
-        keys = {"k2": secrets.token_bytes(32), "k1": secrets.token_bytes(32)}
-        async for backend in make(request):
-            store = EncryptedStore(backend.store, keys=keys, message_cache_bytes=cache_bytes)
-            yield Backend(store, backend.advance_time)
+        async def advance(seconds: float) -> None:
+            clock.advance(seconds)
 
-    return encrypted
+        path = request.getfixturevalue("tmp_path") / "chat.db"
+        async with SQLiteStateStore(path, clock=clock, **options()) as store:
+            yield Backend(store, advance)
+
+    return made
+
+
+def _keys() -> dict[str, Any]:
+    # Old and new key, so a rotated keyring.
+    keys = {"k2": secrets.token_bytes(32), "k1": secrets.token_bytes(32)}
+    return {"encryption": Encryption(keys=keys)}
+
+
+def _strict_near_cache() -> dict[str, Any]:
+    # Strict mode: a near cache that checks the version on every load behaves as its store.
+    return {"near_cache": NearCache(max_staleness=timedelta(0))}
 
 
 BACKENDS = {
     "memory": _memory_backend,
+    "encrypted-memory": _sealed_memory,
     "third-party": _third_party,
-    "sealed-memory": _sealed_memory,
-    "sealed-third-party": _sealed_third_party,
-    "cached-memory": _cached_memory,
-    "cached-redis": _cached_redis,
-    "sqlite": _sqlite,
-    "cached-sqlite": _cached_sqlite,
-    "encrypted-memory": _encrypted(_memory_backend),
-    "encrypted-memory-uncached": _encrypted(_memory_backend, cache_bytes=0),
-    "encrypted-redis": _encrypted(_redis),
-    "encrypted-sqlite": _encrypted(_sqlite),
-    "sealed-redis": _redis_options(
-        lambda: {"encryption": Encryption(keys={"k": secrets.token_bytes(32)})}
-    ),
-    "near-cached-redis": _redis_options(
-        lambda: {"near_cache": NearCache(max_staleness=timedelta(0))}
-    ),
+    "encrypted-third-party": _sealed_third_party,
+    "sqlite": _sqlite_with(dict),
+    "encrypted-sqlite": _sqlite_with(_keys),
+    "near-cached-sqlite": _sqlite_with(_strict_near_cache),
+    "encrypted-redis": _redis_options(_keys),
+    "near-cached-redis": _redis_options(_strict_near_cache),
     "fakeredis": _fakeredis,
     "redis": _redis,
     "redis-cluster": _cluster,

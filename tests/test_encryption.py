@@ -3,6 +3,7 @@ handling, rotation, and entries written by chatstate 0.1.0 (plain, compressed, e
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import secrets
@@ -19,13 +20,22 @@ from chatstate import (
     DecryptionError,
     InMemoryStateStore,
     Message,
+    Pipeline,
+    ProviderMiddleware,
     RedisStateStore,
+    ScriptedProvider,
+    SQLiteStateStore,
+    StateMiddleware,
+    StateSaveError,
     UnknownKeyError,
 )
+from chatstate.messages import cached_token_count
 from chatstate.stores import BackendStore, Encryption, SessionSnapshot
+from chatstate.stores._codec import EntryCodec
 from chatstate.testing.redis_server import RedisServer
+from chatstate.tokens import ESTIMATE, count_tokens, fingerprint
 
-from .conftest import FakeClock
+from .conftest import FakeClock, kinds
 from .dict_backend import DictBackend, _Row
 
 KEY = secrets.token_bytes(32)
@@ -303,3 +313,166 @@ async def test_0_1_0_encrypted_sessions_in_redis_load_under_their_key(
     await store.append(FIXTURE["session_id"], [_user("more")], max_messages=3)
     assert await store.load(FIXTURE["session_id"]) == [*_fixture_messages()[-2:], _user("more")]
     await client.aclose()
+
+
+# -- every store, every kind of message ------------------------------------------------------
+
+SECRET_WORDS = ("Ada", "X1234567", "lookup_passport", "pii", "2031")
+
+
+def _forms(text: str) -> set[str]:
+    """``text``, and the parts of its base64 (both alphabets, every alignment) that do not depend
+    on the bytes around it: an encoding is no hiding place."""
+    raw = text.encode()
+    forms = {text}
+    for shift in range(3):
+        for encode in (base64.b64encode, base64.urlsafe_b64encode):
+            forms.add(encode(b"\0" * shift + raw).decode()[4:-4])
+    return forms
+
+
+def _assert_nothing_readable(dumped: str) -> None:
+    for word in ("Ada Lovelace", "my passport is X1234567", "lookup_passport", "valid until"):
+        for form in _forms(word):
+            assert form not in dumped, f"{form!r} (from {word!r}) is readable in the store"
+
+
+async def _store_of(kind: str, request: pytest.FixtureRequest, **options: Any) -> Any:
+    encryption = Encryption(keys={"k1": KEY})
+    if kind == "memory":
+        return InMemoryStateStore(encryption=encryption)
+    if kind == "sqlite":
+        path = request.getfixturevalue("tmp_path") / "chat.db"
+        return SQLiteStateStore(path, encryption=encryption, **options)
+    server = request.getfixturevalue("redis_server")
+    prefix = request.getfixturevalue("key_prefix")
+    return RedisStateStore.from_url(server.url, prefix=prefix, encryption=encryption, **options)
+
+
+@pytest.mark.parametrize("kind", kinds("memory", "sqlite", "redis"))
+async def test_every_kind_of_message_and_its_token_count_round_trip(
+    kind: str, request: pytest.FixtureRequest
+) -> None:
+    conversation = [*SECRET, Message(role="assistant", content="ünïcödé 🌍")]
+    counts = [count_tokens(message) for message in conversation]  # kept with each message
+    store = await _store_of(kind, request)
+    await store.append("s", conversation[:2])
+    assert await store.append("s", conversation[2:]) == len(conversation)
+    assert await store.load("s", limit=1) == conversation[-1:]
+    if kind == "memory":  # another reader of the same memory, remembering nothing
+        codec = EntryCodec(cache_bytes=0, encryption=Encryption(keys={"k1": KEY}))
+        reader = BackendStore(store.backend, codec=codec)
+    else:
+        await store.aclose()
+        reader = await _store_of(kind, request, message_cache_bytes=0)
+    async with reader:
+        loaded = await reader.load("s")  # nothing remembered: every entry opened
+    assert loaded == conversation
+    assert [cached_token_count(m, fingerprint(ESTIMATE)) for m in loaded] == counts
+
+
+async def test_the_sqlite_file_and_its_wal_hold_nothing_readable(tmp_path: Path) -> None:
+    path = tmp_path / "chat.db"
+    # compress_over=None: nothing in the file is compressed, so a plaintext would show as is.
+    encryption = Encryption(keys={"k1": KEY})
+    async with SQLiteStateStore(path, compress_over=None, encryption=encryption) as store:
+        await store.append("s", SECRET, ttl=60)
+        assert await store.load("s") == SECRET
+        files = sorted(tmp_path.iterdir())
+        assert path in files
+        # The database and its write-ahead log, byte for byte, while the store is open.
+        _assert_nothing_readable(
+            "\n".join(file.read_bytes().decode("utf-8", "replace") for file in files)
+        )
+    # The same conversation, unencrypted, is readable in such a file: the check can fail.
+    async with SQLiteStateStore(tmp_path / "plain.db", compress_over=None) as plain:
+        await plain.append("s", SECRET)
+    with pytest.raises(AssertionError, match="readable"):
+        _assert_nothing_readable(
+            "\n".join(
+                file.read_bytes().decode("utf-8", "replace")
+                for file in tmp_path.iterdir()
+                if file.name.startswith("plain")
+            )
+        )
+
+
+async def test_sealing_the_same_message_twice_gives_different_ciphertexts(
+    backend: DictBackend,
+) -> None:
+    store = _sealed(backend, {"k1": KEY})
+    await store.append("s", [_user("same"), _user("same")])
+    first, second = _stored(backend)
+    assert first != second  # a fresh nonce each time
+    assert await store.load("s") == [_user("same"), _user("same")]
+
+
+async def test_a_wrong_secret_cannot_read_and_shows_no_secret(backend: DictBackend) -> None:
+    await _sealed(backend, {"k1": KEY}).append("s", SECRET)
+    with pytest.raises(DecryptionError) as caught:
+        await _sealed(backend, {"k1": OLD_KEY}).load("s")
+    assert not isinstance(caught.value, UnknownKeyError)
+    assert caught.value.session_id == "s" and "'s'" in str(caught.value)
+    for secret in (KEY, OLD_KEY):
+        for form in (repr(secret), secret.hex(), base64.b64encode(secret).decode()):
+            assert form not in str(caught.value)
+
+
+async def test_a_failed_write_carries_the_callers_messages_not_ciphertext(
+    clock: FakeClock,
+) -> None:
+    class Down(DictBackend):
+        async def append(self, session_id: str, entries: Any, **options: Any) -> Any:
+            raise ConnectionError("down")
+
+        def error_kind(self, exc: Exception) -> Any:
+            return "unavailable"
+
+    store = BackendStore(Down(clock), encryption=Encryption(keys={"k1": KEY}))
+    with pytest.raises(StateSaveError) as caught:
+        await store.append("s", SECRET)
+    assert caught.value.messages == tuple(SECRET)  # to retry with
+
+
+async def test_a_pipeline_over_an_encrypted_store_remembers(backend: DictBackend) -> None:
+    store = _sealed(backend, {"k1": KEY})
+    pipe = Pipeline(StateMiddleware(store), ProviderMiddleware(ScriptedProvider()))
+    await pipe.execute_with_session("s", "user", "My name is Bartholomew.")
+    result = await pipe.execute_with_session("s", "user", "What is my name?")
+    assert "Bartholomew" in result.response.text
+    assert len(await store.load("s")) == 4
+    assert not any(b"Bartholomew" in entry for entry in _stored(backend))
+
+
+SHORT_SECRET = b"S3cr3t-short-value-0123456789"  # 29 bytes
+
+
+@pytest.mark.parametrize(
+    ("keys", "problem"),
+    [
+        ({}, "at least one key"),
+        ({"k1": SHORT_SECRET}, "29 bytes long"),
+        ({"k1": SHORT_SECRET.decode() * 2}, "must be bytes, got str"),
+        ({"k1": bytearray(KEY)}, "must be bytes, got bytearray"),
+        ({"k1": KEY, "k2": SHORT_SECRET}, "'k2' is 29 bytes"),
+        ({"": KEY}, "must not be empty"),
+        ({"x" * 256: KEY}, "256 bytes as UTF-8"),
+        ({"é" * 128: KEY}, "256 bytes as UTF-8"),
+        ({"\ud800": KEY}, "lone surrogate"),
+        ({SHORT_SECRET: KEY}, "must be str"),
+        ([("k1", KEY)], "must be a mapping"),
+        (SHORT_SECRET, "must be a mapping"),
+    ],
+    ids=repr,
+)
+def test_each_bad_key_is_named_without_its_secret(keys: Any, problem: str) -> None:
+    with pytest.raises(ConfigurationError, match=problem) as caught:
+        Encryption(keys=keys)
+    text = str(caught.value)
+    for secret in (SHORT_SECRET, KEY):
+        for form in (repr(secret), secret.hex(), base64.b64encode(secret).decode(), "S3cr3t"):
+            assert form not in text
+
+
+def test_key_ids_up_to_255_bytes_are_taken() -> None:
+    assert Encryption(keys={"x" * 255: KEY, "ü": OLD_KEY}).key_ids == ("x" * 255, "ü")

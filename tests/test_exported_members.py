@@ -41,7 +41,6 @@ def test_all_is_sorted_and_complete(module: types.ModuleType) -> None:
     assert module.__all__ == sorted(module.__all__, key=_isort_style)
     lazy = {name for name in module.__all__ if name not in vars(module)}
     assert lazy <= {
-        "EncryptedStore",
         "OpenAICompatibleProvider",
         "RedisStateStore",
         "StateStoreConformance",

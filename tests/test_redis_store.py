@@ -281,3 +281,17 @@ def test_under_trio_every_call_says_the_store_runs_on_asyncio() -> None:
             [session async for session in store.session_ids()]
 
     trio.run(main)
+
+
+async def test_versions_live_and_go_with_their_session(
+    store: RedisStateStore, client: fakeredis.FakeAsyncRedis
+) -> None:
+    await store.append("s", _msgs("one", "re: one"), ttl=60)
+    version = await store.version("s")
+    assert version > 0 and await store.append_versioned("s", _msgs("two", "re")) == (4, version + 1)
+    assert await client.pttl(store.key("s", "meta")) == -1  # no ttl on the last write: kept
+    await store.append("s", _msgs("three"), ttl=60)
+    assert 0 < await client.pttl(store.key("s", "meta")) <= 60_000  # expires with the list
+    await store.delete("s")
+    assert await client.exists(store.key("s"), store.key("s", "meta")) == 0  # nothing left
+    assert await store.version("s") == 0

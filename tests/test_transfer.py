@@ -15,6 +15,7 @@ from redis.asyncio import Redis
 
 from chatstate import (
     ConfigurationError,
+    Encryption,
     InMemoryStateStore,
     InvalidInputError,
     Message,
@@ -28,7 +29,6 @@ from chatstate import (
     import_sessions,
 )
 from chatstate.sessions import Conversations
-from chatstate.stores.encrypted import EncryptedStore
 from chatstate.stores.sqlite import SQLiteStateStore
 from chatstate.testing.redis_server import RedisServer
 from chatstate.transfer import EXPORT_FORMAT
@@ -77,9 +77,8 @@ class Stores:
         elif self.kind == "memory":
             store = InMemoryStateStore(clock=clock)
         else:
-            store = SQLiteStateStore(self.folder / f"{name}.db", clock=clock)
-            if self.kind == "encrypted-sqlite":
-                store = EncryptedStore(store, keys={"k": b"k" * 32})
+            keys = Encryption(keys={"k": b"k" * 32}) if self.kind == "encrypted-sqlite" else None
+            store = SQLiteStateStore(self.folder / f"{name}.db", clock=clock, encryption=keys)
         self.made.append(store)
         return store
 

@@ -35,7 +35,6 @@ from chatstate.pipeline import CallNext, ExecutionResult, Middleware, Pipeline, 
 from chatstate.providers import Provider, ScriptedProvider
 from chatstate.retry import RetryPolicy
 from chatstate.stores import (
-    CachedStore,
     Encryption,
     InMemoryStateStore,
     NearCache,
@@ -49,20 +48,17 @@ from chatstate.transfer import ImportReport, export_sessions, fork_session, impo
 
 if TYPE_CHECKING:
     from chatstate.providers.openai import OpenAICompatibleProvider
-    from chatstate.stores.encrypted import EncryptedStore
     from chatstate.stores.redis import RedisStateStore
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "CachedStore",
     "CallNext",
     "ChatStateError",
     "ConfigurationError",
     "ContentPart",
     "CorruptEntryError",
     "DecryptionError",
-    "EncryptedStore",
     "Encryption",
     "ExecutionResult",
     "ImagePart",
@@ -120,10 +116,6 @@ def __getattr__(name: str) -> Any:
         from chatstate.stores.redis import RedisStateStore
 
         return RedisStateStore
-    if name == "EncryptedStore":  # needs the `encryption` extra (cryptography)
-        from chatstate.stores.encrypted import EncryptedStore
-
-        return EncryptedStore
     if name == "OpenAICompatibleProvider":  # needs the `openai` extra (httpx)
         from chatstate.providers.openai import OpenAICompatibleProvider
 

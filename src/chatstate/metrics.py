@@ -8,13 +8,12 @@ was made, in this process.
 
 from __future__ import annotations
 
-import functools
 import math
 import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Self, cast
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     pass
@@ -127,84 +126,3 @@ class Recorder:
 
 clock = time.perf_counter
 """The clock latencies are read from."""
-
-
-class StoreWrapper:
-    """What every wrapper of a store shares: it closes the store it wraps, and lends its other
-    methods (``lease()``, ``exists()``, ...) through.
-
-    A wrapper has the optional protocols (summaries, versions, leases, snapshots, the
-    conversation index) of the store it wraps, and only those: each instance is of a subclass
-    made for what its store offers, whose methods call the wrapper's ``__getattr__``. (Since
-    Python 3.12, ``isinstance`` against a protocol looks at the class, never at ``__getattr__``.)
-    """
-
-    def __new__(cls, *args: Any, **kwargs: Any) -> Self:
-        store = args[0] if args else kwargs.get("store", kwargs.get("inner"))
-        lent = frozenset(
-            name for name in _protocol_methods() if hasattr(store, name) and not hasattr(cls, name)
-        )
-        made: type[Self] = _lending(cast(Any, cls), lent) if lent else cls
-        return super().__new__(made)
-
-    def __init__(self, store: Any) -> None:
-        self.store = store
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.store!r})"
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.store, name)
-
-    async def aclose(self) -> None:
-        await self.store.aclose()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
-
-
-@functools.cache
-def _protocol_methods() -> tuple[str, ...]:
-    """The methods of the optional store protocols."""
-    from chatstate.sessions import ConversationIndex
-    from chatstate.stores.base import (
-        SessionLeases,
-        SessionSummaries,
-        SessionTransfer,
-        VersionedStore,
-    )
-
-    protocols = (
-        SessionSummaries,
-        VersionedStore,
-        SessionLeases,
-        SessionTransfer,
-        ConversationIndex,
-    )
-    return tuple(
-        name
-        for protocol in protocols
-        for name, value in vars(protocol).items()
-        if callable(value) and not name.startswith("_")
-    )
-
-
-@functools.cache
-def _lending(cls: type[Any], names: frozenset[str]) -> type[Any]:
-    """``cls``, with a method for each of ``names`` that calls ``self.__getattr__(name)``."""
-
-    def lend(name: str) -> Any:
-        def method(self: Any, *args: Any, **kwargs: Any) -> Any:
-            return self.__getattr__(name)(*args, **kwargs)
-
-        method.__name__ = method.__qualname__ = name
-        return method
-
-    namespace = {name: lend(name) for name in sorted(names)}
-    namespace["__module__"] = cls.__module__
-    namespace["__qualname__"] = cls.__qualname__
-    namespace["__doc__"] = cls.__doc__
-    return type(cls.__name__, (cls,), namespace)

@@ -13,7 +13,7 @@ The export format is one JSON object a line, one line a session::
 ``messages`` holds each message as :class:`~chatstate.Message` serialises it (the same JSON as
 the stores keep: ``{"role": "user", "content": "Hello"}``, defaults left out), oldest first, so a
 line reads as an OpenAI-style conversation too; ``expires_at`` is when the session was due to
-expire (UTC), or null. Through an :class:`~chatstate.stores.encrypted.EncryptedStore` the export
+expire (UTC), or null. From an encrypted store (``encryption=``) the export
 holds the plain messages: it is meant to be kept as carefully as the keys.
 """
 

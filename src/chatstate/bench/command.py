@@ -21,7 +21,7 @@ Measure chatstate side by side with its floor, in the same run, in alternating r
 in-memory store beside a plain dict of lists, the SQLite store (on files in a temporary directory)
 beside the same SQL written by hand with sqlite3 and, with --redis or --redis-server, the Redis
 store beside the same commands written by hand with redis.asyncio on the same connection pool;
-and what encryption (EncryptedStore) adds to a load, where cryptography is installed. Prints
+and what encryption (encryption=) adds to a load, where cryptography is installed. Prints
 a table of ours, floor, ratio (ours / floor) and the targets of docs/benchmarks.md. Exit status:
 0 when the suite ran (a missed target is a finding, not a failure), 1 when it could not run, 2 for
 bad options or a missing extra.

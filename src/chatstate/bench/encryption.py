@@ -1,4 +1,4 @@
-"""What encryption costs a load: an EncryptedStore around a store beside the same kind of store
+"""What encryption costs a load: a store with ``encryption=`` beside the same kind of store
 unencrypted, in the same run. Needs the cryptography package (the ``encryption`` extra); without
 it these scenarios are left out and a note says so."""
 
@@ -12,6 +12,8 @@ from chatstate.bench.measure import Progress, compare_batches
 from chatstate.bench.options import BenchOptions
 from chatstate.bench.results import Measured, Row
 from chatstate.bench.workload import Params, Workload
+from chatstate.stores import BackendStore, Encryption
+from chatstate.stores._codec import EntryCodec
 from chatstate.stores.base import StateStore
 from chatstate.stores.memory import InMemoryStateStore
 
@@ -25,29 +27,27 @@ MISSING_NOTE = (
 
 
 def available() -> bool:
-    """Whether EncryptedStore can be used here (the cryptography package is installed)."""
+    """Whether encryption can be used here (the cryptography package is installed)."""
     try:
         import cryptography.hazmat.primitives.ciphers.aead  # noqa: F401
-
-        import chatstate.stores.encrypted  # noqa: F401
     except ImportError:
         return False
     return True
 
 
-def encrypted_sides(
-    plain: StateStore, inner: StateStore, params: Params
-) -> tuple[StateStore, dict[str, Workload]]:
-    """The encrypted store to seed, and the sides of the comparison: ``inner`` encrypted with the
-    default message cache (ours) and with none (every message decrypted on every load; both
-    wrappers read the same stored entries), beside ``plain`` (the floor)."""
-    from chatstate.stores.encrypted import EncryptedStore
+def encryption() -> Encryption:
+    """The keys of a run: one random key."""
+    return Encryption(keys={"bench": secrets.token_bytes(32)})
 
-    keys = {"bench": secrets.token_bytes(32)}
-    cached = EncryptedStore(inner, keys=keys)
-    uncached = EncryptedStore(inner, keys=keys, message_cache_bytes=0)
+
+def encrypted_sides(
+    plain: StateStore, cached: StateStore, uncached: StateStore, params: Params
+) -> dict[str, Workload]:
+    """The sides of the comparison: an encrypted store with the default message cache (ours) and
+    one with none over the same stored entries (every message decrypted on every load), beside
+    ``plain`` (the floor)."""
     scenario = scenarios.ENCRYPTED_LOAD
-    return cached, {
+    return {
         "ours": scenario.ours(cached, params),
         UNCACHED: scenario.ours(uncached, params),
         "floor": scenario.floor(plain, params),
@@ -55,16 +55,19 @@ def encrypted_sides(
 
 
 async def in_memory_load(options: BenchOptions, progress: Progress) -> Measured:
-    """``EncryptedStore(InMemoryStateStore())`` loads beside plain ``InMemoryStateStore`` loads,
+    """``InMemoryStateStore(encryption=...)`` loads beside plain ``InMemoryStateStore`` loads,
     timed in batches as the in-memory suite times its scenarios (microseconds per load)."""
     scenario = scenarios.ENCRYPTED_LOAD
     params = scenario.params(options)
     ids = [f"{scenario.key}-{index}" for index in range(scenario.sessions(max(options.sessions)))]
+    keys = encryption()
     async with (
         InMemoryStateStore(max_sessions=None) as plain,
-        InMemoryStateStore(max_sessions=None) as inner,
+        InMemoryStateStore(max_sessions=None, encryption=keys) as encrypted,
     ):
-        encrypted, sides = encrypted_sides(plain, inner, params)
+        # The same sealed entries, read by a codec that remembers nothing.
+        uncached = BackendStore(encrypted.backend, codec=EntryCodec(cache_bytes=0, encryption=keys))
+        sides = encrypted_sides(plain, encrypted, uncached, params)
         progress.detail("seeding")
         await scenarios.seed((plain, encrypted), ids, scenario.seed_count(options), params)
         figures = await compare_batches(

@@ -49,8 +49,8 @@ from chatstate.bench.workload import (
     conversation,
 )
 from chatstate.messages import Message
+from chatstate.stores._near_cache import NearCache
 from chatstate.stores.base import StateStore
-from chatstate.stores.cached import CachedStore
 from chatstate.stores.memory import InMemoryStateStore
 from chatstate.stores.redis import RedisStateStore
 
@@ -115,9 +115,11 @@ class RedisBench:
     without_auto_pipeline: RedisStateStore
     uncompressed: RedisStateStore
     zstd: RedisStateStore
-    cached: CachedStore
+    cached: RedisStateStore
+    """With a near cache, in the cached_load scenario."""
     encrypted: RedisStateStore
-    """What an EncryptedStore wraps in the encrypted_load scenario."""
+    encrypted_uncached: RedisStateStore
+    """The same encrypted sessions, read by a store that remembers no opened message."""
     server_version: str
 
     @classmethod
@@ -133,6 +135,7 @@ class RedisBench:
         client = Redis(connection_pool=pool)
         prefix = f"chatstate-bench-{uuid.uuid4().hex[:12]}"
         stores: list[RedisStateStore] = []
+        keys = encryption.encryption() if encryption.available() else None
 
         def store(name: str, **store_options: Any) -> RedisStateStore:
             stores.append(RedisStateStore(client, prefix=f"{prefix}-{name}", **store_options))
@@ -151,8 +154,9 @@ class RedisBench:
                 without_auto_pipeline=store("plain", auto_pipeline=False),
                 uncompressed=store("json", compress_over=None),
                 zstd=store("zstd", compression="zstd"),
-                cached=CachedStore(store("cached")),
-                encrypted=store("encrypted"),
+                cached=store("cached", near_cache=NearCache()),
+                encrypted=store("encrypted", encryption=keys),
+                encrypted_uncached=store("encrypted", encryption=keys, message_cache_bytes=0),
                 server_version=str(info.get("redis_version", "unknown")),
             )
         finally:
@@ -267,14 +271,16 @@ async def run_scenario(
 async def encrypted_load(
     bench: RedisBench, sessions: int, options: BenchOptions, progress: Progress
 ) -> Measured:
-    """``EncryptedStore(RedisStateStore)`` loads beside the plain store's, all sessions at once:
+    """``RedisStateStore(encryption=...)`` loads beside the plain store's, all sessions at once:
     with the default message cache (ours) and with none, beside the same store unencrypted."""
     scenario = scenarios.ENCRYPTED_LOAD
     params = scenario.params(options, fresh=True)
     ids = [f"{scenario.key}{sessions}-{index}" for index in range(sessions)]
-    encrypted, sides = encryption.encrypted_sides(bench.ours, bench.encrypted, params)
+    sides = encryption.encrypted_sides(
+        bench.ours, bench.encrypted, bench.encrypted_uncached, params
+    )
     progress.detail("seeding")
-    await scenarios.seed((bench.ours, encrypted), ids, scenario.seed_count(options), params)
+    await scenarios.seed((bench.ours, bench.encrypted), ids, scenario.seed_count(options), params)
     figures = await compare_concurrent(
         sides,
         ids,

@@ -120,8 +120,8 @@ CACHED_LOAD = Scenario(
     w.load_only,
     "loads/s",
 )
-"""Redis only: loads through a CachedStore that holds the sessions, beside plain Redis loads and
-the in-memory store."""
+"""Redis only: loads through a near cache (NearCache) that holds the sessions, beside plain Redis
+loads and the in-memory store."""
 
 ENCRYPTED_LOAD = Scenario(
     "encrypted_load",
@@ -131,7 +131,7 @@ ENCRYPTED_LOAD = Scenario(
     "loads/s",
     max_sessions=100,
 )
-"""What encryption adds to a load: an EncryptedStore around a store, beside the same kind of store
+"""What encryption adds to a load: a store with encryption=, beside the same kind of store
 unencrypted; at most 100 sessions, whose messages the default message cache holds (a cache that
 cycles through more sessions than it holds would miss on every load)."""
 

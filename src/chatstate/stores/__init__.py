@@ -18,12 +18,10 @@ from chatstate.stores.base import (
     StateStore,
     VersionedStore,
 )
-from chatstate.stores.cached import CachedStore
 from chatstate.stores.memory import InMemoryStateStore, MemoryBackend
 from chatstate.stores.sqlite import SQLiteBackend, SQLiteStateStore
 
 if TYPE_CHECKING:
-    from chatstate.stores.encrypted import EncryptedStore
     from chatstate.stores.redis import RedisStateStore
 
 __all__ = [
@@ -31,8 +29,6 @@ __all__ = [
     "Backend",
     "BackendCensus",
     "BackendStore",
-    "CachedStore",
-    "EncryptedStore",
     "Encryption",
     "ErrorKind",
     "Fold",
@@ -58,11 +54,7 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    # Imported on first use: the Redis store needs the `redis` extra, encryption `encryption`.
-    if name == "EncryptedStore":
-        from chatstate.stores.encrypted import EncryptedStore
-
-        return EncryptedStore
+    # Imported on first use: the Redis store needs the `redis` extra.
     if name == "RedisStateStore":
         from chatstate.stores.redis import RedisStateStore
 

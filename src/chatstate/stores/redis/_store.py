@@ -65,7 +65,7 @@ class RedisStateStore(BackendStore[bytes]):
     The client must not use ``decode_responses=True``. One client, and so one connection pool,
     serves every session. Every call is one round trip (see
     :mod:`chatstate.stores.redis._backend` for the keys); every session has a version, which
-    :class:`~chatstate.stores.cached.CachedStore` checks. asyncio only: under trio a call raises
+    :class:`~chatstate.NearCache` checks. asyncio only: under trio a call raises
     :class:`~chatstate.errors.ConfigurationError`.
 
     - ``prefix``: the first part of every key (default ``"chatstate"``).

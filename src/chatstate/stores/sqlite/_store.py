@@ -15,7 +15,9 @@ from chatstate.errors import ConfigurationError
 from chatstate.stores._backend import BackendCensus, ErrorKind, Page, RawSession, Written
 from chatstate.stores._codec import DEFAULT_COMPRESS_OVER, DEFAULT_MAX_MESSAGE_BYTES, EntryCodec
 from chatstate.stores._core import BackendStore
+from chatstate.stores._encryption import Encryption
 from chatstate.stores._events import Hook
+from chatstate.stores._near_cache import NearCache
 from chatstate.stores.sqlite._schema import SYNCHRONOUS, connect
 from chatstate.stores.sqlite._thread import StoreThread
 from chatstate.stores.sqlite._transactions import SWEEP_CHUNK, Transactions
@@ -211,7 +213,10 @@ class SQLiteStateStore(BackendStore[bytes]):
     - ``on_corrupt``, ``compress_over``, ``compression``, ``max_message_bytes`` and
       ``message_cache_bytes`` as for :class:`~chatstate.stores.redis.RedisStateStore`: entries
       are stored in the same format.
-    - ``sliding_ttl``, ``hooks``: as for every store (:class:`~chatstate.stores.BackendStore`).
+    - ``encryption``: an :class:`~chatstate.Encryption`: every entry sealed before it reaches
+      the file (nothing of the history readable in it, its WAL or a backup).
+    - ``sliding_ttl``, ``near_cache``, ``hooks``: as for every store
+      (:class:`~chatstate.stores.BackendStore`).
 
     Besides the :class:`~chatstate.StateStore` protocol it keeps summaries, numbers writes,
     holds cross-process turn leases (a row with a token and an expiry), snapshots and restores
@@ -234,6 +239,8 @@ class SQLiteStateStore(BackendStore[bytes]):
         max_message_bytes: int | None = DEFAULT_MAX_MESSAGE_BYTES,
         message_cache_bytes: int = 8 << 20,
         sliding_ttl: float | None = None,
+        encryption: Encryption | None = None,
+        near_cache: NearCache | None = None,
         hooks: Sequence[Hook] = (),
     ) -> None:
         backend = SQLiteBackend(
@@ -248,9 +255,15 @@ class SQLiteStateStore(BackendStore[bytes]):
             compression=compression,
             message_cache_bytes=message_cache_bytes,
             max_message_bytes=max_message_bytes,
+            encryption=encryption,
         )
         super().__init__(
-            backend, codec=codec, on_corrupt=on_corrupt, sliding_ttl=sliding_ttl, hooks=hooks
+            backend,
+            codec=codec,
+            on_corrupt=on_corrupt,
+            sliding_ttl=sliding_ttl,
+            near_cache=near_cache,
+            hooks=hooks,
         )
 
     def __repr__(self) -> str:
