@@ -26,6 +26,11 @@ Generation
     generation it read is still the session's: appends meanwhile are fine (their entries have
     larger numbers and stay), anything else means the history it summarised is gone.
 
+A backend that keeps its sessions in this process's memory may also offer
+``entries_now(session_id, limit) -> list`` (a plain method, not a coroutine): the newest ``limit``
+entries as :meth:`Backend.read` would give them. The core's plain load then calls it without an
+await (the in-memory backend does: a load there costs under a microsecond).
+
 Every method is one atomic step (one Lua script, one transaction) and, on a networked backend,
 one round trip. Methods raise the backend's own exceptions: the core maps them, through the
 backend's :meth:`Backend.error_kind`, to chatstate's typed errors.

@@ -9,7 +9,7 @@ ones: bounds, expiry, summaries, versions, snapshots, leases, the conversation i
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import Generic, Literal, Self, TypeVar
 
@@ -100,6 +100,12 @@ class BackendStore(Listing, Generic[E]):
             )
         self.near_cache = None if near_cache is None else near_cache.bind(self, self._touch)
         """The store's :class:`~chatstate.NearCache`, if it has one."""
+        # The optional entries_now of a backend in process memory, for the plain load (not with
+        # a sliding expiry or a near cache, which a read through the protocol serves).
+        entries_now = getattr(backend, "entries_now", None)
+        self._entries_now: Callable[[str, int | None], list[E]] | None = (
+            entries_now if self._touch is None and self.near_cache is None else None
+        )
         self._local_leases = KeyedLock()
         self._closed = False
 
@@ -114,21 +120,29 @@ class BackendStore(Listing, Generic[E]):
         session_id = check_session_id(session_id)
         if limit is not None and (type(limit) is not int or limit < 0):
             check_limit(limit)
-        if self.near_cache is not None:
-            return (await self._near_load(session_id, limit))[0]
         started = _clock()
-        try:
-            page = await self.backend.read(
-                session_id, limit=limit, summary=False, touch=self._touch, numbers=False
-            )
-        except Exception as exc:
-            self._fail(exc, "load", session_id, started, StateLoadError, "loading")
+        if self._entries_now is not None:
+            # A backend in this process's memory: its entries, with no await and no page.
+            try:
+                entries = self._entries_now(session_id, limit)
+            except Exception as exc:
+                self._fail(exc, "load", session_id, started, StateLoadError, "loading")
+        elif self.near_cache is not None:
+            return (await self._near_load(session_id, limit))[0]
+        else:
+            try:
+                page = await self.backend.read(
+                    session_id, limit=limit, summary=False, touch=self._touch, numbers=False
+                )
+            except Exception as exc:
+                self._fail(exc, "load", session_id, started, StateLoadError, "loading")
+            entries = page.entries
         if self._keeps_messages:
-            messages: list[Message] = page.entries  # type: ignore[assignment]  # the messages
+            messages: list[Message] = entries  # type: ignore[assignment]  # the messages
             skipped = 0
         else:
             messages, skipped = self._codec.decode(
-                page.entries, on_corrupt=self._on_corrupt, session_id=session_id
+                entries, on_corrupt=self._on_corrupt, session_id=session_id
             )
             if skipped:
                 self._skipped(skipped, session_id)

@@ -104,6 +104,20 @@ class MemoryBackend:
             len(stored),
         )
 
+    def entries_now(self, session_id: str, limit: int | None) -> list[Any]:
+        """The newest ``limit`` entries (all if None), as :meth:`read` would give them: what the
+        store core's plain load calls, without an await, for a backend in process memory."""
+        session = self._sessions.get(session_id)
+        if session is None:
+            return []
+        expires_at = session.expires_at
+        if expires_at is not None and expires_at <= self._clock():
+            self._expire(session_id)
+            return []
+        self._sessions.move_to_end(session_id)
+        stored = session.entries
+        return stored[:] if limit is None else stored[-limit:] if limit else []
+
     async def append(
         self, session_id: str, entries: Sequence[Any], *, max_entries: int | None, ttl: float | None
     ) -> Written:
