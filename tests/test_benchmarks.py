@@ -7,20 +7,30 @@ import json
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
+from redis.asyncio import Redis as AsyncRedis
 
 from chatstate.bench import encryption, memory
 from chatstate.bench.measure import percentile
 from chatstate.bench.options import BenchOptions
+from chatstate.bench.redis_floors import (
+    HandWrittenRedisFloor,
+    NaiveDictRedisFloor,
+    PydanticRedisFloor,
+)
 from chatstate.bench.results import Target
 from chatstate.bench.runner import run_suite
 from chatstate.bench.sqlite import HandWrittenSQLiteFloor
-from chatstate.bench.workload import conversation, english_text
+from chatstate.bench.workload import Floor, conversation, english_text
 from chatstate.cli import main
+from chatstate.messages import Message
+from chatstate.stores.base import StateStore
+from chatstate.stores.redis import RedisStateStore
 from chatstate.stores.sqlite import SQLiteStateStore
 from chatstate.testing import RedisServer
 from chatstate.testing.redis_server import find_free_port
@@ -94,11 +104,53 @@ def test_a_quick_run_against_redis_measures_both_sides(
         note.startswith("sqlite, 100 sessions:") and "Redis store" in note
         for note in report["notes"]
     )
-    turn = [row for row in rows if row["group"] == "redis" and row["key"] == "turn"]
+    redis_rows = [row for row in rows if row["group"] == "redis"]
+    assert {row["floor_name"] for row in redis_rows} == {
+        "pydantic floor",
+        "naive dict floor",
+        "plain load",
+        "unencrypted",
+    }
+    assert {row["floor_name"] for row in rows if row["group"] != "redis"} == {""}
+    turn = [row for row in redis_rows if row["key"] == "turn"]
     assert {row["sessions"] for row in turn} == {1, 100, 1000}
     assert {row["metric"] for row in turn} == {"throughput", "load p50", "load p99"}
-    headline = [row for row in turn if row["metric"] == "throughput" and not row["variant"]]
-    assert [row["target"] for row in headline] == [">= 1 x floor", ">= 5 x floor", ">= 5 x floor"]
+    for floor_name in ("pydantic floor", "naive dict floor"):
+        headline = [
+            row
+            for row in turn
+            if row["metric"] == "throughput"
+            and not row["variant"]
+            and row["floor_name"] == floor_name
+        ]
+        assert [row["sessions"] for row in headline] == [1, 100, 1000]
+        assert [row["target"] for row in headline] == [
+            ">= 1 x floor",
+            ">= 5 x floor",
+            ">= 5 x floor",
+        ]
+    # The naive dict floor ran in the same rounds as ours: its rows put ours beside its figures,
+    # not the pydantic floor's.
+    naive = [row for row in turn if row["floor_name"] == "naive dict floor"]
+    assert {(row["sessions"], row["metric"]) for row in naive} == {
+        (sessions, metric)
+        for sessions in (1, 100, 1000)
+        for metric in ("throughput", "load p50", "load p99")
+    }
+    for row in naive:
+        assert not row["variant"]
+        sides = report["scenarios"]["redis"][f"turn@{row['sessions']}"]["sides"]
+        picked = {
+            "throughput": lambda side: side["turns_per_s"],
+            "load p50": lambda side: side["latency_ms"]["load"]["p50"],
+            "load p99": lambda side: side["latency_ms"]["load"]["p99"],
+        }[row["metric"]]
+        assert row["ours"] == picked(sides["ours"])
+        assert row["floor"] == picked(sides["naive dict floor"])
+        if row["metric"] == "throughput":
+            assert row["ok"] is (row["ratio"] >= {1: 1.0, 100: 5.0, 1000: 5.0}[row["sessions"]])
+        else:
+            assert row["target"] is None
     # Round trips are counted at the connection, for both sides of every concurrent scenario.
     counted = [row for row in rows if row["round_trips_per_op"] is not None]
     assert {row["key"] for row in counted} >= {"turn", "load", "append", "pipeline_turn"}
@@ -113,8 +165,8 @@ def test_a_quick_run_against_redis_measures_both_sides(
     assert all(row["round_trips_per_op"]["ours"] > 0 for row in lazy.values())
     cached = {row["variant"] for row in rows if row["key"] == "cached_load"}
     assert cached == {"", "no cache (Redis)", "in-memory store"}
-    for row in turn:
-        assert row["round_trips_per_op"]["floor"] == 1.0  # one LRANGE, one MULTI/EXEC
+    for row in turn:  # both floors: one LRANGE, one MULTI/EXEC
+        assert row["round_trips_per_op"]["floor"] == 1.0
     assert {row["variant"] for row in turn} == {"", "auto_pipeline=False"}
     # The token window beside the same store's plain load: the same round trips on both sides.
     windows = {row["key"]: row for row in rows if row["key"].startswith("window_")}
@@ -217,23 +269,59 @@ async def test_without_cryptography_the_encrypted_rows_are_skipped_with_a_note(
     )
 
 
+async def _assert_keeps_what_the_store_keeps(
+    store: StateStore, floor: Floor[Any], entry: Callable[[Message], Any]
+) -> None:
+    """The same appends (max 5, TTL) to session "s" of both give the same lengths, and the same
+    histories, each message as ``entry`` gives it (as the floor decodes it)."""
+    history = conversation(9, 50)
+    for start in range(0, 9, 2):
+        turn = history[start : start + 2]
+        lengths = [await side.append("s", turn, max_messages=5, ttl=60) for side in (store, floor)]
+        assert lengths[0] == lengths[1] == min(start + len(turn), 5)
+    for limit in (None, 3, 20):
+        assert await floor.load("s", limit=limit) == [
+            entry(message) for message in await store.load("s", limit=limit)
+        ]
+    assert await floor.load("s") == [entry(message) for message in history[-5:]]
+    assert await floor.load("none", limit=20) == []
+
+
+@pytest.mark.parametrize(
+    ("floor_class", "entry"),
+    [
+        (PydanticRedisFloor, lambda message: message),
+        (NaiveDictRedisFloor, lambda message: {"role": message.role, "content": message.text}),
+    ],
+)
+async def test_the_redis_floors_keep_what_the_store_keeps(
+    redis_server: RedisServer,
+    floor_class: type[HandWrittenRedisFloor[Any]],
+    entry: Callable[[Message], Any],
+) -> None:
+    """Each floor does the store's work by hand, on a key of the store's layout: the same
+    histories after the same appends, as Message objects (pydantic floor) or plain dicts of the
+    role and text (naive dict floor), and the same expiry."""
+    client = AsyncRedis.from_url(redis_server.url)
+    store = RedisStateStore(client, prefix="bench-test-ours")
+    floor = floor_class(client, "bench-test-floor")
+    try:
+        assert floor.key("s") == store.key("s").replace("bench-test-ours", "bench-test-floor")
+        await _assert_keeps_what_the_store_keeps(store, floor, entry)
+        assert 59_000 < await client.pttl(floor.key("s")) <= 60_000
+    finally:
+        await store.aclose()
+        await client.delete(store.key("s"), store.key("s", "meta"), floor.key("s"))
+        await client.aclose()
+
+
 async def test_the_sqlite_floor_keeps_what_the_store_keeps(tmp_path: Path) -> None:
     """The floor does the store's work by hand: the same histories after the same appends."""
     floor = HandWrittenSQLiteFloor(str(tmp_path / "floor.db"))
     await floor.open()
     try:
         async with SQLiteStateStore(tmp_path / "ours.db") as store:
-            history = conversation(9, 50)
-            for start in range(0, 9, 2):
-                turn = history[start : start + 2]
-                lengths = [
-                    await side.append("s", turn, max_messages=5, ttl=60) for side in (store, floor)
-                ]
-                assert lengths[0] == lengths[1] == min(start + len(turn), 5)
-            for limit in (None, 3, 20):
-                assert await floor.load("s", limit=limit) == await store.load("s", limit=limit)
-            assert await floor.load("s") == history[-5:]
-            assert await floor.load("none", limit=20) == []
+            await _assert_keeps_what_the_store_keeps(store, floor, lambda message: message)
     finally:
         await floor.aclose()
 

@@ -20,7 +20,8 @@ DESCRIPTION = """\
 Measure chatstate side by side with its floor, in the same run, in alternating rounds: the
 in-memory store beside a plain dict of lists, the SQLite store (on files in a temporary directory)
 beside the same SQL written by hand with sqlite3 and, with --redis or --redis-server, the Redis
-store beside the same commands written by hand with redis.asyncio on the same connection pool;
+store beside the same commands written by hand with redis.asyncio on the same connection pool
+(the pydantic floor and, for the turn, also the naive dict floor, which keeps plain dicts);
 and what encryption (encryption=) adds to a load, where cryptography is installed. Prints
 a table of ours, floor, ratio (ours / floor) and the targets of docs/benchmarks.md. Exit status:
 0 when the suite ran (a missed target is a finding, not a failure), 1 when it could not run, 2 for

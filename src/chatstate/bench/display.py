@@ -24,7 +24,8 @@ from chatstate.bench.results import Report, Row
 _TITLES = {
     "in-memory": "In-memory store beside a dict of lists (same process; medians over rounds)",
     "sqlite": "SQLite store beside the same SQL by hand with sqlite3 (same thread hop, own file)",
-    "redis": "Redis store beside hand-written redis.asyncio calls (same server, same pool)",
+    "redis": "Redis store beside hand-written redis.asyncio calls (same server, same pool; "
+    "'beside' names each row's floor)",
 }
 
 
@@ -87,11 +88,14 @@ def table(report: Report, group: str) -> Table | None:
         return None
     by_sessions = any(row.sessions is not None for row in rows)
     counted = any(row.round_trips is not None for row in rows)
+    named = any(row.floor_name for row in rows)  # a suite with more than one floor
     result = Table(title=_TITLES[group], title_justify="left")
     result.add_column("scenario", overflow="fold")
     if by_sessions:
         result.add_column("sessions", justify="right")
     result.add_column("metric")
+    if named:
+        result.add_column("beside")
     for name in ("ours", "floor", "ratio"):
         result.add_column(name, justify="right")
     result.add_column("target")
@@ -102,8 +106,10 @@ def table(report: Report, group: str) -> Table | None:
         cells = [escape(f"{row.scenario}, {row.variant}" if row.variant else row.scenario)]
         if by_sessions:
             cells.append("" if row.sessions is None else f"{row.sessions:,}")
+        cells.append(f"{row.metric} ({row.unit})")
+        if named:
+            cells.append(escape(row.floor_name))
         cells += [
-            f"{row.metric} ({row.unit})",
             _number(row.ours, row.unit),
             _number(row.floor, row.unit),
             "" if row.ratio is None else f"{row.ratio:.2f} x",

@@ -30,7 +30,7 @@ _TARGETS: dict[str, Target] = {
 }
 
 
-class DictOfListsFloor(Floor):
+class DictOfListsFloor(Floor[Message]):
     """The floor: a plain dict of lists, as a careful user would keep history by hand. It keeps no
     expiry and no session cap: ours pays for those, the floor does not."""
 

@@ -10,16 +10,17 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import ScalarFormatter
 
-from chatstate.bench.results import Report, Row
+from chatstate.bench.results import NAIVE_DICT_FLOOR, PYDANTIC_FLOOR, Report, Row
 
-_OURS, _PLAIN, _FLOOR = "tab:blue", "tab:green", "tab:gray"
+_OURS, _PLAIN, _FLOOR, _NAIVE = "tab:blue", "tab:green", "tab:gray", "tab:orange"
 
 
 def write_plot(report: Report, path: Path) -> str:
     """Draw the run to ``path`` (PNG); returns what the plot shows, for the report's notes.
 
-    With Redis figures: turn throughput and load p50/p99 latency against concurrent sessions (log
-    x axis), ours beside the floor. Without: the in-memory time per turn of each scenario.
+    With Redis figures: turn throughput (ours beside the pydantic and the naive dict floor) and load
+    p50/p99 latency (ours beside the pydantic floor) against concurrent sessions (log x axis).
+    Without: the in-memory time per turn of each scenario.
     """
     turn_rows = [row for row in report.rows if row.group == "redis" and row.key == "turn"]
     if turn_rows:
@@ -36,9 +37,15 @@ def write_plot(report: Report, path: Path) -> str:
     return shown
 
 
-def _series(rows: list[Row], metric: str, variant: str = "") -> tuple[list[int], list[Row]]:
+def _series(
+    rows: list[Row], metric: str, variant: str = "", floor_name: str = PYDANTIC_FLOOR
+) -> tuple[list[int], list[Row]]:
     chosen = sorted(
-        (row for row in rows if row.metric == metric and row.variant == variant),
+        (
+            row
+            for row in rows
+            if row.metric == metric and row.variant == variant and row.floor_name == floor_name
+        ),
         key=lambda row: row.sessions or 0,
     )
     return [row.sessions or 0 for row in chosen], chosen
@@ -54,7 +61,12 @@ def _redis_figure(rows: list[Row]) -> Figure:
         throughput.plot(
             x_plain, [r.ours for r in plain], "s-", color=_PLAIN, label="ours, auto_pipeline=False"
         )
-    throughput.plot(x, [r.floor for r in ours], "o-", color=_FLOOR, label="naive floor")
+    throughput.plot(x, [r.floor for r in ours], "o-", color=_FLOOR, label=PYDANTIC_FLOOR)
+    x_naive, naive = _series(rows, "throughput", floor_name=NAIVE_DICT_FLOOR)
+    if naive:
+        throughput.plot(
+            x_naive, [r.floor for r in naive], "o--", color=_NAIVE, label=NAIVE_DICT_FLOOR
+        )
     throughput.set_ylim(bottom=0)
     title = f"turn throughput ({ours[0].scenario})" if ours else "turn throughput"
     _decorate(throughput, title, ours[0].unit if ours else "")
@@ -62,7 +74,9 @@ def _redis_figure(rows: list[Row]) -> Figure:
         x, figures = _series(rows, metric)
         name = metric.removeprefix("load ")
         latency.plot(x, [r.ours for r in figures], style, color=_OURS, label=f"ours {name}")
-        latency.plot(x, [r.floor for r in figures], style, color=_FLOOR, label=f"floor {name}")
+        latency.plot(
+            x, [r.floor for r in figures], style, color=_FLOOR, label=f"{PYDANTIC_FLOOR} {name}"
+        )
     latency.set_yscale("log")
     _decorate(latency, "load latency", "ms")
     return figure

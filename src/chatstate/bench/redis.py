@@ -1,9 +1,11 @@
-"""The Redis suite: RedisStateStore beside the hand-written redis.asyncio floor, on one pool.
+"""The Redis suite: RedisStateStore beside the hand-written redis.asyncio floors, on one pool.
 
-Both sides share one ``BlockingConnectionPool`` (a full pool makes callers wait instead of
-failing), whose connections count their writes to the server: a write is one round trip, however
-many commands it carries. Every key the suite writes starts with one unique prefix and is removed
-at the end (by SCAN, never KEYS), also when a scenario fails.
+The pydantic floor is the floor of every scenario; the headline turn also runs beside the naive
+dict floor, in the same rounds (see :mod:`chatstate.bench.redis_floors`). Every side shares one
+``BlockingConnectionPool`` (a full pool makes callers wait instead of failing), whose connections
+count their writes to the server: a write is one round trip, however many commands it carries.
+Every key the suite writes starts with one unique prefix and is removed at the end (by SCAN, never
+KEYS), also when a scenario fails.
 """
 
 from __future__ import annotations
@@ -25,10 +27,17 @@ from chatstate.bench import encryption, scenarios
 from chatstate.bench import workload as w
 from chatstate.bench.measure import ConcurrentFigures, Progress, compare_concurrent
 from chatstate.bench.options import BenchError, BenchOptions
+from chatstate.bench.redis_floors import NaiveDictRedisFloor, PydanticRedisFloor
 from chatstate.bench.results import (
     LOAD_P99_CONCURRENT,
+    NAIVE_DICT_FLOOR,
+    NAIVE_TURN_THROUGHPUT_CONCURRENT,
+    NAIVE_TURN_THROUGHPUT_ONE_SESSION,
+    PLAIN_LOAD,
+    PYDANTIC_FLOOR,
     TURN_THROUGHPUT_CONCURRENT,
     TURN_THROUGHPUT_ONE_SESSION,
+    UNENCRYPTED,
     Measured,
     PlanItem,
     Row,
@@ -43,7 +52,6 @@ from chatstate.bench.scenarios import Scenario
 from chatstate.bench.workload import (
     LARGE_MESSAGE_BYTES,
     Backend,
-    Floor,
     Params,
     Workload,
     conversation,
@@ -74,44 +82,15 @@ def _round_trips() -> int:
     return CountingConnection.sent
 
 
-class NaiveRedisFloor(Floor):
-    """The floor: what a careful user writes by hand, one redis.asyncio call per operation:
-    LRANGE to load, a MULTI/EXEC pipeline of RPUSH + LTRIM + PEXPIRE to append, the same JSON
-    (de)serialisation of messages, and the store's key layout."""
-
-    def __init__(self, client: Redis, prefix: str) -> None:
-        self.client = client
-        self.prefix = prefix
-
-    def key(self, session_id: str) -> str:
-        return f"{self.prefix}:{{{session_id}}}:messages"
-
-    async def load(self, session_id: str, *, limit: int | None = None) -> list[Message]:
-        raw = await self.client.lrange(self.key(session_id), -limit if limit else 0, -1)
-        return [Message.model_validate_json(entry) for entry in raw]
-
-    async def _append(
-        self, session_id: str, messages: Sequence[Message], keep: int | None, ttl: float | None
-    ) -> int:
-        key = self.key(session_id)
-        async with self.client.pipeline(transaction=True) as pipe:
-            pipe.rpush(key, *(message.model_dump_json() for message in messages))
-            if keep is not None:
-                pipe.ltrim(key, -keep, -1)
-            if ttl is not None:
-                pipe.pexpire(key, round(ttl * 1000))
-            length = int((await pipe.execute())[0])
-        return length if keep is None else min(length, keep)
-
-
 @dataclass(slots=True)
 class RedisBench:
-    """An open connection pool with the stores and the floor of one run, all on one client."""
+    """An open connection pool with the stores and the floors of one run, all on one client."""
 
     client: Redis
     prefix: str
     ours: RedisStateStore
-    floor: NaiveRedisFloor
+    pydantic_floor: PydanticRedisFloor
+    naive_floor: NaiveDictRedisFloor
     without_auto_pipeline: RedisStateStore
     uncompressed: RedisStateStore
     zstd: RedisStateStore
@@ -150,7 +129,8 @@ class RedisBench:
                 client=client,
                 prefix=prefix,
                 ours=store("ours"),
-                floor=NaiveRedisFloor(client, f"{prefix}-floor"),
+                pydantic_floor=PydanticRedisFloor(client, f"{prefix}-floor"),
+                naive_floor=NaiveDictRedisFloor(client, f"{prefix}-naive"),
                 without_auto_pipeline=store("plain", auto_pipeline=False),
                 uncompressed=store("json", compress_over=None),
                 zstd=store("zstd", compression="zstd"),
@@ -239,7 +219,7 @@ async def run_scenario(
 ) -> Measured:
     """Seed, warm up, then alternate rounds of ours (and its variants: without auto-pipelining
     for the headline turn, without and with another compression for large messages) and of the
-    floor, all sessions at once."""
+    floor (and, for the headline turn, of the naive dict floor), all sessions at once."""
     params = scenario.params(options, fresh=True)
     ids = [f"{scenario.key}{sessions}-{index}" for index in range(sessions)]
     variants = _variants(bench, scenario)
@@ -248,11 +228,14 @@ async def run_scenario(
         "ours": scenario.ours(ours, params),
         **{name: scenario.ours(store, params) for name, store in variants.items()},
         **_variant_sides(bench, scenario, params),
-        "floor": scenario.floor(scenario.floor_backend(ours, bench.floor), params),
+        "floor": scenario.floor(scenario.floor_backend(ours, bench.pydantic_floor), params),
     }
     backends: list[Backend] = [ours, *variants.values()]
     if not scenario.floor_is_ours:
-        backends.append(bench.floor)
+        backends.append(bench.pydantic_floor)
+    if scenario is scenarios.TURN:
+        sides[NAIVE_DICT_FLOOR] = scenario.floor(bench.naive_floor, params)
+        backends.append(bench.naive_floor)
     progress.detail("seeding")
     await scenarios.seed(backends, ids, scenario.seed_count(options), params)
     figures = await compare_concurrent(
@@ -312,54 +295,81 @@ def _variant_sides(bench: RedisBench, scenario: Scenario, params: Params) -> dic
 
 
 _Metric = SideMetric
+_LOAD_P50: _Metric = ("load p50", "ms", lambda figures: figures.latency_ms["load"]["p50"], None)
 
 
 def _metrics(scenario: Scenario, sessions: int) -> list[_Metric]:
-    """What the table shows of a concurrent scenario: its throughput and, for the headline turn
-    and large messages, the load latency; with the targets that apply at this many sessions."""
+    """What the table shows of a concurrent scenario beside the pydantic floor (or the floor
+    of its own): its throughput and, for the headline turn and large messages, the load latency;
+    with the targets that apply at this many sessions."""
     if scenario.unit == "ops/s":
         return [("throughput", scenario.unit, attrgetter("ops_per_s"), None)]
-    load_p50: _Metric = ("load p50", "ms", lambda figures: figures.latency_ms["load"]["p50"], None)
     if scenario is scenarios.LARGE_MESSAGES or scenario is scenarios.ENCRYPTED_LOAD:
         # What compression, or encryption, costs (or saves) a load
-        return [("throughput", scenario.unit, attrgetter("turns_per_s"), None), load_p50]
+        return [("throughput", scenario.unit, attrgetter("turns_per_s"), None), _LOAD_P50]
     if scenario is not scenarios.TURN:
         return [("throughput", scenario.unit, attrgetter("turns_per_s"), None)]
-    throughput_target = None  # between 1 and 100 sessions, docs/benchmarks.md sets none
+    p99 = LOAD_P99_CONCURRENT if sessions >= 1000 else None
+    return _turn_metrics(
+        sessions, TURN_THROUGHPUT_ONE_SESSION, TURN_THROUGHPUT_CONCURRENT, load_p99=p99
+    )
+
+
+def _turn_metrics(
+    sessions: int, one_session: Target, concurrent: Target, *, load_p99: Target | None
+) -> list[_Metric]:
+    """The headline turn's throughput, load p50 and load p99, with their targets: ``one_session``
+    at 1 session, ``concurrent`` at 100 and more (between them docs/benchmarks.md sets none)."""
+    throughput_target = None
     if sessions == 1:
-        throughput_target = TURN_THROUGHPUT_ONE_SESSION
+        throughput_target = one_session
     elif sessions >= 100:
-        throughput_target = TURN_THROUGHPUT_CONCURRENT
+        throughput_target = concurrent
     return [
-        ("throughput", scenario.unit, attrgetter("turns_per_s"), throughput_target),
-        load_p50,
-        (
-            "load p99",
-            "ms",
-            lambda figures: figures.latency_ms["load"]["p99"],
-            LOAD_P99_CONCURRENT if sessions >= 1000 else None,
-        ),
+        ("throughput", scenarios.TURN.unit, attrgetter("turns_per_s"), throughput_target),
+        _LOAD_P50,
+        ("load p99", "ms", lambda figures: figures.latency_ms["load"]["p99"], load_p99),
     ]
+
+
+def _floor_name(scenario: Scenario) -> str:
+    if scenario.floor_is_ours:
+        return PLAIN_LOAD
+    if scenario is scenarios.ENCRYPTED_LOAD:
+        return UNENCRYPTED
+    return PYDANTIC_FLOOR
 
 
 def _rows(
     scenario: Scenario, sessions: int, options: BenchOptions, figures: dict[str, ConcurrentFigures]
 ) -> list[Row]:
-    """Each side's figures beside the floor's; targets hold for ours itself, not its variants."""
-    return side_rows(
-        "redis",
-        scenario,
-        sessions,
-        options,
-        figures,
-        lambda side: _metrics(scenario, sessions),
-        round_trips=True,
-    )
+    """Each side's figures beside the floor's, and ours beside the naive dict floor where it
+    ran; targets hold for ours itself, not its variants."""
+
+    def beside(name: str, sides: dict[str, ConcurrentFigures], metrics: list[_Metric]) -> list[Row]:
+        return side_rows(
+            "redis",
+            scenario,
+            sessions,
+            options,
+            sides,
+            lambda side: metrics,
+            round_trips=True,
+            floor_name=name,
+        )
+
+    others = {side: value for side, value in figures.items() if side != NAIVE_DICT_FLOOR}
+    rows = beside(_floor_name(scenario), others, _metrics(scenario, sessions))
+    if NAIVE_DICT_FLOOR in figures:
+        naive = {"ours": figures["ours"], "floor": figures[NAIVE_DICT_FLOOR]}
+        targets = (NAIVE_TURN_THROUGHPUT_ONE_SESSION, NAIVE_TURN_THROUGHPUT_CONCURRENT)
+        rows += beside(NAIVE_DICT_FLOOR, naive, _turn_metrics(sessions, *targets, load_p99=None))
+    return rows
 
 
 async def _bytes_per_message(
     client: Redis,
-    backend: RedisStateStore | NaiveRedisFloor,
+    backend: RedisStateStore | PydanticRedisFloor,
     session_id: str,
     history: Sequence[Message],
 ) -> float:
@@ -389,7 +399,7 @@ async def stored_bytes(bench: RedisBench, options: BenchOptions) -> Measured:
         "compress_over=None": RedisStateStore(bench.client, compress_over=None),
         "compression='zstd'": RedisStateStore(bench.client, compression="zstd"),
     }
-    floor = NaiveRedisFloor(bench.client, stores[""].prefix)
+    floor = PydanticRedisFloor(bench.client, stores[""].prefix)
     try:
         for size in sorted({options.message_bytes, LARGE_MESSAGE_BYTES}):
             history = conversation(options.history, size)
@@ -411,6 +421,7 @@ async def stored_bytes(bench: RedisBench, options: BenchOptions) -> Measured:
                     ours=value,
                     floor=floor_bytes,
                     target=_stored_bytes_target(variant, size, options),
+                    floor_name=PYDANTIC_FLOOR,
                 )
                 for variant, value in measured.items()
             )

@@ -51,10 +51,22 @@ class Target:
         return f"ours {sign} {self.bound:,.0f} {unit}"
 
 
+# Which floor a Redis row compares with, for the table, the JSON and the plot: one of the two
+# hand-written ones (see chatstate.bench.redis_floors), or the same store's plain load (the token
+# window scenarios) or unencrypted (encrypted loads).
+PYDANTIC_FLOOR = "pydantic floor"
+NAIVE_DICT_FLOOR = "naive dict floor"
+PLAIN_LOAD = "plain load"
+UNENCRYPTED = "unencrypted"
+
 # The targets of docs/benchmarks.md ('Targets').
 TURN_THROUGHPUT_ONE_SESSION = Target.ratio_at_least(1.0)
 TURN_THROUGHPUT_CONCURRENT = Target.ratio_at_least(5.0)
 """At 100 sessions and more."""
+NAIVE_TURN_THROUGHPUT_ONE_SESSION = Target.ratio_at_least(1.0)
+"""Against the naive dict floor."""
+NAIVE_TURN_THROUGHPUT_CONCURRENT = Target.ratio_at_least(5.0)
+"""Against the naive dict floor, at 100 sessions and more."""
 LOAD_P99_CONCURRENT = Target.ratio_at_most(0.2)
 """At 1,000 sessions and more (looser than the 0.1 that docs/benchmarks.md sets as the target)."""
 MEMORY_LOAD = Target.ratio_at_most(3.0)
@@ -92,6 +104,9 @@ class Row:
     target: Target | None = None
     round_trips: tuple[float, float] | None = None
     """Round trips per operation, ours and floor, counted at the connection (Redis only)."""
+    floor_name: str = ""
+    """Which floor, where a suite has more than one (Redis: :data:`PYDANTIC_FLOOR`,
+    :data:`NAIVE_DICT_FLOOR`, ...); empty: the suite's one floor."""
 
     @property
     def ratio(self) -> float | None:
@@ -105,12 +120,14 @@ class Row:
 
     @property
     def label(self) -> str:
-        """The scenario, its sessions and its variant, for people."""
+        """The scenario, its sessions, its variant and its floor, for people."""
         parts = [self.scenario]
         if self.sessions is not None:
             parts.append(f"{self.sessions:,} session{'s' if self.sessions != 1 else ''}")
         if self.variant:
             parts.append(self.variant)
+        if self.floor_name:
+            parts.append(f"beside: {self.floor_name}")
         return ", ".join(parts)
 
     def to_json(self) -> dict[str, Any]:
@@ -124,6 +141,7 @@ class Row:
             "unit": self.unit,
             "ours": self.ours,
             "floor": self.floor,
+            "floor_name": self.floor_name,
             "ratio": self.ratio,
             "target": None if self.target is None else self.target.describe(self.unit),
             "ok": self.ok,
@@ -197,9 +215,11 @@ def side_rows(
     metrics: Callable[[str], Iterable[SideMetric]],
     *,
     round_trips: bool = False,
+    floor_name: str = "",
 ) -> list[Row]:
     """A row for each metric of each side (``"ours"``, and the variants and other stores run in
-    the same rounds) beside the floor's figure; a target holds for ours only."""
+    the same rounds) beside the figure of the side ``"floor"``, named ``floor_name``; a target
+    holds for ours only."""
     floor = figures["floor"]
     return [
         Row(
@@ -216,6 +236,7 @@ def side_rows(
             round_trips=(figures[side].round_trips_per_op, floor.round_trips_per_op)
             if round_trips
             else None,
+            floor_name=floor_name,
         )
         for side in figures
         if side != "floor"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import KW_ONLY, dataclass
+from typing import Any
 
 from chatstate.bench import workload as w
 from chatstate.bench.options import BenchOptions
@@ -58,10 +59,10 @@ class Scenario:
     def describe(self, options: BenchOptions) -> str:
         return self.title.format(history=self.history_of(options), seed=self.seed_count(options))
 
-    def floor_backend(self, ours: StateStore, floor: Floor) -> Backend:
+    def floor_backend(self, ours: StateStore, floor: Floor[Any]) -> Backend:
         return ours if self.floor_is_ours else floor
 
-    def workloads(self, ours: StateStore, floor: Floor, params: Params) -> dict[str, Workload]:
+    def workloads(self, ours: StateStore, floor: Floor[Any], params: Params) -> dict[str, Workload]:
         return {
             "ours": self.ours(ours, params),
             "floor": self.floor(self.floor_backend(ours, floor), params),

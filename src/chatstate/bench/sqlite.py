@@ -60,7 +60,7 @@ CREATE TABLE IF NOT EXISTS messages (
 """
 
 
-class HandWrittenSQLiteFloor(Floor):
+class HandWrittenSQLiteFloor(Floor[Message]):
     """The floor: what a careful user writes by hand with sqlite3, each operation one job on a
     thread of its own: a SELECT of the newest ``limit`` rows to load; BEGIN IMMEDIATE, INSERT,
     a DELETE of what the bound trims and COMMIT to append. One table keyed by (session, seq), the

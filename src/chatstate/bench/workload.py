@@ -12,7 +12,7 @@ import re
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, TypeAlias
+from typing import Any, Generic, TypeAlias, TypeVar
 
 from chatstate.messages import Message
 from chatstate.middleware import ProviderMiddleware, StateMiddleware, StateMiddlewareConfig
@@ -77,12 +77,17 @@ def conversation(count: int, size: int, *, start: int = 0) -> list[Message]:
     ]
 
 
-class Floor(abc.ABC):
+EntryT = TypeVar("EntryT")
+
+
+class Floor(abc.ABC, Generic[EntryT]):
     """A floor: the work of a store written by hand, the way a careful user would, behind the
-    two calls the scenarios make (``max_messages`` None or -1: keep everything)."""
+    two calls the scenarios make (``max_messages`` None or -1: keep everything). Appends take the
+    caller's messages; a load gives what the floor decodes entries into (``Message`` objects, or
+    plain dicts for the naive Redis floor)."""
 
     @abc.abstractmethod
-    async def load(self, session_id: str, *, limit: int | None = None) -> list[Message]: ...
+    async def load(self, session_id: str, *, limit: int | None = None) -> list[EntryT]: ...
 
     async def append(
         self,
@@ -101,7 +106,7 @@ class Floor(abc.ABC):
     ) -> int: ...
 
 
-Backend: TypeAlias = StateStore | Floor
+Backend: TypeAlias = StateStore | Floor[Any]
 """What a scenario runs on: one of our stores, or a floor."""
 
 
