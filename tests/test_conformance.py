@@ -159,6 +159,7 @@ BACKENDS = {
     "third-party": _third_party,
     "encrypted-third-party": _sealed_third_party,
     "sqlite": _sqlite_with(dict),
+    "uncompressed-sqlite": _sqlite_with(lambda: {"compress_over": None}),
     "encrypted-sqlite": _sqlite_with(_keys),
     "near-cached-sqlite": _sqlite_with(_strict_near_cache),
     "encrypted-redis": _redis_options(_keys),

@@ -34,7 +34,7 @@ from chatstate.stores._codec import (
 from chatstate.stores._encryption import Encryption
 from chatstate.stores._events import Hook
 from chatstate.stores._index import Listing
-from chatstate.stores._lease import Lease
+from chatstate.stores._lease import Leasing
 from chatstate.stores._near_cache import NearCache
 from chatstate.stores._reporting import clock as _clock
 from chatstate.stores.base import TTL, Fold, SessionSnapshot, check_snapshot, run_fold
@@ -44,7 +44,7 @@ __all__ = ["BackendStore"]
 E = TypeVar("E")
 
 
-class BackendStore(Listing, Generic[E]):
+class BackendStore(Listing, Leasing, Generic[E]):
     """A :class:`~chatstate.StateStore` over any :class:`~chatstate.stores.Backend`, with every
     optional capability: summaries, versions, snapshots, leases, the conversation index, metrics
     and hooks. The built-in stores are this core over their own backends.
@@ -426,14 +426,6 @@ class BackendStore(Listing, Generic[E]):
         self._report("restore", session_id, started, len(messages))
         return written is not None
 
-    # -- leases ----------------------------------------------------------------------------------
-
-    def lease(self, session_id: str, *, ttl: float, timeout: float) -> Lease:
-        """Hold the session's turn lease across every instance sharing the backend (see
-        :class:`~chatstate.stores.SessionLeases`): ``async with store.lease(id, ttl=30,
-        timeout=10):``."""
-        return Lease(self, check_session_id(session_id), ttl=ttl, timeout=timeout)
-
     # -- lifetime ---------------------------------------------------------------------------------
 
     async def aclose(self) -> None:
@@ -454,22 +446,3 @@ class BackendStore(Listing, Generic[E]):
         """A write other than an append ended (or failed, its outcome unknown)."""
         if self.near_cache is not None:
             self.near_cache.dropped(session_id)
-
-    def _started(self) -> float:
-        return _clock()
-
-    async def _lease_call(self, action: str, session_id: str, token: str, ttl: float) -> bool:
-        """The backend's ``acquire``/``renew``/``release`` of a lease, its errors mapped."""
-        backend = self.backend
-        call = (
-            backend.acquire_lease(session_id, token, ttl)
-            if action == "acquire"
-            else backend.renew_lease(session_id, token, ttl)
-            if action == "renew"
-            else backend.release_lease(session_id, token)
-        )
-        started = _clock()
-        try:
-            return await call
-        except Exception as exc:
-            self._fail(exc, "lease", session_id, started, StoreError, f"{action} the lease of")

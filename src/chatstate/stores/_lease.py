@@ -13,17 +13,21 @@ from __future__ import annotations
 import logging
 import random
 import secrets
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import anyio
 
-from chatstate._checks import check_ttl
-from chatstate.errors import ConfigurationError, LeaseLostError, LeaseTimeoutError
+from chatstate._checks import check_session_id, check_ttl
+from chatstate._locks import KeyedLock
+from chatstate.errors import (
+    ConfigurationError,
+    LeaseLostError,
+    LeaseTimeoutError,
+    StoreError,
+)
+from chatstate.stores._reporting import Reporting, clock
 
-if TYPE_CHECKING:
-    from chatstate.stores._core import BackendStore
-
-__all__ = ["Lease"]
+__all__ = ["Lease", "Leasing"]
 
 logger = logging.getLogger("chatstate")
 
@@ -37,7 +41,7 @@ class Lease:
     __slots__ = ("_lost", "_scope", "_session_id", "_store", "_task_group", "_timeout", "_token",
                  "_ttl")  # fmt: skip
 
-    def __init__(self, store: BackendStore[Any], session_id: str, *, ttl: float, timeout: float):
+    def __init__(self, store: Leasing, session_id: str, *, ttl: float, timeout: float):
         seconds = check_ttl(ttl, name="ttl")
         if seconds is None:
             raise ConfigurationError(
@@ -61,7 +65,7 @@ class Lease:
     async def __aenter__(self) -> Lease:
         store, session_id = self._store, self._session_id
         deadline = anyio.current_time() + self._timeout
-        started = store._started()
+        started = clock()
         with anyio.move_on_after(self._timeout) as waiting:
             await store._local_leases.acquire(session_id)
         if waiting.cancelled_caught:
@@ -144,3 +148,32 @@ class Lease:
             f"{self._timeout:g} s",
             session_id=self._session_id,
         )
+
+
+class Leasing(Reporting):
+    """The leases of a core store (:class:`~chatstate.stores.BackendStore`)."""
+
+    _local_leases: KeyedLock
+
+    def lease(self, session_id: str, *, ttl: float, timeout: float) -> Lease:
+        """Hold the session's turn lease across every instance sharing the backend (see
+        :class:`~chatstate.stores.SessionLeases`): ``async with store.lease(id, ttl=30,
+        timeout=10):``."""
+        return Lease(self, check_session_id(session_id), ttl=ttl, timeout=timeout)
+
+    async def _lease_call(self, action: str, session_id: str, token: str, ttl: float) -> bool:
+        """The backend's ``acquire``/``renew``/``release`` of a lease, its errors mapped."""
+        backend = self.backend
+        call = (
+            backend.acquire_lease(session_id, token, ttl)
+            if action == "acquire"
+            else backend.renew_lease(session_id, token, ttl)
+            if action == "renew"
+            else backend.release_lease(session_id, token)
+        )
+        started = clock()
+        try:
+            taken: bool = await call
+        except Exception as exc:
+            self._fail(exc, "lease", session_id, started, StoreError, f"{action} the lease of")
+        return taken

@@ -111,6 +111,17 @@ class StateStoreConformance(OptionalProtocolsConformance):
         await store.append("t", conversation, max_messages=100)
         assert await store.load("t") == conversation
 
+    async def test_long_messages_round_trip(self, store: StateStore) -> None:
+        # Long enough that a store which compresses (above 1 KiB by default) does.
+        long = [
+            _user(" ".join(f"word{index % 97} of a long message" for index in range(400))),
+            _assistant("é🌍 " * 1500),
+        ]
+        await store.append("s", long)
+        await store.append("s", [_user("short")])
+        assert await store.load("s") == [*long, _user("short")]
+        assert await store.load("s", limit=2) == [long[1], _user("short")]
+
     async def test_save_replaces_the_history(self, store: StateStore) -> None:
         await store.save("s", _turns(5))
         await store.save("s", [_user("only")])

@@ -1,0 +1,364 @@
+"""The in-memory backend: sessions in a dict of this process, least recently used first."""
+
+from __future__ import annotations
+
+import heapq
+import secrets
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any, Literal
+
+import anyio
+
+from chatstate._checks import check_ttl
+from chatstate.errors import ConfigurationError
+from chatstate.messages import Message
+from chatstate.stores._backend import BackendCensus, ErrorKind, Page, RawSession, Written
+
+__all__ = ["MemoryBackend"]
+
+_SWEEP_CHUNK = 1000
+
+
+class _Session:
+    __slots__ = ("entries", "expires_at", "generation", "head", "summary", "version")
+
+    def __init__(self) -> None:
+        self.entries: list[Any] = []
+        self.head = 0  # the sequence number of entries[0]
+        self.summary: Any = None
+        self.expires_at: float | None = None
+        # Random to start with, so a session deleted and written again never repeats a number.
+        self.version = secrets.randbits(48) + 1
+        self.generation = secrets.randbits(48) + 1
+
+
+class MemoryBackend:
+    """Sessions in a dict of this process, least recently used first; entries kept as given (the
+    messages themselves, or whatever the store's codec made). See :class:`InMemoryStateStore`."""
+
+    name = "memory"
+
+    def __init__(
+        self,
+        *,
+        max_sessions: int | None = 100_000,
+        sweep_interval: float | None = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if max_sessions is not None and (type(max_sessions) is not int or max_sessions < 1):
+            raise ConfigurationError(
+                f"max_sessions must be a positive int or None, got {max_sessions!r}"
+            )
+        self._sweep_interval = (
+            None if sweep_interval is None else check_ttl(sweep_interval, name="sweep_interval")
+        )
+        self._sessions: OrderedDict[str, _Session] = OrderedDict()
+        # (expires_at, session_id) for every expiry ever set; entries that a later write made stale
+        # are skipped when popped, and the heap is rebuilt when they outnumber the live ones.
+        self._expiry_heap: list[tuple[float, str]] = []
+        self._next_sweep = 0.0
+        self._max_sessions = max_sessions
+        self._clock = clock
+        self._leases: dict[str, tuple[str, float]] = {}
+        # user session -> conversation id -> (last active, deadline): wall-clock seconds
+        self._conversations: dict[str, dict[str, tuple[float, float | None]]] = {}
+        self.evictions = 0
+        self.expirations = 0
+
+    def __repr__(self) -> str:
+        return f"MemoryBackend(sessions={len(self._sessions)}, max_sessions={self._max_sessions})"
+
+    async def read(
+        self,
+        session_id: str,
+        *,
+        limit: int | None,
+        summary: bool,
+        touch: float | None,
+        numbers: bool = True,
+    ) -> Page[Any]:
+        session = self._sessions.get(session_id)
+        if session is None:
+            return Page([], 0)
+        expires_at = session.expires_at
+        if expires_at is not None and expires_at <= self._clock():
+            self._expire(session_id)
+            return Page([], 0)
+        self._sessions.move_to_end(session_id)
+        if touch is not None:
+            self._set_expiry(session_id, session, touch)
+        stored = session.entries
+        entries = stored[:] if limit is None else stored[-limit:] if limit else []
+        return Page(
+            entries,
+            session.head + len(stored) - len(entries),
+            session.summary if summary else None,
+            session.version,
+            session.generation,
+            len(stored),
+        )
+
+    def entries_now(self, session_id: str, limit: int | None) -> list[Any]:
+        """The newest ``limit`` entries (all if None), as :meth:`read` would give them: what the
+        store core's plain load calls, without an await, for a backend in process memory."""
+        session = self._sessions.get(session_id)
+        if session is None:
+            return []
+        expires_at = session.expires_at
+        if expires_at is not None and expires_at <= self._clock():
+            self._expire(session_id)
+            return []
+        self._sessions.move_to_end(session_id)
+        stored = session.entries
+        return stored[:] if limit is None else stored[-limit:] if limit else []
+
+    async def append(
+        self, session_id: str, entries: Sequence[Any], *, max_entries: int | None, ttl: float | None
+    ) -> Written:
+        session = self._for_write(session_id)
+        session.version += 1
+        stored = session.entries
+        stored.extend(entries)
+        trimmed = max_entries is not None and len(stored) > max_entries
+        if trimmed:
+            cut = len(stored) - max_entries  # type: ignore[operator]
+            del stored[:cut]
+            session.head += cut
+        self._set_expiry(session_id, session, ttl)
+        return Written(len(stored), session.version, trimmed)
+
+    async def replace(
+        self,
+        session_id: str,
+        entries: Sequence[Any],
+        *,
+        summary: Any,
+        ttl: float | None,
+        overwrite: bool,
+    ) -> Written | None:
+        if not overwrite and self._live(session_id) is not None:
+            return None
+        session = self._for_write(session_id)
+        session.entries, session.summary = list(entries), summary
+        session.head = 0
+        session.version += 1
+        session.generation += 1
+        self._set_expiry(session_id, session, ttl)
+        return Written(len(session.entries), session.version)
+
+    async def delete(self, session_id: str) -> bool:
+        if self._live(session_id) is None:
+            return False
+        del self._sessions[session_id]
+        return True
+
+    async def compact(
+        self, session_id: str, *, generation: int, before_seq: int, summary: Any
+    ) -> bool:
+        session = self._live(session_id)
+        if session is None or session.generation != generation:
+            return False  # rewritten, compacted or gone meanwhile
+        folded = before_seq - session.head  # those a trim meanwhile left
+        if folded > 0:
+            del session.entries[:folded]
+            session.head += folded
+        session.summary = summary
+        session.version += 1
+        session.generation += 1
+        return True
+
+    async def snapshot(self, session_id: str) -> RawSession[Any] | None:
+        session = self._live(session_id)
+        if session is None:
+            return None
+        expires_at = session.expires_at
+        ttl = None if expires_at is None else max(expires_at - self._clock(), 1e-3)
+        return RawSession(session.entries[:], session.summary, ttl)
+
+    async def time_left(self, session_id: str) -> float | Literal[False] | None:
+        session = self._live(session_id)
+        if session is None:
+            return False
+        return None if session.expires_at is None else session.expires_at - self._clock()
+
+    # In one process the store's local lock serialises the turns; this only keeps the token.
+    async def acquire_lease(self, session_id: str, token: str, ttl: float) -> bool:
+        held = self._leases.get(session_id)
+        now = self._clock()
+        if held is not None and held[1] > now:
+            return held[0] == token
+        self._leases[session_id] = (token, now + ttl)
+        return True
+
+    async def renew_lease(self, session_id: str, token: str, ttl: float) -> bool:
+        held = self._leases.get(session_id)
+        if held is None or held[0] != token or held[1] <= self._clock():
+            return False
+        self._leases[session_id] = (token, self._clock() + ttl)
+        return True
+
+    async def release_lease(self, session_id: str, token: str) -> bool:
+        held = self._leases.get(session_id)
+        if held is None or held[0] != token:
+            return False
+        del self._leases[session_id]
+        return True
+
+    async def index_conversation(
+        self, user_session: str, conversation_id: str, *, now: float, ttl: float | None
+    ) -> None:
+        entries = self._conversations.setdefault(user_session, {})
+        entries[conversation_id] = (now, None if ttl is None else now + ttl)
+
+    async def list_conversations(
+        self, user_session: str, *, now: float, offset: int, limit: int
+    ) -> list[tuple[str, float]]:
+        entries = self._conversations.get(user_session)
+        if not entries:
+            return []
+        for conversation_id, (_, deadline) in list(entries.items()):
+            if deadline is not None and deadline <= now:
+                del entries[conversation_id]  # no entry outlives its conversation
+        if not entries:
+            del self._conversations[user_session]
+            return []
+        ordered = sorted(entries.items(), key=lambda item: item[1][0], reverse=True)
+        return [(conversation_id, at) for conversation_id, (at, _) in ordered][
+            offset : offset + limit
+        ]
+
+    async def drop_conversations(self, user_session: str) -> list[str]:
+        return list(self._conversations.pop(user_session, {}))
+
+    async def session_ids(self) -> AsyncIterator[str]:
+        now = self._clock()
+        for session_id, session in list(self._sessions.items()):
+            if session.expires_at is None or session.expires_at > now:
+                yield session_id
+
+    async def census(self) -> BackendCensus:
+        """Exact counts after a sweep of the expired sessions; the bytes an estimate (about 900
+        a message plus its text, measured for short text messages, over one session in
+        sixteen). Walks the sessions in chunks, yielding between them."""
+        await self.sweep()
+        messages = sampled_messages = sampled_bytes = 0
+        sessions = list(self._sessions.values())
+        chunk = _SWEEP_CHUNK * 10
+        for start in range(0, len(sessions), chunk):
+            for index, session in enumerate(sessions[start : start + chunk], start):
+                messages += len(session.entries)
+                if not index & 15:
+                    sampled_messages += len(session.entries)
+                    sampled_bytes += _size(session.entries)
+            await anyio.sleep(0)
+        per_message = sampled_bytes / sampled_messages if sampled_messages else 0.0
+        return BackendCensus(
+            sessions=len(sessions),
+            messages=messages,
+            storage_bytes=round(messages * per_message),
+            expirations=self.expirations,
+            evictions=self.evictions,
+        )
+
+    def error_kind(self, exc: Exception) -> ErrorKind | None:
+        return None  # it raises nothing of its own
+
+    async def aclose(self) -> None:
+        pass  # the data stays readable
+
+    async def sweep(self) -> int:
+        """Reclaim every expired session now and return how many; yields between chunks."""
+        removed = 0
+        while True:
+            count, finished = self._sweep_chunk(self._clock())
+            removed += count
+            if finished:
+                return removed
+            await anyio.sleep(0)
+
+    @property
+    def sessions_in_memory(self) -> int:
+        return len(self._sessions)
+
+    # -- internals -------------------------------------------------------------------------------
+
+    def _live(self, session_id: str) -> _Session | None:
+        session = self._sessions.get(session_id)
+        if session is None:
+            return None
+        if session.expires_at is not None and session.expires_at <= self._clock():
+            self._expire(session_id)
+            return None
+        return session
+
+    def _expire(self, session_id: str) -> None:
+        del self._sessions[session_id]
+        self.expirations += 1
+
+    def _for_write(self, session_id: str) -> _Session:
+        session = self._live(session_id)
+        if session is not None:
+            self._sessions.move_to_end(session_id)
+            return session
+        if self._max_sessions is not None:
+            while len(self._sessions) >= self._max_sessions:
+                self._sessions.popitem(last=False)
+                self.evictions += 1
+        session = self._sessions[session_id] = _Session()
+        return session
+
+    def _set_expiry(self, session_id: str, session: _Session, seconds: float | None) -> None:
+        if seconds is None:
+            session.expires_at = None
+            return
+        now = self._clock()
+        expires_at = session.expires_at = now + seconds
+        heap = self._expiry_heap
+        heapq.heappush(heap, (expires_at, session_id))
+        if len(heap) > 2 * len(self._sessions) + 1024:
+            self._rebuild_heap()
+        # The sweep rides on the writes: at most one chunk per sweep_interval, no task of its own.
+        if self._sweep_interval is not None and now >= self._next_sweep:
+            self._next_sweep = now + self._sweep_interval
+            self._sweep_chunk(now)
+
+    def _rebuild_heap(self) -> None:
+        self._expiry_heap = [
+            (session.expires_at, session_id)
+            for session_id, session in self._sessions.items()
+            if session.expires_at is not None
+        ]
+        heapq.heapify(self._expiry_heap)
+
+    def _sweep_chunk(self, now: float) -> tuple[int, bool]:
+        heap, sessions = self._expiry_heap, self._sessions
+        removed = 0
+        for _ in range(_SWEEP_CHUNK):
+            if not heap or heap[0][0] > now:
+                return removed, True
+            expires_at, session_id = heapq.heappop(heap)
+            session = sessions.get(session_id)
+            # A stale entry: the session was rewritten, deleted or re-created since this was pushed.
+            if session is not None and session.expires_at == expires_at:
+                self._expire(session_id)
+                removed += 1
+        return removed, False
+
+
+_MESSAGE_OVERHEAD = 900
+"""Heap bytes of a short text message besides its text (measured with tracemalloc: the model,
+its dict, its fields set, the str header)."""
+
+
+def _size(entries: Sequence[Any]) -> int:
+    """Estimated heap bytes of ``entries``: messages, or the codec's bytes."""
+    total = 0
+    for entry in entries:
+        if type(entry) is Message:
+            content = entry.content
+            total += _MESSAGE_OVERHEAD + (len(content) if type(content) is str else len(entry.text))
+        else:
+            total += 33 + len(entry)
+    return total
