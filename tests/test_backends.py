@@ -175,8 +175,10 @@ async def test_the_in_memory_store_runs_whole_on_each_backend(anyio_backend: str
     turn = [Message(role="user", content="hi"), Message(role="assistant", content="hello")]
     assert await store.append("s", turn * 2, max_messages=3, ttl=10) == 3
     assert await store.load("s", limit=2) == turn
-    async with store.lease("s", ttl=0.05, timeout=1):
-        await anyio.sleep(0.03)  # a renewal comes due while it is held
+    async with store.lease("s", ttl=3, timeout=1):
+        await clock.sleeping()  # the renewer waits on the store's clock
+        clock.advance(1)  # a renewal comes due while the lease is held: it is renewed
+        await clock.sleeping()
 
     async def fold(history: Sequence[Message], summary: Message | None) -> tuple[int, Message]:
         await anyio.lowlevel.checkpoint()
@@ -188,9 +190,9 @@ async def test_the_in_memory_store_runs_whole_on_each_backend(anyio_backend: str
         Message(role="system", content="greetings"),
     )
     snapshot = await store.snapshot("s")
-    assert snapshot is not None and snapshot.ttl == 10
+    assert snapshot is not None and snapshot.ttl == 9
     assert await store.restore("copy", replace(snapshot, ttl=60))
-    clock.advance(11)
+    clock.advance(10)
     assert await store.sweep() == 1  # s expired, not its copy
     metrics = await store.metrics()
     assert (metrics.active_sessions, metrics.loads) == (1, 3)  # a snapshot reads: a load

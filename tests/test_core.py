@@ -10,7 +10,14 @@ from typing import Any
 import anyio
 import pytest
 
-from chatstate import LeaseLostError, Message, StateLoadError, StateSaveError, WrongTypeError
+from chatstate import (
+    LeaseLostError,
+    LeaseTimeoutError,
+    Message,
+    StateLoadError,
+    StateSaveError,
+    WrongTypeError,
+)
 from chatstate.stores import BackendStore, InMemoryStateStore, SessionSnapshot, StoreEvent
 
 from .conftest import FakeClock
@@ -197,15 +204,51 @@ async def test_a_fold_changes_nothing_if_the_session_was_saved_meanwhile(
 
 async def test_a_lease_that_runs_out_cancels_its_turn_and_raises(clock: FakeClock) -> None:
     backend = DictBackend(clock)
-    store = BackendStore(backend)
+    store = BackendStore(backend, clock=clock)
     reached_the_end = False
     with pytest.raises(LeaseLostError, match="ran out"):
-        async with store.lease("s", ttl=0.15, timeout=1):
+        async with store.lease("s", ttl=30, timeout=1):
             backend._leases["s"] = ("another holder", clock() + 60)  # taken over
-            await anyio.sleep(5)  # cancelled at the first renewal (0.05 s)
+            await clock.sleeping()  # the renewer waits for its first third of the ttl
+            clock.advance(10)  # the first renewal falls due: it finds the lease taken
+            await anyio.Event().wait()  # the turn goes on, until it is cancelled
             reached_the_end = True
     assert not reached_the_end
     assert backend._leases["s"][0] == "another holder"  # never released: not ours
+
+
+async def test_a_lease_renewed_on_time_is_held_for_as_long_as_the_turn_runs(
+    clock: FakeClock,
+) -> None:
+    backend = DictBackend(clock)
+    store = BackendStore(backend, clock=clock)
+    async with store.lease("s", ttl=30, timeout=1):
+        await clock.sleeping()  # the renewer waits for its first third of the ttl
+        for _ in range(10):  # 100 s: three ttls over, each third renewed
+            clock.advance(10)
+            await clock.sleeping()  # the renewer renewed and waits for the next third
+        assert not await DictBackend.acquire_lease(backend, "s", "someone else", 30)
+    assert await DictBackend.acquire_lease(backend, "s", "someone else", 30)  # given back
+
+
+async def test_a_lease_wait_times_out_on_the_clock(clock: FakeClock) -> None:
+    backend = DictBackend(clock)
+    store = BackendStore(backend, clock=clock)
+    assert await backend.acquire_lease("s", "another process", 300)
+    raised: list[LeaseTimeoutError] = []
+
+    async def take() -> None:
+        try:
+            async with store.lease("s", ttl=30, timeout=5):
+                raise AssertionError("never taken")
+        except LeaseTimeoutError as exc:
+            raised.append(exc)
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(take)
+        await clock.sleeping()  # polling the backend, with backoff
+        clock.advance(5)
+    assert len(raised) == 1 and "more than 5 s" in str(raised[0])
 
 
 async def test_cancelled_while_taking_a_lease_gives_back_what_it_took(clock: FakeClock) -> None:

@@ -21,6 +21,7 @@ from chatstate._checks import (
     check_ttl,
 )
 from chatstate._locks import KeyedLock
+from chatstate.clock import SYSTEM_CLOCK, Clock
 from chatstate.errors import ConfigurationError, StateLoadError, StateSaveError, StoreError
 from chatstate.messages import Message, as_messages
 from chatstate.stores._backend import Backend, Page, Written
@@ -62,6 +63,8 @@ class BackendStore(Listing, Leasing, Generic[E]):
     - ``near_cache``: a :class:`~chatstate.NearCache`: loads served from this process's memory
       while the history is known current.
     - ``hooks``: subscribers to the store's events (see :meth:`add_hook`).
+    - ``clock``: what leases wait and keep time with (a :class:`chatstate.clock.Clock`; tests
+      give a :class:`chatstate.testing.FakeClock`).
     """
 
     backend: Backend[E]
@@ -76,9 +79,11 @@ class BackendStore(Listing, Leasing, Generic[E]):
         sliding_ttl: TTL = None,
         near_cache: NearCache | None = None,
         hooks: Sequence[Hook] = (),
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         super().__init__(hooks)
         self.backend = backend
+        self.clock = clock
         if codec is None:
             codec = EntryCodec.for_store(  # type: ignore[assignment]  # bytes, a backend's E
                 compress_over=DEFAULT_COMPRESS_OVER,

@@ -19,6 +19,7 @@ import anyio
 
 from chatstate._checks import check_session_id, check_ttl
 from chatstate._locks import KeyedLock
+from chatstate.clock import Clock
 from chatstate.errors import (
     ConfigurationError,
     LeaseLostError,
@@ -63,21 +64,22 @@ class Lease:
         return self._token
 
     async def __aenter__(self) -> Lease:
-        store, session_id = self._store, self._session_id
-        deadline = anyio.current_time() + self._timeout
+        store, session_id, time = self._store, self._session_id, self._store.clock
+        deadline = time.monotonic() + self._timeout
         started = clock()
-        with anyio.move_on_after(self._timeout) as waiting:
-            await store._local_leases.acquire(session_id)
-        if waiting.cancelled_caught:
-            raise self._timed_out()
+        try:
+            with time.fail_after(self._timeout):
+                await store._local_leases.acquire(session_id)
+        except TimeoutError:
+            raise self._timed_out() from None
         try:
             pause = 0.002
             while not await store._lease_call("acquire", session_id, self._token, self._ttl):
-                left = deadline - anyio.current_time()
+                left = deadline - time.monotonic()
                 if left <= 0:
                     raise self._timed_out()
                 # Jittered exponential backoff, so waiting instances do not poll in lockstep.
-                await anyio.sleep(min(left, pause * random.uniform(0.5, 1.0)))
+                await time.sleep(min(left, pause * random.uniform(0.5, 1.0)))
                 pause = min(pause * 2, 0.1)
             self._task_group = group = anyio.create_task_group()
             await group.__aenter__()
@@ -110,16 +112,16 @@ class Lease:
         return False
 
     async def _keep_renewing(self) -> None:
-        store, session_id = self._store, self._session_id
+        store, session_id, time = self._store, self._session_id, self._store.clock
         interval = self._ttl / 3
-        held_until = anyio.current_time() + self._ttl
+        held_until = time.monotonic() + self._ttl
         while True:
-            await anyio.sleep(interval)
+            await time.sleep(interval)
             try:
                 kept = await store._lease_call("renew", session_id, self._token, self._ttl)
             except Exception as exc:  # a passing fault: try again, while the lease still lasts
                 logger.warning("renewing the lease of session %r failed: %s", session_id, exc)
-                kept = anyio.current_time() + interval < held_until
+                kept = time.monotonic() + interval < held_until
                 if kept:
                     continue
             if not kept:
@@ -131,7 +133,7 @@ class Lease:
                 assert self._task_group is not None
                 self._task_group.cancel_scope.cancel()
                 return
-            held_until = anyio.current_time() + self._ttl
+            held_until = time.monotonic() + self._ttl
 
     async def _give_back(self) -> None:
         with anyio.move_on_after(_RELEASE_TIMEOUT, shield=True):
@@ -154,6 +156,8 @@ class Leasing(Reporting):
     """The leases of a core store (:class:`~chatstate.stores.BackendStore`)."""
 
     _local_leases: KeyedLock
+    clock: Clock
+    """What leases wait and keep time with (see :mod:`chatstate.clock`)."""
 
     def lease(self, session_id: str, *, ttl: float, timeout: float) -> Lease:
         """Hold the session's turn lease across every instance sharing the backend (see

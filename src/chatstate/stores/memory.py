@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from chatstate._checks import check_count
+from chatstate.clock import SYSTEM_CLOCK
 from chatstate.stores._codec import Codec, EntryCodec, ObjectCodec
 from chatstate.stores._core import BackendStore
 from chatstate.stores._encryption import Encryption
@@ -28,7 +29,9 @@ class InMemoryStateStore(BackendStore[Any]):
       memory is reclaimed when they are touched, and by a sweep of up to 1,000 expired sessions
       that a write runs at most once per ``sweep_interval`` seconds (no background task).
       ``None`` turns it off; :meth:`sweep` reclaims every expired session now.
-    - ``clock``: a monotonic clock in seconds, to be replaced in tests.
+    - ``clock``: a monotonic clock in seconds, to be replaced in tests; a
+      :class:`chatstate.clock.Clock` (as :class:`chatstate.testing.FakeClock` is) also times the
+      leases, so a test moves both.
     - ``max_message_bytes``: refuse, with InvalidMessageError and before anything of the call is
       stored, a message whose JSON is longer (default None: no limit, and no cost).
     - ``encryption``: an :class:`~chatstate.Encryption`: the messages are kept sealed (bytes),
@@ -73,6 +76,8 @@ class InMemoryStateStore(BackendStore[Any]):
             codec=codec,
             sliding_ttl=sliding_ttl,
             hooks=hooks,
+            # A chatstate Clock (a FakeClock in tests) also times the leases.
+            clock=clock if callable(getattr(clock, "sleep", None)) else SYSTEM_CLOCK,  # type: ignore[arg-type]
         )
 
     def __repr__(self) -> str:
