@@ -4,6 +4,7 @@ pipelined writes, and every caller still gets exactly its own reply or its own e
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 from collections.abc import AsyncIterator, Sequence
 
@@ -227,6 +228,39 @@ async def test_a_thousand_sessions_fit_in_a_small_pool(
         await store.aclose()
         await store.client.aclose()
         await pool.aclose()
+
+
+async def test_callers_cancelled_on_the_fast_path_leave_no_connection_checked_out(
+    redis_server: RedisServer, key_prefix: str
+) -> None:
+    # One call at a time takes the fast path (sent from the caller's own task). Cancel such calls
+    # at every step, from taking a connection through the staleness check and the connect to
+    # the reply in flight, many more times than the pool has connections: none may keep a
+    # connection out of the pool. redis-py's plain pool raises when exhausted, so a leak shows
+    # as a failed call, not as a hang.
+    pool = ConnectionPool.from_url(redis_server.url, max_connections=8)
+    client = Redis(connection_pool=pool)
+    store = RedisStateStore(client, prefix=key_prefix)
+    await store.load("warm-up")  # the one connection the store keeps while it lives
+    cancelled = 0
+    for _ in range(16):
+        for steps in range(12):
+            call = asyncio.create_task(store.load(f"k{steps}"))
+            for _ in range(steps):
+                await asyncio.sleep(0)
+            call.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await call
+            cancelled += call.cancelled()
+    assert cancelled > 8  # more callers cancelled before their reply than the pool holds
+    # redis-py has no public count of the connections in use (before 8): its own set.
+    assert len(pool._in_use_connections) == 1
+    async with asyncio.timeout(5):
+        assert await store.load("after") == []
+    await store.aclose()
+    assert pool._in_use_connections == set()  # every connection back in the pool
+    await client.aclose()
+    await pool.aclose()
 
 
 async def test_turning_it_off_sends_every_command_on_its_own(

@@ -116,15 +116,22 @@ class ConnectionTransport:
             self._held.append(connection)
             return connection
         connection = self._idle.pop()
-        if connection.is_connected:
-            # Unread data or an end of file: the server closed it (a restart, an idle timeout) or
-            # it is out of step. Reconnect now rather than fail the caller's command.
-            try:
-                stale = await getattr(connection, _CAN_READ_NAME)()
-            except (RedisConnectionError, OSError):
-                stale = True
-            if stale:
-                await connection.disconnect()
+        try:
+            if connection.is_connected:
+                # Unread data or an end of file: the server closed it (a restart, an idle timeout)
+                # or it is out of step. Reconnect now rather than fail the caller's command.
+                try:
+                    stale = await getattr(connection, _CAN_READ_NAME)()
+                except (RedisConnectionError, OSError):
+                    stale = True
+                if stale:
+                    await connection.disconnect()
+        except BaseException:
+            # A caller cancelled during the check (redis-py before 8 reads the socket there; a
+            # disconnect waits on every version) must not take the connection with it: out of the
+            # idle list it would stay checked out of the pool, unused, until the store closes.
+            self._idle.append(connection)
+            raise
         return connection
 
     async def execute(self, command: Command) -> Any:
