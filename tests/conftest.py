@@ -21,10 +21,10 @@ from chatstate.testing.redis_server import LocalRedisCluster, RedisServer  # noq
 SERVER_FIXTURES = frozenset({"redis_server", "redis_cluster"})
 
 
-def _mark_server_tests(items: list[pytest.Item]) -> None:
-    for item in items:
-        if SERVER_FIXTURES.intersection(getattr(item, "fixturenames", ())):
-            item.add_marker(pytest.mark.redis)
+def pytest_itemcollected(item: pytest.Item) -> None:
+    # As each test is collected: before `-m` selects (a later hook would mark too late).
+    if SERVER_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+        item.add_marker(pytest.mark.redis)
 
 
 def kinds(*names: str) -> list[Any]:
@@ -142,4 +142,3 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         )
         plain.own_markers = [mark for mark in item.own_markers if mark.name != "asyncio"]
         items[index] = plain
-    _mark_server_tests(items)

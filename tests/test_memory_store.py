@@ -133,6 +133,7 @@ def test_repr_names_the_size() -> None:
     )
 
 
+@pytest.mark.slow  # 120,000 appends under tracemalloc: about 4 s
 async def test_memory_stays_bounded_through_ten_minutes_of_simulated_traffic(
     clock: FakeClock,
 ) -> None:

@@ -17,6 +17,8 @@ from redis.asyncio import Redis
 from chatstate import Message, RedisStateStore
 from chatstate.testing.redis_server import RedisServer
 
+from .conftest import kinds
+
 _TEXT = (
     "The history of a conversation is kept as one Redis list per session, oldest first; "
     "each entry is a small envelope around the message's JSON, compressed when it is long. "
@@ -67,7 +69,7 @@ async def _write_as_0_1_0(client: Redis, prefix: str) -> None:
     )
 
 
-@pytest.fixture(params=["fakeredis", "redis"])
+@pytest.fixture(params=kinds("fakeredis", "redis"))
 async def client(request: pytest.FixtureRequest) -> AsyncIterator[Redis]:
     if request.param == "fakeredis":
         client: Redis = fakeredis.FakeAsyncRedis()

@@ -1,5 +1,4 @@
-"""Work done every ``interval`` while an ``async with`` block runs (:class:`Periodic`), and the
-stores' sweeper task (:func:`keep_sweeping`, asyncio only until the store core replaces it)."""
+"""Work done every ``interval`` while an ``async with`` block runs (:class:`Periodic`)."""
 
 from __future__ import annotations
 
