@@ -16,7 +16,12 @@ from typing import Literal, Protocol, TypeVar
 from chatstate import _compression
 from chatstate._checks import check_count
 from chatstate._compression import Compression
-from chatstate.errors import CorruptEntryError, DecryptionError, UnknownKeyError
+from chatstate.errors import (
+    ConfigurationError,
+    CorruptEntryError,
+    DecryptionError,
+    UnknownKeyError,
+)
 from chatstate.messages import Message, tokens_of
 from chatstate.stores._encryption import HISTORY, LEGACY_PREFIX, SUMMARY, Encryption
 from chatstate.stores._envelope import (
@@ -167,8 +172,6 @@ class EntryCodec:
         if compress_over is not None:
             check_count(compress_over, name="compress_over", minimum=0)
         if encryption is not None and not isinstance(encryption, Encryption):
-            from chatstate.errors import ConfigurationError
-
             raise ConfigurationError(
                 f"encryption must be a chatstate.Encryption, got {type(encryption).__name__}"
             )

@@ -263,7 +263,8 @@ class BackendStore(Listing, Leasing, Generic[E]):
         decoded, skipped = self._codec.decode(
             [entry], on_corrupt=on_corrupt, session_id=session_id, summary=True
         )
-        self.corrupt_entries += skipped
+        if skipped:
+            self._skipped(skipped, session_id)
         return decoded[0] if decoded else None
 
     # -- writes ----------------------------------------------------------------------------------
@@ -431,8 +432,6 @@ class BackendStore(Listing, Leasing, Generic[E]):
         self._report("restore", session_id, started, len(messages))
         return written is not None
 
-    # -- lifetime ---------------------------------------------------------------------------------
-
     async def aclose(self) -> None:
         """Release the backend's resources (connections, threads). Idempotent."""
         if not self._closed:
@@ -444,8 +443,6 @@ class BackendStore(Listing, Leasing, Generic[E]):
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
-
-    # -- internals -------------------------------------------------------------------------------
 
     def _wrote(self, session_id: str) -> None:
         """A write other than an append ended (or failed, its outcome unknown)."""
