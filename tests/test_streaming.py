@@ -5,6 +5,7 @@ leaves early, is cancelled, or the provider fails mid-stream."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
+from datetime import timedelta
 from typing import Any
 
 import anyio
@@ -373,3 +374,73 @@ async def test_results_of_parallel_calls_that_ran_in_the_client_are_one_turn() -
     assert await store.load("s") == [_user("time and weather?"), asking, *results, second.response]
     with pytest.raises(InvalidMessageError, match=r"messages\[1\]"):
         await pipe.execute("s", [results[0], "sunny"])  # type: ignore[list-item]
+
+
+@pytest.mark.parametrize("inside", [True, False], ids=["in the pipeline's block", "alone"])
+async def test_an_error_in_the_consumers_block_interrupts_the_turn_and_is_raised_as_it_is(
+    inside: bool,
+) -> None:
+    provider = Gated(pause_at=1)
+    pipe, store = _pipe(provider, on_interrupt="keep_partial")
+
+    async def consume() -> None:
+        async with pipe.stream_with_session("s", "user", "hi") as turn:
+            async for _ in turn:
+                raise KeyError("the consumer's own bug")
+
+    with pytest.raises(KeyError, match="own bug"):  # not wrapped in an ExceptionGroup
+        if inside:
+            async with pipe:
+                await consume()
+        else:
+            await consume()
+    assert provider.closed
+    assert [m.metadata for m in await store.load("s")] == [{}, INTERRUPTED]
+
+
+async def test_a_generator_closed_in_another_task_still_ends_the_turn() -> None:
+    # A web framework may stop iterating a response's generator and close it later, elsewhere.
+    provider = Gated(pause_at=2)
+    pipe, store = _pipe(provider, on_interrupt="keep_partial")
+
+    async def events() -> AsyncIterator[str]:
+        async with pipe.stream_with_session("s", "user", "hi") as turn:
+            async for chunk in turn:
+                yield chunk.text
+
+    async with pipe:
+        stream = events()
+        got: list[str] = []
+
+        async def read_two() -> None:
+            got.extend([await stream.__anext__(), await stream.__anext__()])
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(read_two)
+        await stream.aclose()  # in this task, not the one that entered the turn
+    assert got == WORDS[:2] and provider.closed
+    assert (await store.load("s"))[-1].text == "".join(WORDS[:2])
+
+
+async def test_a_lease_is_held_across_instances_until_the_stream_has_ended() -> None:
+    store = InMemoryStateStore()
+    provider = Gated(pause_at=1)
+    config = StateMiddlewareConfig(lease_ttl=timedelta(seconds=30), lock=False)
+    one = Pipeline(StateMiddleware(store, config), ProviderMiddleware(provider))
+    seen: list[int] = []
+
+    def count(messages: Sequence[Message]) -> str:
+        seen.append(len(messages))
+        return "ok"
+
+    two = Pipeline(StateMiddleware(store, config), ProviderMiddleware(ScriptedProvider(count)))
+    async with one, one.stream_with_session("s", "user", "first") as turn:
+        async with anyio.create_task_group() as group:
+            await provider.reached.wait()
+            group.start_soon(two.execute_with_session, "s", "user", "second")
+            await anyio.wait_all_tasks_blocked()
+            assert seen == []  # the other instance waits for the lease
+            provider.go.set()
+            async for _ in turn:
+                pass
+    assert seen == [3]
