@@ -16,7 +16,7 @@ import redis
 from redis.asyncio import Redis as AsyncRedis
 
 from chatstate.bench import encryption, memory, turns
-from chatstate.bench.measure import NoProgress, percentile
+from chatstate.bench.measure import percentile
 from chatstate.bench.options import BenchOptions
 from chatstate.bench.redis_floors import (
     HandWrittenRedisFloor,
@@ -412,13 +412,12 @@ def test_targets_and_percentiles() -> None:
     assert percentile([3.0], 0.99) == 3.0
 
 
-async def test_streamed_and_tool_turns_are_measured_as_slopes_beside_the_provider_alone() -> None:
+def test_streamed_and_tool_turns_are_checked_on_what_ours_adds_to_the_floor() -> None:
+    # The rows themselves are checked by the quick run above (slow-marked).
     options = BenchOptions.create(quick=True, sessions=(1,), turns=1)
-    rows = [row for item in turns.plan(options) for row in (await item.run(NoProgress())).rows]
-    assert [row.key for row in rows] == ["stream_chunk", "stream_chunk_io", "tool_round"]
-    for row in rows:
-        assert row.ours > 0 and row.floor > 0 and row.group == "in-memory"
-        assert row.target is not None and row.target.on == "excess"
+    items = turns.plan(options)
+    assert [item.key for item in items] == ["stream_chunk", "stream_chunk_io", "tool_round"]
+    assert {item.group for item in items} == {"in-memory"}
     excess = Target.excess_at_most(5.0)
     assert excess.met(7.0, 7.0 / 3.0) is True and excess.met(9.0, 9.0 / 3.0) is False
     assert excess.met(1.0, None) is None

@@ -118,7 +118,7 @@ async def stream_chunks(options: BenchOptions, progress: Progress, *, io: bool) 
             figures = await compare_batches(
                 sides,
                 ids,
-                turns=max(20, options.turns * 25),
+                turns=max(200, options.turns * 25),
                 rounds=options.repeats,
                 progress=progress,
             )
@@ -194,7 +194,7 @@ async def tool_rounds(options: BenchOptions, progress: Progress) -> Measured:
             figures = await compare_batches(
                 sides,
                 ids,
-                turns=max(20, options.turns * 25),
+                turns=max(200, options.turns * 25),
                 rounds=options.repeats,
                 progress=progress,
             )
