@@ -4,6 +4,7 @@ leaves early, is cancelled, or the provider fails mid-stream."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Sequence
 from datetime import timedelta
 from typing import Any
@@ -176,8 +177,11 @@ async def test_a_consumer_that_stops_early_interrupts_the_turn(policy: str) -> N
         assert again.messages == [*stored, _user("go on")]
 
 
+@pytest.mark.parametrize("inside", [True, False], ids=["in the pipeline's block", "alone"])
 @pytest.mark.parametrize("policy", ["discard", "keep_partial"])
-async def test_a_consumer_cancelled_mid_stream_stores_what_the_policy_says(policy: str) -> None:
+async def test_a_consumer_cancelled_mid_stream_stores_what_the_policy_says(
+    policy: str, inside: bool
+) -> None:
     provider = Gated(pause_at=3)
     pipe, store = _pipe(provider, on_interrupt=policy)
     got: list[str] = []
@@ -187,7 +191,10 @@ async def test_a_consumer_cancelled_mid_stream_stores_what_the_policy_says(polic
             async for chunk in turn:
                 got.append(chunk.text)
 
-    async with pipe, anyio.create_task_group() as group:
+    async with contextlib.AsyncExitStack() as stack:
+        if inside:
+            await stack.enter_async_context(pipe)
+        group = await stack.enter_async_context(anyio.create_task_group())
         group.start_soon(consume)
         await provider.reached.wait()
         await anyio.wait_all_tasks_blocked()
@@ -444,3 +451,27 @@ async def test_a_lease_is_held_across_instances_until_the_stream_has_ended() -> 
             async for _ in turn:
                 pass
     assert seen == [3]
+
+
+async def test_under_a_lease_a_cancelled_turn_stores_nothing_and_a_left_stream_its_part() -> None:
+    reached = anyio.Event()
+
+    async def slow(messages: Sequence[Message]) -> str:
+        reached.set()
+        await anyio.sleep_forever()
+        raise AssertionError("unreachable")
+
+    store = InMemoryStateStore()
+    config = StateMiddlewareConfig(lease_ttl=timedelta(seconds=30), on_interrupt="keep_partial")
+    pipe = Pipeline(StateMiddleware(store, config), ProviderMiddleware(ScriptedProvider(slow)))
+    async with anyio.create_task_group() as group:
+        group.start_soon(pipe.execute_with_session, "s", "user", "hello")
+        await reached.wait()
+        group.cancel_scope.cancel()  # as a lease that ran out would cancel it
+    assert await store.load("s") == []
+    provider = Gated(pause_at=1)
+    streaming = Pipeline(StateMiddleware(store, config), ProviderMiddleware(provider))
+    async with streaming, streaming.stream_with_session("s", "user", "hi") as turn:
+        async for _ in turn:
+            break
+    assert [m.text for m in await store.load("s")] == ["hi", "The "]

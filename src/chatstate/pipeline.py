@@ -45,9 +45,6 @@ class RequestContext:
     """The session the request belongs to (already checked)."""
     message: Message
     """The new message of this turn (the last of them, when a turn brings several)."""
-    incoming: tuple[Message, ...] = ()
-    """Every message the turn brings, in order: ``(message,)``, or several (the results of
-    parallel tool calls, ``execute(session_id, [result1, result2])``)."""
     options: dict[str, Any] = field(default_factory=dict)
     """Keyword options for the provider (``execute_with_session(..., temperature=0)``)."""
     history: list[Message] = field(default_factory=list)
@@ -72,11 +69,18 @@ class RequestContext:
     after the pinned messages and before the history."""
     window: list[Message] | None = None
     """The part of the history the provider was sent (set by the provider middleware)."""
+    budget: TokenBudget | None = None
+    """The token budget of the request (``StateMiddlewareConfig(max_tokens=...)``), if any."""
+    task_group: TaskGroup | None = None
+    """The task group of the pipeline's ``async with`` block, for work that goes on after the
+    turn (the state middleware's summaries): the block's end waits for it, or cancels it. None
+    when the pipeline runs outside ``async with``."""
+    incoming: tuple[Message, ...] = ()
+    """Every message the turn brings, in order: ``(message,)``, or several (the results of
+    parallel tool calls, ``execute(session_id, [result1, result2])``)."""
     window_start: int | None = None
     """Where ``window`` starts in ``history``: the messages before it were left out by the
     bounds (orphans dropped after it do not count); set by the provider middleware."""
-    budget: TokenBudget | None = None
-    """The token budget of the request (``StateMiddlewareConfig(max_tokens=...)``), if any."""
     stream: Callable[[StreamChunk], None] | None = None
     """Where the provider middleware sends the chunks of a streamed turn (``Pipeline.stream``),
     after ``chunk_filters``; None when the turn is not streamed."""
@@ -94,10 +98,6 @@ class RequestContext:
     model was asked: ``response`` is then the reply as far as it was written (metadata
     ``{"interrupted": true}``), and ``new_messages`` the turn so far, without half a tool
     exchange. The state middleware's ``on_interrupt`` decides whether they are stored."""
-    task_group: TaskGroup | None = None
-    """The task group of the pipeline's ``async with`` block, for work that goes on after the
-    turn (the state middleware's summaries): the block's end waits for it, or cancels it. None
-    when the pipeline runs outside ``async with``."""
 
     async def get_history(self) -> list[Message]:
         """The session's history, loading it first if a middleware deferred the load."""

@@ -75,7 +75,7 @@ class StreamedTurn:
         self,
         context: RequestContext,
         run: Callable[[RequestContext], Awaitable[ExecutionResult]],
-        make_result: Callable[..., ExecutionResult],
+        make_result: Callable[[RequestContext], ExecutionResult],
         group: TaskGroup | None,
     ) -> None:
         self._context = context
