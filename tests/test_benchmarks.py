@@ -252,8 +252,7 @@ def test_a_quick_run_without_redis_measures_the_in_memory_and_sqlite_stores(
         "tool_round",
     }
     # Streamed and tool turns: a slope per chunk and per round, and what ours adds to the floor.
-    targets = {"stream_chunk": 5, "tool_round": 50}
-    assert [row["target"] for row in rows if row["key"] == "stream_chunk_io"] == [None]
+    targets = {"stream_chunk": 5, "stream_chunk_io": 5, "tool_round": 50}
     for row in rows:
         if row["key"] in targets:
             assert row["unit"] == "µs" and row["metric"] in ("per chunk", "per round")

@@ -132,6 +132,11 @@ async def test_a_provider_without_stream_is_streamed_as_one_chunk() -> None:
     assert await store.load("s") == [_user("hi"), reply]
 
 
+async def _stream_all(pipe: Pipeline, session_id: str, text: str, into: list[str]) -> None:
+    async with pipe.stream_with_session(session_id, "user", text) as turn:
+        into.extend([chunk.text async for chunk in turn])
+
+
 async def test_the_session_stays_locked_until_the_stream_has_ended() -> None:
     provider = Gated(pause_at=2)
     seen: list[int] = []
@@ -142,16 +147,38 @@ async def test_the_session_stays_locked_until_the_stream_has_ended() -> None:
 
     pipe, store = _pipe(provider)
     other = Pipeline(pipe.middlewares[0], ProviderMiddleware(ScriptedProvider(count)))
-    async with pipe, pipe.stream_with_session("s", "user", "first") as turn:
-        async with anyio.create_task_group() as group:
-            await provider.reached.wait()
-            group.start_soon(other.execute_with_session, "s", "user", "next")
-            await anyio.wait_all_tasks_blocked()
-            assert seen == []  # the other turn of the session waits for the lock
-            provider.go.set()
-            assert "".join([chunk.text async for chunk in turn]) == "".join(WORDS)
-    assert seen == [3]  # it saw the whole streamed turn
+    got: list[str] = []
+    async with pipe, anyio.create_task_group() as group:
+        group.start_soon(_stream_all, pipe, "s", "first", got)
+        await provider.reached.wait()  # the consumer has read two chunks
+        group.start_soon(other.execute_with_session, "s", "user", "next")
+        await anyio.wait_all_tasks_blocked()
+        assert seen == [] and got == []  # the other turn of the session waits for the lock
+        provider.go.set()
+    assert "".join(got) == "".join(WORDS) and seen == [3]  # it saw the whole streamed turn
     assert [m.text for m in await store.load("s")] == ["first", "".join(WORDS), "next", "second"]
+
+
+async def test_the_consumer_reads_the_providers_stream_at_its_own_pace() -> None:
+    provider = StreamingCompleter(words=["a ", "b ", "c"])
+    pulled: list[str] = []
+    original = provider.stream
+
+    async def counting(messages: Sequence[Message], **options: Any) -> AsyncIterator[StreamChunk]:
+        async with contextlib.aclosing(original(messages, **options)) as chunks:
+            async for chunk in chunks:
+                pulled.append(chunk.text)
+                yield chunk
+
+    provider.stream = counting  # type: ignore[method-assign]
+    pipe, _ = _pipe(provider)
+    async with pipe, pipe.stream_with_session("s", "user", "hi") as turn:
+        await anyio.wait_all_tasks_blocked()
+        assert pulled == []  # nothing is read ahead of the consumer
+        assert (await turn.__anext__()).text == "a "
+        await anyio.wait_all_tasks_blocked()
+        assert pulled == ["a "]
+        assert [chunk.text async for chunk in turn] == ["b ", "c", ""]
 
 
 @pytest.mark.parametrize("policy", ["discard", "keep_partial"])
@@ -441,16 +468,15 @@ async def test_a_lease_is_held_across_instances_until_the_stream_has_ended() -> 
         return "ok"
 
     two = Pipeline(StateMiddleware(store, config), ProviderMiddleware(ScriptedProvider(count)))
-    async with one, one.stream_with_session("s", "user", "first") as turn:
-        async with anyio.create_task_group() as group:
-            await provider.reached.wait()
-            group.start_soon(two.execute_with_session, "s", "user", "second")
-            await anyio.wait_all_tasks_blocked()
-            assert seen == []  # the other instance waits for the lease
-            provider.go.set()
-            async for _ in turn:
-                pass
-    assert seen == [3]
+    got: list[str] = []
+    async with one, anyio.create_task_group() as group:
+        group.start_soon(_stream_all, one, "s", "first", got)
+        await provider.reached.wait()
+        group.start_soon(two.execute_with_session, "s", "user", "second")
+        await anyio.wait_all_tasks_blocked()
+        assert seen == []  # the other instance waits for the lease
+        provider.go.set()
+    assert seen == [3] and "".join(got) == "".join(WORDS)
 
 
 async def test_under_a_lease_a_cancelled_turn_stores_nothing_and_a_left_stream_its_part() -> None:

@@ -9,6 +9,7 @@ is on the difference, ours - floor: what the pipeline adds, excluding the provid
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any
@@ -73,10 +74,11 @@ class _Words(ScriptedProvider):
         self._io = io
 
     async def stream(self, messages: Sequence[Message], **options: Any) -> Any:
-        async for chunk in super().stream(messages, **options):
-            if self._io:
-                await anyio.lowlevel.checkpoint()
-            yield chunk
+        async with contextlib.aclosing(super().stream(messages, **options)) as chunks:
+            async for chunk in chunks:
+                if self._io:
+                    await anyio.lowlevel.checkpoint()
+                yield chunk
 
 
 def _pipeline(provider: Any, store: InMemoryStateStore, tools: Sequence[Tool] = ()) -> Pipeline:
@@ -130,9 +132,7 @@ async def stream_chunks(options: BenchOptions, progress: Progress, *, io: bool) 
         + ", beside provider.stream alone",
         metric="per chunk",
         span=LONG - SHORT,
-        # With a checkpoint per chunk the chain's task wakes the consumer's once a chunk: the
-        # price of holding the lock in a task of its own (docs/benchmarks.md); no target.
-        target=None if io else STREAM_CHUNK_OVERHEAD_US,
+        target=STREAM_CHUNK_OVERHEAD_US,
     )
 
 
@@ -217,7 +217,7 @@ def _slope_row(
     scenario: str,
     metric: str,
     span: int,
-    target: Target | None,
+    target: Target,
 ) -> Measured:
     def slope(side: str) -> float:
         long, short = figures[f"{side}_long"].us_per_turn, figures[f"{side}_short"].us_per_turn

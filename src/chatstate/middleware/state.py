@@ -80,8 +80,9 @@ class StateMiddlewareConfig:
       model wrote or its tools ran). ``"discard"`` (the default): nothing, as for any turn that
       did not finish (a turn is stored whole or not at all). ``"keep_partial"``: the turn so far,
       in one append: its messages, every tool exchange that was whole (never a call without its
-      results), and the reply as far as the model had written it (its text; empty if none),
-      with ``metadata={"interrupted": true}``, so the next turn's model knows what the user saw.
+      results), and the reply as far as it was read (streamed: the text the consumer took;
+      empty if none), with ``metadata={"interrupted": true}``, so the next turn's model knows
+      what the user saw.
       With ``lease_ttl``, a turn whose own task is cancelled stores nothing (a lease that runs out
       cancels its turn the same way); a streamed turn left early is not cancelled, and keeps its
       part (run streamed turns in ``async with Pipeline(...)``).
