@@ -15,6 +15,7 @@ from chatstate.clock import SYSTEM_CLOCK, Clock
 from chatstate.errors import (
     ChatStateError,
     ConfigurationError,
+    LeaseLostError,
     PipelineError,
     StateLoadError,
     StateSaveError,
@@ -286,8 +287,8 @@ class StateMiddleware:
             length = await self.store.append(
                 session_id, new_messages, max_messages=self._stored_limit, ttl=self._ttl
             )
-        except StateSaveError:
-            raise
+        except (StateSaveError, LeaseLostError):
+            raise  # the store's own: it carries the write id (or, fenced, says why)
         except Exception as exc:
             raise StateSaveError(
                 f"storing the turn of session {session_id!r} failed: {type(exc).__name__}: {exc}",

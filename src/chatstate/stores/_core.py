@@ -38,6 +38,7 @@ from chatstate.stores._index import Listing
 from chatstate.stores._lease import Leasing
 from chatstate.stores._near_cache import NearCache
 from chatstate.stores._reporting import clock as _clock
+from chatstate.stores._writes import check_write_id, fence_for, new_write_id
 from chatstate.stores.base import TTL, Fold, SessionSnapshot, check_snapshot, run_fold
 
 __all__ = ["BackendStore"]
@@ -276,11 +277,22 @@ class BackendStore(Listing, Leasing, Generic[E]):
         *,
         max_messages: int | None = None,
         ttl: TTL = None,
+        write_id: str | None = None,
     ) -> int:
         """Append ``messages`` atomically, keep the newest ``max_messages`` (None or -1: all) and
-        set the session to expire ``ttl`` from now (None: never). Returns the new length."""
+        set the session to expire ``ttl`` from now (None: never). Returns the new length.
+
+        ``write_id`` names the write (any text of 1 to 128 printable characters; by default the
+        store makes one): an append whose id the session has seen among its last 32 writes is
+        not applied again. A failed append raises :class:`~chatstate.errors.StateSaveError`
+        (nothing stored) or :class:`~chatstate.errors.OutcomeUnknownError` (perhaps stored), both
+        carrying ``messages`` and ``write_id``: retrying with both stores the turn exactly once.
+        Under a :meth:`lease` of the session, the append is refused with
+        :class:`~chatstate.errors.LeaseLostError` (nothing stored) if the lease was lost."""
         return (
-            await self.append_versioned(session_id, messages, max_messages=max_messages, ttl=ttl)
+            await self.append_versioned(
+                session_id, messages, max_messages=max_messages, ttl=ttl, write_id=write_id
+            )
         )[0]
 
     async def append_versioned(
@@ -290,12 +302,14 @@ class BackendStore(Listing, Leasing, Generic[E]):
         *,
         max_messages: int | None = None,
         ttl: TTL = None,
+        write_id: str | None = None,
     ) -> tuple[int, int]:
         """:meth:`append`, and the session's version after it."""
         session_id = check_session_id(session_id)
         new = as_messages(messages)
         bound = check_max_messages(max_messages)
         seconds = check_ttl(ttl)
+        token = new_write_id() if write_id is None else check_write_id(write_id)
         entries = self._codec.encode(new, session_id=session_id)
         if not entries:
             started = _clock()
@@ -303,44 +317,83 @@ class BackendStore(Listing, Leasing, Generic[E]):
             return page.length, page.version
         started = _clock()
         try:
-            written = await self.backend.append(session_id, entries, max_entries=bound, ttl=seconds)
+            written = await self.backend.append(
+                session_id,
+                entries,
+                max_entries=bound,
+                ttl=seconds,
+                write_id=token,
+                fence=fence_for(self, session_id),
+            )
         except Exception as exc:
             if self.near_cache is not None:
                 self.near_cache.dropped(session_id)  # it may have been written all the same
-            self._fail(exc, "append", session_id, started, StateSaveError, "appending to", new)
+            self._fail(
+                exc, "append", session_id, started, StateSaveError, "appending to", new,
+                write_id or token,
+            )  # fmt: skip
         if self.near_cache is not None:
-            self.near_cache.appended(session_id, new, written.length, written.version)
+            if written.applied:
+                self.near_cache.appended(session_id, new, written.length, written.version)
+            else:
+                self.near_cache.dropped(session_id)
         self._appended(session_id, started, len(new), written.trimmed)
         return written.length, written.version
 
-    async def save(self, session_id: str, messages: Sequence[Message], *, ttl: TTL = None) -> None:
-        """Replace the whole history of the session, atomically. An empty sequence deletes it."""
+    async def save(
+        self,
+        session_id: str,
+        messages: Sequence[Message],
+        *,
+        ttl: TTL = None,
+        write_id: str | None = None,
+    ) -> None:
+        """Replace the whole history of the session, atomically. An empty sequence deletes it.
+        ``write_id`` as for :meth:`append`: a retried save applies once, at its first run, and
+        never undoes the writes that came after that."""
         session_id = check_session_id(session_id)
         new = as_messages(messages)
         seconds = check_ttl(ttl)
+        token = new_write_id() if write_id is None else check_write_id(write_id)
         entries = self._codec.encode(new, session_id=session_id)
+        fence = fence_for(self, session_id)
         started = _clock()
         try:
             if entries:
                 await self.backend.replace(
-                    session_id, entries, summary=None, ttl=seconds, overwrite=True
+                    session_id,
+                    entries,
+                    summary=None,
+                    ttl=seconds,
+                    overwrite=True,
+                    write_id=token,
+                    fence=fence,
                 )
             else:
-                await self.backend.delete(session_id)
+                await self.backend.delete(session_id, write_id=token, fence=fence)
         except Exception as exc:
-            self._fail(exc, "save", session_id, started, StateSaveError, "saving", new)
+            self._fail(
+                exc, "save", session_id, started, StateSaveError, "saving", new, write_id or token
+            )
         finally:
             self._wrote(session_id)
         self._report("save", session_id, started, len(new))
 
-    async def delete(self, session_id: str) -> bool:
-        """Forget the session now. Returns whether it existed."""
+    async def delete(self, session_id: str, *, write_id: str | None = None) -> bool:
+        """Forget the session now. Returns whether it existed. ``write_id`` as for
+        :meth:`append`: a retried delete removes nothing written after its first run."""
         session_id = check_session_id(session_id)
+        token = new_write_id() if write_id is None else check_write_id(write_id)
         started = _clock()
         try:
-            existed = await self.backend.delete(session_id)
+            existed = await self.backend.delete(
+                session_id, write_id=token, fence=fence_for(self, session_id)
+            )
         except Exception as exc:
-            self._fail(exc, "delete", session_id, started, StoreError, "deleting")
+            self._fail(
+                exc, "delete", session_id, started, StateSaveError, "deleting", (),
+                write_id or token,
+            )  # fmt: skip
         finally:
             self._wrote(session_id)
         self._report("delete", session_id, started)
@@ -380,6 +433,7 @@ class BackendStore(Listing, Leasing, Generic[E]):
                 generation=page.generation,
                 before_seq=page.first_seq + count,
                 summary=entry,
+                write_id=new_write_id(),
             )
         except Exception as exc:
             self._fail(exc, "compact", session_id, started, StoreError, "compacting")
@@ -409,12 +463,19 @@ class BackendStore(Listing, Leasing, Generic[E]):
         return SessionSnapshot(messages, summary, raw.ttl)
 
     async def restore(
-        self, session_id: str, snapshot: SessionSnapshot, *, overwrite: bool = False
+        self,
+        session_id: str,
+        snapshot: SessionSnapshot,
+        *,
+        overwrite: bool = False,
+        write_id: str | None = None,
     ) -> bool:
         """Write ``snapshot`` as the whole session in one step; an existing session only with
-        ``overwrite`` (see :class:`~chatstate.stores.SessionTransfer`)."""
+        ``overwrite`` (see :class:`~chatstate.stores.SessionTransfer`). ``write_id`` as for
+        :meth:`append`: a retried restore that finds its own first run's session reports True."""
         session_id = check_session_id(session_id)
         messages, summary, seconds = check_snapshot(snapshot)
+        token = new_write_id() if write_id is None else check_write_id(write_id)
         encode = self._codec.encode
         entries = encode(messages, session_id=session_id)
         summary_entry = (
@@ -423,10 +484,19 @@ class BackendStore(Listing, Leasing, Generic[E]):
         started = _clock()
         try:
             written: Written | None = await self.backend.replace(
-                session_id, entries, summary=summary_entry, ttl=seconds, overwrite=bool(overwrite)
+                session_id,
+                entries,
+                summary=summary_entry,
+                ttl=seconds,
+                overwrite=bool(overwrite),
+                write_id=token,
+                fence=fence_for(self, session_id),
             )
         except Exception as exc:
-            self._fail(exc, "restore", session_id, started, StateSaveError, "restoring", messages)
+            self._fail(
+                exc, "restore", session_id, started, StateSaveError, "restoring", messages,
+                write_id or token,
+            )  # fmt: skip
         finally:
             self._wrote(session_id)
         self._report("restore", session_id, started, len(messages))

@@ -1,0 +1,22 @@
+-- Shared by every script that writes (put before it when it is loaded): write ids and fences,
+-- as chatstate.stores._writes describes them. A session's meta hash holds in 'w' the ids of its
+-- last 32 writes, 16 characters each, each followed by a newline (oldest first).
+local IDS_BYTES = 32 * 17
+local DELETED_IDS_MS = 600000
+
+-- Whether the id is among the session's remembered ones.
+local function seen(ids, id)
+  return ids and string.find(ids, id .. '\n', 1, true) ~= nil
+end
+
+-- The ids with one more, the oldest dropped beyond 32.
+local function remember(ids, id)
+  ids = (ids or '') .. id .. '\n'
+  if #ids > IDS_BYTES then ids = string.sub(ids, 18) end
+  return ids
+end
+
+-- Whether a write carrying the fence (the lease token of its caller; '' for none) is refused.
+local function fenced(lease, fence)
+  return fence ~= '' and redis.call('GET', lease) ~= fence
+end
