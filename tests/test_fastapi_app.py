@@ -15,6 +15,7 @@ from chatstate import Message, OpenAICompatibleProvider, Provider, ScriptedProvi
 from chatstate.testing.redis_server import RedisServer
 from examples.fastapi_app.app import create_app
 from examples.fastapi_app.assistant import calculate, provider_from_env, scripted_reply
+from tests.live_server import serve
 
 
 @asynccontextmanager
@@ -177,6 +178,30 @@ async def test_a_turn_cancelled_mid_way_stores_nothing() -> None:
             with anyio.fail_after(5):
                 await started.wait()
             group.cancel_scope.cancel()  # the client is gone
+        assert await _history(client, "s") == []
+
+
+async def test_a_client_that_hangs_up_mid_turn_cancels_it_and_nothing_is_stored() -> None:
+    started, cancelled = anyio.Event(), anyio.Event()
+
+    async def never_answers(messages: Sequence[Message]) -> str:
+        started.set()
+        try:
+            await anyio.Event().wait()
+        finally:
+            cancelled.set()
+        raise AssertionError("unreachable")
+
+    app = create_app("memory://", ScriptedProvider(never_answers))
+    async with serve(app) as url, httpx.AsyncClient(base_url=url) as client:
+        turn = {"content": "hello"}
+        async with client.stream("POST", "/sessions/s/stream", json=turn) as response:
+            assert response.status_code == 200
+            with anyio.fail_after(5):
+                await started.wait()
+        # The response was left unread: httpx closed the connection, and the server saw it.
+        with anyio.fail_after(5):
+            await cancelled.wait()
         assert await _history(client, "s") == []
 
 
