@@ -55,6 +55,9 @@ class RequestContext:
     after the pinned messages and before the history."""
     window: list[Message] | None = None
     """The part of the history the provider was sent (set by the provider middleware)."""
+    window_start: int | None = None
+    """Where ``window`` starts in ``history``: the messages before it were left out by the
+    bounds (orphans dropped after it do not count); set by the provider middleware."""
     budget: TokenBudget | None = None
     """The token budget of the request (``StateMiddlewareConfig(max_tokens=...)``), if any."""
     task_group: TaskGroup | None = None

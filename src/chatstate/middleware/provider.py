@@ -10,7 +10,7 @@ from chatstate.errors import ChatStateError, ConfigurationError, ProviderError
 from chatstate.messages import Message
 from chatstate.pipeline import CallNext, RequestContext
 from chatstate.providers.base import Provider, check_provider
-from chatstate.window import valid_window
+from chatstate.window import select_window
 
 __all__ = ["ProviderMiddleware"]
 
@@ -20,9 +20,9 @@ class ProviderMiddleware:
     pinned messages, the session's summary (if any), the history and the new message, and sets
     the reply as the response of the turn.
 
-    The history is cut to what a chat API accepts (never a tool result without its call, nor a
-    call without all of its results) and, with a token budget, to what fits beside everything
-    else; the system prompt, the pinned messages and the new message are always sent.
+    The history is sent without its orphans (a tool result without its call, a call without all
+    of its results: see :mod:`chatstate.window`) and, with a token budget, cut to what fits beside
+    everything else; the system prompt, the pinned messages and the new message are always sent.
     ``pinned`` messages (few-shot examples, standing instructions) follow the system prompt in
     every request, before those a middleware adds to ``context.pinned``. ``options`` are default
     provider options; per-request options override them.
@@ -64,11 +64,11 @@ class ProviderMiddleware:
             if context.summary is not None:
                 fixed.append(context.summary)
         new = (context.message,)
-        # A bound may have cut through a tool exchange: send only what a chat API accepts.
-        if context.budget is None:
-            history = valid_window(history, new)
-        else:
-            history = context.budget.window(history, fixed=fixed, new=new)
+        # A bound may have cut through a tool exchange, or one was never finished: send only what
+        # a chat API accepts, and everything else.
+        context.window_start, history = select_window(
+            history, new, fixed=fixed, budget=context.budget
+        )
         context.window = history
         messages = [*fixed, *history, context.message]
         context.messages = messages

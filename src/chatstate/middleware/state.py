@@ -297,11 +297,11 @@ class StateMiddleware:
         context.timings["save"] = time.perf_counter() - saving
         summaries, task_group = self._summaries, context.task_group
         if summaries is not None and task_group is not None:  # checked by __call__
-            window = context.window
+            loaded, start = len(context.history), context.window_start
             summaries.after_turn(
                 session_id,
                 length,
-                loaded=len(context.history),
-                window=None if window is None else len(window),
+                loaded=loaded,
+                window=None if start is None else loaded - start,
                 task_group=task_group,
             )
