@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Literal
 
+import anyio
+
 from chatstate._checks import check_count, check_max_messages, check_ttl
 from chatstate._locks import KeyedLock
 from chatstate.clock import SYSTEM_CLOCK, Clock
@@ -31,6 +33,7 @@ __all__ = ["StateMiddleware", "StateMiddlewareConfig"]
 logger = logging.getLogger("chatstate.state")
 
 LoadErrorPolicy = Literal["continue", "raise"]
+InterruptPolicy = Literal["discard", "keep_partial"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -72,6 +75,13 @@ class StateMiddlewareConfig:
       history short; a session may hold up to twice ``max_messages`` while a fold is running
       late (still sending the newest ``max_messages``), and only past that does the store trim
       messages that were never summarised.
+    - ``on_interrupt``: what is stored of a turn cut off after the model was asked (a streamed
+      turn whose consumer left early or was cancelled, a turn whose task was cancelled while the
+      model wrote or its tools ran). ``"discard"`` (the default): nothing, as for any turn that
+      did not finish (a turn is stored whole or not at all). ``"keep_partial"``: the turn so far,
+      in one append: its messages, every tool exchange that was whole (never a call without its
+      results), and the reply as far as the model had written it (its text; empty if none),
+      with ``metadata={"interrupted": true}``, so the next turn's model knows what the user saw.
     """
 
     max_messages: int = 20
@@ -85,6 +95,7 @@ class StateMiddlewareConfig:
     reply_tokens: int | None = None
     token_counter: TokenCounter = ESTIMATE
     summary: SummaryConfig | None = None
+    on_interrupt: InterruptPolicy = "discard"
 
     def __post_init__(self) -> None:
         check_max_messages(self.max_messages)
@@ -111,6 +122,10 @@ class StateMiddlewareConfig:
                 f"ttl must be a timedelta or None, got {type(self.ttl).__name__}"
             )
         check_ttl(self.ttl)
+        if self.on_interrupt not in ("discard", "keep_partial"):
+            raise ConfigurationError(
+                f"on_interrupt must be 'discard' or 'keep_partial', got {self.on_interrupt!r}"
+            )
         if self.on_load_error not in ("continue", "raise"):
             raise ConfigurationError(
                 f"on_load_error must be 'continue' or 'raise', got {self.on_load_error!r}"
@@ -150,6 +165,7 @@ class StateMiddleware:
 
     __slots__ = (
         "_budget",
+        "_keep_partial",
         "_lazy",
         "_lease",
         "_limit",
@@ -181,6 +197,7 @@ class StateMiddleware:
         self._limit = check_max_messages(config.max_messages)
         self._ttl = config.ttl
         self._raise_on_load_error = config.on_load_error == "raise"
+        self._keep_partial = config.on_interrupt == "keep_partial"
         self._lazy = config.lazy
         self._budget = config.budget()
         self._summaries = (
@@ -274,10 +291,34 @@ class StateMiddleware:
         else:
             context.history = await self._load(context)
 
-        await call_next(context)
+        try:
+            await call_next(context)
+        except anyio.get_cancelled_exc_class():
+            if context.interrupted and self._keep_partial:
+                # The turn was cancelled where it stood (its task, its client gone): store what
+                # it said, whatever cancelled it (the store's own timeouts bound the wait).
+                with anyio.CancelScope(shield=True):
+                    await self._save(context, budget)
+            raise
         if context.response is None:
             return  # nothing answered: the pipeline reports it, and half a turn is not stored
+        if context.interrupted and not self._keep_partial:
+            return
+        length = await self._save(context, budget)
+        summaries, task_group = self._summaries, context.task_group
+        if summaries is not None and task_group is not None:  # checked by __call__
+            loaded, start = len(context.history), context.window_start
+            summaries.after_turn(
+                session_id,
+                length,
+                loaded=loaded,
+                window=None if start is None else loaded - start,
+                task_group=task_group,
+            )
 
+    async def _save(self, context: RequestContext, budget: TokenBudget | None) -> int:
+        """Append the turn's messages in one call; the session's length after it."""
+        session_id = context.session_id
         saving = time.perf_counter()
         new_messages = context.new_messages
         if budget is not None:
@@ -295,13 +336,4 @@ class StateMiddleware:
                 messages=new_messages,
             ) from exc
         context.timings["save"] = time.perf_counter() - saving
-        summaries, task_group = self._summaries, context.task_group
-        if summaries is not None and task_group is not None:  # checked by __call__
-            loaded, start = len(context.history), context.window_start
-            summaries.after_turn(
-                session_id,
-                length,
-                loaded=loaded,
-                window=None if start is None else loaded - start,
-                task_group=task_group,
-            )
+        return length
