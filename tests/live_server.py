@@ -30,9 +30,10 @@ async def serve(app: Any) -> AsyncIterator[str]:
     server = uvicorn.Server(
         uvicorn.Config(app, lifespan="on", log_config=None, timeout_graceful_shutdown=10)
     )
-    async with anyio.create_task_group() as group:
-        group.start_soon(server.serve, [listener])
-        try:
-            yield f"http://{host}:{port}"
-        finally:
-            server.should_exit = True  # closes the listener and idle connections, then stops
+    with listener:  # closed by uvicorn's shutdown, or here if the test failed first
+        async with anyio.create_task_group() as group:
+            group.start_soon(server.serve, [listener])
+            try:
+                yield f"http://{host}:{port}"
+            finally:
+                server.should_exit = True  # closes the listener and idle connections, then stops

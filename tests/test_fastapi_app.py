@@ -4,25 +4,35 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
-from typing import Any
+from typing import Any, Literal
 
 import anyio
 import httpx
 import pytest
-from httpx_sse import aconnect_sse
+from httpx_sse import EventSource, aconnect_sse
 
-from chatstate import Message, OpenAICompatibleProvider, Provider, ScriptedProvider
+from chatstate import (
+    Message,
+    OpenAICompatibleProvider,
+    Provider,
+    ScriptedProvider,
+    StateMiddlewareConfig,
+)
 from chatstate.testing.redis_server import RedisServer
 from examples.fastapi_app.app import create_app
 from examples.fastapi_app.assistant import calculate, provider_from_env, scripted_reply
+from tests.gated_model import GatedModel
 from tests.live_server import serve
 
 
 @asynccontextmanager
 async def _client(
-    store_url: str = "memory://", provider: Provider | None = None
+    store_url: str = "memory://",
+    provider: Provider | None = None,
+    *,
+    config: StateMiddlewareConfig | None = None,
 ) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(store_url, provider or ScriptedProvider(scripted_reply))
+    app = create_app(store_url, provider or ScriptedProvider(scripted_reply), config=config)
     async with AsyncExitStack() as stack:
         await stack.enter_async_context(app.router.lifespan_context(app))  # startup, shutdown
         transport = httpx.ASGITransport(app=app)
@@ -41,14 +51,16 @@ async def _stream(client: httpx.AsyncClient, session: str, content: str) -> list
 
 
 async def _say(client: httpx.AsyncClient, session: str, content: str) -> str:
-    """Streams a turn and returns its reply, checking that the chunks make it up."""
+    """Streams a turn and returns its reply, checking the events: the reply's text in chunks,
+    the reply as stored, then done."""
     events = await _stream(client, session, content)
-    *chunks, (last, done) = events
-    assert last == "done", events
-    assert all(name == "chunk" for name, _ in chunks)
-    assert "".join(data["text"] for _, data in chunks).strip() == done["reply"]
-    reply: str = done["reply"]
-    return reply
+    *chunks, (message, reply), (last, done) = events
+    assert (message, last) == ("message", "done"), events
+    assert {name for name, _ in chunks} <= {"chunk"}
+    assert reply == {"role": "assistant", "content": done["reply"]}
+    assert "".join(data["text"] for _, data in chunks) == done["reply"]
+    text: str = done["reply"]
+    return text
 
 
 async def _history(client: httpx.AsyncClient, session: str) -> list[dict[str, Any]]:
@@ -72,6 +84,32 @@ async def test_a_conversation_streamed_over_sse() -> None:
         ]
         assert (await client.delete("/sessions/alice")).json() == {"deleted": True}
         assert await _history(client, "alice") == []
+
+
+async def test_a_tool_turn_streams_each_message_and_stores_the_exchange_whole() -> None:
+    async with _client() as client:
+        events = await _stream(client, "s", "calculate (2 + 3) * 4")
+        call = {
+            "role": "assistant",
+            "tool_calls": [
+                {"id": "call-1", "name": "calculate", "arguments": '{"expression": "(2 + 3) * 4"}'}
+            ],
+        }
+        result = {"role": "tool", "content": "20", "name": "calculate", "tool_call_id": "call-1"}
+        reply = {"role": "assistant", "content": "The answer is 20."}
+        assert events == [
+            ("message", call),
+            ("message", result),
+            *[("chunk", {"text": text}) for text in ("The ", "answer ", "is ", "20.")],
+            ("message", reply),
+            ("done", {"reply": "The answer is 20."}),
+        ]
+        user = {"role": "user", "content": "calculate (2 + 3) * 4"}
+        assert await _history(client, "s") == [user, call, result, reply]
+        # A tool that fails is an error result the model sees, not a failed turn.
+        events = await _stream(client, "s", "calculate 1 / 0")
+        assert events[1][1]["metadata"] == {"error": True}
+        assert "division by zero" in events[1][1]["content"]
 
 
 async def test_a_whole_turn_over_json() -> None:
@@ -102,12 +140,9 @@ async def test_bad_requests_get_clear_errors_and_change_nothing() -> None:
             )
             assert response.status_code == 422
         long_id = "x" * 300
-        response = await client.post(f"/sessions/{long_id}/messages", json={"content": "hi"})
-        assert response.status_code == 400 and "session id" in response.json()["error"]
-        # A stream has answered 200 before the turn runs: its error comes as an event.
-        events = await _stream(client, long_id, "hi")
-        assert [name for name, _ in events] == ["error"]
-        assert "session id" in events[0][1]["error"]
+        for path in ("messages", "stream"):  # checked before a stream begins
+            response = await client.post(f"/sessions/{long_id}/{path}", json={"content": "hi"})
+            assert response.status_code == 400 and "session id" in response.json()["error"]
         assert await _history(client, "s") == []
 
 
@@ -164,45 +199,75 @@ async def test_fifty_sessions_stream_at_once_and_turns_of_one_session_never_inte
         )
 
 
-async def test_a_turn_cancelled_mid_way_stores_nothing() -> None:
-    started = anyio.Event()
+@pytest.mark.parametrize(
+    ("on_interrupt", "stored"),
+    [
+        ("discard", []),
+        (
+            "keep_partial",
+            [
+                {"role": "user", "content": "hello"},
+                {"role": "assistant", "content": "Hello ", "metadata": {"interrupted": True}},
+            ],
+        ),
+    ],
+)
+async def test_a_turn_cancelled_mid_stream_leaves_what_the_policy_says(
+    on_interrupt: Literal["discard", "keep_partial"], stored: list[dict[str, Any]]
+) -> None:
+    config = StateMiddlewareConfig(on_interrupt=on_interrupt)
+    # A turn left running would hold its session's lock and the app's shutdown for ever.
+    with GatedModel() as model, anyio.fail_after(10):
+        async with _client(provider=model, config=config) as client:
+            async with anyio.create_task_group() as group:
+                group.start_soon(_stream, client, "s", "hello")
+                await model.write("Hello ")  # written, and taken by the pipeline
+                group.cancel_scope.cancel()  # the request is gone mid-reply
+            assert await _history(client, "s") == stored
 
-    async def never_answers(messages: Sequence[Message]) -> str:
-        started.set()
-        await anyio.Event().wait()
-        raise AssertionError("unreachable")
 
-    async with _client(provider=ScriptedProvider(never_answers)) as client:
-        async with anyio.create_task_group() as group:
-            group.start_soon(_stream, client, "s", "hello")
-            with anyio.fail_after(5):
-                await started.wait()
-            group.cancel_scope.cancel()  # the client is gone
-        assert await _history(client, "s") == []
+async def test_a_client_that_hangs_up_mid_stream_over_a_real_socket() -> None:
+    with GatedModel() as model:
+        app = create_app("memory://", model)  # the example's policy: keep_partial
+        async with serve(app) as url, httpx.AsyncClient(base_url=url) as client:
+            request = client.build_request("POST", "/sessions/s/stream", json={"content": "hi"})
+            response = await client.send(request, stream=True)
+            source = EventSource(response)
+            events = source.aiter_sse()
+            await model.write("Hello ")
+            first = await anext(events)
+            assert (first.event, first.json()) == ("chunk", {"text": "Hello "})
+            await response.aclose()  # the client hangs up mid-reply
+            # The next turn of the session waits for the interrupted one to be stored.
+            reply = await client.post("/sessions/s/messages", json={"content": "Still there?"})
+            assert reply.json() == {"reply": "OK"}
+            assert await _history(client, "s") == [
+                {"role": "user", "content": "hi"},
+                {"role": "assistant", "content": "Hello ", "metadata": {"interrupted": True}},
+                {"role": "user", "content": "Still there?"},
+                {"role": "assistant", "content": "OK"},
+            ]
 
 
-async def test_a_client_that_hangs_up_mid_turn_cancels_it_and_nothing_is_stored() -> None:
-    started, cancelled = anyio.Event(), anyio.Event()
-
-    async def never_answers(messages: Sequence[Message]) -> str:
-        started.set()
-        try:
-            await anyio.Event().wait()
-        finally:
-            cancelled.set()
-        raise AssertionError("unreachable")
-
-    app = create_app("memory://", ScriptedProvider(never_answers))
-    async with serve(app) as url, httpx.AsyncClient(base_url=url) as client:
-        turn = {"content": "hello"}
-        async with client.stream("POST", "/sessions/s/stream", json=turn) as response:
-            assert response.status_code == 200
-            with anyio.fail_after(5):
-                await started.wait()
-        # The response was left unread: httpx closed the connection, and the server saw it.
-        with anyio.fail_after(5):
-            await cancelled.wait()
-        assert await _history(client, "s") == []
+async def test_a_reply_arrives_chunk_by_chunk_over_a_real_socket() -> None:
+    with GatedModel() as model:
+        app = create_app("memory://", model)
+        async with serve(app) as url, httpx.AsyncClient(base_url=url) as client:
+            turn = {"content": "Tell me a story"}
+            async with aconnect_sse(client, "POST", "/sessions/s/stream", json=turn) as source:
+                events = source.aiter_sse()
+                # Each chunk reaches the client before the model has written the next one.
+                for text in ("Once ", "upon ", "a ", "time."):
+                    await model.write(text)
+                    event = await anext(events)
+                    assert (event.event, event.json()) == ("chunk", {"text": text})
+                await model.finish()
+                rest = [(event.event, event.json()) async for event in events]
+            assert rest == [
+                ("message", {"role": "assistant", "content": "Once upon a time."}),
+                ("done", {"reply": "Once upon a time."}),
+            ]
+            assert len(await _history(client, "s")) == 2
 
 
 @pytest.mark.redis
@@ -227,14 +292,16 @@ async def test_two_instances_sharing_redis_keep_one_conversation(
 
 
 async def test_the_calculator_tool() -> None:
-    assert await calculate("6 * 7") == "42"
-    assert await calculate("(2 + 3) * -4 / 8") == "-2.5"
-    assert await calculate("2 ** 10") == "1024"
-    for bad in ("__import__('os')", "x + 1", "2 ** 1000", "'a' * 3"):
+    assert calculate.name == "calculate"
+    assert calculate.parameters["required"] == ["expression"]
+    assert await calculate({"expression": "6 * 7"}) == "42"
+    assert await calculate({"expression": "(2 + 3) * -4 / 8"}) == "-2.5"
+    assert await calculate({"expression": "2 ** 10"}) == "1024"
+    for bad in ("__import__('os')", "x + 1", "2 ** 1000", "'a' * 3", "True + 1"):
         with pytest.raises(ValueError):
-            await calculate(bad)
+            await calculate({"expression": bad})
     with pytest.raises(SyntaxError):
-        await calculate("2 +")
+        await calculate({"expression": "2 +"})
 
 
 def test_the_offline_model_calls_the_tool_for_arithmetic() -> None:

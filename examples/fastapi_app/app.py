@@ -3,8 +3,11 @@
     GET    /                            -> the chat page (HTML; the reply streams in, a reload
                                            shows the history)
     POST   /sessions/{id}/stream        {"content": "..."} -> the turn as Server-Sent Events:
-                                           ``chunk`` events ({"text": ...}), then ``done``
-                                           ({"reply": ...}) or ``error`` ({"error": ...})
+                                           ``chunk`` ({"text": ...}) as the model writes,
+                                           ``message`` (a message of the turn as stored: the
+                                           reply, a tool call, a tool's result) as each ends,
+                                           then ``done`` ({"reply": ...}) or ``error``
+                                           ({"error": ...})
     POST   /sessions/{id}/messages      {"content": "..."} -> the whole turn: {"reply": "..."}
     GET    /sessions/{id}/messages      -> the stored history
     DELETE /sessions/{id}               -> forgets the session
@@ -24,7 +27,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 from pydantic import BaseModel, Field, StringConstraints
@@ -32,6 +35,7 @@ from pydantic import BaseModel, Field, StringConstraints
 from chatstate import (
     ChatStateError,
     InvalidInputError,
+    Message,
     Pipeline,
     Provider,
     ProviderError,
@@ -40,10 +44,11 @@ from chatstate import (
     StateMiddlewareConfig,
     StateStore,
     StoreError,
+    StreamedTurn,
     open_store,
 )
 
-from .assistant import provider_from_env
+from .assistant import TOOLS, provider_from_env
 
 PAGE = (Path(__file__).parent / "page.html").read_text(encoding="utf-8")
 
@@ -83,6 +88,9 @@ def create_app(
             # Several instances share a Redis store: serialise each session's turns across all
             # of them, not only within this process.
             lease_ttl=timedelta(seconds=30) if shared else None,
+            # A reply cut off by a client gone is kept as far as it was written, marked
+            # {"interrupted": true}: what the user saw, for them and for the model next time.
+            on_interrupt="keep_partial",
         )
 
     @asynccontextmanager
@@ -92,7 +100,7 @@ def create_app(
             # The pipeline owns what a turn leaves running (summaries) until shutdown.
             Pipeline(
                 StateMiddleware(store, config),
-                ProviderMiddleware(provider or provider_from_env()),
+                ProviderMiddleware(provider or provider_from_env(), tools=TOOLS),
             ) as pipe,
         ):
             app.state.store, app.state.pipe = store, pipe
@@ -106,19 +114,20 @@ def create_app(
 
     @app.post("/sessions/{session_id}/stream", response_class=EventSourceResponse)
     async def stream_turn(
-        session_id: str, turn: Turn, request: Request
+        streamed: Annotated[StreamedTurn, Depends(_streamed_turn, scope="request")],
     ) -> AsyncIterator[ServerSentEvent]:
-        pipe: Pipeline = request.app.state.pipe
         try:
-            result = await pipe.execute_with_session(session_id, "user", turn.content)
+            async for chunk in streamed:
+                if chunk.text:
+                    yield ServerSentEvent(event="chunk", data={"text": chunk.text})
+                if chunk.message is not None:  # a message of the turn ends: as stored
+                    yield ServerSentEvent(event="message", data=_as_json(chunk.message))
+            result = streamed.result
         except ChatStateError as exc:
-            # The response has started (200, text/event-stream): errors travel as events.
+            # The response has begun (200, text/event-stream): an error is an event.
             yield ServerSentEvent(event="error", data={"error": str(exc)})
             return
-        reply = result.response.text
-        for word in reply.split(" "):
-            yield ServerSentEvent(event="chunk", data={"text": word + " "})
-        yield ServerSentEvent(event="done", data={"reply": reply})
+        yield ServerSentEvent(event="done", data={"reply": result.response.text})
 
     @app.post("/sessions/{session_id}/messages", status_code=201)
     async def post_message(session_id: str, turn: Turn, request: Request) -> Reply:
@@ -130,9 +139,7 @@ def create_app(
     async def get_messages(session_id: str, request: Request) -> History:
         store: StateStore = request.app.state.store
         messages = await store.load(session_id)
-        return History(
-            messages=[m.model_dump(mode="json", exclude_defaults=True) for m in messages]
-        )
+        return History(messages=[_as_json(message) for message in messages])
 
     @app.delete("/sessions/{session_id}")
     async def delete_session(session_id: str, request: Request) -> dict[str, bool]:
@@ -142,6 +149,26 @@ def create_app(
     for error, status in ((InvalidInputError, 400), (ProviderError, 502), (StoreError, 503)):
         app.add_exception_handler(error, _answer_with(status))
     return app
+
+
+async def _streamed_turn(
+    session_id: str, turn: Turn, request: Request
+) -> AsyncIterator[StreamedTurn]:
+    """The request's streamed turn, entered before its response and left after it.
+
+    Not in the endpoint's generator: FastAPI stops that generator where it stands when the client
+    hangs up, and may never close it (it is left to the garbage collector), so a block in it might
+    never be left. Here, the block is left once the response has ended, whole or cut off: a turn
+    that had not ended is interrupted then, and the store keeps what ``on_interrupt`` says. Bad
+    input (a bad session id) raises here, before the response begins: a 400, not an event.
+    """
+    pipe: Pipeline = request.app.state.pipe
+    async with pipe.stream_with_session(session_id, "user", turn.content) as streamed:
+        yield streamed
+
+
+def _as_json(message: Message) -> dict[str, Any]:
+    return message.model_dump(mode="json", exclude_defaults=True)
 
 
 def _answer_with(status: int) -> Any:

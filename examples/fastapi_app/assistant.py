@@ -6,6 +6,9 @@ OpenAI's Chat Completions API when the environment names one.
 - otherwise a :class:`~chatstate.ScriptedProvider` that needs no network: it remembers what you
   told it ("my name is Alice", then "what's my name?") and calls the ``calculate`` tool for
   arithmetic ("calculate 6 * 7").
+
+The ``calculate`` tool (:data:`TOOLS`) is given to the provider middleware: when a reply calls it,
+the pipeline runs it and asks the model again with its result.
 """
 
 from __future__ import annotations
@@ -16,22 +19,9 @@ import operator
 import os
 import re
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
 
-from chatstate import Message, Provider, ScriptedProvider, ToolCall
+from chatstate import Message, Provider, ScriptedProvider, ToolCall, tool
 from chatstate.providers import recall_reply
-
-CALCULATE_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "properties": {
-        "expression": {
-            "type": "string",
-            "description": "Arithmetic on numbers: + - * / ** and parentheses, e.g. '(2 + 3) * 4'",
-        }
-    },
-    "required": ["expression"],
-}
-"""The JSON schema of the ``calculate`` tool's arguments, as the model is shown it."""
 
 _OPERATORS: Mapping[type[ast.AST], Callable[..., float]] = {
     ast.Add: operator.add,
@@ -44,10 +34,12 @@ _OPERATORS: Mapping[type[ast.AST], Callable[..., float]] = {
 }
 
 
+@tool
 async def calculate(expression: str) -> str:
-    """The ``calculate`` tool: the value of an arithmetic expression, as text.
+    """The value of an arithmetic expression: numbers, + - * / ** and parentheses, e.g.
+    '(2 + 3) * 4'.
 
-    It walks the parsed expression itself (never ``eval``): numbers and the operators above only.
+    It walks the parsed expression itself (never ``eval``): numbers and those operators only.
     """
 
     def value(node: ast.AST) -> float:
@@ -71,6 +63,10 @@ _ARITHMETIC = re.compile(
     r"^\s*(?:calculate|compute|what(?:'s| is))\s+([-+*/().\d\s]*\d[-+*/().\d\s]*?)\s*[?.!]?\s*$",
     re.IGNORECASE,
 )
+
+
+TOOLS = [calculate]
+"""The tools the model may call."""
 
 
 def scripted_reply(messages: Sequence[Message]) -> Message | str:
