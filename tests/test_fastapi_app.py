@@ -17,6 +17,7 @@ from chatstate import (
     Provider,
     ScriptedProvider,
     StateMiddlewareConfig,
+    StreamChunk,
 )
 from chatstate.testing.redis_server import RedisServer
 from examples.fastapi_app.app import create_app
@@ -268,6 +269,60 @@ async def test_a_reply_arrives_chunk_by_chunk_over_a_real_socket() -> None:
                 ("done", {"reply": "Once upon a time."}),
             ]
             assert len(await _history(client, "s")) == 2
+
+
+class _EveryFirstChunkFirst:
+    """A model that writes "Hello ", then waits until every client has read its first chunk
+    before it writes the rest: the streams are all open at once, over real sockets."""
+
+    def __init__(self, sessions: int) -> None:
+        self.sessions = sessions
+        self.read = 0
+        self.all_read = anyio.Event()
+
+    def first_chunk_read(self) -> None:
+        self.read += 1
+        if self.read == self.sessions:
+            self.all_read.set()
+
+    async def complete(self, messages: Sequence[Message], **options: Any) -> Message:
+        raise AssertionError("a streamed turn streams")
+
+    async def stream(
+        self, messages: Sequence[Message], **options: Any
+    ) -> AsyncIterator[StreamChunk]:
+        name = messages[-1].text
+        yield StreamChunk("Hello ")
+        with anyio.fail_after(10):
+            await self.all_read.wait()
+        yield StreamChunk(f"{name}!")
+        yield StreamChunk("", Message(role="assistant", content=f"Hello {name}!"))
+
+
+async def test_fifty_sessions_stream_at_once_over_real_sockets() -> None:
+    model = _EveryFirstChunkFirst(sessions=50)
+    async with serve(create_app("memory://", model)) as url:
+        async with httpx.AsyncClient(base_url=url) as client:
+
+            async def converse(n: int) -> None:
+                turn = {"content": f"user{n}"}
+                path = f"/sessions/user-{n}/stream"
+                async with aconnect_sse(client, "POST", path, json=turn) as source:
+                    events = source.aiter_sse()
+                    first = await anext(events)
+                    assert (first.event, first.json()) == ("chunk", {"text": "Hello "})
+                    model.first_chunk_read()
+                    rest = [(event.event, event.json()) async for event in events]
+                assert rest[-1] == ("done", {"reply": f"Hello user{n}!"})
+
+            async with anyio.create_task_group() as group:
+                for n in range(model.sessions):
+                    group.start_soon(converse, n)
+            for n in (0, 49):
+                assert await _history(client, f"user-{n}") == [
+                    {"role": "user", "content": f"user{n}"},
+                    {"role": "assistant", "content": f"Hello user{n}!"},
+                ]
 
 
 @pytest.mark.redis
