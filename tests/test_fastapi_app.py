@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import anyio
 import httpx
 import pytest
+from fastapi import FastAPI, Header
+from fastapi.sse import EventSourceResponse, ServerSentEvent
 from httpx_sse import EventSource, aconnect_sse
 
 from chatstate import (
     Message,
-    OpenAICompatibleProvider,
     Provider,
     ScriptedProvider,
     StateMiddlewareConfig,
@@ -21,7 +23,7 @@ from chatstate import (
 )
 from chatstate.testing.redis_server import RedisServer
 from examples.fastapi_app.app import create_app
-from examples.fastapi_app.assistant import calculate, provider_from_env, scripted_reply
+from examples.fastapi_app.assistant import calculate, model_from_env, scripted_reply
 from tests.gated_model import GatedModel
 from tests.live_server import serve
 
@@ -371,14 +373,61 @@ def test_the_offline_model_calls_the_tool_for_arithmetic() -> None:
     )
 
 
-async def test_the_model_comes_from_the_environment() -> None:
-    assert isinstance(provider_from_env({}), ScriptedProvider)
-    assert isinstance(
-        provider_from_env({"OPENAI_BASE_URL": "http://127.0.0.1:9/v1"}), ScriptedProvider
-    )
-    provider = provider_from_env(
-        {"OPENAI_BASE_URL": "http://127.0.0.1:9/v1", "OPENAI_MODEL": "m", "OPENAI_API_KEY": "k"}
-    )
-    assert isinstance(provider, OpenAICompatibleProvider)
-    assert (provider.base_url, provider.model) == ("http://127.0.0.1:9/v1", "m")
-    await provider.aclose()
+def _fake_chat_completions(seen: list[tuple[str | None, dict[str, Any]]]) -> FastAPI:
+    """A Chat Completions endpoint that streams: a call of ``calculate`` for what the user
+    asks, then the tool's result in words."""
+    fake = FastAPI()
+
+    @fake.post("/v1/chat/completions", response_class=EventSourceResponse)
+    async def completions(
+        body: dict[str, Any], authorization: Annotated[str | None, Header()] = None
+    ) -> AsyncIterator[ServerSentEvent]:
+        seen.append((authorization, body))
+        last = body["messages"][-1]
+        if last["role"] == "tool":
+            deltas: list[dict[str, Any]] = [
+                {"content": text} for text in ("The ", "answer ", "is ", f"{last['content']}.")
+            ]
+        else:
+            arguments = json.dumps({"expression": last["content"]})
+            call = {"index": 0, "id": "c1", "function": {"name": "calculate"}}
+            deltas = [
+                {"tool_calls": [call]},
+                {"tool_calls": [{"index": 0, "function": {"arguments": arguments}}]},
+            ]
+        for delta in deltas:
+            yield ServerSentEvent(raw_data=json.dumps({"choices": [{"delta": delta}]}))
+        yield ServerSentEvent(raw_data="[DONE]")
+
+    return fake
+
+
+async def test_the_model_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[tuple[str | None, dict[str, Any]]] = []
+    async with serve(_fake_chat_completions(seen)) as endpoint:
+        monkeypatch.setenv("OPENAI_BASE_URL", f"{endpoint}/v1")
+        monkeypatch.setenv("OPENAI_MODEL", "fake-model")
+        monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+        app = create_app("memory://")  # the model from the environment
+        async with (
+            app.router.lifespan_context(app),
+            httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=app), base_url="http://app"
+            ) as client,
+        ):
+            events = await _stream(client, "s", "6 * 7")
+    assert [name for name, _ in events] == ["message", "message", *["chunk"] * 4, "message", "done"]
+    assert events[0][1]["tool_calls"][0]["name"] == "calculate"
+    assert events[1][1]["content"] == "42"
+    assert events[-1] == ("done", {"reply": "The answer is 42."})
+    [(key, first), (_, second)] = seen
+    assert key == "Bearer sk-test"
+    assert first["model"] == "fake-model" and first["stream"] is True
+    assert [tool["function"]["name"] for tool in first["tools"]] == ["calculate"]
+    assert [m["role"] for m in second["messages"]] == ["user", "assistant", "tool"]
+
+
+async def test_without_an_endpoint_in_the_environment_the_model_is_offline() -> None:
+    for environ in ({}, {"OPENAI_BASE_URL": "http://127.0.0.1:9/v1"}):
+        async with model_from_env(environ) as model:
+            assert isinstance(model, ScriptedProvider)

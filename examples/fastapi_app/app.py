@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, nullcontext
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any
@@ -48,7 +48,7 @@ from chatstate import (
     open_store,
 )
 
-from .assistant import TOOLS, provider_from_env
+from .assistant import TOOLS, model_from_env
 
 PAGE = (Path(__file__).parent / "page.html").read_text(encoding="utf-8")
 
@@ -78,7 +78,7 @@ def create_app(
     config: StateMiddlewareConfig | None = None,
 ) -> FastAPI:
     """The app, on the store at ``store_url`` (default: $CHATSTATE_STORE or memory://), with
-    ``provider`` (default: from the environment, see ``assistant.provider_from_env``)."""
+    ``provider`` (default: from the environment, see ``assistant.model_from_env``)."""
     url = store_url or os.environ.get("CHATSTATE_STORE", "memory://")
     shared = not url.startswith("memory://")
     if config is None:
@@ -97,10 +97,11 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with (
             open_store(url) as store,
-            # The pipeline owns what a turn leaves running (summaries) until shutdown.
+            model_from_env() if provider is None else nullcontext(provider) as model,
+            # The pipeline owns what a turn leaves running (streamed turns, summaries) until
+            # shutdown.
             Pipeline(
-                StateMiddleware(store, config),
-                ProviderMiddleware(provider or provider_from_env(), tools=TOOLS),
+                StateMiddleware(store, config), ProviderMiddleware(model, tools=TOOLS)
             ) as pipe,
         ):
             app.state.store, app.state.pipe = store, pipe

@@ -18,7 +18,8 @@ import json
 import operator
 import os
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
 
 from chatstate import Message, Provider, ScriptedProvider, ToolCall, tool
 from chatstate.providers import recall_reply
@@ -86,14 +87,16 @@ def scripted_reply(messages: Sequence[Message]) -> Message | str:
     return recall_reply(messages)
 
 
-def provider_from_env(environ: Mapping[str, str] = os.environ) -> Provider:
-    """An OpenAI-compatible provider if ``OPENAI_BASE_URL`` and ``OPENAI_MODEL`` are set, else
-    the offline scripted one."""
+@asynccontextmanager
+async def model_from_env(environ: Mapping[str, str] = os.environ) -> AsyncIterator[Provider]:
+    """An OpenAI-compatible provider if ``OPENAI_BASE_URL`` and ``OPENAI_MODEL`` are set (closed
+    when the block ends), else the offline scripted one."""
     base_url, model = environ.get("OPENAI_BASE_URL"), environ.get("OPENAI_MODEL")
-    if base_url and model:
-        from chatstate import OpenAICompatibleProvider
+    if not (base_url and model):
+        yield ScriptedProvider(scripted_reply)
+        return
+    from chatstate import OpenAICompatibleProvider
 
-        return OpenAICompatibleProvider(
-            base_url=base_url, model=model, api_key=environ.get("OPENAI_API_KEY")
-        )
-    return ScriptedProvider(scripted_reply)
+    api_key = environ.get("OPENAI_API_KEY")
+    async with OpenAICompatibleProvider(base_url=base_url, model=model, api_key=api_key) as remote:
+        yield remote
