@@ -4,7 +4,9 @@ leaves early, is cancelled, or the provider fails mid-stream."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Sequence
+from datetime import timedelta
 from typing import Any
 
 import anyio
@@ -130,6 +132,11 @@ async def test_a_provider_without_stream_is_streamed_as_one_chunk() -> None:
     assert await store.load("s") == [_user("hi"), reply]
 
 
+async def _stream_all(pipe: Pipeline, session_id: str, text: str, into: list[str]) -> None:
+    async with pipe.stream_with_session(session_id, "user", text) as turn:
+        into.extend([chunk.text async for chunk in turn])
+
+
 async def test_the_session_stays_locked_until_the_stream_has_ended() -> None:
     provider = Gated(pause_at=2)
     seen: list[int] = []
@@ -140,16 +147,38 @@ async def test_the_session_stays_locked_until_the_stream_has_ended() -> None:
 
     pipe, store = _pipe(provider)
     other = Pipeline(pipe.middlewares[0], ProviderMiddleware(ScriptedProvider(count)))
-    async with pipe, pipe.stream_with_session("s", "user", "first") as turn:
-        async with anyio.create_task_group() as group:
-            await provider.reached.wait()
-            group.start_soon(other.execute_with_session, "s", "user", "next")
-            await anyio.wait_all_tasks_blocked()
-            assert seen == []  # the other turn of the session waits for the lock
-            provider.go.set()
-            assert "".join([chunk.text async for chunk in turn]) == "".join(WORDS)
-    assert seen == [3]  # it saw the whole streamed turn
+    got: list[str] = []
+    async with pipe, anyio.create_task_group() as group:
+        group.start_soon(_stream_all, pipe, "s", "first", got)
+        await provider.reached.wait()  # the consumer has read two chunks
+        group.start_soon(other.execute_with_session, "s", "user", "next")
+        await anyio.wait_all_tasks_blocked()
+        assert seen == [] and got == []  # the other turn of the session waits for the lock
+        provider.go.set()
+    assert "".join(got) == "".join(WORDS) and seen == [3]  # it saw the whole streamed turn
     assert [m.text for m in await store.load("s")] == ["first", "".join(WORDS), "next", "second"]
+
+
+async def test_the_consumer_reads_the_providers_stream_at_its_own_pace() -> None:
+    provider = StreamingCompleter(words=["a ", "b ", "c"])
+    pulled: list[str] = []
+    original = provider.stream
+
+    async def counting(messages: Sequence[Message], **options: Any) -> AsyncIterator[StreamChunk]:
+        async with contextlib.aclosing(original(messages, **options)) as chunks:
+            async for chunk in chunks:
+                pulled.append(chunk.text)
+                yield chunk
+
+    provider.stream = counting  # type: ignore[method-assign]
+    pipe, _ = _pipe(provider)
+    async with pipe, pipe.stream_with_session("s", "user", "hi") as turn:
+        await anyio.wait_all_tasks_blocked()
+        assert pulled == []  # nothing is read ahead of the consumer
+        assert (await turn.__anext__()).text == "a "
+        await anyio.wait_all_tasks_blocked()
+        assert pulled == ["a "]
+        assert [chunk.text async for chunk in turn] == ["b ", "c", ""]
 
 
 @pytest.mark.parametrize("policy", ["discard", "keep_partial"])
@@ -175,8 +204,11 @@ async def test_a_consumer_that_stops_early_interrupts_the_turn(policy: str) -> N
         assert again.messages == [*stored, _user("go on")]
 
 
+@pytest.mark.parametrize("inside", [True, False], ids=["in the pipeline's block", "alone"])
 @pytest.mark.parametrize("policy", ["discard", "keep_partial"])
-async def test_a_consumer_cancelled_mid_stream_stores_what_the_policy_says(policy: str) -> None:
+async def test_a_consumer_cancelled_mid_stream_stores_what_the_policy_says(
+    policy: str, inside: bool
+) -> None:
     provider = Gated(pause_at=3)
     pipe, store = _pipe(provider, on_interrupt=policy)
     got: list[str] = []
@@ -186,7 +218,10 @@ async def test_a_consumer_cancelled_mid_stream_stores_what_the_policy_says(polic
             async for chunk in turn:
                 got.append(chunk.text)
 
-    async with pipe, anyio.create_task_group() as group:
+    async with contextlib.AsyncExitStack() as stack:
+        if inside:
+            await stack.enter_async_context(pipe)
+        group = await stack.enter_async_context(anyio.create_task_group())
         group.start_soon(consume)
         await provider.reached.wait()
         await anyio.wait_all_tasks_blocked()
@@ -373,3 +408,96 @@ async def test_results_of_parallel_calls_that_ran_in_the_client_are_one_turn() -
     assert await store.load("s") == [_user("time and weather?"), asking, *results, second.response]
     with pytest.raises(InvalidMessageError, match=r"messages\[1\]"):
         await pipe.execute("s", [results[0], "sunny"])  # type: ignore[list-item]
+
+
+@pytest.mark.parametrize("inside", [True, False], ids=["in the pipeline's block", "alone"])
+async def test_an_error_in_the_consumers_block_interrupts_the_turn_and_is_raised_as_it_is(
+    inside: bool,
+) -> None:
+    provider = Gated(pause_at=1)
+    pipe, store = _pipe(provider, on_interrupt="keep_partial")
+
+    async def consume() -> None:
+        async with pipe.stream_with_session("s", "user", "hi") as turn:
+            async for _ in turn:
+                raise KeyError("the consumer's own bug")
+
+    with pytest.raises(KeyError, match="own bug"):  # not wrapped in an ExceptionGroup
+        if inside:
+            async with pipe:
+                await consume()
+        else:
+            await consume()
+    assert provider.closed
+    assert [m.metadata for m in await store.load("s")] == [{}, INTERRUPTED]
+
+
+async def test_a_generator_closed_in_another_task_still_ends_the_turn() -> None:
+    # A web framework may stop iterating a response's generator and close it later, elsewhere.
+    provider = Gated(pause_at=2)
+    pipe, store = _pipe(provider, on_interrupt="keep_partial")
+
+    async def events() -> AsyncIterator[str]:
+        async with pipe.stream_with_session("s", "user", "hi") as turn:
+            async for chunk in turn:
+                yield chunk.text
+
+    async with pipe:
+        stream = events()
+        got: list[str] = []
+
+        async def read_two() -> None:
+            got.extend([await stream.__anext__(), await stream.__anext__()])
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(read_two)
+        await stream.aclose()  # in this task, not the one that entered the turn
+    assert got == WORDS[:2] and provider.closed
+    assert (await store.load("s"))[-1].text == "".join(WORDS[:2])
+
+
+async def test_a_lease_is_held_across_instances_until_the_stream_has_ended() -> None:
+    store = InMemoryStateStore()
+    provider = Gated(pause_at=1)
+    config = StateMiddlewareConfig(lease_ttl=timedelta(seconds=30), lock=False)
+    one = Pipeline(StateMiddleware(store, config), ProviderMiddleware(provider))
+    seen: list[int] = []
+
+    def count(messages: Sequence[Message]) -> str:
+        seen.append(len(messages))
+        return "ok"
+
+    two = Pipeline(StateMiddleware(store, config), ProviderMiddleware(ScriptedProvider(count)))
+    got: list[str] = []
+    async with one, anyio.create_task_group() as group:
+        group.start_soon(_stream_all, one, "s", "first", got)
+        await provider.reached.wait()
+        group.start_soon(two.execute_with_session, "s", "user", "second")
+        await anyio.wait_all_tasks_blocked()
+        assert seen == []  # the other instance waits for the lease
+        provider.go.set()
+    assert seen == [3] and "".join(got) == "".join(WORDS)
+
+
+async def test_under_a_lease_a_cancelled_turn_stores_nothing_and_a_left_stream_its_part() -> None:
+    reached = anyio.Event()
+
+    async def slow(messages: Sequence[Message]) -> str:
+        reached.set()
+        await anyio.sleep_forever()
+        raise AssertionError("unreachable")
+
+    store = InMemoryStateStore()
+    config = StateMiddlewareConfig(lease_ttl=timedelta(seconds=30), on_interrupt="keep_partial")
+    pipe = Pipeline(StateMiddleware(store, config), ProviderMiddleware(ScriptedProvider(slow)))
+    async with anyio.create_task_group() as group:
+        group.start_soon(pipe.execute_with_session, "s", "user", "hello")
+        await reached.wait()
+        group.cancel_scope.cancel()  # as a lease that ran out would cancel it
+    assert await store.load("s") == []
+    provider = Gated(pause_at=1)
+    streaming = Pipeline(StateMiddleware(store, config), ProviderMiddleware(provider))
+    async with streaming, streaming.stream_with_session("s", "user", "hi") as turn:
+        async for _ in turn:
+            break
+    assert [m.text for m in await store.load("s")] == ["hi", "The "]

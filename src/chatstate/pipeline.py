@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Protocol, Self, TypeAlias
@@ -22,6 +22,7 @@ from chatstate.window import TokenBudget
 __all__ = [
     "CallNext",
     "ChunkFilter",
+    "ChunkSink",
     "ExecutionResult",
     "Middleware",
     "Pipeline",
@@ -31,6 +32,25 @@ __all__ = [
 ChunkFilter: TypeAlias = Callable[[StreamChunk], StreamChunk | None]
 """Sees each chunk of a streamed turn on its way to the consumer: returns it, another chunk in its
 place, or None to hold it back (see :attr:`RequestContext.chunk_filters`)."""
+
+
+class ChunkSink(Protocol):
+    """The consumer of a streamed turn, as the provider middleware sees it
+    (:attr:`RequestContext.stream`; a :class:`~chatstate.streaming.StreamedTurn`)."""
+
+    def put(self, chunk: StreamChunk) -> None:
+        """Queue ``chunk`` for the consumer (a tool result, a reply that came whole)."""
+        ...
+
+    async def relay(
+        self,
+        chunks: AsyncIterator[StreamChunk],
+        take: Callable[[StreamChunk], StreamChunk | None],
+    ) -> None:
+        """Have the consumer read the provider's ``chunks`` itself, in its own iteration, each
+        through ``take`` (which sees every chunk and returns what the consumer gets, or None),
+        up to the chunk with the whole message or the end; raise what reading them raised."""
+        ...
 
 
 @dataclass(slots=True, eq=False)
@@ -45,9 +65,6 @@ class RequestContext:
     """The session the request belongs to (already checked)."""
     message: Message
     """The new message of this turn (the last of them, when a turn brings several)."""
-    incoming: tuple[Message, ...] = ()
-    """Every message the turn brings, in order: ``(message,)``, or several (the results of
-    parallel tool calls, ``execute(session_id, [result1, result2])``)."""
     options: dict[str, Any] = field(default_factory=dict)
     """Keyword options for the provider (``execute_with_session(..., temperature=0)``)."""
     history: list[Message] = field(default_factory=list)
@@ -72,32 +89,37 @@ class RequestContext:
     after the pinned messages and before the history."""
     window: list[Message] | None = None
     """The part of the history the provider was sent (set by the provider middleware)."""
+    budget: TokenBudget | None = None
+    """The token budget of the request (``StateMiddlewareConfig(max_tokens=...)``), if any."""
+    task_group: TaskGroup | None = None
+    """The task group of the pipeline's ``async with`` block, for work that goes on after the
+    turn (the state middleware's summaries): the block's end waits for it, or cancels it. None
+    when the pipeline runs outside ``async with``."""
+    incoming: tuple[Message, ...] = ()
+    """Every message the turn brings, in order: ``(message,)``, or several (the results of
+    parallel tool calls, ``execute(session_id, [result1, result2])``)."""
     window_start: int | None = None
     """Where ``window`` starts in ``history``: the messages before it were left out by the
     bounds (orphans dropped after it do not count); set by the provider middleware."""
-    budget: TokenBudget | None = None
-    """The token budget of the request (``StateMiddlewareConfig(max_tokens=...)``), if any."""
-    stream: Callable[[StreamChunk], None] | None = None
-    """Where the provider middleware sends the chunks of a streamed turn (``Pipeline.stream``),
-    after ``chunk_filters``; None when the turn is not streamed."""
+    stream: ChunkSink | None = None
+    """The consumer of a streamed turn (``Pipeline.stream``), to which the provider middleware
+    sends the chunks through ``chunk_filters``; None when the turn is not streamed."""
     chunk_filters: list[ChunkFilter] = field(default_factory=list)
     """Filters a middleware adds (before ``call_next``) to observe or transform the chunks of a
     streamed turn: the filter added last (by the middleware nearest the provider) sees a chunk
     first, as a reply passes back out through the chain. They are not run on turns that are not
-    streamed, and change only what the consumer gets: the stored reply is ``response``."""
+    streamed, and change only what the consumer gets: the stored reply is ``response``. Plain
+    functions, as they may run in the consumer's task (the model's chunks) or the turn's (the
+    rest)."""
     model_scope: anyio.CancelScope | None = None
     """The cancel scope of the model's work in a streamed turn (set by the provider middleware):
     a streamed turn left early cancels it, and the provider middleware ends the turn as
     ``interrupted``."""
     interrupted: bool = False
     """Set when the turn was cut off (its stream left early, or its task cancelled) after the
-    model was asked: ``response`` is then the reply as far as it was written (metadata
+    model was asked: ``response`` is then the reply as far as it was read (metadata
     ``{"interrupted": true}``), and ``new_messages`` the turn so far, without half a tool
     exchange. The state middleware's ``on_interrupt`` decides whether they are stored."""
-    task_group: TaskGroup | None = None
-    """The task group of the pipeline's ``async with`` block, for work that goes on after the
-    turn (the state middleware's summaries): the block's end waits for it, or cancels it. None
-    when the pipeline runs outside ``async with``."""
 
     async def get_history(self) -> list[Message]:
         """The session's history, loading it first if a middleware deferred the load."""

@@ -1,20 +1,22 @@
 """Streamed turns: :class:`StreamedTurn`, what ``Pipeline.stream(...)`` returns.
 
 The middleware chain runs in a task of its own (in the pipeline's ``async with`` block), so that it
-holds the session's lock or lease, loads, calls the model and stores the turn as in any turn, while
-the consumer takes the chunks in its own task. The provider middleware hands each chunk over
-without waiting for the consumer (the chunks queue, unbounded: a reply is kept whole for the
-store anyway), so a chunk costs the chain no task switch; the consumer waits only when it has
-taken every chunk written so far.
+holds the session's lock or lease, loads, calls the model, runs tools and stores the turn as in
+any turn. The model's stream itself is read by the consumer: when the provider middleware has a
+provider's stream to read, it hands it over (:meth:`StreamedTurn.relay`) and waits, and the
+consumer's own ``async for`` pulls each chunk straight from the provider, in its own task. So a
+chunk costs no task switch, a slow consumer slows the model's stream down (as reading the
+provider directly would; nothing piles up), and a reply cut off is exactly what the consumer
+took. The rest (a reply that came whole, tool results) is queued by the turn's task.
 
 Leaving the ``async with`` block before the stream ended (a ``break``, an exception, the consumer's
 task cancelled: a web client gone) interrupts the turn, by what it was doing:
 
 - waiting for the session's lock or lease, or loading: its task is cancelled; nothing is stored;
-- in the model's hands (the provider streaming, tools running): the model's work is cancelled
-  (the provider middleware's ``context.model_scope``), and the state middleware stores what its
-  ``on_interrupt`` says: nothing, or the turn so far, its reply as far as the model had written it
-  and marked ``{"interrupted": true}``, never half a tool exchange;
+- in the model's hands (the provider streaming, tools running): the provider's stream is closed
+  and the model's work cancelled (the provider middleware's ``context.model_scope``), and the
+  state middleware stores what its ``on_interrupt`` says: nothing, or the turn so far, its reply
+  as far as the consumer took it, marked ``{"interrupted": true}``, never half a tool exchange;
 - the model done, the turn being stored: nothing is cut; the turn is stored whole.
 
 The block's exit waits for that (shielded from the consumer's own cancellation, so a partial turn
@@ -24,7 +26,7 @@ is stored even then): after the block the store holds whatever the turn stores.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from types import TracebackType
 from typing import TYPE_CHECKING, Self
 
@@ -39,6 +41,28 @@ if TYPE_CHECKING:
     from chatstate.pipeline import ExecutionResult, RequestContext
 
 __all__ = ["StreamedTurn"]
+
+
+class _Relay:
+    """A provider's stream handed to the consumer to read."""
+
+    __slots__ = ("chunks", "done", "error", "take")
+
+    def __init__(
+        self,
+        chunks: AsyncIterator[StreamChunk],
+        take: Callable[[StreamChunk], StreamChunk | None],
+    ) -> None:
+        self.chunks = chunks
+        self.take = take
+        self.done = anyio.Event()
+        self.error: Exception | None = None
+
+    async def close(self) -> None:
+        close = getattr(self.chunks, "aclose", None)
+        if close is not None:  # now, not when the collector finds it: it may hold a socket
+            with anyio.CancelScope(shield=True):
+                await close()
 
 
 class StreamedTurn:
@@ -65,6 +89,7 @@ class StreamedTurn:
         "_group",
         "_make_result",
         "_own",
+        "_relay",
         "_result",
         "_run",
         "_scope",
@@ -75,7 +100,7 @@ class StreamedTurn:
         self,
         context: RequestContext,
         run: Callable[[RequestContext], Awaitable[ExecutionResult]],
-        make_result: Callable[..., ExecutionResult],
+        make_result: Callable[[RequestContext], ExecutionResult],
         group: TaskGroup | None,
     ) -> None:
         self._context = context
@@ -90,7 +115,8 @@ class StreamedTurn:
         self._scope: anyio.CancelScope | None = None
         self._result: ExecutionResult | None = None
         self._error: Exception | None = None
-        context.stream = self._put
+        self._relay: _Relay | None = None
+        context.stream = self
 
     def __repr__(self) -> str:
         state = "ended" if self._finished else "running" if self._done else "not started"
@@ -130,6 +156,9 @@ class StreamedTurn:
         done, scope = self._done, self._scope
         assert done is not None and scope is not None, "exited without being entered"
         if not done.is_set():
+            relay, self._relay = self._relay, None
+            if relay is not None:
+                await relay.close()
             model = self._context.model_scope
             (scope if model is None else model).cancel()
             with anyio.CancelScope(shield=True):
@@ -147,18 +176,66 @@ class StreamedTurn:
             return chunks.popleft()
         if self._done is None:
             raise PipelineError("enter the turn first: async with pipe.stream(...) as turn")
-        while not chunks:
-            if self._finished:
+        while True:
+            relay = self._relay
+            if relay is not None:
+                chunk = await self._read(relay)
+                if chunk is not None:
+                    return chunk
+            elif chunks:
+                return chunks.popleft()
+            elif self._finished:
                 if self._error is not None:
                     raise self._error
                 raise StopAsyncIteration
-            waiter = self._waiter = anyio.Event()
-            await waiter.wait()
-        return chunks.popleft()
+            else:
+                waiter = self._waiter = anyio.Event()
+                await waiter.wait()
 
-    def _put(self, chunk: StreamChunk) -> None:
+    async def _read(self, relay: _Relay) -> StreamChunk | None:
+        """The next chunk of the provider's stream, through its ``take``; None when it held the
+        chunk back, or the stream ended (the turn's task takes it from there)."""
+        try:
+            chunk = await relay.chunks.__anext__()
+        except StopAsyncIteration:
+            self._end_relay(relay)
+            return None
+        except Exception as exc:
+            relay.error = exc
+            self._end_relay(relay)
+            await relay.close()
+            return None
+        taken = relay.take(chunk)
+        if chunk.message is not None:  # the whole reply: nothing after it counts
+            self._end_relay(relay)
+            await relay.close()
+        return taken
+
+    def _end_relay(self, relay: _Relay) -> None:
+        if self._relay is relay:
+            self._relay = None
+        relay.done.set()
+
+    def put(self, chunk: StreamChunk) -> None:
+        """Queue ``chunk`` for the consumer."""
         self._chunks.append(chunk)
         self._wake()
+
+    async def relay(
+        self,
+        chunks: AsyncIterator[StreamChunk],
+        take: Callable[[StreamChunk], StreamChunk | None],
+    ) -> None:
+        """Have the consumer read ``chunks`` (see :class:`~chatstate.pipeline.ChunkSink`)."""
+        relay = self._relay = _Relay(chunks, take)
+        self._wake()
+        try:
+            await relay.done.wait()
+        finally:
+            if self._relay is relay:  # cancelled: the consumer stops reading it
+                self._relay = None
+        if relay.error is not None:
+            raise relay.error
 
     def _wake(self) -> None:
         waiter = self._waiter

@@ -45,9 +45,10 @@ class ProviderMiddleware:
     caller runs them and sends the results, ``pipe.execute(session_id, [result1, ...])``).
 
     In a streamed turn (``Pipeline.stream``) the provider's ``stream`` is used, if it has one
-    (else its whole reply is one chunk); each chunk goes to the consumer through
+    (else its whole reply is one chunk), and read by the consumer itself
+    (``context.stream.relay``); each chunk goes to the consumer through
     ``context.chunk_filters``, and each tool result follows as a chunk with ``message``. If the
-    turn is interrupted, the response is the reply as far as the model wrote it (the text of the
+    turn is interrupted, the response is the reply as far as it was read (the text of the
     current round, without its unanswered calls), marked ``{"interrupted": true}``.
     """
 
@@ -186,24 +187,22 @@ class ProviderMiddleware:
             if context.stream is not None:
                 _send(context, StreamChunk(reply.text, reply))
             return reply
-        final: Message | None = None
-        chunks = stream(messages, **options)
+        replies: list[Message] = []
+
+        def take(chunk: StreamChunk) -> StreamChunk | None:
+            if chunk.text:
+                turn.written.append(chunk.text)
+            if chunk.message is not None:
+                replies.append(chunk.message)
+            return _filtered(context, chunk)
+
         try:
-            async for chunk in chunks:
-                if chunk.text:
-                    turn.written.append(chunk.text)
-                if chunk.message is not None:
-                    final = chunk.message
-                _send(context, chunk)
+            await context.stream.relay(stream(messages, **options), take)
         except ChatStateError:
             raise
         except Exception as exc:
             raise self._failed(exc) from exc
-        finally:
-            close = getattr(chunks, "aclose", None)
-            if close is not None:  # now, not when the collector finds it: it may hold a socket
-                with anyio.CancelScope(shield=True):
-                    await close()
+        final = replies[-1] if replies else None
         if final is None:
             raise ProviderError(
                 f"{type(self.provider).__name__}.stream ended without a chunk with the message"
@@ -227,16 +226,22 @@ class _Turn:
         """The text of the reply being written, for an interruption."""
 
 
-def _send(context: RequestContext, chunk: StreamChunk) -> None:
+def _filtered(context: RequestContext, chunk: StreamChunk) -> StreamChunk | None:
     filters = context.chunk_filters
     if filters:
         for chunk_filter in reversed(filters):
             passed = chunk_filter(chunk)
             if passed is None:
-                return
+                return None
             chunk = passed
-    assert context.stream is not None
-    context.stream(chunk)
+    return chunk
+
+
+def _send(context: RequestContext, chunk: StreamChunk) -> None:
+    passed = _filtered(context, chunk)
+    if passed is not None:
+        assert context.stream is not None
+        context.stream.put(passed)
 
 
 def _interrupt(context: RequestContext, written: list[str]) -> None:

@@ -80,8 +80,12 @@ class StateMiddlewareConfig:
       model wrote or its tools ran). ``"discard"`` (the default): nothing, as for any turn that
       did not finish (a turn is stored whole or not at all). ``"keep_partial"``: the turn so far,
       in one append: its messages, every tool exchange that was whole (never a call without its
-      results), and the reply as far as the model had written it (its text; empty if none),
-      with ``metadata={"interrupted": true}``, so the next turn's model knows what the user saw.
+      results), and the reply as far as it was read (streamed: the text the consumer took;
+      empty if none), with ``metadata={"interrupted": true}``, so the next turn's model knows
+      what the user saw.
+      With ``lease_ttl``, a turn whose own task is cancelled stores nothing (a lease that runs out
+      cancels its turn the same way); a streamed turn left early is not cancelled, and keeps its
+      part (run streamed turns in ``async with Pipeline(...)``).
     """
 
     max_messages: int = 20
@@ -294,9 +298,10 @@ class StateMiddleware:
         try:
             await call_next(context)
         except anyio.get_cancelled_exc_class():
-            if context.interrupted and self._keep_partial:
-                # The turn was cancelled where it stood (its task, its client gone): store what
-                # it said, whatever cancelled it (the store's own timeouts bound the wait).
+            # The turn's task was cancelled where it stood (its caller gone): store what it said,
+            # shielded (the store's own timeouts bound the wait). Not under a lease: a lease that
+            # ran out cancels its turn too, and a turn never writes under a lease it lost.
+            if context.interrupted and self._keep_partial and self._lease is None:
                 with anyio.CancelScope(shield=True):
                     await self._save(context, budget)
             raise

@@ -5,7 +5,7 @@ from __future__ import annotations
 import inspect
 import re
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Iterator, Sequence
 from typing import Any, TypeAlias
 
 import anyio
@@ -174,7 +174,7 @@ class ScriptedProvider:
 
     async def stream(
         self, messages: Sequence[Message], **options: Any
-    ) -> AsyncIterator[StreamChunk]:
+    ) -> AsyncGenerator[StreamChunk, None]:
         """The reply of :meth:`complete`, a word (with the spaces after it) a chunk, then a last
         chunk with the whole message; it waits for nothing between chunks."""
         reply = await self.complete(messages, **options)
