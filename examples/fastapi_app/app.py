@@ -88,7 +88,7 @@ def create_app(
             # Several instances share a Redis store: serialise each session's turns across all
             # of them, not only within this process.
             lease_ttl=timedelta(seconds=30) if shared else None,
-            # A reply cut off by a client gone is kept as far as it was written, marked
+            # A reply cut off by a client gone is kept as far as it was sent, marked
             # {"interrupted": true}: what the user saw, for them and for the model next time.
             on_interrupt="keep_partial",
         )
