@@ -30,10 +30,12 @@ from chatstate.bench.workload import Floor, conversation, english_text
 from chatstate.cli import main
 from chatstate.messages import Message
 from chatstate.stores.base import StateStore
+from chatstate.stores.memory import InMemoryStateStore
 from chatstate.stores.redis import RedisStateStore
 from chatstate.stores.sqlite import SQLiteStateStore
 from chatstate.testing import RedisServer
 from chatstate.testing.redis_server import find_free_port
+from chatstate.tools import Tool
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -422,3 +424,14 @@ def test_streamed_and_tool_turns_are_checked_on_what_ours_adds_to_the_floor() ->
     assert excess.met(7.0, 7.0 / 3.0) is True and excess.met(9.0, 9.0 / 3.0) is False
     assert excess.met(1.0, None) is None
     assert excess.describe("µs") == "ours - floor <= 5 µs"
+
+
+async def test_the_bench_tool_turn_makes_its_rounds_whatever_the_history() -> None:
+    # The slope is only what it says if the long turn really calls its tool MANY times, turn
+    # after turn, with earlier turns' results in the history.
+    ping = Tool(name="ping", function=turns._ping)
+    async with InMemoryStateStore() as store:
+        pipe = turns._pipeline(turns._tool_model(turns.MANY), store, [ping])
+        for _ in range(3):
+            result = await pipe.execute("s", turns._USER)
+            assert len(result.new_messages) == 2 + 2 * turns.MANY

@@ -134,7 +134,8 @@ async def test_a_provider_without_stream_is_streamed_as_one_chunk() -> None:
 
 async def _stream_all(pipe: Pipeline, session_id: str, text: str, into: list[str]) -> None:
     async with pipe.stream_with_session(session_id, "user", text) as turn:
-        into.extend([chunk.text async for chunk in turn])
+        async for chunk in turn:
+            into.append(chunk.text)
 
 
 async def test_the_session_stays_locked_until_the_stream_has_ended() -> None:
@@ -153,7 +154,7 @@ async def test_the_session_stays_locked_until_the_stream_has_ended() -> None:
         await provider.reached.wait()  # the consumer has read two chunks
         group.start_soon(other.execute_with_session, "s", "user", "next")
         await anyio.wait_all_tasks_blocked()
-        assert seen == [] and got == []  # the other turn of the session waits for the lock
+        assert seen == [] and got == WORDS[:2]  # the other turn of the session waits for the lock
         provider.go.set()
     assert "".join(got) == "".join(WORDS) and seen == [3]  # it saw the whole streamed turn
     assert [m.text for m in await store.load("s")] == ["first", "".join(WORDS), "next", "second"]
@@ -501,3 +502,18 @@ async def test_under_a_lease_a_cancelled_turn_stores_nothing_and_a_left_stream_i
         async for _ in turn:
             break
     assert [m.text for m in await store.load("s")] == ["hi", "The "]
+
+
+async def test_a_stream_that_ends_without_the_whole_message_is_a_provider_error() -> None:
+    class Truncated(StreamingCompleter):
+        async def stream(
+            self, messages: Sequence[Message], **options: Any
+        ) -> AsyncIterator[StreamChunk]:
+            yield StreamChunk("half a ")
+
+    pipe, store = _pipe(Truncated())
+    got: list[str] = []
+    async with pipe:
+        with pytest.raises(ProviderError, match="without a chunk with the message"):
+            await _stream_all(pipe, "s", "hi", got)
+    assert got == ["half a "] and await store.load("s") == []

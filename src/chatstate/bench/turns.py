@@ -3,8 +3,10 @@ provider (and tool) called directly, on the in-memory store.
 
 A cost per chunk or per round is a slope: the same turn with few and with many chunks (or rounds),
 the difference divided by the chunks (or rounds) between them, so that what a turn costs once
-(the load, the append, the lock) drops out. Both sides run the same ScriptedProvider; the target
-is on the difference, ours - floor: what the pipeline adds, excluding the provider and the tools.
+(the load, the append, the lock) drops out. Each figure is the best of many short batches (ten
+per ``--repeats``, alternating sides), which a busy machine disturbs least. Both sides run the
+same ScriptedProvider; the target is on the difference, ours - floor: what the pipeline adds,
+excluding the provider and the tools.
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ SHORT, LONG = 1, 201
 """Chunks of the short and the long streamed reply."""
 FEW, MANY = 0, 8
 """Tool rounds of the short and the long tool turn."""
+BATCH_TURNS = 50
+"""Turns a batch: short, so that the best of many is one that nothing else interrupted."""
 _USER = Message(role="user", content="What is the weather like?")
 
 
@@ -117,13 +121,7 @@ async def stream_chunks(options: BenchOptions, progress: Progress, *, io: bool) 
                 "floor_short": _direct(short),
                 "floor_long": _direct(long),
             }
-            figures = await compare_batches(
-                sides,
-                ids,
-                turns=max(200, options.turns * 25),
-                rounds=options.repeats,
-                progress=progress,
-            )
+            figures = await _best_batches(sides, ids, options, progress)
     return _slope_row(
         figures,
         key="stream_chunk_io" if io else "stream_chunk",
@@ -140,7 +138,11 @@ def _tool_model(rounds: int) -> ScriptedProvider:
     calling = Message(role="assistant", content=None, tool_calls=(ToolCall(id="c", name="ping"),))
 
     def reply(messages: Sequence[Message]) -> Message:
-        asked = sum(1 for message in messages if message.role == "tool")
+        asked = 0  # the results of this turn: those after its user message
+        for message in reversed(messages):
+            if message.role == "user":
+                break
+            asked += message.role == "tool"
         return calling if asked < rounds else Message(role="assistant", content="done")
 
     return ScriptedProvider(reply, keep_calls=1)
@@ -193,13 +195,7 @@ async def tool_rounds(options: BenchOptions, progress: Progress) -> Measured:
                 "floor_short": _hand_loop(few, {"ping": ping}),
                 "floor_long": _hand_loop(many, {"ping": ping}),
             }
-            figures = await compare_batches(
-                sides,
-                ids,
-                turns=max(200, options.turns * 25),
-                rounds=options.repeats,
-                progress=progress,
-            )
+            figures = await _best_batches(sides, ids, options, progress)
     return _slope_row(
         figures,
         key="tool_round",
@@ -208,6 +204,18 @@ async def tool_rounds(options: BenchOptions, progress: Progress) -> Measured:
         span=MANY - FEW,
         target=TOOL_ROUND_OVERHEAD_US,
     )
+
+
+async def _best_batches(
+    sides: dict[str, Workload], ids: list[str], options: BenchOptions, progress: Progress
+) -> dict[str, BatchFigures]:
+    """Many short batches of every side in turn; a side's figure is its best batch. A slope is
+    the difference of two such figures, which one preempted batch of the short side would make
+    negative if medians of a few long batches were taken on a busy machine."""
+    figures = await compare_batches(
+        sides, ids, turns=BATCH_TURNS, rounds=10 * options.repeats, progress=progress
+    )
+    return {side: BatchFigures(min(value.rounds), value.rounds) for side, value in figures.items()}
 
 
 def _slope_row(
