@@ -159,6 +159,28 @@ async def test_a_failing_model_is_an_error_event_and_stores_nothing() -> None:
         assert await _history(client, "s") == []
 
 
+class _BreaksOff:
+    """A model whose stream breaks off after its first chunk."""
+
+    async def complete(self, messages: Sequence[Message], **options: Any) -> Message:
+        raise AssertionError("a streamed turn streams")
+
+    async def stream(
+        self, messages: Sequence[Message], **options: Any
+    ) -> AsyncIterator[StreamChunk]:
+        yield StreamChunk("Once ")
+        raise ConnectionResetError("the model's connection broke")
+
+
+async def test_a_model_failing_mid_stream_is_an_error_event_after_the_chunks() -> None:
+    async with _client(provider=_BreaksOff()) as client:
+        events = await _stream(client, "s", "Tell me a story")
+        assert [name for name, _ in events] == ["chunk", "error"]
+        assert events[0][1] == {"text": "Once "}
+        assert "the model's connection broke" in events[1][1]["error"]
+        assert await _history(client, "s") == []  # a turn is stored whole or not at all
+
+
 async def test_fifty_sessions_stream_at_once_and_turns_of_one_session_never_interleave() -> None:
     sessions = 50
     arrived = 0
