@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from chatstate.stores import BackendCensus, ErrorKind, Page, RawSession, Written
+from chatstate.stores import BackendCensus, ErrorKind, Fenced, Page, RawSession, Written
 
 
 @dataclass
@@ -37,6 +37,30 @@ class DictBackend:
         # Generations, and the first version of a session (x 1000): never repeated, whatever
         # sessions come and go; a version then goes up by one with every write.
         self._numbers = itertools.count(1_000)
+        # The last write ids of each session id, kept across its deletes, with what a delete
+        # returned (None for other writes).
+        self._writes: dict[str, dict[str, bool | None]] = {}
+
+    def _seen(self, session_id: str, write_id: str) -> bool:
+        return write_id in self._writes.get(session_id, ())
+
+    def _remember(self, session_id: str, write_id: str, result: bool | None = None) -> None:
+        writes = self._writes.setdefault(session_id, {})
+        writes[write_id] = result
+        if len(writes) > 32:
+            del writes[next(iter(writes))]
+
+    def _fence(self, session_id: str, fence: str | None) -> None:
+        if fence is None:
+            return
+        held = self._leases.get(session_id)
+        if held is None or held[0] != fence or held[1] <= self._clock():
+            raise Fenced(f"lease of {session_id!r} lost")
+
+    def _already(self, session_id: str) -> Written:
+        row = self._live(session_id)
+        return Written(0 if row is None else len(row.entries), 0 if row is None else row.version,
+                       applied=False)  # fmt: skip
 
     def _live(self, session_id: str) -> _Row | None:
         row = self._rows.get(session_id)
@@ -74,7 +98,13 @@ class DictBackend:
         *,
         max_entries: int | None,
         ttl: float | None,
+        write_id: str,
+        fence: str | None,
     ) -> Written:
+        if self._seen(session_id, write_id):
+            return self._already(session_id)
+        self._fence(session_id, fence)
+        self._remember(session_id, write_id)
         row = self._live(session_id)
         if row is None:
             row = self._rows[session_id] = _Row(
@@ -98,25 +128,39 @@ class DictBackend:
         summary: bytes | None,
         ttl: float | None,
         overwrite: bool,
+        write_id: str,
+        fence: str | None,
     ) -> Written | None:
+        if self._seen(session_id, write_id):
+            return self._already(session_id)
         old = self._live(session_id)
         if old is not None and not overwrite:
             return None
+        self._fence(session_id, fence)
+        self._remember(session_id, write_id)
         row = self._rows[session_id] = _Row(list(entries), 0, summary)
         row.version = old.version + 1 if old is not None else next(self._numbers) * 1000
         row.generation = next(self._numbers)
         self._expire_in(row, ttl)
         return Written(len(row.entries), row.version)
 
-    async def delete(self, session_id: str) -> bool:
-        return self._live(session_id) is not None and self._rows.pop(session_id) is not None
+    async def delete(self, session_id: str, *, write_id: str, fence: str | None) -> bool:
+        if self._seen(session_id, write_id):
+            return self._writes[session_id][write_id] is not False
+        self._fence(session_id, fence)
+        existed = self._live(session_id) is not None and self._rows.pop(session_id) is not None
+        self._remember(session_id, write_id, existed)
+        return existed
 
     async def compact(
-        self, session_id: str, *, generation: int, before_seq: int, summary: bytes
+        self, session_id: str, *, generation: int, before_seq: int, summary: bytes, write_id: str
     ) -> bool:
+        if self._seen(session_id, write_id):
+            return True
         row = self._live(session_id)
         if row is None or row.generation != generation:
             return False
+        self._remember(session_id, write_id)
         folded = max(0, before_seq - row.head)
         del row.entries[:folded]
         row.head += folded

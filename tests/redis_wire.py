@@ -10,6 +10,8 @@ from typing import Any, ClassVar
 
 from redis.asyncio import ConnectionPool, Redis
 from redis.asyncio.connection import Connection
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
 
 
 @dataclass
@@ -43,17 +45,26 @@ def parse(packed: bytes) -> list[list[bytes]]:
     return commands
 
 
+WRITE_IDS_FIELDS = {b"w1", b"w2", b"w3", b"w4", b"wn", b"x"}
+"""The fields a deleted session's meta hash keeps for 10 minutes: its last write ids (a ring of
+four fields and a count) and whether the delete found it. No history, no numbers."""
+
+
 class WireConnection(Connection):
     """Logs every write; ``fault(write)`` may return an exception to raise instead of sending
     it, ``stall`` seconds pass before each write goes out (a slow server), and
-    ``refuse_connects`` makes that many connection attempts fail first. Use :func:`wire` for a
-    class of one's own (the log is per class)."""
+    ``refuse_connects`` makes that many connection attempts fail first, and ``lose_replies``
+    makes that many writes go out and run, and then the connection drop before their reply is
+    read (the write applied, its caller told nothing). Use :func:`wire` for a class of one's own
+    (the log is per class)."""
 
     writes: ClassVar[list[Write]]
     connects: ClassVar[int]
     refuse_connects: ClassVar[int]
+    lose_replies: ClassVar[int]
     stall: ClassVar[float]
     fault: ClassVar[Callable[[Write], BaseException | None] | None]
+    _lose_reply = False
 
     async def connect(self) -> None:
         cls = type(self)
@@ -89,6 +100,20 @@ class WireConnection(Connection):
         if cls.stall:
             await asyncio.sleep(cls.stall)
         await super().send_packed_command(data, check_health)
+        if cls.lose_replies > 0:
+            cls.lose_replies -= 1
+            self._lose_reply = True
+
+    async def read_response(self, *args: Any, **kwargs: Any) -> Any:
+        if self._lose_reply:
+            self._lose_reply = False
+            try:
+                await super().read_response(*args, **kwargs)  # it ran (or failed: lost as well)
+            except ResponseError:
+                pass
+            await self.disconnect()
+            raise RedisConnectionError("connection lost before the reply was read (injected)")
+        return await super().read_response(*args, **kwargs)
 
 
 def wire() -> type[WireConnection]:
@@ -96,7 +121,14 @@ def wire() -> type[WireConnection]:
     return type(
         "Wire",
         (WireConnection,),
-        {"writes": [], "connects": 0, "refuse_connects": 0, "stall": 0.0, "fault": None},
+        {
+            "writes": [],
+            "connects": 0,
+            "refuse_connects": 0,
+            "lose_replies": 0,
+            "stall": 0.0,
+            "fault": None,
+        },
     )
 
 

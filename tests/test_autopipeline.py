@@ -11,13 +11,13 @@ from collections.abc import AsyncIterator, Sequence
 import fakeredis
 import pytest
 from redis.asyncio import ConnectionPool, Redis, RedisCluster
-from redis.exceptions import ConnectionError as RedisConnectionError
 
 from chatstate import (
     Message,
+    OutcomeUnknownError,
     RedisStateStore,
+    RetryPolicy,
     StateLoadError,
-    StateSaveError,
     WrongTypeError,
 )
 from chatstate.stores.redis import AutoPipeline
@@ -160,27 +160,41 @@ async def test_cancelled_callers_leave_whole_turns_and_a_connection_in_step(
             assert len(history) == 12  # every turn of a caller that was not cancelled
 
 
-async def test_a_connection_failure_fails_its_batch_and_the_next_calls_succeed(
-    store: RedisStateStore, connection: type[WireConnection]
+@pytest.mark.parametrize("retry", [True, False], ids=["retried", "not-retried"])
+async def test_a_connection_lost_under_a_batch_applies_each_append_once(
+    client: Redis, key_prefix: str, connection: type[WireConnection], retry: bool
 ) -> None:
-    failures = [RedisConnectionError("connection reset by peer")]
-
-    def reset_the_first_shared_write(write: Write) -> BaseException | None:
-        return failures.pop() if failures and len(write.commands) > 1 else None
-
+    policy = RetryPolicy(attempts=3, backoff=0.01) if retry else RetryPolicy(attempts=1)
+    store = RedisStateStore(client, prefix=key_prefix, retry=policy)
     await store.append("warm-up", _turn("warm-up", 0))  # the script known to the server
-    connection.fault = reset_the_first_shared_write
-    names = [f"f{index}" for index in range(50)]
+    waiting = [f"f{index}" for index in range(50)]
+    lost: list[Write] = []
+
+    def lose_the_first_shared_reply(write: Write) -> None:
+        # The first write of many appends runs on the server, and its replies are lost.
+        if len(write.commands) > 1 and not lost:
+            lost.append(write)
+            connection.lose_replies = 1
+
+    connection.fault = lose_the_first_shared_reply
     results = await asyncio.gather(
-        *(store.append(name, _turn(name, 0)) for name in names), return_exceptions=True
+        *(store.append(name, _turn(name, 0)) for name in waiting), return_exceptions=True
     )
+    connection.fault = None
     failed = [result for result in results if isinstance(result, BaseException)]
-    assert not failures and failed and all(isinstance(error, StateSaveError) for error in failed)
-    assert len(failed) == max(len(write.commands) for write in connection.writes)  # that write
-    for error in failed:
-        assert isinstance(error, StateSaveError)
-        assert list(error.messages) == _turn(error.session_id or "", 0)  # what to retry
-    assert await asyncio.gather(*(store.load(name) for name in names))  # works again
+    if retry:
+        assert failed == []  # retried: each recognised by its write id
+    else:
+        assert lost and len(failed) == len(lost[0].commands)
+        for error in failed:
+            assert isinstance(error, OutcomeUnknownError), error
+            assert list(error.messages) == _turn(error.session_id or "", 0)  # what to retry
+            # The documented retry: it was applied, so it is not applied again.
+            assert await store.append(error.session_id or "", error.messages,
+                                      write_id=error.write_id) == 2  # fmt: skip
+    for name in waiting:
+        assert await store.load(name) == _turn(name, 0)  # once each
+    await store.aclose()
 
 
 async def test_a_slow_server_holds_callers_back_instead_of_queueing_without_bound(

@@ -120,7 +120,7 @@ class _Broken(DictBackend):
     async def read(self, session_id: str, **options: Any) -> Any:
         raise ConnectionError("the server went away")
 
-    async def delete(self, session_id: str) -> bool:
+    async def delete(self, session_id: str, **options: Any) -> bool:
         raise ConnectionError("WRONGTYPE")
 
     def error_kind(self, exc: Exception) -> Any:
@@ -136,7 +136,9 @@ async def test_a_backend_error_is_mapped_once_reported_and_counted(clock: FakeCl
     turn = [_user("a"), _reply("b")]
     with pytest.raises(StateSaveError) as saving:
         await store.append("s", turn)
+    assert type(saving.value) is StateSaveError  # unavailable: certainly not applied
     assert saving.value.messages == tuple(turn) and saving.value.session_id == "s"
+    assert saving.value.write_id is not None and "nothing was written" in str(saving.value)
     assert isinstance(saving.value.__cause__, ConnectionError)
     with pytest.raises(StateLoadError, match="went away"):
         await store.load("s")

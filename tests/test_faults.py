@@ -18,6 +18,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from chatstate import (
     ConfigurationError,
     Message,
+    OutcomeUnknownError,
     Pipeline,
     ProviderMiddleware,
     RedisStateStore,
@@ -29,6 +30,7 @@ from chatstate import (
     StateSaveError,
     StoreError,
 )
+from chatstate.stores import SessionSnapshot
 from chatstate.testing.redis_server import RedisServer
 
 from .redis_wire import WireConnection, Write, wired_client
@@ -103,6 +105,15 @@ def _flaky_store(
     return RedisStateStore(client, prefix=prefix, retry=retry, owns_client=True), connection
 
 
+async def _warm_up(store: RedisStateStore) -> None:
+    """Every write's script known to the server: a first call that finds it unknown would be
+    sent twice (EVALSHA, then EVAL), which is not the fault a test injects."""
+    await store.append("warm-up", _turn("warm-up", 0))
+    await store.save("warm-up", _turn("warm-up", 1))
+    await store.restore("warm-up", SessionSnapshot(_turn("warm-up", 2)), overwrite=True)
+    await store.delete("warm-up")
+
+
 def _failing(error: Exception, times: int) -> Callable[[Write], BaseException | None]:
     """A fault: the next ``times`` writes fail with ``error`` (their commands never run)."""
     left = [times]
@@ -134,16 +145,53 @@ async def test_loads_are_retried_after_a_lost_connection_or_a_timeout(
     await store.aclose()
 
 
-async def test_an_append_that_may_have_reached_the_server_is_never_retried(
+async def test_an_append_whose_reply_was_lost_is_retried_and_stored_once(
     redis_server: RedisServer, key_prefix: str
 ) -> None:
     store, connection = _flaky_store(redis_server, key_prefix)
-    connection.fault = _failing(RedisTimeoutError("no reply"), 1)
-    with pytest.raises(StateSaveError) as caught:
-        await store.append("s", _turn("s", 1))
-    assert list(caught.value.messages) == _turn("s", 1)  # for the caller to decide
-    # tried once: a retry could store the turn twice
-    assert [write.names for write in connection.writes] == [["EVALSHA"]]
+    await _warm_up(store)
+    await store.append("s", _turn("s", 0))
+    before = len(connection.writes)
+    connection.lose_replies = 1  # the append runs; its reply never comes
+    assert await store.append("s", _turn("s", 1)) == 4
+    assert [write.names for write in connection.writes[before:]] == [["EVALSHA"]] * 2  # retried
+    assert await store.load("s") == [*_turn("s", 0), *_turn("s", 1)]  # once
+    await store.aclose()
+
+
+@pytest.mark.parametrize("write", ["append", "save", "delete", "restore"])
+async def test_the_documented_caller_retry_applies_a_write_once(
+    redis_server: RedisServer, key_prefix: str, write: str
+) -> None:
+    store, connection = _flaky_store(redis_server, key_prefix, retry=None)
+    await _warm_up(store)
+    await store.save("s", _turn("s", 0))
+    connection.lose_replies = 1  # the write runs; its reply never comes; no retry of the store's
+
+    async def call(write_id: str | None = None) -> Any:
+        if write == "append":
+            return await store.append("s", _turn("s", 1), write_id=write_id)
+        if write == "save":
+            return await store.save("s", _turn("s", 2), write_id=write_id)
+        if write == "delete":
+            return await store.delete("s", write_id=write_id)
+        snapshot = SessionSnapshot(_turn("s", 3))
+        return await store.restore("s", snapshot, overwrite=True, write_id=write_id)
+
+    with pytest.raises(OutcomeUnknownError) as caught:
+        await call()
+    assert caught.value.write_id is not None and caught.value.session_id == "s"
+    if write in ("append", "save"):
+        assert list(caught.value.messages) == _turn("s", 1 if write == "append" else 2)
+    await store.append("s", _turn("s", 9))  # another writer's turn, acknowledged
+    await call(caught.value.write_id)  # the documented retry: applied at most once
+    expected = {
+        "append": [*_turn("s", 0), *_turn("s", 1), *_turn("s", 9)],
+        "save": [*_turn("s", 2), *_turn("s", 9)],
+        "delete": _turn("s", 9),
+        "restore": [*_turn("s", 3), *_turn("s", 9)],
+    }
+    assert await store.load("s") == expected[write]  # nothing doubled, nothing undone
     await store.aclose()
 
 

@@ -21,6 +21,8 @@ from chatstate import (
 from chatstate.stores._codec import encode_entry
 from chatstate.testing.redis_server import RedisServer
 
+from .redis_wire import WRITE_IDS_FIELDS
+
 
 def _user(text: str) -> Message:
     return Message(role="user", content=text)
@@ -80,14 +82,20 @@ async def test_a_list_over_the_bound_written_by_someone_else_is_read_and_trimmed
     assert await store.load("s") == [*stored[-19:], _user("new")]
 
 
-async def test_delete_leaves_no_key_of_the_session_behind(client: Redis, key_prefix: str) -> None:
+async def test_delete_leaves_no_history_of_the_session_behind(
+    client: Redis, key_prefix: str
+) -> None:
     store = RedisStateStore(client, prefix=key_prefix)
     await store.append("gone", [_user("a")], ttl=60)
     await store.append("kept", [_user("b")])
     async with store.lease("gone", ttl=5, timeout=1):
         pass  # a lease is released on exit: it leaves nothing behind either
     assert await store.delete("gone") is True
-    assert [key async for key in client.scan_iter(match=f"{key_prefix}:{{gone}}*")] == []
+    # Only the ids of its last writes, for 10 minutes, so a retried write is still recognised.
+    left = [key async for key in client.scan_iter(match=f"{key_prefix}:{{gone}}*")]
+    assert left == [store.key("gone", "meta").encode()]
+    assert set(await client.hkeys(left[0])) <= WRITE_IDS_FIELDS
+    assert 0 < await client.pttl(left[0]) <= 600_000
     assert await store.load("kept") == [_user("b")]
 
 

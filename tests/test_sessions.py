@@ -22,6 +22,7 @@ from chatstate.sessions import Conversations, temporary_session
 from chatstate.testing.redis_server import LocalRedisCluster, RedisServer
 
 from .conftest import kinds
+from .redis_wire import WRITE_IDS_FIELDS
 
 
 class Clock:
@@ -124,7 +125,11 @@ async def test_erasing_a_user_deletes_every_conversation_and_the_index(
     assert await store.load("user-10-conv-x") != []  # nobody else's
     if isinstance(store, RedisStateStore):
         left = [key async for key in store.client.scan_iter(match=f"{store.prefix}:{{user-9*")]
-        assert left == []
+        # Nothing but the write ids of the deletes, expiring in 10 minutes.
+        assert all(key.endswith(b":meta") for key in left)
+        for key in left:
+            assert set(await store.client.hkeys(key)) <= WRITE_IDS_FIELDS
+            assert 0 < await store.client.pttl(key) <= 600_000
 
 
 async def test_a_failed_delete_of_an_erase_raises_the_store_s_error_and_a_retry_finishes() -> None:

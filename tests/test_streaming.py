@@ -28,6 +28,7 @@ from chatstate import (
     ScriptedProvider,
     StateMiddleware,
     StateMiddlewareConfig,
+    StateSaveError,
     StreamChunk,
     ToolCall,
 )
@@ -480,7 +481,7 @@ async def test_a_lease_is_held_across_instances_until_the_stream_has_ended() -> 
     assert seen == [3] and "".join(got) == "".join(WORDS)
 
 
-async def test_under_a_lease_a_cancelled_turn_stores_nothing_and_a_left_stream_its_part() -> None:
+async def test_under_a_lease_a_cancelled_turn_and_a_left_stream_keep_their_part() -> None:
     reached = anyio.Event()
 
     async def slow(messages: Sequence[Message]) -> str:
@@ -494,14 +495,39 @@ async def test_under_a_lease_a_cancelled_turn_stores_nothing_and_a_left_stream_i
     async with anyio.create_task_group() as group:
         group.start_soon(pipe.execute_with_session, "s", "user", "hello")
         await reached.wait()
-        group.cancel_scope.cancel()  # as a lease that ran out would cancel it
-    assert await store.load("s") == []
+        group.cancel_scope.cancel()  # the caller is gone; the lease still holds
+    assert [(m.text, m.metadata) for m in await store.load("s")] == [
+        ("hello", {}),
+        ("", INTERRUPTED),
+    ]
     provider = Gated(pause_at=1)
     streaming = Pipeline(StateMiddleware(store, config), ProviderMiddleware(provider))
     async with streaming, streaming.stream_with_session("s", "user", "hi") as turn:
         async for _ in turn:
             break
-    assert [m.text for m in await store.load("s")] == ["hi", "The "]
+    assert [m.text for m in await store.load("s")][2:] == ["hi", "The "]
+
+
+async def test_a_kept_part_that_cannot_be_stored_does_not_hide_the_cancellation(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    reached = anyio.Event()
+
+    async def slow(messages: Sequence[Message]) -> str:
+        reached.set()
+        await anyio.sleep_forever()
+        raise AssertionError("unreachable")
+
+    store = SpyStore()
+    store.fail_append = StateSaveError("the store is down", session_id="s")
+    pipe, _ = _pipe(ScriptedProvider(slow), store, on_interrupt="keep_partial")
+    with anyio.CancelScope() as scope:
+        async with anyio.create_task_group() as group:
+            group.start_soon(pipe.execute_with_session, "s", "user", "hello")
+            await reached.wait()
+            scope.cancel()
+    assert scope.cancelled_caught  # cancelled, not failed with the store's error
+    assert store.calls["append"] == 1 and "the store is down" in caplog.text
 
 
 async def test_a_stream_that_ends_without_the_whole_message_is_a_provider_error() -> None:

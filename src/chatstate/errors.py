@@ -13,7 +13,8 @@ and chained with ``raise ... from exc``, so callers never have to catch a depend
     │   └── ConfigurationError
     ├── StoreError: a state store failed
     │   ├── StateLoadError: history could not be loaded
-    │   ├── StateSaveError: messages were not stored (carries them, for a retry)
+    │   ├── StateSaveError: a write was not applied (carries its messages and write id)
+    │   │   └── OutcomeUnknownError: a write was sent and no reply came: it may have been applied
     │   ├── WrongTypeError: a session's key holds data that chatstate did not write
     │   ├── LeaseTimeoutError: another instance held a session's lease for too long
     │   ├── LeaseLostError: a turn's lease ran out while the turn ran; the turn was cancelled
@@ -45,6 +46,7 @@ __all__ = [
     "InvalidSessionIdError",
     "LeaseLostError",
     "LeaseTimeoutError",
+    "OutcomeUnknownError",
     "PipelineError",
     "ProviderError",
     "SessionExistsError",
@@ -91,13 +93,33 @@ class StateLoadError(StoreError):
 
 
 class StateSaveError(StoreError):
-    """Messages were not stored. ``messages`` holds them, in order, so the caller can retry."""
+    """A write (an append, save, delete or restore) was certainly not applied: nothing of it is
+    stored. ``messages`` holds the messages it was to store, in order, and ``write_id`` its
+    identity: retry with both (``store.append(session_id, error.messages,
+    write_id=error.write_id)``).
+
+    Its subclass :class:`OutcomeUnknownError` says that the write may have been applied; the
+    same retry is right for both, since a store applies a write id at most once.
+    """
 
     def __init__(
-        self, message: str, *, session_id: str | None = None, messages: Sequence[Message] = ()
+        self,
+        message: str,
+        *,
+        session_id: str | None = None,
+        messages: Sequence[Message] = (),
+        write_id: str | None = None,
     ) -> None:
         super().__init__(message, session_id=session_id)
         self.messages: tuple[Message, ...] = tuple(messages)
+        self.write_id = write_id
+
+
+class OutcomeUnknownError(StateSaveError):
+    """A write was sent and no reply came (a timeout, a connection lost after sending): it may or
+    may not have been applied. Retrying it with its ``write_id`` is safe: a write the store has
+    already applied is recognised and not applied again (within the last 32 writes of the
+    session; see :func:`chatstate.stores.BackendStore.append`)."""
 
 
 class WrongTypeError(StoreError):

@@ -18,10 +18,9 @@ class RetryPolicy:
     0 and ``min(max_backoff, backoff * 2 ** (n - 1))`` seconds (full jitter: instances that failed
     together do not come back in lockstep). ``RetryPolicy(attempts=1)`` never retries.
 
-    Which calls are retried is the store's to say: the Redis store retries what is safe to repeat
-    (loads, saves, deletes) after any connection error or timeout, and an append only when its
-    command never left the client (the connection could not be made), so no retry ever applies an
-    append twice.
+    Which calls are retried is the store's to say: the Redis store retries every call after a
+    connection error or a timeout. Every write carries a write id that the session remembers, so
+    a retry of a write that did land is recognised and not applied again.
     """
 
     attempts: int = 3

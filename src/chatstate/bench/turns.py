@@ -4,9 +4,9 @@ provider (and tool) called directly, on the in-memory store.
 A cost per chunk or per round is a slope: the same turn with few and with many chunks (or rounds),
 the difference divided by the chunks (or rounds) between them, so that what a turn costs once
 (the load, the append, the lock) drops out. Each figure is the best of many short batches (ten
-per ``--repeats``, alternating sides), which a busy machine disturbs least. Both sides run the
-same ScriptedProvider; the target is on the difference, ours - floor: what the pipeline adds,
-excluding the provider and the tools.
+per ``--repeats``, three in a quick run, alternating sides), which a busy machine disturbs
+least. Both sides run the same ScriptedProvider; the target is on the difference, ours - floor:
+what the pipeline adds, excluding the provider and the tools.
 """
 
 from __future__ import annotations
@@ -212,8 +212,9 @@ async def _best_batches(
     """Many short batches of every side in turn; a side's figure is its best batch. A slope is
     the difference of two such figures, which one preempted batch of the short side would make
     negative if medians of a few long batches were taken on a busy machine."""
+    batches = 3 if options.quick else 10 * options.repeats  # quick: a smoke run
     figures = await compare_batches(
-        sides, ids, turns=BATCH_TURNS, rounds=10 * options.repeats, progress=progress
+        sides, ids, turns=BATCH_TURNS, rounds=batches, progress=progress
     )
     return {side: BatchFigures(min(value.rounds), value.rounds) for side, value in figures.items()}
 

@@ -17,6 +17,7 @@ from chatstate.clock import SYSTEM_CLOCK, Clock
 from chatstate.errors import (
     ChatStateError,
     ConfigurationError,
+    LeaseLostError,
     PipelineError,
     StateLoadError,
     StateSaveError,
@@ -83,9 +84,8 @@ class StateMiddlewareConfig:
       results), and the reply as far as it was read (streamed: the text the consumer took;
       empty if none), with ``metadata={"interrupted": true}``, so the next turn's model knows
       what the user saw.
-      With ``lease_ttl``, a turn whose own task is cancelled stores nothing (a lease that runs out
-      cancels its turn the same way); a streamed turn left early is not cancelled, and keeps its
-      part (run streamed turns in ``async with Pipeline(...)``).
+      A turn whose lease ran out (which cancels it) stores nothing: the store's fence refuses
+      the write.
     """
 
     max_messages: int = 20
@@ -299,11 +299,18 @@ class StateMiddleware:
             await call_next(context)
         except anyio.get_cancelled_exc_class():
             # The turn's task was cancelled where it stood (its caller gone): store what it said,
-            # shielded (the store's own timeouts bound the wait). Not under a lease: a lease that
-            # ran out cancels its turn too, and a turn never writes under a lease it lost.
-            if context.interrupted and self._keep_partial and self._lease is None:
+            # shielded (the store's own timeouts bound the wait). Under a lease that ran out (which
+            # cancels its turn too) the store's fence refuses the write: nothing is stored.
+            if context.interrupted and self._keep_partial:
                 with anyio.CancelScope(shield=True):
-                    await self._save(context, budget)
+                    try:
+                        await self._save(context, budget)
+                    except ChatStateError as exc:  # the cancellation goes on, not this
+                        logger.warning(
+                            "the interrupted turn of session %r was not stored: %s",
+                            context.session_id,
+                            exc,
+                        )
             raise
         if context.response is None:
             return  # nothing answered: the pipeline reports it, and half a turn is not stored
@@ -332,8 +339,8 @@ class StateMiddleware:
             length = await self.store.append(
                 session_id, new_messages, max_messages=self._stored_limit, ttl=self._ttl
             )
-        except StateSaveError:
-            raise
+        except (StateSaveError, LeaseLostError):
+            raise  # the store's own: it carries the write id (or, fenced, says why)
         except Exception as exc:
             raise StateSaveError(
                 f"storing the turn of session {session_id!r} failed: {type(exc).__name__}: {exc}",

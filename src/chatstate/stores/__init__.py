@@ -3,7 +3,15 @@ stores (each the core over a backend of its own)."""
 
 from typing import TYPE_CHECKING, Any
 
-from chatstate.stores._backend import Backend, BackendCensus, ErrorKind, Page, RawSession, Written
+from chatstate.stores._backend import (
+    Backend,
+    BackendCensus,
+    ErrorKind,
+    Fenced,
+    Page,
+    RawSession,
+    Written,
+)
 from chatstate.stores._core import BackendStore
 from chatstate.stores._encryption import Encryption
 from chatstate.stores._events import Hook, Operation, StoreEvent
@@ -31,6 +39,7 @@ __all__ = [
     "BackendStore",
     "Encryption",
     "ErrorKind",
+    "Fenced",
     "Fold",
     "Hook",
     "InMemoryStateStore",

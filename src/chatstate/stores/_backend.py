@@ -31,6 +31,20 @@ A backend that keeps its sessions in this process's memory may also offer
 entries as :meth:`Backend.read` would give them. The core's plain load then calls it without an
 await (the in-memory backend does: a load there costs under a microsecond).
 
+Write ids and fences
+    Every write (append, replace, delete, compact) carries ``write_id``: a token of 16
+    lowercase hex digits (64 bits). The backend remembers the tokens of the session's last 32
+    writes in the session's own storage, expiring with it, and keeps them for 600 s after a
+    delete (:mod:`chatstate.stores._writes` has the constants, and the helpers a backend in
+    Python can use). A write whose token it remembers is not applied again: it returns what an
+    applied one would (``Written.applied`` False; a delete, whether the session existed when it
+    first ran, or True; a compaction True). Retrying a write is then always safe.
+
+    A write may also carry ``fence``: the token of the lease its caller holds. If that token
+    does not hold the session's lease now, the backend raises :class:`Fenced` and writes
+    nothing, in the same atomic step (a repeated write is recognised first: it was applied
+    while the lease was held).
+
 Every method is one atomic step (one Lua script, one transaction) and, on a networked backend,
 one round trip. Methods raise the backend's own exceptions: the core maps them, through the
 backend's :meth:`Backend.error_kind`, to chatstate's typed errors.
@@ -46,6 +60,7 @@ __all__ = [
     "Backend",
     "BackendCensus",
     "ErrorKind",
+    "Fenced",
     "Page",
     "RawSession",
     "Written",
@@ -78,12 +93,19 @@ class Page(Generic[E]):
 
 @dataclass(slots=True)
 class Written:
-    """What a write returns: the session's length after it, its new version and whether the
-    bound trimmed anything."""
+    """What a write returns: the session's length after it, its new version, whether the bound
+    trimmed anything, and whether it was applied now (False: its write id was seen before, and
+    the length and version are the session's now)."""
 
     length: int
     version: int
     trimmed: bool = False
+    applied: bool = True
+
+
+class Fenced(Exception):
+    """Raised by a backend for a write whose ``fence`` no longer holds the session's lease:
+    nothing was written."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,11 +157,19 @@ class Backend(Protocol[E]):
         ...
 
     async def append(
-        self, session_id: str, entries: Sequence[E], *, max_entries: int | None, ttl: float | None
+        self,
+        session_id: str,
+        entries: Sequence[E],
+        *,
+        max_entries: int | None,
+        ttl: float | None,
+        write_id: str,
+        fence: str | None,
     ) -> Written:
         """Add ``entries`` (at least one) after the last, keep the newest ``max_entries``, and set
         the expiry (of the list and of its summary) to ``ttl`` from now, atomically. A session
-        that does not exist (or has expired) is created."""
+        that does not exist (or has expired) is created. (See the module for ``write_id`` and
+        ``fence``.)"""
         ...
 
     async def replace(
@@ -150,17 +180,21 @@ class Backend(Protocol[E]):
         summary: E | None,
         ttl: float | None,
         overwrite: bool,
+        write_id: str,
+        fence: str | None,
     ) -> Written | None:
         """Make ``entries`` (at least one) and ``summary`` the whole session, expiring ``ttl`` from
-        now. If the session exists and not ``overwrite``, change nothing and return None."""
+        now. If the session exists and not ``overwrite``, change nothing and return None (unless
+        ``write_id`` is remembered: its own earlier run made the session)."""
         ...
 
-    async def delete(self, session_id: str) -> bool:
-        """Remove the session (entries, summary, numbers); whether it existed."""
+    async def delete(self, session_id: str, *, write_id: str, fence: str | None) -> bool:
+        """Remove the session (entries, summary, numbers; not the write ids); whether it
+        existed."""
         ...
 
     async def compact(
-        self, session_id: str, *, generation: int, before_seq: int, summary: E
+        self, session_id: str, *, generation: int, before_seq: int, summary: E, write_id: str
     ) -> bool:
         """If the session's generation is still ``generation``: remove its entries numbered below
         ``before_seq`` (those a trim left), store ``summary`` with the list's expiry, and change

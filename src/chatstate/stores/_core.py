@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from datetime import timedelta
-from typing import Generic, Literal, Self, TypeVar
+from typing import Literal, Self, TypeVar
 
 from chatstate._checks import (
     check_limit,
@@ -22,9 +22,9 @@ from chatstate._checks import (
 )
 from chatstate._locks import KeyedLock
 from chatstate.clock import SYSTEM_CLOCK, Clock
-from chatstate.errors import ConfigurationError, StateLoadError, StateSaveError, StoreError
+from chatstate.errors import ConfigurationError, StateLoadError, StateSaveError
 from chatstate.messages import Message, as_messages
-from chatstate.stores._backend import Backend, Page, Written
+from chatstate.stores._backend import Backend, Page
 from chatstate.stores._codec import (
     DEFAULT_COMPRESS_OVER,
     DEFAULT_MAX_MESSAGE_BYTES,
@@ -38,14 +38,16 @@ from chatstate.stores._index import Listing
 from chatstate.stores._lease import Leasing
 from chatstate.stores._near_cache import NearCache
 from chatstate.stores._reporting import clock as _clock
-from chatstate.stores.base import TTL, Fold, SessionSnapshot, check_snapshot, run_fold
+from chatstate.stores._whole import WholeSessions
+from chatstate.stores._writes import check_write_id, fence_for, new_write_id
+from chatstate.stores.base import TTL
 
 __all__ = ["BackendStore"]
 
 E = TypeVar("E")
 
 
-class BackendStore(Listing, Leasing, Generic[E]):
+class BackendStore(Listing, Leasing, WholeSessions[E]):
     """A :class:`~chatstate.StateStore` over any :class:`~chatstate.stores.Backend`, with every
     optional capability: summaries, versions, snapshots, leases, the conversation index, metrics
     and hooks. The built-in stores are this core over their own backends.
@@ -254,19 +256,6 @@ class BackendStore(Listing, Leasing, Generic[E]):
         self._loaded(session_id, started, len(messages), skipped)
         return messages
 
-    def _decode_one(
-        self, entry: E | None, session_id: str, on_corrupt: Literal["skip", "raise"]
-    ) -> Message | None:
-        """A summary's entry decoded (None for none, or a corrupt one skipped and counted)."""
-        if entry is None:
-            return None
-        decoded, skipped = self._codec.decode(
-            [entry], on_corrupt=on_corrupt, session_id=session_id, summary=True
-        )
-        if skipped:
-            self._skipped(skipped, session_id)
-        return decoded[0] if decoded else None
-
     # -- writes ----------------------------------------------------------------------------------
 
     async def append(
@@ -276,11 +265,22 @@ class BackendStore(Listing, Leasing, Generic[E]):
         *,
         max_messages: int | None = None,
         ttl: TTL = None,
+        write_id: str | None = None,
     ) -> int:
         """Append ``messages`` atomically, keep the newest ``max_messages`` (None or -1: all) and
-        set the session to expire ``ttl`` from now (None: never). Returns the new length."""
+        set the session to expire ``ttl`` from now (None: never). Returns the new length.
+
+        ``write_id`` names the write (any text of 1 to 128 printable characters; by default the
+        store makes one): an append whose id the session has seen among its last 32 writes is
+        not applied again. A failed append raises :class:`~chatstate.errors.StateSaveError`
+        (nothing stored) or :class:`~chatstate.errors.OutcomeUnknownError` (perhaps stored), both
+        carrying ``messages`` and ``write_id``: retrying with both stores the turn exactly once.
+        Under a :meth:`lease` of the session, the append is refused with
+        :class:`~chatstate.errors.LeaseLostError` (nothing stored) if the lease was lost."""
         return (
-            await self.append_versioned(session_id, messages, max_messages=max_messages, ttl=ttl)
+            await self.append_versioned(
+                session_id, messages, max_messages=max_messages, ttl=ttl, write_id=write_id
+            )
         )[0]
 
     async def append_versioned(
@@ -290,12 +290,14 @@ class BackendStore(Listing, Leasing, Generic[E]):
         *,
         max_messages: int | None = None,
         ttl: TTL = None,
+        write_id: str | None = None,
     ) -> tuple[int, int]:
         """:meth:`append`, and the session's version after it."""
         session_id = check_session_id(session_id)
         new = as_messages(messages)
         bound = check_max_messages(max_messages)
         seconds = check_ttl(ttl)
+        token = new_write_id() if write_id is None else check_write_id(write_id)
         entries = self._codec.encode(new, session_id=session_id)
         if not entries:
             started = _clock()
@@ -303,134 +305,87 @@ class BackendStore(Listing, Leasing, Generic[E]):
             return page.length, page.version
         started = _clock()
         try:
-            written = await self.backend.append(session_id, entries, max_entries=bound, ttl=seconds)
+            written = await self.backend.append(
+                session_id,
+                entries,
+                max_entries=bound,
+                ttl=seconds,
+                write_id=token,
+                fence=fence_for(self, session_id),
+            )
         except Exception as exc:
             if self.near_cache is not None:
                 self.near_cache.dropped(session_id)  # it may have been written all the same
-            self._fail(exc, "append", session_id, started, StateSaveError, "appending to", new)
+            self._fail(
+                exc, "append", session_id, started, StateSaveError, "appending to", new,
+                write_id or token,
+            )  # fmt: skip
         if self.near_cache is not None:
-            self.near_cache.appended(session_id, new, written.length, written.version)
+            if written.applied:
+                self.near_cache.appended(session_id, new, written.length, written.version)
+            else:
+                self.near_cache.dropped(session_id)
         self._appended(session_id, started, len(new), written.trimmed)
         return written.length, written.version
 
-    async def save(self, session_id: str, messages: Sequence[Message], *, ttl: TTL = None) -> None:
-        """Replace the whole history of the session, atomically. An empty sequence deletes it."""
+    async def save(
+        self,
+        session_id: str,
+        messages: Sequence[Message],
+        *,
+        ttl: TTL = None,
+        write_id: str | None = None,
+    ) -> None:
+        """Replace the whole history of the session, atomically. An empty sequence deletes it.
+        ``write_id`` as for :meth:`append`: a retried save applies once, at its first run, and
+        never undoes the writes that came after that."""
         session_id = check_session_id(session_id)
         new = as_messages(messages)
         seconds = check_ttl(ttl)
+        token = new_write_id() if write_id is None else check_write_id(write_id)
         entries = self._codec.encode(new, session_id=session_id)
+        fence = fence_for(self, session_id)
         started = _clock()
         try:
             if entries:
                 await self.backend.replace(
-                    session_id, entries, summary=None, ttl=seconds, overwrite=True
+                    session_id,
+                    entries,
+                    summary=None,
+                    ttl=seconds,
+                    overwrite=True,
+                    write_id=token,
+                    fence=fence,
                 )
             else:
-                await self.backend.delete(session_id)
+                await self.backend.delete(session_id, write_id=token, fence=fence)
         except Exception as exc:
-            self._fail(exc, "save", session_id, started, StateSaveError, "saving", new)
+            self._fail(
+                exc, "save", session_id, started, StateSaveError, "saving", new, write_id or token
+            )
         finally:
             self._wrote(session_id)
         self._report("save", session_id, started, len(new))
 
-    async def delete(self, session_id: str) -> bool:
-        """Forget the session now. Returns whether it existed."""
+    async def delete(self, session_id: str, *, write_id: str | None = None) -> bool:
+        """Forget the session now. Returns whether it existed. ``write_id`` as for
+        :meth:`append`: a retried delete removes nothing written after its first run."""
         session_id = check_session_id(session_id)
+        token = new_write_id() if write_id is None else check_write_id(write_id)
         started = _clock()
         try:
-            existed = await self.backend.delete(session_id)
+            existed = await self.backend.delete(
+                session_id, write_id=token, fence=fence_for(self, session_id)
+            )
         except Exception as exc:
-            self._fail(exc, "delete", session_id, started, StoreError, "deleting")
+            self._fail(
+                exc, "delete", session_id, started, StateSaveError, "deleting", (),
+                write_id or token,
+            )  # fmt: skip
         finally:
             self._wrote(session_id)
         self._report("delete", session_id, started)
         return existed
-
-    # -- summaries -------------------------------------------------------------------------------
-
-    async def compact(self, session_id: str, fold: Fold) -> bool:
-        """Fold the oldest messages of the session into its summary (see
-        :class:`~chatstate.stores.SessionSummaries`): read the history and the summary in one
-        step, await ``fold``, and commit only if no save, fold or delete came between. What turns
-        appended meanwhile stays; what their trims removed is not removed twice (the fold names
-        what it covers by sequence number)."""
-        session_id = check_session_id(session_id)
-        started = _clock()
-        try:
-            page = await self.backend.read(
-                session_id, limit=None, summary=True, touch=None, numbers=True
-            )
-        except Exception as exc:
-            self._fail(exc, "compact", session_id, started, StoreError, "compacting")
-        if not page.entries:
-            return False
-        # A damaged entry raises rather than being skipped: the fold must cover exactly the
-        # entries it is given, and nothing unreadable is ever summarised away.
-        history, _ = self._codec.decode(page.entries, on_corrupt="raise", session_id=session_id)
-        summary = self._decode_one(page.summary, session_id, "raise")
-        result = await run_fold(fold, history, summary)
-        if result is None:
-            return False
-        count, new_summary = result
-        (entry,) = self._codec.encode([new_summary], session_id=session_id, summary=True)
-        started = _clock()
-        try:
-            done = await self.backend.compact(
-                session_id,
-                generation=page.generation,
-                before_seq=page.first_seq + count,
-                summary=entry,
-            )
-        except Exception as exc:
-            self._fail(exc, "compact", session_id, started, StoreError, "compacting")
-        finally:
-            self._wrote(session_id)
-        self._report("compact", session_id, started, count)
-        return done
-
-    # -- whole sessions --------------------------------------------------------------------------
-
-    async def snapshot(self, session_id: str) -> SessionSnapshot | None:
-        """The whole session as it stands, in one read (see
-        :class:`~chatstate.stores.SessionTransfer`); None if there is none. A damaged entry
-        raises: a copy never loses one silently."""
-        session_id = check_session_id(session_id)
-        started = _clock()
-        try:
-            raw = await self.backend.snapshot(session_id)
-        except Exception as exc:
-            self._fail(exc, "snapshot", session_id, started, StateLoadError, "reading")
-        if raw is None:
-            self._report("snapshot", session_id, started)
-            return None
-        messages, _ = self._codec.decode(raw.entries, on_corrupt="raise", session_id=session_id)
-        summary = self._decode_one(raw.summary, session_id, "raise")
-        self._report("snapshot", session_id, started, len(messages))
-        return SessionSnapshot(messages, summary, raw.ttl)
-
-    async def restore(
-        self, session_id: str, snapshot: SessionSnapshot, *, overwrite: bool = False
-    ) -> bool:
-        """Write ``snapshot`` as the whole session in one step; an existing session only with
-        ``overwrite`` (see :class:`~chatstate.stores.SessionTransfer`)."""
-        session_id = check_session_id(session_id)
-        messages, summary, seconds = check_snapshot(snapshot)
-        encode = self._codec.encode
-        entries = encode(messages, session_id=session_id)
-        summary_entry = (
-            None if summary is None else encode([summary], session_id=session_id, summary=True)[0]
-        )
-        started = _clock()
-        try:
-            written: Written | None = await self.backend.replace(
-                session_id, entries, summary=summary_entry, ttl=seconds, overwrite=bool(overwrite)
-            )
-        except Exception as exc:
-            self._fail(exc, "restore", session_id, started, StateSaveError, "restoring", messages)
-        finally:
-            self._wrote(session_id)
-        self._report("restore", session_id, started, len(messages))
-        return written is not None
 
     async def aclose(self) -> None:
         """Release the backend's resources (connections, threads). Idempotent."""

@@ -27,6 +27,7 @@ from chatstate.errors import (
     StoreError,
 )
 from chatstate.stores._reporting import Reporting, clock
+from chatstate.stores._writes import fenced
 
 __all__ = ["Lease", "Leasing"]
 
@@ -39,8 +40,8 @@ _RELEASE_TIMEOUT = 5.0
 class Lease:
     """``async with store.lease(session_id, ttl=30, timeout=10):`` holds the session's lease."""
 
-    __slots__ = ("_lost", "_scope", "_session_id", "_store", "_task_group", "_timeout", "_token",
-                 "_ttl")  # fmt: skip
+    __slots__ = ("_fence", "_lost", "_scope", "_session_id", "_store", "_task_group", "_timeout",
+                 "_token", "_ttl")  # fmt: skip
 
     def __init__(self, store: Leasing, session_id: str, *, ttl: float, timeout: float):
         seconds = check_ttl(ttl, name="ttl")
@@ -57,10 +58,15 @@ class Lease:
         self._token = secrets.token_hex(16)
         self._task_group: anyio.abc.TaskGroup | None = None
         self._lost = False
+        self._fence = fenced(store, session_id, self._token)
 
     @property
     def token(self) -> str:
-        """This holder's token (random, one per lease taken)."""
+        """This holder's token (random, one per lease taken): the fence of the writes made
+        under it. While the block runs, every write of the session through this store from
+        this task (and the tasks it starts) carries it, and the backend refuses the write,
+        atomically, if the token no longer holds the lease: the write raises
+        :class:`~chatstate.errors.LeaseLostError` and stores nothing."""
         return self._token
 
     async def __aenter__(self) -> Lease:
@@ -90,15 +96,18 @@ class Lease:
             store._local_leases.release(session_id)
             raise
         group.start_soon(self._keep_renewing, name=f"chatstate-lease-renew:{session_id}")
+        self._fence.__enter__()
         store._report("lease", session_id, started)
         return self
 
     async def __aexit__(self, *exc_info: Any) -> bool:
         group, self._task_group = self._task_group, None
+        self._fence.__exit__(None, None, None)
         try:
             if group is not None:
                 group.cancel_scope.cancel()  # the renewer; the body has ended
-                await group.__aexit__(*exc_info)
+                # Not the body's exception: it goes on as it is, never wrapped in a group.
+                await group.__aexit__(None, None, None)
         finally:
             await self._give_back()
             self._store._local_leases.release(self._session_id)

@@ -14,7 +14,8 @@ import anyio
 from chatstate._checks import check_ttl
 from chatstate.errors import ConfigurationError
 from chatstate.messages import Message
-from chatstate.stores._backend import BackendCensus, ErrorKind, Page, RawSession, Written
+from chatstate.stores._backend import BackendCensus, ErrorKind, Fenced, Page, RawSession, Written
+from chatstate.stores._writes import DELETED_IDS_TTL, remember, seen
 
 __all__ = ["MemoryBackend"]
 
@@ -22,9 +23,9 @@ _SWEEP_CHUNK = 1000
 
 
 class _Session:
-    __slots__ = ("entries", "expires_at", "generation", "head", "summary", "version")
+    __slots__ = ("entries", "expires_at", "generation", "head", "summary", "version", "writes")
 
-    def __init__(self) -> None:
+    def __init__(self, writes: str = "") -> None:
         self.entries: list[Any] = []
         self.head = 0  # the sequence number of entries[0]
         self.summary: Any = None
@@ -32,6 +33,7 @@ class _Session:
         # Random to start with, so a session deleted and written again never repeats a number.
         self.version = secrets.randbits(48) + 1
         self.generation = secrets.randbits(48) + 1
+        self.writes = writes  # the last write ids (see chatstate.stores._writes)
 
 
 class MemoryBackend:
@@ -62,6 +64,8 @@ class MemoryBackend:
         self._max_sessions = max_sessions
         self._clock = clock
         self._leases: dict[str, tuple[str, float]] = {}
+        # Deleted sessions' write ids: id -> (ids, whether the delete found it, kept until).
+        self._deleted: OrderedDict[str, tuple[str, bool, float]] = OrderedDict()
         # user session -> conversation id -> (last active, deadline): wall-clock seconds
         self._conversations: dict[str, dict[str, tuple[float, float | None]]] = {}
         self.evictions = 0
@@ -115,9 +119,20 @@ class MemoryBackend:
         return stored[:] if limit is None else stored[-limit:] if limit else []
 
     async def append(
-        self, session_id: str, entries: Sequence[Any], *, max_entries: int | None, ttl: float | None
+        self,
+        session_id: str,
+        entries: Sequence[Any],
+        *,
+        max_entries: int | None,
+        ttl: float | None,
+        write_id: str,
+        fence: str | None,
     ) -> Written:
-        session = self._for_write(session_id)
+        session = self._live(session_id)
+        ids = session.writes if session is not None else self._deleted_ids(session_id)
+        if ids and seen(ids, write_id):
+            return self._as_written(session)
+        session = self._to_write(session_id, session, ids, write_id, fence)
         session.version += 1
         stored = session.entries
         stored.extend(entries)
@@ -137,10 +152,16 @@ class MemoryBackend:
         summary: Any,
         ttl: float | None,
         overwrite: bool,
+        write_id: str,
+        fence: str | None,
     ) -> Written | None:
-        if not overwrite and self._live(session_id) is not None:
+        session = self._live(session_id)
+        ids = session.writes if session is not None else self._deleted_ids(session_id)
+        if ids and seen(ids, write_id):
+            return self._as_written(session)
+        if not overwrite and session is not None:
             return None
-        session = self._for_write(session_id)
+        session = self._to_write(session_id, session, ids, write_id, fence)
         session.entries, session.summary = list(entries), summary
         session.head = 0
         session.version += 1
@@ -148,23 +169,41 @@ class MemoryBackend:
         self._set_expiry(session_id, session, ttl)
         return Written(len(session.entries), session.version)
 
-    async def delete(self, session_id: str) -> bool:
-        if self._live(session_id) is None:
-            return False
-        del self._sessions[session_id]
-        return True
+    async def delete(self, session_id: str, *, write_id: str, fence: str | None) -> bool:
+        session = self._live(session_id)
+        deleted = self._deleted.get(session_id)
+        ids = session.writes if session is not None else self._deleted_ids(session_id)
+        if ids and seen(ids, write_id):
+            return True if session is not None or deleted is None else deleted[1]
+        if fence is not None:
+            self._check_fence(session_id, fence)
+        if session is not None:
+            del self._sessions[session_id]
+        self._forget_deleted(self._clock())
+        self._deleted[session_id] = (
+            remember(ids, write_id),
+            session is not None,
+            self._clock() + DELETED_IDS_TTL,
+        )
+        self._deleted.move_to_end(session_id)
+        return session is not None
 
     async def compact(
-        self, session_id: str, *, generation: int, before_seq: int, summary: Any
+        self, session_id: str, *, generation: int, before_seq: int, summary: Any, write_id: str
     ) -> bool:
         session = self._live(session_id)
-        if session is None or session.generation != generation:
+        if session is None:
+            return seen(self._deleted_ids(session_id), write_id)
+        if seen(session.writes, write_id):
+            return True
+        if session.generation != generation:
             return False  # rewritten, compacted or gone meanwhile
         folded = before_seq - session.head  # those a trim meanwhile left
         if folded > 0:
             del session.entries[:folded]
             session.head += folded
         session.summary = summary
+        session.writes = remember(session.writes, write_id)
         session.version += 1
         session.generation += 1
         return True
@@ -297,17 +336,60 @@ class MemoryBackend:
         del self._sessions[session_id]
         self.expirations += 1
 
-    def _for_write(self, session_id: str) -> _Session:
-        session = self._live(session_id)
-        if session is not None:
+    def _to_write(
+        self, session_id: str, session: _Session | None, ids: str, write_id: str, fence: str | None
+    ) -> _Session:
+        """The session a write (not a repeated one) goes to, its id remembered: the fence
+        checked, the session created if need be (with the ids a delete left)."""
+        if fence is not None:
+            self._check_fence(session_id, fence)
+        if session is None:
+            session = self._create(session_id, ids)
+        else:
             self._sessions.move_to_end(session_id)
-            return session
+        session.writes = remember(ids, write_id)
+        return session
+
+    def _create(self, session_id: str, writes: str) -> _Session:
+        """A new session, with the write ids its id was left with by a delete."""
         if self._max_sessions is not None:
             while len(self._sessions) >= self._max_sessions:
                 self._sessions.popitem(last=False)
                 self.evictions += 1
-        session = self._sessions[session_id] = _Session()
+        self._deleted.pop(session_id, None)
+        session = self._sessions[session_id] = _Session(writes)
         return session
+
+    def _as_written(self, session: _Session | None) -> Written:
+        """What a write already applied returns: the session as it is now."""
+        if session is None:
+            return Written(0, 0, applied=False)
+        return Written(len(session.entries), session.version, applied=False)
+
+    def _deleted_ids(self, session_id: str) -> str:
+        deleted = self._deleted.get(session_id)
+        if deleted is None:
+            return ""
+        if deleted[2] <= self._clock():
+            del self._deleted[session_id]
+            return ""
+        return deleted[0]
+
+    def _forget_deleted(self, now: float) -> None:
+        """Drop the write ids of sessions deleted long enough ago (and the oldest beyond
+        max_sessions)."""
+        deleted = self._deleted
+        limit = self._max_sessions
+        while deleted:
+            session_id, (_, _, until) = next(iter(deleted.items()))
+            if until > now and (limit is None or len(deleted) < limit):
+                return
+            del deleted[session_id]
+
+    def _check_fence(self, session_id: str, fence: str) -> None:
+        held = self._leases.get(session_id)
+        if held is None or held[0] != fence or held[1] <= self._clock():
+            raise Fenced(f"the lease of session {session_id!r} is not held by this token")
 
     def _set_expiry(self, session_id: str, session: _Session, seconds: float | None) -> None:
         if seconds is None:

@@ -8,9 +8,17 @@ import time
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
-from chatstate.errors import ChatStateError, StateSaveError, StoreError, WrongTypeError
+from chatstate.errors import (
+    ChatStateError,
+    LeaseLostError,
+    OutcomeUnknownError,
+    StateSaveError,
+    StoreError,
+    WrongTypeError,
+)
 from chatstate.messages import Message
 from chatstate.metrics import Recorder, StateMetrics
+from chatstate.stores._backend import Fenced
 from chatstate.stores._events import Hook, Operation, StoreEvent, emit
 
 __all__ = ["Reporting", "clock"]
@@ -122,8 +130,11 @@ class Reporting:
         kind: type[StoreError],
         doing: str,
         messages: Sequence[Message] = (),
+        write_id: str | None = None,
     ) -> NoReturn:
-        """Raise ``exc`` as chatstate's error of ``kind`` (reported as a failed operation)."""
+        """Raise ``exc`` as chatstate's error of ``kind`` (reported as a failed operation): for a
+        write (``kind`` StateSaveError), OutcomeUnknownError when it may have been applied, and
+        LeaseLostError when its lease's fence refused it."""
         self._recorder.errors += 1
         if self._hooks:
             event = StoreEvent(operation, session_id, started, clock() - started)
@@ -131,6 +142,12 @@ class Reporting:
             emit(self._hooks, event)
         if isinstance(exc, ChatStateError):
             raise exc
+        if isinstance(exc, Fenced):
+            raise LeaseLostError(
+                f"{doing} session {session_id!r} was refused: the lease this turn held has been "
+                "lost (it ran out, and another holder may have taken it); nothing was written",
+                session_id=session_id,
+            ) from exc
         error_kind = self.backend.error_kind(exc)
         if error_kind is None:
             raise exc
@@ -142,5 +159,18 @@ class Reporting:
             ) from exc
         text = f"{doing} session {session_id!r} failed: {type(exc).__name__}: {exc}"
         if kind is StateSaveError:
-            raise StateSaveError(text, session_id=session_id, messages=messages) from exc
+            if error_kind == "timeout":
+                raise OutcomeUnknownError(
+                    f"{text} (the outcome is unknown: it may have been applied; retrying with its "
+                    "write_id applies it at most once)",
+                    session_id=session_id,
+                    messages=messages,
+                    write_id=write_id,
+                ) from exc
+            raise StateSaveError(
+                f"{text} (nothing was written)",
+                session_id=session_id,
+                messages=messages,
+                write_id=write_id,
+            ) from exc
         raise kind(text, session_id=session_id) from exc

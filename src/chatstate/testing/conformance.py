@@ -41,6 +41,7 @@ from chatstate.testing._samples import (
     _user,
     sample_conversation,
 )
+from chatstate.testing._write_ids import WriteIdsConformance
 
 __all__ = ["StateStoreConformance", "sample_conversation"]
 
@@ -78,7 +79,7 @@ TRICKY_SESSION_IDS = [
 ]
 
 
-class StateStoreConformance(OptionalProtocolsConformance):
+class StateStoreConformance(OptionalProtocolsConformance, WriteIdsConformance):
     """Tests that hold for every StateStore. See the module docstring for the fixtures."""
 
     @pytest.fixture

@@ -5,7 +5,10 @@ Layout, for a session id escaped into a hash tag (``%`` → ``%25``, ``{`` → `
 
     {prefix}:{<id>}:messages   list    the entries, oldest first
     {prefix}:{<id>}:summary    string  the summary's entry, once a fold made one
-    {prefix}:{<id>}:meta       hash    tail (the number the next entry takes), gen, ver
+    {prefix}:{<id>}:meta       hash    tail (the number the next entry takes), gen, ver,
+                                       s (1: a summary exists), w1-w4 and wn (the last 32
+                                       write ids, 8 bytes each, a ring); after a delete only
+                                       the ids and x (whether it existed), for 10 minutes
     {prefix}:{<id>}:lease      string  the turn lease's holder
     {prefix}:{<id>}:version    string  read and removed: the version of a 0.1.0 versioned store
 
@@ -25,7 +28,7 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Literal
 
 from chatstate._checks import check_session_id
-from chatstate.stores._backend import BackendCensus, ErrorKind, Page, RawSession, Written
+from chatstate.stores._backend import BackendCensus, ErrorKind, Fenced, Page, RawSession, Written
 from chatstate.stores.redis import _scripts as lua
 from chatstate.stores.redis._autopipeline import AutoPipeline
 from chatstate.stores.redis._census import Census
@@ -63,7 +66,7 @@ class RedisBackend:
         self.pipeline = pipeline
         self.prefix = prefix
         self._execute = pipeline.execute
-        self._keys: dict[str, tuple[str, str, str, str]] = {}
+        self._keys: dict[str, tuple[str, str, str, str, str]] = {}
         # A SCAN pattern of every session's list (the prefix's glob characters escaped).
         self._sessions_pattern = f"{prefix.translate(_GLOB)}:{{*{_SUFFIX}"
         self._census = Census(pipeline, self._sessions_pattern, census_keys)
@@ -76,8 +79,8 @@ class RedisBackend:
         checked)."""
         return f"{self.prefix}:{{{check_session_id(session_id).translate(_ESCAPES)}}}:{kind}"
 
-    def _session_keys(self, session_id: str) -> tuple[str, str, str, str]:
-        """The list, summary, meta and 0.1.0 version keys of a (checked) session id."""
+    def _session_keys(self, session_id: str) -> tuple[str, str, str, str, str]:
+        """The list, summary, meta, 0.1.0 version and lease keys of a (checked) session id."""
         keys = self._keys.get(session_id)
         if keys is None:
             if len(self._keys) >= _KEYS_KEPT:
@@ -88,6 +91,7 @@ class RedisBackend:
                 base + "summary",
                 base + "meta",
                 base + "version",
+                base + "lease",
             )
         return keys
 
@@ -112,7 +116,7 @@ class RedisBackend:
             return Page(raw, 0)
         first: int | str = "" if limit == 0 else -limit if limit else 0
         reply = await lua.READ.run(
-            self._execute, keys, first, _ms(touch), int(summary), repeatable=True
+            self._execute, keys[:4], first, _ms(touch), int(summary), repeatable=True
         )
         if not reply:
             return Page([], 0)
@@ -126,13 +130,26 @@ class RedisBackend:
         *,
         max_entries: int | None,
         ttl: float | None,
+        write_id: str,
+        fence: str | None,
     ) -> Written:
         keys = self._keys.get(session_id) or self._session_keys(session_id)
-        # Not repeatable: a retry after a lost reply could store the turn twice.
-        length, version, trimmed = await lua.APPEND.run(
-            self._execute, keys, max_entries or 0, _ms(ttl), _seed(), *entries
+        # Repeatable: the write id makes a retry after a lost reply a no-op if the first landed.
+        reply = await lua.APPEND.run(
+            self._execute,
+            keys,
+            max_entries or 0,
+            _ms(ttl),
+            _seed(),
+            bytes.fromhex(write_id),
+            fence or "",
+            *entries,
+            repeatable=True,
         )
-        return Written(length, version, bool(trimmed))
+        if reply is None:
+            raise _fenced(session_id)
+        length, version, trimmed, applied = reply
+        return Written(length, version, bool(trimmed), bool(applied))
 
     async def replace(
         self,
@@ -142,6 +159,8 @@ class RedisBackend:
         summary: bytes | None,
         ttl: float | None,
         overwrite: bool,
+        write_id: str,
+        fence: str | None,
     ) -> Written | None:
         keys = self._session_keys(session_id)
         reply = await lua.REPLACE.run(
@@ -150,21 +169,40 @@ class RedisBackend:
             int(overwrite),
             _ms(ttl),
             _seed(),
+            bytes.fromhex(write_id),
+            fence or "",
             summary or b"",
             *entries,
             repeatable=True,
         )
-        return None if reply is None else Written(reply[0], reply[1])
+        if reply is None:
+            raise _fenced(session_id)
+        if len(reply) == 1:
+            return None  # it exists, and no overwrite
+        return Written(reply[0], reply[1], applied=bool(reply[2]))
 
-    async def delete(self, session_id: str) -> bool:
+    async def delete(self, session_id: str, *, write_id: str, fence: str | None) -> bool:
         keys = self._session_keys(session_id)
-        return bool(await lua.DELETE.run(self._execute, keys, repeatable=True))
+        existed = await lua.DELETE.run(
+            self._execute, keys, bytes.fromhex(write_id), fence or "", repeatable=True
+        )
+        if existed is None:
+            raise _fenced(session_id)
+        return bool(existed)
 
     async def compact(
-        self, session_id: str, *, generation: int, before_seq: int, summary: bytes
+        self, session_id: str, *, generation: int, before_seq: int, summary: bytes, write_id: str
     ) -> bool:
-        keys = self._session_keys(session_id)
-        done = await lua.COMPACT.run(self._execute, keys, generation, before_seq, summary)
+        keys = self._session_keys(session_id)[:4]
+        done = await lua.COMPACT.run(
+            self._execute,
+            keys,
+            generation,
+            before_seq,
+            summary,
+            bytes.fromhex(write_id),
+            repeatable=True,
+        )
         return bool(done)
 
     async def snapshot(self, session_id: str) -> RawSession[bytes] | None:
@@ -254,6 +292,10 @@ class RedisBackend:
 
     async def aclose(self) -> None:
         await self.pipeline.aclose()
+
+
+def _fenced(session_id: str) -> Fenced:
+    return Fenced(f"the lease of session {session_id!r} is not held by this write's token")
 
 
 def _unescape(escaped: str) -> str:

@@ -44,17 +44,23 @@ class Script:
             )
 
 
-def script(name: str) -> Script:
-    """The script in ``lua/<name>.lua``, shipped inside the package."""
-    source = files(__package__).joinpath("lua", f"{name}.lua").read_text(encoding="utf-8")
-    return Script(name, source)
+def _source(name: str) -> str:
+    return files(__package__).joinpath("lua", f"{name}.lua").read_text(encoding="utf-8")
 
 
+def script(name: str, *, writes: bool = False) -> Script:
+    """The script in ``lua/<name>.lua``, shipped inside the package; a script that ``writes``
+    a session comes after ``lua/_writes.lua`` (its write ids and fences)."""
+    source = _source(name)
+    return Script(name, f"{_WRITES}\n{source}" if writes else source)
+
+
+_WRITES = _source("_writes")
 READ = script("read")
-APPEND = script("append")
-REPLACE = script("replace")
-DELETE = script("delete")
-COMPACT = script("compact")
+APPEND = script("append", writes=True)
+REPLACE = script("replace", writes=True)
+DELETE = script("delete", writes=True)
+COMPACT = script("compact", writes=True)
 SNAPSHOT = script("snapshot")
 LEASE_ACQUIRE = script("lease_acquire")
 LEASE_RENEW = script("lease_renew")

@@ -85,12 +85,11 @@ class RedisStateStore(BackendStore[bytes]):
       to share its write with goes out at once. ``max_batch`` commands per write at most,
       ``max_in_flight`` writes (and so connections) at once, ``max_pending`` queued commands
       before callers wait for room. Off, every call is a command of its own on the client.
-    - ``retry``: a :class:`~chatstate.RetryPolicy` (default: 3 tries). Loads, saves, deletes and
-      other calls that are safe to repeat are retried after a lost connection or a timeout; an
-      append or a fold (not idempotent) only when its command never left the client, so no retry
-      applies a turn twice. ``None``: no retries. Give a client of your own
-      ``retry=Retry(NoBackoff(), 0)`` (as :meth:`from_url` does) or redis-py may repeat an append
-      on its own when ``auto_pipeline`` is off or on a cluster.
+    - ``retry``: a :class:`~chatstate.RetryPolicy` (default: 3 tries). Every call is retried
+      after a lost connection or a timeout: a write carries its write id, which the session
+      remembers, so a retry never applies it twice. ``None``: no retries. A client of your own
+      keeps its own retries too (``from_url`` turns redis-py's off: the store's policy is the
+      one to tune).
     - ``max_message_bytes``: a message whose JSON is longer (default 1 MiB) is refused with
       InvalidMessageError before anything of its call is stored; None: no limit.
     - ``message_cache_bytes``: the messages of recently written and read entries are kept,

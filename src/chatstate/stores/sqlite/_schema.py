@@ -1,6 +1,7 @@
 """The SQLite file: its tables, and opening one (WAL, durability, the layout's version).
 
-The layout has not changed since 0.1.0 (schema 1): a file written by any release opens as it is.
+The layout is that of 0.1.0 (schema 1) with one table more: a file written by any release opens
+as it is.
 
 - ``chatstate_sessions``: one row a session. Its entries are numbered ``head`` to ``tail - 1``
   (a trim or a compaction raises ``head``; numbers are never reused within a generation);
@@ -8,6 +9,10 @@ The layout has not changed since 0.1.0 (schema 1): a file written by any release
   ``generation`` with every write that is not an append; ``summary`` the summary's entry.
 - ``chatstate_messages``: the entries, keyed by (session, number), so a load reads one range.
 - ``chatstate_leases``: one row a held lease (token, expiry).
+- ``chatstate_writes``: the last write ids of a session (see :mod:`chatstate.stores._writes`),
+  dropped with it; after a delete, kept until ``expires_at``, with whether the delete found the
+  session (``existed``). Added in 0.2 beside the others: a file of 0.1.0 gains it when opened,
+  and 0.1.0 still reads and writes a file that has it.
 - ``chatstate_conversations``: the conversation index, (user, conversation) with last activity
   and deadline.
 - ``chatstate_meta``: ``schema``, the layout's version.
@@ -55,6 +60,12 @@ CREATE TABLE IF NOT EXISTS chatstate_conversations (
     last_active REAL NOT NULL,
     deadline REAL,
     PRIMARY KEY (user_session, conversation_id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS chatstate_writes (
+    session_id TEXT PRIMARY KEY,
+    ids TEXT NOT NULL,
+    existed INTEGER,
+    expires_at REAL
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS chatstate_leases (
     session_id TEXT PRIMARY KEY,

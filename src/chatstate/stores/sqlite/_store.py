@@ -90,8 +90,12 @@ class SQLiteBackend:
         *,
         max_entries: int | None,
         ttl: float | None,
+        write_id: str,
+        fence: str | None,
     ) -> Written:
-        return await self._thread.run(self._tx.append, session_id, entries, max_entries, ttl)
+        return await self._thread.run(
+            self._tx.append, session_id, entries, max_entries, ttl, write_id, fence
+        )
 
     async def replace(
         self,
@@ -101,18 +105,22 @@ class SQLiteBackend:
         summary: bytes | None,
         ttl: float | None,
         overwrite: bool,
+        write_id: str,
+        fence: str | None,
     ) -> Written | None:
         return await self._thread.run(
-            self._tx.replace, session_id, entries, summary, ttl, overwrite
+            self._tx.replace, session_id, entries, summary, ttl, overwrite, write_id, fence
         )
 
-    async def delete(self, session_id: str) -> bool:
-        return await self._thread.run(self._tx.delete, session_id)
+    async def delete(self, session_id: str, *, write_id: str, fence: str | None) -> bool:
+        return await self._thread.run(self._tx.delete, session_id, write_id, fence)
 
     async def compact(
-        self, session_id: str, *, generation: int, before_seq: int, summary: bytes
+        self, session_id: str, *, generation: int, before_seq: int, summary: bytes, write_id: str
     ) -> bool:
-        return await self._thread.run(self._tx.compact, session_id, generation, before_seq, summary)
+        return await self._thread.run(
+            self._tx.compact, session_id, generation, before_seq, summary, write_id
+        )
 
     async def snapshot(self, session_id: str) -> RawSession[bytes] | None:
         return await self._thread.run(self._tx.snapshot, session_id)

@@ -13,7 +13,8 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Literal
 
-from chatstate.stores._backend import Page, RawSession, Written
+from chatstate.stores._backend import Fenced, Page, RawSession, Written
+from chatstate.stores._writes import DELETED_IDS_TTL, remember, seen
 
 __all__ = ["SWEEP_CHUNK", "Transactions"]
 
@@ -77,9 +78,16 @@ class Transactions:
         entries: Sequence[bytes],
         max_entries: int | None,
         ttl: float | None,
+        write_id: str,
+        fence: str | None,
     ) -> Written:
         with self._transaction(db) as now:
             row = self._live_row(db, session_id, now)
+            ids, _ = _ids(db, session_id, now)
+            if ids and seen(ids, write_id):
+                return _as_written(row)
+            if fence is not None:
+                _check_fence(db, session_id, fence, now)
             count = len(entries)
             # Entries that the bound would trim at once are never written.
             kept = entries[-max_entries:] if max_entries is not None else entries
@@ -110,6 +118,7 @@ class Transactions:
                     "version = ? WHERE id = ?",
                     (head, tail, expires_at, version, session_id),
                 )
+            _remember(db, session_id, ids, write_id)
             self._sweep_if_due(db, now)
             return Written(tail - head, version, trimmed)
 
@@ -121,11 +130,18 @@ class Transactions:
         summary: bytes | None,
         ttl: float | None,
         overwrite: bool,
+        write_id: str,
+        fence: str | None,
     ) -> Written | None:
         with self._transaction(db) as now:
             row = self._live_row(db, session_id, now)
+            ids, _ = _ids(db, session_id, now)
+            if ids and seen(ids, write_id):
+                return _as_written(row)
             if row is not None and not overwrite:
                 return None
+            if fence is not None:
+                _check_fence(db, session_id, fence, now)
             db.execute("DELETE FROM chatstate_messages WHERE session_id = ?", (session_id,))
             _insert(db, session_id, 0, entries)
             version, generation = (row[3] + 1, row[4] + 1) if row else (_seed(), _seed())
@@ -140,14 +156,24 @@ class Transactions:
                     summary,
                 ),
             )
+            _remember(db, session_id, ids, write_id)
             self._sweep_if_due(db, now)
             return Written(len(entries), version)
 
-    def delete(self, db: sqlite3.Connection, session_id: str) -> bool:
+    def delete(
+        self, db: sqlite3.Connection, session_id: str, write_id: str, fence: str | None
+    ) -> bool:
         with self._transaction(db) as now:
             row = self._live_row(db, session_id, now)
+            ids, existed = _ids(db, session_id, now)
+            if ids and seen(ids, write_id):
+                return row is not None or existed is None or bool(existed)
+            if fence is not None:
+                _check_fence(db, session_id, fence, now)
             if row is not None:
                 _drop(db, session_id)
+            # The ids outlive the session a while, so that a retry is still recognised.
+            _remember(db, session_id, ids, write_id, row is not None, now + DELETED_IDS_TTL)
             return row is not None
 
     def compact(
@@ -157,9 +183,13 @@ class Transactions:
         generation: int,
         before_seq: int,
         summary: bytes,
+        write_id: str,
     ) -> bool:
         with self._transaction(db) as now:
             row = self._live_row(db, session_id, now)
+            ids, _ = _ids(db, session_id, now)
+            if ids and seen(ids, write_id):
+                return True  # its first run committed
             if row is None or row[4] != generation:
                 return False  # saved, compacted, deleted or expired meanwhile
             head, tail = row[0], row[1]
@@ -175,6 +205,7 @@ class Transactions:
                 "generation = generation + 1 WHERE id = ?",
                 (cut, summary, session_id),
             )
+            _remember(db, session_id, ids, write_id)
             return True
 
     def snapshot(self, db: sqlite3.Connection, session_id: str) -> RawSession[bytes] | None:
@@ -330,7 +361,7 @@ class Transactions:
         """The session's row inside a write; an expired session is deleted here."""
         row: _Row | None = db.execute(_ROW + "WHERE id = ?", (session_id,)).fetchone()
         if row is not None and row[2] is not None and row[2] <= now:
-            _drop(db, session_id)
+            _drop(db, session_id, writes=True)
             self.expirations += 1
             return None
         return row
@@ -350,16 +381,61 @@ class Transactions:
             )
         ]
         for session_id in expired:
-            _drop(db, session_id)
+            _drop(db, session_id, writes=True)
+        db.execute("DELETE FROM chatstate_writes WHERE expires_at <= ?", (now,))
         db.execute("DELETE FROM chatstate_conversations WHERE deadline <= ?", (now,))
         db.execute("DELETE FROM chatstate_leases WHERE expires_at <= ?", (now,))
         self.expirations += len(expired)
         return len(expired)
 
 
-def _drop(db: sqlite3.Connection, session_id: str) -> None:
+def _drop(db: sqlite3.Connection, session_id: str, *, writes: bool = False) -> None:
+    """Remove a session; with ``writes``, its write ids too (it expired: they go with it)."""
     db.execute("DELETE FROM chatstate_messages WHERE session_id = ?", (session_id,))
     db.execute("DELETE FROM chatstate_sessions WHERE id = ?", (session_id,))
+    if writes:
+        db.execute("DELETE FROM chatstate_writes WHERE session_id = ?", (session_id,))
+
+
+def _ids(db: sqlite3.Connection, session_id: str, now: float) -> tuple[str, int | None]:
+    """The session's remembered write ids, and, if it was deleted, whether the delete found it
+    (None: it was not deleted)."""
+    found = db.execute(
+        "SELECT ids, existed FROM chatstate_writes WHERE session_id = ? "
+        "AND (expires_at IS NULL OR expires_at > ?)",
+        (session_id, now),
+    ).fetchone()
+    return ("", None) if found is None else found
+
+
+def _remember(
+    db: sqlite3.Connection,
+    session_id: str,
+    ids: str,
+    write_id: str,
+    existed: bool | None = None,
+    until: float | None = None,
+) -> None:
+    db.execute(
+        "INSERT OR REPLACE INTO chatstate_writes VALUES (?, ?, ?, ?)",
+        (session_id, remember(ids, write_id), existed, until),
+    )
+
+
+def _check_fence(db: sqlite3.Connection, session_id: str, fence: str, now: float) -> None:
+    held = db.execute(
+        "SELECT token FROM chatstate_leases WHERE session_id = ? AND expires_at > ?",
+        (session_id, now),
+    ).fetchone()
+    if held is None or held[0] != fence:
+        raise Fenced(f"the lease of session {session_id!r} is not held by this token")
+
+
+def _as_written(row: _Row | None) -> Written:
+    """What a write already applied returns: the session as it is now."""
+    if row is None:
+        return Written(0, 0, applied=False)
+    return Written(row[1] - row[0], row[3], applied=False)
 
 
 def _insert(db: sqlite3.Connection, session_id: str, first: int, entries: Sequence[bytes]) -> None:

@@ -1,30 +1,43 @@
 -- Append entries, keep the newest, set the expiry, number them and bump the version: one step.
--- KEYS: 1 the list, 2 the summary, 3 the meta hash, 4 the version key of 0.1.0 stores.
+-- KEYS: 1 the list, 2 the summary, 3 the meta hash, 4 the version key of 0.1.0 stores, 5 the
+--       lease.
 -- ARGV: 1 keep the newest N (0: all); 2 ttl in ms (0: none); 3 a random seed, the generation
---       and version of a session this creates; 4.. the entries.
--- Returns {length, version, trimmed (0/1)}.
+--       and version of a session this creates; 4 the write id; 5 the fence ('': none);
+--       6.. the entries.
+-- Returns {length, version, trimmed (0/1), applied (0/1)}; false if the fence is refused.
 -- The reads come first and RPUSH is the first write: a key of another type fails the script
 -- (WRONGTYPE) before anything is changed.
-local meta = redis.call('HMGET', KEYS[3], 'tail', 'ver')
-local count = #ARGV - 3
+local meta = redis.call('HMGET', KEYS[3], 'w1', 'w2', 'w3', 'w4', 'wn', 'tail', 'ver', 's')
+if seen(meta, ARGV[4]) then  -- a retry of a write already applied
+  return {redis.call('LLEN', KEYS[1]), tonumber(meta[7]) or 0, 0, 0}
+end
+if fenced(KEYS[5], ARGV[5]) then return false end
+local count = #ARGV - 5
 local n
 -- unpack() has a stack limit of a few thousand values: push in chunks.
-for i = 4, #ARGV, 1000 do
+for i = 6, #ARGV, 1000 do
   n = redis.call('RPUSH', KEYS[1], unpack(ARGV, i, math.min(i + 999, #ARGV)))
 end
 local before = n - count
-local ver
-if before > 0 and meta[1] then  -- the common case: the generation stays
-  ver = tonumber(meta[2]) + 1
-  redis.call('HSET', KEYS[3], 'tail', tonumber(meta[1]) + count, 'ver', ver)
+local field, ids, written = remember(meta, meta[5], ARGV[4])
+local ver, summary
+if before > 0 and meta[6] then  -- the common case: the generation stays
+  ver, summary = tonumber(meta[7]) + 1, meta[8]
+  redis.call('HSET', KEYS[3], 'tail', tonumber(meta[6]) + count, 'ver', ver, field, ids,
+             'wn', written)
 else
   local tail, gen
-  if before == 0 then  -- a new session (any meta left is stale)
+  if before == 0 then  -- a new session (any meta left is a deleted one's: its ids stay)
     tail, gen, ver = 0, tonumber(ARGV[3]), tonumber(ARGV[3]) + 1
+    summary = false
+    redis.call('HDEL', KEYS[3], 'x', 's')
   else  -- a list written by 0.1.0: numbered from 0, as a read of it reported
     tail, gen, ver = before, 0, tonumber(redis.call('GET', KEYS[4]) or 1) + 1
+    summary = redis.call('EXISTS', KEYS[2]) == 1 and '1'
+    if summary then redis.call('HSET', KEYS[3], 's', 1) end
   end
-  redis.call('HSET', KEYS[3], 'tail', tail + count, 'gen', gen, 'ver', ver)
+  redis.call('HSET', KEYS[3], 'tail', tail + count, 'gen', gen, 'ver', ver, field, ids,
+             'wn', written)
   redis.call('DEL', KEYS[4])
 end
 local keep = tonumber(ARGV[1])
@@ -33,8 +46,12 @@ if keep > 0 and n > keep then
   redis.call('LTRIM', KEYS[1], -keep, -1)
   n, trimmed = keep, 1
 end
+-- The summary and the numbers live and die with the list (the summary's key only if there is
+-- one: the 's' flag of the meta hash).
 local ttl = tonumber(ARGV[2])
 for i = 1, 3 do
-  if ttl > 0 then redis.call('PEXPIRE', KEYS[i], ttl) else redis.call('PERSIST', KEYS[i]) end
+  if i ~= 2 or summary then
+    if ttl > 0 then redis.call('PEXPIRE', KEYS[i], ttl) else redis.call('PERSIST', KEYS[i]) end
+  end
 end
-return {n, ver, trimmed}
+return {n, ver, trimmed, 1}
