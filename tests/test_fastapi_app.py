@@ -251,6 +251,27 @@ async def test_a_turn_cancelled_mid_stream_leaves_what_the_policy_says(
             assert await _history(client, "s") == stored
 
 
+async def test_a_turn_cancelled_mid_stream_on_redis_keeps_its_part_under_the_lease(
+    redis_server: RedisServer, key_prefix: str
+) -> None:
+    # The example's config for a shared store: a Redis lease per turn, keep_partial.
+    with GatedModel() as model, anyio.fail_after(10):
+        async with _client(redis_server.url, provider=model) as client:
+            session = f"{key_prefix}-dave"
+            async with anyio.create_task_group() as group:
+                group.start_soon(_stream, client, session, "hello")
+                await model.write("Hello ")
+                group.cancel_scope.cancel()
+            assert await _history(client, session) == [
+                {"role": "user", "content": "hello"},
+                {"role": "assistant", "content": "Hello ", "metadata": {"interrupted": True}},
+            ]
+            # The lease was given back: the session's next turn runs at once.
+            response = await client.post(f"/sessions/{session}/messages", json={"content": "hi"})
+            assert response.json() == {"reply": "OK"}
+            await client.delete(f"/sessions/{session}")
+
+
 async def test_a_client_that_hangs_up_mid_stream_over_a_real_socket() -> None:
     with GatedModel() as model:
         app = create_app("memory://", model)  # the example's policy: keep_partial
