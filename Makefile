@@ -6,7 +6,11 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip --quiet --disable-pip-version-check
 CHECKED := src tests examples
 
-.PHONY: demo test test-fast lint typecheck unit unit-fast test-redis-lowest bench redis-server clean
+.PHONY: demo test test-fast lint typecheck unit unit-fast test-redis-lowest bench redis-server chromium clean
+
+# The browser tests drive the system's chromium (target `chromium`): playwright must never
+# download a browser of its own.
+export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD := 1
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +41,17 @@ redis-server:
 	fi
 	@command -v redis-server >/dev/null || { echo "redis-server could not be installed" >&2; exit 1; }
 
+# The browser tests (marker `browser`) drive Debian's chromium, headless, through playwright.
+chromium:
+	@if ! command -v chromium >/dev/null; then \
+	  echo "installing chromium (Debian package)"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends \
+	    chromium fonts-liberation >/dev/null; \
+	fi
+	@command -v chromium >/dev/null || { echo "chromium could not be installed" >&2; exit 1; }
+
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check $(CHECKED)
 	$(BIN)/ruff format --check $(CHECKED)
@@ -44,7 +59,7 @@ lint: $(VENV)/.installed-dev
 typecheck: $(VENV)/.installed-dev
 	$(BIN)/mypy
 
-unit: $(VENV)/.installed-dev redis-server
+unit: $(VENV)/.installed-dev redis-server chromium
 	$(BIN)/pytest
 
 test: lint typecheck unit test-redis-lowest
@@ -70,10 +85,11 @@ test-redis-lowest: $(VENV_LOWEST)/.installed-dev redis-server
 	@$(VENV_LOWEST)/bin/python -c 'import redis; assert redis.__version__ == "$(REDIS_FLOOR)", redis.__version__; print("redis-py", redis.__version__, "(the floor)")'
 	$(VENV_LOWEST)/bin/pytest $(REDIS_TESTS)
 
-# The same checks and every test that needs no redis-server (marker `redis`) and is not slow
-# (marker `slow`: hypothesis runs, the bench): about 25 s of pytest; `make test` runs them all.
+# The same checks and every test that needs no redis-server (marker `redis`), no browser (marker
+# `browser`) and is not slow (marker `slow`: hypothesis runs, the bench): about 25 s of pytest;
+# `make test` runs them all.
 unit-fast: $(VENV)/.installed-dev
-	$(BIN)/pytest -m "not redis and not slow"
+	$(BIN)/pytest -m "not redis and not slow and not browser"
 
 test-fast: lint typecheck unit-fast
 
