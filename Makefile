@@ -6,6 +6,12 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip --quiet --disable-pip-version-check
 CHECKED := src tests examples
 
+# Bytecode is kept (in __pycache__, ignored by git) even where the shell says otherwise: the tests
+# start Python processes by the dozen (examples, README blocks, the CLI, SQLite writers) and pytest
+# rewrites every test module, so without it each run compiles all of chatstate and the tests again
+# (some 4 s of `make test-fast`).
+unexport PYTHONDONTWRITEBYTECODE
+
 .PHONY: demo test test-fast lint typecheck unit unit-fast test-redis-lowest bench redis-server clean
 
 $(BIN)/python:
