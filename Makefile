@@ -79,7 +79,7 @@ test-redis-lowest: $(VENV_LOWEST)/.installed-dev redis-server
 # The same checks and every test that needs no redis-server (marker `redis`) and is not slow
 # (marker `slow`: hypothesis runs, the bench): about 25 s of pytest; `make test` runs them all.
 unit-fast: $(VENV)/.installed-dev
-	$(BIN)/pytest -m "not redis and not slow"
+	$(BIN)/pytest -m "not redis and not slow" --hypothesis-profile=fast
 
 test-fast: lint typecheck unit-fast
 
