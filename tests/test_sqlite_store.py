@@ -12,9 +12,9 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
 import weakref
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -30,8 +30,8 @@ from chatstate.errors import (
     UnsupportedFormatError,
 )
 from chatstate.sessions import Conversations
-from chatstate.stores import StoreEvent
-from chatstate.stores.sqlite import SQLiteStateStore
+from chatstate.stores import BackendStore, StoreEvent
+from chatstate.stores.sqlite import SQLiteBackend, SQLiteStateStore
 from chatstate.stores.urls import open_store
 
 from .conftest import FakeClock
@@ -297,20 +297,30 @@ async def test_the_backend_lease_is_held_by_one_token_at_a_time(tmp_path: Path) 
         assert not await backend.release_lease("s", "b")
 
 
+def _leasing(
+    path: Path, clock: FakeClock, *, wall: FakeClock | None = None, **options: Any
+) -> BackendStore[bytes]:
+    """The SQLite backend under a store core whose leases wait and renew on ``clock`` (the
+    ``clock=`` of SQLiteStateStore is only the file's wall clock, ``wall`` here: by default the
+    same clock)."""
+    return BackendStore(SQLiteBackend(path, clock=wall or clock, **options), clock=clock)
+
+
 async def test_a_holder_whose_lease_was_taken_meanwhile_is_cancelled(tmp_path: Path) -> None:
-    clock = FakeClock(1_700_000_000.0)
+    clock, wall = FakeClock(), FakeClock(1_700_000_000.0)
     path = tmp_path / "chat.db"
-    started = time.monotonic()
     async with (
-        SQLiteStateStore(path, clock=clock) as first,
-        SQLiteStateStore(path, clock=clock) as second,
+        _leasing(path, clock, wall=wall) as first,
+        SQLiteStateStore(path, clock=wall) as second,
     ):
         with pytest.raises(LeaseLostError):
             async with first.lease("s", ttl=0.3, timeout=1):
-                clock.advance(1)  # the first holder stalls past its ttl...
+                await clock.sleeping()  # the renewer waits for its first third of the ttl
+                wall.advance(1)  # the first holder stalls past its ttl...
                 async with second.lease("s", ttl=30, timeout=1):  # ...and another takes it
-                    await anyio.sleep(5)  # the first's renewal (at 0.1 s) finds it taken
-    assert time.monotonic() - started < 4  # its turn was cancelled, not left to run on
+                    clock.advance(0.1)  # the first's renewal comes due and finds it taken
+                    with anyio.fail_after(10):  # (a turn left to run on would fail here)
+                        await anyio.sleep_forever()
 
 
 async def test_conversations_are_indexed_in_the_file(tmp_path: Path) -> None:
@@ -429,23 +439,27 @@ async def test_a_damaged_summary_is_raised_by_a_snapshot(tmp_path: Path) -> None
 async def test_a_lease_needs_a_ttl_and_a_failed_renewal_is_tried_again(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    path = tmp_path / "chat.db"
-    async with SQLiteStateStore(path, busy_timeout=0.02) as store:
+    path, clock = tmp_path / "chat.db", FakeClock(1_700_000_000.0)
+    async with _leasing(path, clock, busy_timeout=0.02) as store:
         with pytest.raises(ConfigurationError, match="ttl"):
             async with store.lease("s", ttl=None, timeout=1):  # type: ignore[arg-type]
                 pass
-        async with SQLiteStateStore(path) as other:
+        async with SQLiteStateStore(path, clock=clock) as other:
             async with store.lease("s", ttl=0.6, timeout=1):
                 blocker = sqlite3.connect(path, isolation_level=None)
-                blocker.execute("BEGIN IMMEDIATE")  # the first renewal (at 0.2 s) fails
-                await asyncio.sleep(0.25)
+                blocker.execute("BEGIN IMMEDIATE")
+                await clock.sleeping()  # the renewer waits for its first third of the ttl
+                clock.advance(0.2)  # the first renewal fails: the file is locked
+                await clock.sleeping()  # ...and it waits to try again
                 blocker.execute("ROLLBACK")
                 blocker.close()
-                await asyncio.sleep(0.6)  # past the first ttl: renewed since, so still ours
+                for _ in range(3):  # past the first ttl: renewed since, so still ours
+                    clock.advance(0.2)
+                    await clock.sleeping()
                 with pytest.raises(LeaseTimeoutError):
                     async with other.lease("s", ttl=1, timeout=0.05):
                         pass
-    assert "renewing the lease of session 's' failed" in caplog.text
+    assert caplog.text.count("renewing the lease of session 's' failed") == 1
 
 
 async def test_opening_a_file_another_process_is_writing_waits_for_it(tmp_path: Path) -> None:
