@@ -15,7 +15,7 @@ import pytest
 import redis
 from redis.asyncio import Redis as AsyncRedis
 
-from chatstate.bench import encryption, memory
+from chatstate.bench import encryption, memory, scenarios
 from chatstate.bench.measure import percentile
 from chatstate.bench.options import BenchOptions
 from chatstate.bench.redis_floors import (
@@ -257,6 +257,7 @@ async def test_without_cryptography_the_encrypted_rows_are_skipped_with_a_note(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setitem(sys.modules, "cryptography", None)  # makes `import cryptography` fail
+    monkeypatch.setattr(scenarios, "SQLITE_SESSIONS", (1,))  # the SQLite rows, at 1 session only
     assert not encryption.available()
     options = BenchOptions.create(quick=True, sessions=(1,), turns=1)
     assert "encrypted_load" not in {item.key for item in memory.plan(options)}
