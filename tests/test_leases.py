@@ -21,6 +21,7 @@ from chatstate import (
     Pipeline,
     ProviderMiddleware,
     RedisStateStore,
+    RetryPolicy,
     ScriptedProvider,
     StateMiddleware,
     StateMiddlewareConfig,
@@ -161,7 +162,7 @@ def test_a_lease_needs_a_store_that_has_one() -> None:
 
 async def test_a_lease_on_an_unreachable_server_raises_a_store_error() -> None:
     client = Redis(port=1, socket_connect_timeout=0.5, retry=Retry(NoBackoff(), 0))
-    store = RedisStateStore(client)
+    store = RedisStateStore(client, retry=RetryPolicy(attempts=3, backoff=0))  # no waits
     with pytest.raises(StoreError, match="lease of session 's'"):
         async with store.lease("s", ttl=5, timeout=1):
             pass

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import io
 import os
 import sqlite3
 import subprocess
@@ -20,6 +21,7 @@ import anyio
 import pytest
 
 from chatstate import Message
+from chatstate.cli import main
 from chatstate.errors import (
     ConfigurationError,
     CorruptEntryError,
@@ -160,7 +162,7 @@ async def test_a_locked_database_fails_the_append_whole_without_blocking_the_loo
     tmp_path: Path,
 ) -> None:
     path = tmp_path / "chat.db"
-    async with SQLiteStateStore(path, busy_timeout=0.3) as store:
+    async with SQLiteStateStore(path, busy_timeout=0.1) as store:
         await store.append("s", _turn(1))
         blocker = sqlite3.connect(path, isolation_level=None)
         blocker.execute("BEGIN IMMEDIATE")  # another process's write, holding the lock
@@ -169,7 +171,7 @@ async def test_a_locked_database_fails_the_append_whole_without_blocking_the_loo
         async def tick() -> None:
             nonlocal ticks
             while True:
-                await asyncio.sleep(0.01)
+                await asyncio.sleep(0.005)
                 ticks += 1
 
         ticker = asyncio.create_task(tick())
@@ -184,7 +186,7 @@ async def test_a_locked_database_fails_the_append_whole_without_blocking_the_loo
         cause = caught.value.__cause__
         assert isinstance(cause, sqlite3.OperationalError)
         assert store.backend.error_kind(cause) == "unavailable"  # certainly not written
-        assert ticks >= 10  # the loop ran on while the store waited for the lock
+        assert ticks >= 5  # the loop ran on while the store waited for the lock
         assert [m.text for m in await store.load("s")] == ["question 1", "answer 1"]
 
 
@@ -386,23 +388,22 @@ def test_two_processes_on_one_file_lose_and_corrupt_nothing(tmp_path: Path) -> N
         assert stored == 7  # trimmed rows are gone, not just hidden
 
 
-def test_the_chat_command_remembers_across_processes(tmp_path: Path) -> None:
-    store = f"sqlite:///{tmp_path / 'chat.db'}"
-
-    def chat(line: str) -> str:
-        done = subprocess.run(
-            [sys.executable, "-m", "chatstate", "chat", "--store", store, "--session", "me"],
-            input=line,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=True,
-        )
-        return done.stdout
-
-    assert "0 messages so far" in chat("My name is Alice\n")
-    out = chat("What's my name?\n")
-    assert "2 messages so far" in out and "Alice" in out
+def test_the_chat_command_remembers_across_processes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    command = ["chat", "--store", f"sqlite:///{tmp_path / 'chat.db'}", "--session", "me"]
+    monkeypatch.setattr("sys.stdin", io.StringIO("My name is Alice\n"))
+    assert main(command) == 0  # this process writes the file...
+    assert "0 messages so far" in capsys.readouterr().out
+    done = subprocess.run(  # ...and another reads it
+        [sys.executable, "-m", "chatstate", *command],
+        input="What's my name?\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert "2 messages so far" in done.stdout and "Alice" in done.stdout
 
 
 async def test_a_damaged_entry_is_skipped_by_a_load_and_raised_by_a_snapshot(
@@ -471,7 +472,7 @@ async def test_opening_a_file_another_process_is_writing_waits_for_it(tmp_path: 
     blocker.execute("BEGIN IMMEDIATE")
 
     async def release() -> None:
-        await asyncio.sleep(0.3)
+        await asyncio.sleep(0.1)  # long after the store's thread has tried the file
         blocker.execute("COMMIT")
 
     releasing = asyncio.create_task(release())
