@@ -302,9 +302,9 @@ async def test_the_backend_lease_is_held_by_one_token_at_a_time(tmp_path: Path) 
 def _leasing(
     path: Path, clock: FakeClock, *, wall: FakeClock | None = None, **options: Any
 ) -> BackendStore[bytes]:
-    """The SQLite backend under a store core whose leases wait and renew on ``clock`` (the
-    ``clock=`` of SQLiteStateStore is only the file's wall clock, ``wall`` here: by default the
-    same clock)."""
+    """The SQLite backend under a store core whose leases wait and renew on ``clock``, which a
+    SQLiteStateStore is not given (its ``clock=`` is the file's wall clock: ``wall`` here, by
+    default ``clock`` too)."""
     return BackendStore(SQLiteBackend(path, clock=wall or clock, **options), clock=clock)
 
 
