@@ -89,7 +89,7 @@ def test_a_quick_run_against_redis_measures_both_sides(
         [*command, "--redis", redis_server.url, "--json", str(out), "--plot", str(plot)],
         capture_output=True,
         text=True,
-        timeout=600,  # a hang's limit: about 30 s alone, 80 s to over 120 s on a shared 2-core box
+        timeout=600,  # a hang's limit: 80 s at a load of 4 on 2 cores, over 120 s at 10
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "In-memory store" in done.stdout and "Redis store" in done.stdout
