@@ -15,7 +15,7 @@ import pytest
 import redis
 from redis.asyncio import Redis as AsyncRedis
 
-from chatstate.bench import encryption, memory, turns
+from chatstate.bench import encryption, memory, scenarios, turns
 from chatstate.bench.measure import percentile
 from chatstate.bench.options import BenchOptions
 from chatstate.bench.redis_floors import (
@@ -91,7 +91,7 @@ def test_a_quick_run_against_redis_measures_both_sides(
         [*command, "--redis", redis_server.url, "--json", str(out), "--plot", str(plot)],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=600,  # a hang's limit: 80 s at a load of 4 on 2 cores, over 120 s at 10
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "In-memory store" in done.stdout and "Redis store" in done.stdout
@@ -269,6 +269,7 @@ async def test_without_cryptography_the_encrypted_rows_are_skipped_with_a_note(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setitem(sys.modules, "cryptography", None)  # makes `import cryptography` fail
+    monkeypatch.setattr(scenarios, "SQLITE_SESSIONS", (1,))  # the SQLite rows, at 1 session only
     assert not encryption.available()
     options = BenchOptions.create(quick=True, sessions=(1,), turns=1)
     assert "encrypted_load" not in {item.key for item in memory.plan(options)}

@@ -16,6 +16,7 @@ from chatstate import (
     CorruptEntryError,
     Message,
     RedisStateStore,
+    RetryPolicy,
     StateLoadError,
     StateSaveError,
     UnsupportedFormatError,
@@ -137,11 +138,12 @@ async def test_a_huge_append_is_pushed_in_chunks(store: RedisStateStore) -> None
 
 
 async def test_connection_failures_become_typed_errors_that_keep_the_messages() -> None:
-    # Nothing listens on port 1; no retries, so the test is quick (retries are the client's policy).
+    # Nothing listens on port 1; no retries by the client (they are its policy), and the store's
+    # own tries without a wait between them, so the test is quick.
     client = Redis(
         host="127.0.0.1", port=1, socket_connect_timeout=0.5, retry=Retry(NoBackoff(), 0)
     )
-    store = RedisStateStore(client)
+    store = RedisStateStore(client, retry=RetryPolicy(attempts=3, backoff=0))
     with pytest.raises(StateLoadError, match="'s'"):
         await store.load("s")
     with pytest.raises(StateSaveError) as caught:

@@ -23,6 +23,8 @@ from chatstate import (
 from chatstate.tokens import Tally
 from chatstate.window import fit_window, is_valid_window, valid_window
 
+from .conftest import examples
+
 
 def _user(text: str) -> Message:
     return Message(role="user", content=text)
@@ -69,7 +71,7 @@ def conversations(draw: Any) -> list[Message]:
     return messages
 
 
-@settings(max_examples=500)
+@settings(max_examples=examples(500))
 @given(conversation=conversations(), data=st.data())
 def test_the_window_is_the_longest_valid_suffix_of_any_cut(
     conversation: list[Message], data: st.DataObject
@@ -257,7 +259,7 @@ def wordy_conversations(draw: Any) -> list[Message]:
     ]
 
 
-@settings(max_examples=500)
+@settings(max_examples=examples(500))
 @given(conversation=wordy_conversations(), data=st.data())
 def test_the_budget_window_is_the_longest_valid_suffix_that_fits(
     conversation: list[Message], data: st.DataObject
@@ -283,7 +285,7 @@ def test_the_turns_own_tool_result_keeps_its_call_in_a_budget_window() -> None:
     assert fit_window(history, [_result("a")], 1, tally) == []
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=examples(150), deadline=None)
 @given(conversation=wordy_conversations(), data=st.data())
 async def test_the_provider_gets_the_longest_valid_suffix_within_every_bound(
     conversation: list[Message], data: st.DataObject
