@@ -75,6 +75,20 @@ def server() -> Iterator[RedisServer]:
         yield server
 
 
+@pytest.fixture
+async def closing() -> AsyncIterator[Callable[[RedisStateStore], RedisStateStore]]:
+    """``closing(store)``: the store, closed when the test ends, however it ends."""
+    stores: list[RedisStateStore] = []
+
+    def keep(store: RedisStateStore) -> RedisStateStore:
+        stores.append(store)
+        return store
+
+    yield keep
+    for store in stores:
+        await store.aclose()
+
+
 def _user(text: str) -> Message:
     return Message(role="user", content=text)
 
@@ -416,15 +430,19 @@ async def test_a_faulted_write_retried_is_applied_once_and_undoes_nothing(
 
 
 async def test_a_write_sent_before_the_server_died_is_not_reported_as_never_written(
-    server: RedisServer, key_prefix: str
+    server: RedisServer,
+    key_prefix: str,
+    closing: Callable[[RedisStateStore], RedisStateStore],
 ) -> None:
     """The append runs (and is on disk), its reply is lost, the server dies, and the store's
     retries find no server: what the caller hears must be "outcome unknown", since the first
     try was sent. (It was "StateSaveError: nothing was written", from the last try alone, while
     the restarted server had the turn.) The documented retry then stores it once."""
     client, connection = wired_client(server.url, socket_timeout=TIMEOUT)
-    a = RedisStateStore(
-        client, prefix=key_prefix, retry=Pinned(attempts=3, pause=0.3), owns_client=True
+    a = closing(
+        RedisStateStore(
+            client, prefix=key_prefix, retry=Pinned(attempts=3, pause=0.3), owns_client=True
+        )
     )
     await _warm_up(a)
     await a.save("s", _turn("before"))
@@ -443,19 +461,20 @@ async def test_a_write_sent_before_the_server_died_is_not_reported_as_never_writ
     assert _texts(await a.load("s")) == _texts(_turn("before") + _turn("A"))  # it was written
     await a.append("s", caught.value.messages, write_id=caught.value.write_id)
     assert _texts(await a.load("s")) == _texts(_turn("before") + _turn("A"))  # once
-    await a.aclose()
 
 
 # -- fork and import: their own write is success, stall after stall ----------------------------
 
 
 async def test_a_fork_whose_reply_is_late_succeeds_20_times_of_20(
-    server: RedisServer, key_prefix: str
+    server: RedisServer,
+    key_prefix: str,
+    closing: Callable[[RedisStateStore], RedisStateStore],
 ) -> None:
     """The default retry policy (3 tries, jittered backoff), every fork's restore stalled past
     the timeout: each fork reports its copy (before: SessionExistsError, 20 of 20)."""
     client, connection = wired_client(server.url, socket_timeout=0.1)
-    a = RedisStateStore(client, prefix=key_prefix, owns_client=True)  # DEFAULT_RETRY
+    a = closing(RedisStateStore(client, prefix=key_prefix, owns_client=True))  # DEFAULT_RETRY
     await _warm_up(a)
     await a.save("src", _turn("source"))
     stall = Stall(server)
@@ -472,14 +491,15 @@ async def test_a_fork_whose_reply_is_late_succeeds_20_times_of_20(
     assert forked == 20
     for index in range(20):
         assert await a.load(f"fork-{index}") == _turn("source")
-    await a.aclose()
 
 
 async def test_an_import_whose_replies_are_late_imports_every_session(
-    server: RedisServer, key_prefix: str
+    server: RedisServer,
+    key_prefix: str,
+    closing: Callable[[RedisStateStore], RedisStateStore],
 ) -> None:
     client, connection = wired_client(server.url, socket_timeout=0.1)
-    a = RedisStateStore(client, prefix=key_prefix, owns_client=True)  # DEFAULT_RETRY
+    a = closing(RedisStateStore(client, prefix=key_prefix, owns_client=True))  # DEFAULT_RETRY
     await _warm_up(a)
     stall = Stall(server)
     sent: list[bytes] = []  # the list key of every restore sent
@@ -503,7 +523,6 @@ async def test_an_import_whose_replies_are_late_imports_every_session(
     assert len(sent) >= 10 and len(set(sent)) == 5  # each was retried
     for index in range(5):
         assert await a.load(f"i{index}") == _turn(f"imported {index}")
-    await a.aclose()
 
 
 # -- a stale lease holder, stalled for real, stores nothing -------------------------------------
@@ -551,7 +570,9 @@ async def test_a_holder_stalled_past_its_lease_stores_nothing(
 
 
 async def test_instances_writing_at_once_under_repeated_stalls_lose_and_double_nothing(
-    server: RedisServer, key_prefix: str
+    server: RedisServer,
+    key_prefix: str,
+    closing: Callable[[RedisStateStore], RedisStateStore],
 ) -> None:
     """Two instances save (timeout 0.1 s: the stalls make their replies late, and they retry,
     themselves and then as callers, until acknowledged); two others append (replies always
@@ -561,12 +582,16 @@ async def test_instances_writing_at_once_under_repeated_stalls_lose_and_double_n
     twice, none lost."""
     url = server.url
     savers = [
-        RedisStateStore.from_url(
-            url, prefix=key_prefix, socket_timeout=0.1, retry=Pinned(attempts=2, pause=0.02)
+        closing(
+            RedisStateStore.from_url(
+                url, prefix=key_prefix, socket_timeout=0.1, retry=Pinned(attempts=2, pause=0.02)
+            )
         )
         for _ in range(2)
     ]
-    appenders = [RedisStateStore.from_url(url, prefix=key_prefix, socket_timeout=10) for _ in "ab"]
+    appenders = [
+        closing(RedisStateStore.from_url(url, prefix=key_prefix, socket_timeout=10)) for _ in "ab"
+    ]
     sessions = ["c0", "c1", "c2"]
     start: dict[str, int] = {}
     for sid in sessions:
@@ -638,5 +663,33 @@ async def test_instances_writing_at_once_under_repeated_stalls_lose_and_double_n
             assert final - len(tail) == start[sid]
         else:
             assert all(version != final - len(tail) for version, _ in appends[sid])
-    for store in [*savers, *appenders]:
-        await store.aclose()
+
+
+async def test_a_turn_cancelled_while_taking_the_lease_gives_it_back(
+    server: RedisServer,
+    key_prefix: str,
+    closing: Callable[[RedisStateStore], RedisStateStore],
+) -> None:
+    """Issue 16, finding 8, on a real server: the acquire is sent, the server stalls, the caller
+    is cancelled, and the server then grants the lease to a caller that is gone. What it took is
+    given back: the next instance takes the lease at once, not after its 30 s."""
+    a = closing(RedisStateStore.from_url(server.url, prefix=key_prefix))
+    b = closing(RedisStateStore.from_url(server.url, prefix=key_prefix))
+    async with a.lease("warm-up", ttl=5, timeout=1), b.lease("warm-up-b", ttl=5, timeout=1):
+        pass  # the lease scripts known to the server
+    stall = Stall(server)
+
+    async def take() -> None:
+        async with a.lease("s", ttl=30, timeout=10):
+            pytest.fail("the lease should not have been taken")
+
+    stall.start(0.4)
+    task = asyncio.create_task(take())
+    await asyncio.sleep(0.1)  # the acquire is sent, and waits on the stalled server
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task  # it gave back what the late acquire granted
+    stall.close()
+    assert await b.client.exists(b.key("s", "lease")) == 0
+    async with b.lease("s", ttl=30, timeout=0.5):
+        pass  # free at once

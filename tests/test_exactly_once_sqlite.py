@@ -204,3 +204,31 @@ async def test_a_write_to_a_locked_file_is_not_applied_and_its_retry_applies_it_
         await call(store, error.write_id)
         await call(store, error.write_id)  # and again: a no-op
         assert _texts(await store.load("s")) == after
+
+
+async def test_a_turn_cancelled_while_taking_the_lease_gives_it_back(tmp_path: Path) -> None:
+    """Issue 16, finding 8, on SQLite: the caller is cancelled while the acquiring transaction
+    runs (and commits); what it took is given back, so another instance on the file takes the
+    lease at once rather than after its 30 s."""
+    path = tmp_path / "chat.db"
+    clock = GateClock()
+    async with SQLiteStateStore(path, clock=clock) as a, SQLiteStateStore(path) as b:
+        clock.armed = True
+        async with anyio.create_task_group() as group:
+            scope = anyio.CancelScope()
+
+            async def take() -> None:
+                with scope:
+                    async with a.lease("s", ttl=30, timeout=10):
+                        pytest.fail("the lease should not have been taken")
+
+            group.start_soon(take)
+            await anyio.to_thread.run_sync(clock.inside.wait)  # the acquire runs
+            scope.cancel()
+            await anyio.sleep(0.01)
+            clock.go.set()
+        assert scope.cancelled_caught
+        with sqlite3.connect(path) as raw:
+            assert raw.execute("SELECT count(*) FROM chatstate_leases").fetchone() == (0,)
+        async with b.lease("s", ttl=30, timeout=0.5):
+            pass  # free at once
