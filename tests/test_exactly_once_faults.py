@@ -225,22 +225,28 @@ async def _retry_restore(store: RedisStateStore, err: StateSaveError, wid: str |
 
 
 async def _retry_fork(store: RedisStateStore, err: StateSaveError, wid: str | None) -> Any:
-    # fork_session takes no write id: the caller retries the restore that failed, with the
-    # error's messages and write id (a fork_session run again would find its own copy there).
+    # The fork run again with the error's write id: its own copy is there, so it reports it.
+    copied = await fork_session(store, "src", "s", write_id=err.write_id)
+    assert copied.messages == _turn("source")
+
+
+async def _retry_restore_of(store: RedisStateStore, err: StateSaveError) -> None:
+    # The session that failed, restored again with the error's messages and write id.
     assert err.session_id == "s"
     snapshot = SessionSnapshot(list(err.messages))
     assert await store.restore("s", snapshot, write_id=err.write_id) is True
 
 
 async def _retry_import(store: RedisStateStore, err: StateSaveError, wid: str | None) -> Any:
-    # The session that failed, retried with the error's write id; then the rest of the import.
-    await _retry_fork(store, err, wid)
+    # The session that failed, retried with the error's write id; then the rest of the import
+    # (import_sessions takes no write id: run again, it would find its own sessions there).
+    await _retry_restore_of(store, err)
     report = await import_sessions(store, _lines(), on_conflict="skip")
     assert report.imported == ["t"] and report.skipped == ["s"]
 
 
 async def _fork(store: RedisStateStore, write_id: str | None) -> Any:
-    return await fork_session(store, "src", "s")
+    return await fork_session(store, "src", "s", write_id=write_id)
 
 
 async def _fold_the_first_turn(history: list[Message], summary: Message | None) -> Any:
@@ -297,7 +303,6 @@ OPS: dict[str, Op] = {
         lambda copied: isinstance(copied, SessionSnapshot) and copied.messages == _turn("source"),
         _texts(_turn("source")),
         _retry_fork,
-        takes_write_id=False,
     ),
     "import_sessions": Op(
         lua.REPLACE,
