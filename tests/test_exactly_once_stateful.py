@@ -228,9 +228,8 @@ async def _redis(url: str | None) -> Faulted:
     delay), so one lost reply is met by the store's retry and two reach the caller."""
     assert url is not None
     client, connection = wired_client(url)
-    store = RedisStateStore(
-        client, prefix=f"exactly-once-{next(_prefixes)}", retry=RetryPolicy(attempts=2, backoff=0)
-    )
+    prefix = f"exactly-once-{next(_prefixes)}"
+    store = RedisStateStore(client, prefix=prefix, retry=RetryPolicy(attempts=2, backoff=0))
     # Every write's script known to the server first: a NOSCRIPT would send a write twice.
     warm = "warm-up"
     await store.append(warm, [Message(role="user", content="w")])
@@ -243,6 +242,11 @@ async def _redis(url: str | None) -> Faulted:
         )
 
     async def close() -> None:
+        # The server is the whole session's: leave none of this example's keys on it (tests that
+        # scan it, such as the census's, count every key there).
+        cast(type[WireConnection], connection).lose_replies = 0
+        async for key in client.scan_iter(match=f"{prefix}:*"):
+            await client.delete(key)
         await store.aclose()
         await client.aclose()
 
