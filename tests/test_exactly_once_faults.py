@@ -24,6 +24,7 @@ import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -110,15 +111,22 @@ class Stall:
 
     def __init__(self, server: RedisServer) -> None:
         self._port = server.port
+        assert server.process is not None
+        self._wchan = Path(f"/proc/{server.process.pid}/wchan")
         self._sockets: list[socket.socket] = []
 
     def start(self, seconds: float = STALL) -> None:
         sock = socket.create_connection(("127.0.0.1", self._port), timeout=5)
         sock.sendall(f"DEBUG SLEEP {seconds}\r\n".encode())
         self._sockets.append(sock)
-        # Blocking, on purpose: the server must be asleep before the faulted command goes out
-        # (the wire hook calls this just before sending it). Waiting for a real server.
-        time.sleep(0.03)
+        # Blocking, on purpose (the wire hook calls this just before the faulted command goes
+        # out): wait until the server is asleep, seen by the kernel (its main thread in
+        # nanosleep rather than in epoll_wait). A blind pause lost that race on a loaded machine,
+        # and the command ran before the stall.
+        deadline = time.monotonic() + 5
+        while "nanosleep" not in self._wchan.read_text():
+            assert time.monotonic() < deadline, "the server never went to sleep"
+            time.sleep(0.001)  # waiting for a real server
 
     def close(self) -> None:
         for sock in self._sockets:
