@@ -206,6 +206,30 @@ async def test_an_append_that_never_left_the_client_is_retried(
     await store.aclose()
 
 
+@pytest.mark.parametrize("write", ["append", "save", "delete"])
+async def test_a_write_sent_then_retried_without_a_connection_is_an_unknown_outcome(
+    redis_server: RedisServer, key_prefix: str, write: str
+) -> None:
+    """The first try runs and its reply is lost; the retries find no connection. The caller
+    must hear "outcome unknown", not "nothing was written" (the last try's verdict alone)."""
+    store, connection = _flaky_store(redis_server, key_prefix)
+    await _warm_up(store)
+    await store.save("s", _turn("s", 0))
+    connection.lose_replies = 1  # the write runs; its reply never comes
+    connection.refuse_connects = 2  # and the store's two retries find no server
+    with pytest.raises(OutcomeUnknownError, match="may have been applied"):
+        if write == "append":
+            await store.append("s", _turn("s", 1))
+        elif write == "save":
+            await store.save("s", _turn("s", 1))
+        else:
+            await store.delete("s")
+    assert connection.connects >= 3  # both retries were tried, and refused
+    expected = {"append": [*_turn("s", 0), *_turn("s", 1)], "save": _turn("s", 1), "delete": []}
+    assert await store.load("s") == expected[write]  # it had been applied
+    await store.aclose()
+
+
 async def test_no_retry_policy_means_one_try(redis_server: RedisServer, key_prefix: str) -> None:
     store, connection = _flaky_store(redis_server, key_prefix, retry=None)
     connection.fault = _failing(RedisConnectionError("reset"), 1)

@@ -186,6 +186,7 @@ async def fork_session(
     *,
     overwrite: bool = False,
     ttl: TTL | Literal["source"] = "source",
+    write_id: str | None = None,
 ) -> SessionSnapshot:
     """Copy the session ``source`` (its history, summary and, by default, its time left) to
     the new session ``target``: branch a conversation, as PromptKit's fork does. The source is
@@ -195,7 +196,10 @@ async def fork_session(
     Raises :class:`~chatstate.errors.SessionNotFoundError` if ``source`` does not exist, and
     :class:`~chatstate.errors.SessionExistsError` if ``target`` exists, unless ``overwrite``
     (then it is replaced whole). ``ttl``: the fork's TTL (``None``: it never expires), or
-    ``"source"``: the time the source has left.
+    ``"source"``: the time the source has left. ``write_id`` names the fork's write (see
+    :meth:`~chatstate.stores.BackendStore.restore`): a fork that failed with
+    :class:`~chatstate.errors.OutcomeUnknownError` run again with the error's ``write_id``
+    reports its own copy, if the first run wrote it, instead of raising SessionExistsError.
     """
     source, target = check_session_id(source), check_session_id(target)
     if source == target:
@@ -210,7 +214,9 @@ async def fork_session(
         )
     if ttl != "source":
         snapshot = replace(snapshot, ttl=override)
-    if not await transfers.restore(target, snapshot, overwrite=bool(overwrite)):
+    # Only when given: a SessionTransfer of one's own may take no write_id.
+    named = {} if write_id is None else {"write_id": write_id}
+    if not await transfers.restore(target, snapshot, overwrite=bool(overwrite), **named):
         raise SessionExistsError(
             f"session {target!r} exists already; nothing was written (pass overwrite=True to "
             "replace it)",

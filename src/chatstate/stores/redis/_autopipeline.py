@@ -148,7 +148,16 @@ class AutoPipeline:
                 raise
             logger.debug("retrying %s after %s: %s", command[0], type(exc).__name__, exc)
             await asyncio.sleep(retry.delay(attempt))
-            return await self.execute(*command, repeatable=repeatable, attempt=attempt + 1)
+            try:
+                return await self.execute(*command, repeatable=repeatable, attempt=attempt + 1)
+            except CommandNotSent as unsent:
+                if isinstance(exc, CommandNotSent):
+                    raise
+                # This try was sent and no reply came: the command may have run, whatever the
+                # later tries found (no connection), so the failure is not "never sent".
+                raise RedisConnectionError(
+                    f"{exc} (sent, and no reply came; then, retried: {unsent})"
+                ) from unsent
 
     async def aclose(self) -> None:
         """Wait for the commands queued and in flight, then give the held connections back to the
