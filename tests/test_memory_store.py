@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import itertools
 import tracemalloc
 import weakref
 
 import pytest
 
 from chatstate import ConfigurationError, InMemoryStateStore, Message
+from chatstate.stores._memory_backend import MemoryBackend
 
 from .conftest import FakeClock
 
@@ -115,6 +117,34 @@ async def test_returned_lists_share_the_immutable_messages() -> None:
     loaded = await store.load("s")
     assert loaded[0] is message  # no deep copy: it cannot change anyway
     assert loaded is not await store.load("s")
+
+
+async def test_the_backends_awaited_append_is_its_plain_append_now() -> None:
+    # The core calls append_now; the Backend protocol's append must give the same, as Written.
+    awaited, plain = MemoryBackend(), MemoryBackend()
+    calls = [("s", ["a", "b"], 3, 60.0, "w1"), ("s", ["c", "d"], 3, 60.0, "w2")]
+    calls += [("s", ["c", "d"], 3, 60.0, "w2"), ("s", ["e"], None, None, "w3")]  # w2: a retry
+    results: list[tuple[int, int, bool, bool]] = []
+    for session_id, entries, bound, ttl, write_id in calls:
+        written = await awaited.append(
+            session_id, entries, max_entries=bound, ttl=ttl, write_id=write_id, fence=None
+        )
+        now = plain.append_now(session_id, entries, bound, ttl, write_id, None)
+        assert (written.length, written.trimmed, written.applied) == (now[0], now[2], now[3])
+        results.append((written.version, now[1], written.length, written.applied))
+    # Versions start at random: both go up by one per applied write, and a retry leaves them.
+    assert [(b[0] - a[0], b[1] - a[1]) for a, b in itertools.pairwise(results)] == [
+        (1, 1),
+        (0, 0),
+        (1, 1),
+    ]
+    assert [(length, applied) for *_, length, applied in results] == [
+        (2, True),
+        (3, True),
+        (3, False),
+        (4, True),
+    ]
+    assert awaited.entries_now("s", None) == plain.entries_now("s", None) == ["b", "c", "d", "e"]
 
 
 @pytest.mark.parametrize(

@@ -128,10 +128,31 @@ class MemoryBackend:
         write_id: str,
         fence: str | None,
     ) -> Written:
-        session = self._live(session_id)
+        length, version, trimmed, applied = self.append_now(
+            session_id, entries, max_entries, ttl, write_id, fence
+        )
+        return Written(length, version, trimmed, applied)
+
+    def append_now(
+        self,
+        session_id: str,
+        entries: Sequence[Any],
+        max_entries: int | None,
+        ttl: float | None,
+        write_id: str,
+        fence: str | None,
+    ) -> tuple[int, int, bool, bool]:
+        """:meth:`append` as a plain call, its :class:`Written` as a tuple: what the store core's
+        append calls, without an await, for a backend in process memory (as :meth:`entries_now`
+        for the plain load)."""
+        now = self._clock()
+        session = self._sessions.get(session_id)
+        if session is not None and session.expires_at is not None and session.expires_at <= now:
+            self._expire(session_id)
+            session = None
         ids = session.writes if session is not None else self._deleted_ids(session_id)
         if ids and seen(ids, write_id):
-            return self._as_written(session)
+            return self._as_applied(session)
         session = self._to_write(session_id, session, ids, write_id, fence)
         session.version += 1
         stored = session.entries
@@ -141,8 +162,8 @@ class MemoryBackend:
             cut = len(stored) - max_entries  # type: ignore[operator]
             del stored[:cut]
             session.head += cut
-        self._set_expiry(session_id, session, ttl)
-        return Written(len(stored), session.version, trimmed)
+        self._set_expiry(session_id, session, ttl, now)
+        return len(stored), session.version, trimmed, True
 
     async def replace(
         self,
@@ -362,9 +383,13 @@ class MemoryBackend:
 
     def _as_written(self, session: _Session | None) -> Written:
         """What a write already applied returns: the session as it is now."""
+        return Written(*self._as_applied(session))
+
+    def _as_applied(self, session: _Session | None) -> tuple[int, int, bool, bool]:
+        """:meth:`_as_written` as a tuple."""
         if session is None:
-            return Written(0, 0, applied=False)
-        return Written(len(session.entries), session.version, applied=False)
+            return 0, 0, False, False
+        return len(session.entries), session.version, False, False
 
     def _deleted_ids(self, session_id: str) -> str:
         deleted = self._deleted.get(session_id)
@@ -391,11 +416,14 @@ class MemoryBackend:
         if held is None or held[0] != fence or held[1] <= self._clock():
             raise Fenced(f"the lease of session {session_id!r} is not held by this token")
 
-    def _set_expiry(self, session_id: str, session: _Session, seconds: float | None) -> None:
+    def _set_expiry(
+        self, session_id: str, session: _Session, seconds: float | None, now: float | None = None
+    ) -> None:
         if seconds is None:
             session.expires_at = None
             return
-        now = self._clock()
+        if now is None:
+            now = self._clock()
         expires_at = session.expires_at = now + seconds
         heap = self._expiry_heap
         heapq.heappush(heap, (expires_at, session_id))
