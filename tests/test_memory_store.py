@@ -56,6 +56,27 @@ async def test_a_sweep_keeps_sessions_whose_ttl_was_refreshed(clock: FakeClock) 
     clock.advance(8)
     assert await store.sweep() == 0
     assert await store.load("s") == _msg("1") + _msg("2")
+    clock.advance(3)  # past the refreshed expiry: the sweep that kept it swept it now
+    assert await store.sweep() == 1
+    assert store.sessions_in_memory == 0
+
+
+async def test_a_sweep_reclaims_sessions_whose_ttl_was_shortened_or_removed(
+    clock: FakeClock,
+) -> None:
+    store = InMemoryStateStore(clock=clock, sweep_interval=None)
+    await store.append("shortened", _msg("1"), ttl=100)
+    await store.append("shortened", _msg("2"), ttl=5)
+    await store.append("kept", _msg("1"), ttl=5)
+    await store.append("kept", _msg("2"))  # no ttl: never expires now
+    await store.append("kept", _msg("3"), ttl=50)  # and an expiry again, later
+    clock.advance(6)
+    assert await store.sweep() == 1
+    assert await store.load("shortened") == []
+    assert await store.load("kept") == _msg("1") + _msg("2") + _msg("3")
+    clock.advance(50)
+    assert await store.sweep() == 1
+    assert store.sessions_in_memory == 0
 
 
 async def test_sweeping_yields_to_the_event_loop_between_chunks(clock: FakeClock) -> None:
