@@ -20,7 +20,6 @@ from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import AuthenticationError, AuthorizationError, RedisError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from redis.utils import check_protocol_version
 
 try:
     import hiredis
@@ -189,33 +188,37 @@ class ConnectionTransport:
 
 def _reads_fast(connection: AbstractConnection) -> bool:
     """Whether the replies can be taken from the connection's hiredis reader directly: its own
-    parser, RESP2 (no push messages), and redis-py's own read_response (a class that overrides
-    it, a test's fault injection, gets its own)."""
+    parser, and redis-py's own read_response (a class that overrides it, a test's fault
+    injection, gets its own)."""
     return (
         type(connection._parser) is _AsyncHiredisParser
         and type(connection).read_response is AbstractConnection.read_response
-        and not check_protocol_version(connection.protocol, 3)
     )
 
 
 async def _read_replies(connection: AbstractConnection, count: int) -> list[Any]:
     """``count`` replies, read as redis-py's read_response reads each, without its layers of
     calls per reply (about a microsecond a reply, measured: a twentieth of a turn's client CPU):
-    an error reply is kept as its exception, a connection error raised; any failure (a timeout,
-    a cancel, a closed socket) disconnects the connection, so it goes back clean."""
+    an error reply is kept as its exception, a connection error raised, a RESP3 push message
+    handed to the parser's handler (not a reply); any failure (a timeout, a cancel, a closed
+    socket) disconnects the connection, so it goes back clean."""
     parser: Any = connection._parser
     gets = parser._reader.gets
+    push = parser._hiredis_PushNotificationType or ()  # hiredis before 3.2: none
     replies: list[Any] = []
     try:
         if not parser._connected:
             raise RedisConnectionError("the connection was closed")
-        for _ in range(count):
+        while len(replies) < count:
             reply = gets()
             while reply is NOT_ENOUGH_DATA:
                 await parser.read_from_socket()
                 reply = gets()
             if isinstance(reply, RedisConnectionError):
                 raise reply
+            if isinstance(reply, push):
+                await parser.handle_push_response(reply)
+                continue
             if type(reply) is list and reply and isinstance(reply[0], RedisConnectionError):
                 raise reply[0]
             replies.append(reply)
