@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import itertools
 import tracemalloc
 import weakref
 
 import pytest
 
 from chatstate import ConfigurationError, InMemoryStateStore, Message
+from chatstate.stores._memory_backend import MemoryBackend
 
 from .conftest import FakeClock
 
@@ -54,6 +56,27 @@ async def test_a_sweep_keeps_sessions_whose_ttl_was_refreshed(clock: FakeClock) 
     clock.advance(8)
     assert await store.sweep() == 0
     assert await store.load("s") == _msg("1") + _msg("2")
+    clock.advance(3)  # past the refreshed expiry: the sweep that kept it swept it now
+    assert await store.sweep() == 1
+    assert store.sessions_in_memory == 0
+
+
+async def test_a_sweep_reclaims_sessions_whose_ttl_was_shortened_or_removed(
+    clock: FakeClock,
+) -> None:
+    store = InMemoryStateStore(clock=clock, sweep_interval=None)
+    await store.append("shortened", _msg("1"), ttl=100)
+    await store.append("shortened", _msg("2"), ttl=5)
+    await store.append("kept", _msg("1"), ttl=5)
+    await store.append("kept", _msg("2"))  # no ttl: never expires now
+    await store.append("kept", _msg("3"), ttl=50)  # and an expiry again, later
+    clock.advance(6)
+    assert await store.sweep() == 1
+    assert await store.load("shortened") == []
+    assert await store.load("kept") == _msg("1") + _msg("2") + _msg("3")
+    clock.advance(50)
+    assert await store.sweep() == 1
+    assert store.sessions_in_memory == 0
 
 
 async def test_sweeping_yields_to_the_event_loop_between_chunks(clock: FakeClock) -> None:
@@ -115,6 +138,34 @@ async def test_returned_lists_share_the_immutable_messages() -> None:
     loaded = await store.load("s")
     assert loaded[0] is message  # no deep copy: it cannot change anyway
     assert loaded is not await store.load("s")
+
+
+async def test_the_backends_awaited_append_is_its_plain_append_now() -> None:
+    # The core calls append_now; the Backend protocol's append must give the same, as Written.
+    awaited, plain = MemoryBackend(), MemoryBackend()
+    calls = [("s", ["a", "b"], 3, 60.0, "w1"), ("s", ["c", "d"], 3, 60.0, "w2")]
+    calls += [("s", ["c", "d"], 3, 60.0, "w2"), ("s", ["e"], None, None, "w3")]  # w2: a retry
+    results: list[tuple[int, int, bool, bool]] = []
+    for session_id, entries, bound, ttl, write_id in calls:
+        written = await awaited.append(
+            session_id, entries, max_entries=bound, ttl=ttl, write_id=write_id, fence=None
+        )
+        now = plain.append_now(session_id, entries, bound, ttl, write_id, None)
+        assert (written.length, written.trimmed, written.applied) == (now[0], now[2], now[3])
+        results.append((written.version, now[1], written.length, written.applied))
+    # Versions start at random: both go up by one per applied write, and a retry leaves them.
+    assert [(b[0] - a[0], b[1] - a[1]) for a, b in itertools.pairwise(results)] == [
+        (1, 1),
+        (0, 0),
+        (1, 1),
+    ]
+    assert [(length, applied) for *_, length, applied in results] == [
+        (2, True),
+        (3, True),
+        (3, False),
+        (4, True),
+    ]
+    assert awaited.entries_now("s", None) == plain.entries_now("s", None) == ["b", "c", "d", "e"]
 
 
 @pytest.mark.parametrize(

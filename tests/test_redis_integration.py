@@ -23,6 +23,7 @@ from chatstate import (
     StateMiddleware,
     StateMiddlewareConfig,
 )
+from chatstate.stores.redis._transport import ConnectionTransport
 from chatstate.testing.redis_server import LocalRedisCluster, RedisServer, find_free_port
 
 pytestmark = pytest.mark.redis  # every test here talks to a real server (`tls_server` its own)
@@ -81,6 +82,31 @@ async def test_scripts_are_reloaded_after_a_script_flush(client: Redis, key_pref
     assert await store.append("s", _turn(2), max_messages=3) == 3
     await store.save("t", _turn(3))
     assert await store.load("t") == _turn(3)
+
+
+async def test_replies_stay_in_step_around_resp3_push_messages(
+    redis_server: RedisServer, key_prefix: str
+) -> None:
+    # RESP3 lets the server push messages between replies (here: client-side caching's
+    # invalidation of a key the connection tracks and then sets itself); they go to redis-py's
+    # parser, and the replies of a pipelined exchange stay in step.
+    client = Redis.from_url(redis_server.url, protocol=3)
+    transport = ConnectionTransport(client)
+    tracked = f"{key_prefix}:tracked"
+    replies = await transport.execute_many(
+        [
+            ("CLIENT", "TRACKING", "ON"),
+            ("GET", tracked),  # tracked from now on
+            ("SET", tracked, "1"),  # an invalidation is pushed to this connection
+            ("GET", tracked),
+            ("SET", tracked, "2"),
+            ("LRANGE", f"{key_prefix}:missing", 0, -1),
+        ]
+    )
+    assert replies == [b"OK", None, b"OK", b"1", b"OK", []]
+    assert await transport.execute(("GET", tracked)) == b"2"
+    await transport.release(transport.detach())
+    await client.aclose()
 
 
 def _pipeline(store: RedisStateStore, **config: Any) -> Pipeline:

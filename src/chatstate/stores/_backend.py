@@ -29,7 +29,11 @@ Generation
 A backend that keeps its sessions in this process's memory may also offer
 ``entries_now(session_id, limit) -> list`` (a plain method, not a coroutine): the newest ``limit``
 entries as :meth:`Backend.read` would give them. The core's plain load then calls it without an
-await (the in-memory backend does: a load there costs under a microsecond).
+await (the in-memory backend does: a load there costs under a microsecond). Likewise
+``append_now(session_id, entries, max_entries, ttl, write_id, fence)``: :meth:`Backend.append`
+as a plain call, its :class:`Written` as a tuple ``(length, version, trimmed, applied)``, which
+the core's appends call instead (a coroutine, a Written and the keywords are a tenth of an
+in-memory append).
 
 Write ids and fences
     Every write (append, replace, delete, compact) carries ``write_id``: a token of 16

@@ -98,7 +98,8 @@ class ObjectCodec:
     def encode(
         self, messages: Sequence[Message], *, session_id: str, summary: bool = False
     ) -> list[Message]:
-        check_sizes(messages, self._max_bytes)
+        if self._max_bytes is not None:
+            check_sizes(messages, self._max_bytes)
         return list(messages)
 
     def decode(
@@ -195,12 +196,13 @@ class EntryCodec:
         """The entries of ``messages``, which are remembered for the loads that follow. A message
         whose JSON is over ``max_bytes`` raises InvalidMessageError (and nothing is encoded)."""
         compress_over, max_bytes = self._compress_over, self._max_bytes
+        method, compress = self._compress
         entries = []
         for index, message in enumerate(messages):
             payload = _json(message)
-            if max_bytes is not None:
-                _check_size(index, len(payload), max_bytes)
-            entries.append(_envelope(payload, compress_over, *self._compress, tokens_of(message)))
+            if max_bytes is not None and len(payload) > max_bytes:
+                _check_size(index, len(payload), max_bytes)  # raises
+            entries.append(_envelope(payload, compress_over, method, compress, tokens_of(message)))
         owner = None
         encryption = self._encryption
         if encryption is not None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from datetime import timedelta
-from typing import Literal, Self, TypeVar
+from typing import Literal, Self, TypeAlias, TypeVar
 
 from chatstate._checks import (
     check_limit,
@@ -45,6 +45,12 @@ from chatstate.stores.base import TTL
 __all__ = ["BackendStore"]
 
 E = TypeVar("E")
+
+_AppendNow: TypeAlias = Callable[
+    [str, list[E], int | None, float | None, str, str | None], tuple[int, int, bool, bool]
+]
+"""A backend's optional ``append_now``: :meth:`Backend.append` as a plain call, its result as
+``(length, version, trimmed, applied)``."""
 
 
 class BackendStore(Listing, Leasing, WholeSessions[E]):
@@ -113,6 +119,8 @@ class BackendStore(Listing, Leasing, WholeSessions[E]):
         self._entries_now: Callable[[str, int | None], list[E]] | None = (
             entries_now if self._touch is None and self.near_cache is None else None
         )
+        # Its optional append_now, for every append: the same step as append, without an await.
+        self._append_now: _AppendNow[E] | None = getattr(backend, "append_now", None)
         self._local_leases = KeyedLock()
         self._closed = False
 
@@ -303,30 +311,38 @@ class BackendStore(Listing, Leasing, WholeSessions[E]):
             started = _clock()
             page = await self._read(session_id, 0, started=started, touch=False)
             return page.length, page.version
+        near = self.near_cache
         started = _clock()
         try:
-            written = await self.backend.append(
-                session_id,
-                entries,
-                max_entries=bound,
-                ttl=seconds,
-                write_id=token,
-                fence=fence_for(self, session_id),
-            )
+            if self._append_now is not None:
+                length, version, trimmed, applied = self._append_now(
+                    session_id, entries, bound, seconds, token, fence_for(self, session_id)
+                )
+            else:
+                written = await self.backend.append(
+                    session_id,
+                    entries,
+                    max_entries=bound,
+                    ttl=seconds,
+                    write_id=token,
+                    fence=fence_for(self, session_id),
+                )
+                length, version = written.length, written.version
+                trimmed, applied = written.trimmed, written.applied
         except Exception as exc:
-            if self.near_cache is not None:
-                self.near_cache.dropped(session_id)  # it may have been written all the same
+            if near is not None:
+                near.dropped(session_id)  # it may have been written all the same
             self._fail(
                 exc, "append", session_id, started, StateSaveError, "appending to", new,
                 write_id or token,
             )  # fmt: skip
-        if self.near_cache is not None:
-            if written.applied:
-                self.near_cache.appended(session_id, new, written.length, written.version)
+        if near is not None:
+            if applied:
+                near.appended(session_id, new, length, version)
             else:
-                self.near_cache.dropped(session_id)
-        self._appended(session_id, started, len(new), written.trimmed)
-        return written.length, written.version
+                near.dropped(session_id)
+        self._appended(session_id, started, len(new), trimmed)
+        return length, version
 
     async def save(
         self,

@@ -23,13 +23,23 @@ _SWEEP_CHUNK = 1000
 
 
 class _Session:
-    __slots__ = ("entries", "expires_at", "generation", "head", "summary", "version", "writes")
+    __slots__ = (
+        "entries",
+        "expires_at",
+        "generation",
+        "head",
+        "indexed_at",
+        "summary",
+        "version",
+        "writes",
+    )
 
     def __init__(self, writes: str = "") -> None:
         self.entries: list[Any] = []
         self.head = 0  # the sequence number of entries[0]
         self.summary: Any = None
         self.expires_at: float | None = None
+        self.indexed_at: float | None = None  # the time of its live entry in the expiry heap
         # Random to start with, so a session deleted and written again never repeats a number.
         self.version = secrets.randbits(48) + 1
         self.generation = secrets.randbits(48) + 1
@@ -57,8 +67,11 @@ class MemoryBackend:
             None if sweep_interval is None else check_ttl(sweep_interval, name="sweep_interval")
         )
         self._sessions: OrderedDict[str, _Session] = OrderedDict()
-        # (expires_at, session_id) for every expiry ever set; entries that a later write made stale
-        # are skipped when popped, and the heap is rebuilt when they outnumber the live ones.
+        # (time, session_id): one live entry per session with an expiry, at or before it (the
+        # session's indexed_at). A write that moves the expiry later pushes nothing (a sweep that
+        # pops the entry early pushes it again at the expiry); one that moves it earlier pushes a
+        # new entry, and the old one is stale: skipped when popped, and the heap is rebuilt when
+        # stale entries outnumber the live ones.
         self._expiry_heap: list[tuple[float, str]] = []
         self._next_sweep = 0.0
         self._max_sessions = max_sessions
@@ -128,10 +141,31 @@ class MemoryBackend:
         write_id: str,
         fence: str | None,
     ) -> Written:
-        session = self._live(session_id)
+        length, version, trimmed, applied = self.append_now(
+            session_id, entries, max_entries, ttl, write_id, fence
+        )
+        return Written(length, version, trimmed, applied)
+
+    def append_now(
+        self,
+        session_id: str,
+        entries: Sequence[Any],
+        max_entries: int | None,
+        ttl: float | None,
+        write_id: str,
+        fence: str | None,
+    ) -> tuple[int, int, bool, bool]:
+        """:meth:`append` as a plain call, its :class:`Written` as a tuple: what the store core's
+        append calls, without an await, for a backend in process memory (as :meth:`entries_now`
+        for the plain load)."""
+        now = self._clock()
+        session = self._sessions.get(session_id)
+        if session is not None and session.expires_at is not None and session.expires_at <= now:
+            self._expire(session_id)
+            session = None
         ids = session.writes if session is not None else self._deleted_ids(session_id)
         if ids and seen(ids, write_id):
-            return self._as_written(session)
+            return self._as_applied(session)
         session = self._to_write(session_id, session, ids, write_id, fence)
         session.version += 1
         stored = session.entries
@@ -141,8 +175,8 @@ class MemoryBackend:
             cut = len(stored) - max_entries  # type: ignore[operator]
             del stored[:cut]
             session.head += cut
-        self._set_expiry(session_id, session, ttl)
-        return Written(len(stored), session.version, trimmed)
+        self._set_expiry(session_id, session, ttl, now)
+        return len(stored), session.version, trimmed, True
 
     async def replace(
         self,
@@ -362,9 +396,13 @@ class MemoryBackend:
 
     def _as_written(self, session: _Session | None) -> Written:
         """What a write already applied returns: the session as it is now."""
+        return Written(*self._as_applied(session))
+
+    def _as_applied(self, session: _Session | None) -> tuple[int, int, bool, bool]:
+        """:meth:`_as_written` as a tuple."""
         if session is None:
-            return Written(0, 0, applied=False)
-        return Written(len(session.entries), session.version, applied=False)
+            return 0, 0, False, False
+        return len(session.entries), session.version, False, False
 
     def _deleted_ids(self, session_id: str) -> str:
         deleted = self._deleted.get(session_id)
@@ -391,28 +429,35 @@ class MemoryBackend:
         if held is None or held[0] != fence or held[1] <= self._clock():
             raise Fenced(f"the lease of session {session_id!r} is not held by this token")
 
-    def _set_expiry(self, session_id: str, session: _Session, seconds: float | None) -> None:
+    def _set_expiry(
+        self, session_id: str, session: _Session, seconds: float | None, now: float | None = None
+    ) -> None:
         if seconds is None:
             session.expires_at = None
             return
-        now = self._clock()
+        if now is None:
+            now = self._clock()
         expires_at = session.expires_at = now + seconds
-        heap = self._expiry_heap
-        heapq.heappush(heap, (expires_at, session_id))
-        if len(heap) > 2 * len(self._sessions) + 1024:
-            self._rebuild_heap()
+        indexed_at = session.indexed_at
+        if indexed_at is None or expires_at < indexed_at:
+            heap = self._expiry_heap
+            heapq.heappush(heap, (expires_at, session_id))
+            session.indexed_at = expires_at
+            if len(heap) > 2 * len(self._sessions) + 1024:
+                self._rebuild_heap()
         # The sweep rides on the writes: at most one chunk per sweep_interval, no task of its own.
         if self._sweep_interval is not None and now >= self._next_sweep:
             self._next_sweep = now + self._sweep_interval
             self._sweep_chunk(now)
 
     def _rebuild_heap(self) -> None:
-        self._expiry_heap = [
-            (session.expires_at, session_id)
-            for session_id, session in self._sessions.items()
-            if session.expires_at is not None
-        ]
-        heapq.heapify(self._expiry_heap)
+        heap = []
+        for session_id, session in self._sessions.items():
+            session.indexed_at = session.expires_at
+            if session.expires_at is not None:
+                heap.append((session.expires_at, session_id))
+        heapq.heapify(heap)
+        self._expiry_heap = heap
 
     def _sweep_chunk(self, now: float) -> tuple[int, bool]:
         heap, sessions = self._expiry_heap, self._sessions
@@ -420,12 +465,19 @@ class MemoryBackend:
         for _ in range(_SWEEP_CHUNK):
             if not heap or heap[0][0] > now:
                 return removed, True
-            expires_at, session_id = heapq.heappop(heap)
+            indexed_at, session_id = heapq.heappop(heap)
             session = sessions.get(session_id)
-            # A stale entry: the session was rewritten, deleted or re-created since this was pushed.
-            if session is not None and session.expires_at == expires_at:
+            # A stale entry: the session was deleted, re-created or given an earlier expiry since.
+            if session is None or session.indexed_at != indexed_at:
+                continue
+            expires_at = session.indexed_at = session.expires_at
+            if expires_at is None:
+                continue  # it expires no more
+            if expires_at <= now:
                 self._expire(session_id)
                 removed += 1
+            else:  # refreshed since: its entry goes back, at its expiry
+                heapq.heappush(heap, (expires_at, session_id))
         return removed, False
 
 

@@ -35,13 +35,20 @@ class Script:
         """Run the script on ``keys`` (all in one slot) with ``args``; see
         :meth:`~chatstate.stores.redis.AutoPipeline.execute` for ``repeatable``."""
         try:
-            return await execute(
-                "EVALSHA", self.sha, len(keys), *keys, *args, repeatable=repeatable
-            )
+            return await execute(*self.head(keys), *args, repeatable=repeatable)
         except NoScriptError:
-            return await execute(
-                "EVAL", self.source, len(keys), *keys, *args, repeatable=repeatable
-            )
+            return await self.evaluate(execute, keys, *args, repeatable=repeatable)
+
+    def head(self, keys: Sequence[str]) -> tuple[str | int, ...]:
+        """The EVALSHA command on ``keys``, but for the arguments: for a caller that keeps it."""
+        return ("EVALSHA", self.sha, len(keys), *keys)
+
+    async def evaluate(
+        self, execute: Execute, keys: Sequence[str], *args: Any, repeatable: bool = False
+    ) -> Any:
+        """Run the script by EVAL, which also caches it on the server: after EVALSHA found
+        it unknown (NoScriptError)."""
+        return await execute("EVAL", self.source, len(keys), *keys, *args, repeatable=repeatable)
 
 
 def _source(name: str) -> str:
