@@ -4,9 +4,15 @@
 local IDS_BYTES = 32 * 17
 local DELETED_IDS_MS = 600000
 
--- Whether the id is among the session's remembered ones.
-local function seen(ids, id)
-  return ids and string.find(ids, id .. '\n', 1, true) ~= nil
+-- Whether the id is among the session's remembered ones (kept in the hash at key). A retry
+-- found there writes the ids again, unchanged: a write, so replicated, so a WAIT after this
+-- retry also covers its first run (the durability option).
+local function seen(key, ids, id)
+  if ids and string.find(ids, id .. '\n', 1, true) ~= nil then
+    redis.call('HSET', key, 'w', ids)
+    return true
+  end
+  return false
 end
 
 -- The ids with one more, the oldest dropped beyond 32.

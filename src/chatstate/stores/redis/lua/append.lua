@@ -8,7 +8,7 @@
 -- The reads come first and RPUSH is the first write: a key of another type fails the script
 -- (WRONGTYPE) before anything is changed.
 local meta = redis.call('HMGET', KEYS[3], 'tail', 'ver', 'w', 's')
-if seen(meta[3], ARGV[4]) then  -- a retry of a write already applied
+if seen(KEYS[3], meta[3], ARGV[4]) then  -- a retry of a write already applied
   return {redis.call('LLEN', KEYS[1]), tonumber(meta[2]) or 0, 0, 0}
 end
 if fenced(KEYS[5], ARGV[5]) then return false end

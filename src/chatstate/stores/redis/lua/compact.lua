@@ -6,7 +6,7 @@
 -- saved, folded, deleted or restored meanwhile. Appends meanwhile are fine: their entries have
 -- larger numbers and stay.
 local meta = redis.call('HMGET', KEYS[3], 'tail', 'gen', 'ver', 'w')
-if seen(meta[4], ARGV[4]) then return 1 end
+if seen(KEYS[3], meta[4], ARGV[4]) then return 1 end
 local length = redis.call('LLEN', KEYS[1])
 if length == 0 then return 0 end
 local tail, gen, ver

@@ -7,7 +7,7 @@
 -- Returns 1 if the session existed, else 0 (a retry: what its first run found); false if the
 -- fence is refused.
 local meta = redis.call('HMGET', KEYS[3], 'w', 'x')
-if seen(meta[1], ARGV[1]) then
+if seen(KEYS[3], meta[1], ARGV[1]) then
   if redis.call('EXISTS', KEYS[1]) == 1 then return 1 end
   return tonumber(meta[2]) or 1
 end

@@ -11,7 +11,7 @@ if kind ~= 'list' and kind ~= 'none' then
   return redis.error_reply('WRONGTYPE the key holds a ' .. kind)
 end
 local meta = redis.call('HMGET', KEYS[3], 'gen', 'ver', 'w')
-if seen(meta[3], ARGV[4]) then  -- a retry of a write already applied
+if seen(KEYS[3], meta[3], ARGV[4]) then  -- a retry of a write already applied
   return {redis.call('LLEN', KEYS[1]), tonumber(meta[2]) or 0, 0}
 end
 if kind ~= 'none' and ARGV[1] == '0' then return {0} end

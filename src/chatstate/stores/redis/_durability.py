@@ -1,0 +1,144 @@
+"""Durable writes: a write acknowledged only once replicas have it too (``durability="replicas"``).
+
+Redis replicates asynchronously: a primary acknowledges a write before any replica has it, so a
+primary that dies can take acknowledged writes with it, and the replica promoted in its place
+never had them. With the option on, every write of a session (its script) is followed by
+``WAIT <replicas> <timeout>`` on the same connection, in the same write, so one round trip: WAIT
+answers once that many replicas have acknowledged everything the connection wrote, or at the
+timeout with how many did. Fewer than asked: :class:`ReplicationTimeoutError`, which the store
+reports as :class:`~chatstate.errors.OutcomeUnknownError` (the primary applied it; a failover may
+still lose it); the write id makes the caller's retry safe. A retry that the session recognises
+rewrites its remembered ids (``lua/_writes.lua``), so its own WAIT also covers the first run.
+
+The default path (``durability="primary"``) never comes here: writes go through the
+auto-pipeline. Durable writes do not share pipelined writes with other callers: each is one
+exchange (script, WAIT) on a connection of its own, on a standalone server through redis-py's
+pipeline, on a cluster to the node that owns the session's slot, following MOVED and ASK itself
+(an ASK's ASKING goes in the same write as the script, on the same connection).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias
+
+from redis.asyncio import Redis
+from redis.asyncio.cluster import ClusterNode, PipelineCommand, RedisCluster
+from redis.exceptions import AskError, MovedError, RedisClusterException, RedisError, TryAgainError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from chatstate.retry import RetryPolicy
+from chatstate.stores.redis._autopipeline import AutoPipeline
+from chatstate.stores.redis._transport import CommandNotSent
+
+if TYPE_CHECKING:
+    RedisClient: TypeAlias = Redis | RedisCluster
+else:
+    RedisClient = Any
+
+__all__ = ["Durability", "DurableWrites", "ReplicationTimeoutError"]
+
+logger = logging.getLogger("chatstate.redis")
+
+Durability: TypeAlias = Literal["primary", "replicas"]
+"""When a write is acknowledged: once the primary applied it (``"primary"``, Redis's own
+promise), or once ``min_replicas`` replicas have it too (``"replicas"``)."""
+
+_REDIRECTIONS = 16
+"""Redirections (MOVED, ASK, TRYAGAIN) a durable write follows before it gives up, as redis-py."""
+
+
+class ReplicationTimeoutError(RedisTimeoutError):
+    """A write was applied by the primary, and fewer replicas than required acknowledged it
+    within the durability timeout: a failover may lose it (its outcome is unknown)."""
+
+
+class DurableWrites:
+    """Runs a write's command followed by ``WAIT`` in one exchange (see the module)."""
+
+    def __init__(
+        self,
+        pipeline: AutoPipeline,
+        *,
+        min_replicas: int,
+        timeout: float,
+        retry: RetryPolicy,
+    ) -> None:
+        self._pipeline = pipeline
+        self.min_replicas = min_replicas
+        self.timeout = timeout
+        self._wait = ("WAIT", min_replicas, max(1, round(timeout * 1000)))
+        self._retry = retry
+
+    async def execute(self, *command: Any, repeatable: bool = False, attempt: int = 1) -> Any:
+        """The command's reply, once ``min_replicas`` replicas have it; raises its error, or
+        ReplicationTimeoutError. Retried as the auto-pipeline retries (never after a
+        ReplicationTimeoutError: the write is applied, and trying again waits again)."""
+        try:
+            client = await self._pipeline.ready()
+            if isinstance(client, RedisCluster):
+                reply, acknowledged = await self._on_cluster(client, command)
+            else:
+                reply, acknowledged = await self._on_server(client, command)
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            if attempt >= self._retry.attempts or not (
+                repeatable or isinstance(exc, CommandNotSent)
+            ):
+                raise
+            logger.debug("retrying %s after %s: %s", command[0], type(exc).__name__, exc)
+            await asyncio.sleep(self._retry.delay(attempt))
+            return await self.execute(*command, repeatable=repeatable, attempt=attempt + 1)
+        if isinstance(reply, Exception):
+            raise reply
+        if not isinstance(acknowledged, int) or acknowledged < self.min_replicas:
+            raise ReplicationTimeoutError(
+                f"{acknowledged} of the {self.min_replicas} replica(s) required acknowledged the "
+                f"write within {self.timeout} s (it is applied on the primary; a failover may "
+                "lose it)"
+            )
+        return reply
+
+    async def _on_server(self, client: Redis, command: tuple[Any, ...]) -> tuple[Any, Any]:
+        async with client.pipeline(transaction=False) as pipe:
+            pipe.execute_command(*command)
+            pipe.execute_command(*self._wait)
+            reply, acknowledged = await pipe.execute(raise_on_error=False)
+        return reply, acknowledged
+
+    async def _on_cluster(self, client: RedisCluster, command: tuple[Any, ...]) -> tuple[Any, Any]:
+        # EVALSHA/EVAL sha numkeys key...: every key of a call is in the session's slot.
+        slot = client.keyslot(command[3])
+        node: ClusterNode | None = client.nodes_manager.get_node_from_slot(slot)
+        asking = False
+        for redirection in range(_REDIRECTIONS):
+            if node is None:
+                break
+            sent = [PipelineCommand(0, "ASKING")] if asking else []
+            sent += [PipelineCommand(1, *command), PipelineCommand(2, *self._wait)]
+            try:
+                await node.execute_pipeline(sent)
+            except (RedisConnectionError, RedisTimeoutError):
+                # As redis-py does for its own commands: this node's idle connections are
+                # dropped, and the slot map is read again (a replica may be taking over).
+                await node.disconnect_free_connections()
+                with contextlib.suppress(RedisError, RedisClusterException):
+                    await client.nodes_manager.initialize()
+                raise
+            reply, acknowledged = sent[-2].result, sent[-1].result
+            asking = False
+            if isinstance(reply, MovedError):
+                await client.nodes_manager.move_slot(reply)
+                node = client.nodes_manager.get_node_from_slot(slot)
+            elif isinstance(reply, AskError):
+                node = client.get_node(host=reply.host, port=reply.port)
+                asking = True
+            elif isinstance(reply, TryAgainError):
+                # A slot being migrated, its keys split between two nodes: no script runs
+                # until they are together again.
+                await asyncio.sleep(0.01 * (redirection + 1))
+            else:
+                return reply, acknowledged
+        raise CommandNotSent(f"slot {slot}: no node took the write after {_REDIRECTIONS} tries")
