@@ -13,25 +13,24 @@ rewrites its remembered ids (``lua/_writes.lua``), so its own WAIT also covers t
 The default path (``durability="primary"``) never comes here: writes go through the
 auto-pipeline. Durable writes do not share pipelined writes with other callers: each is one
 exchange (script, WAIT) on a connection of its own, on a standalone server through redis-py's
-pipeline, on a cluster to the node that owns the session's slot, following MOVED and ASK itself
-(an ASK's ASKING goes in the same write as the script, on the same connection).
+pipeline, on a cluster to the node that owns the session's slot (:mod:`._cluster`: MOVED and ASK
+followed, an ASK's ASKING in the same write as the script, on the same connection).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
 from redis.asyncio import Redis
-from redis.asyncio.cluster import ClusterNode, PipelineCommand, RedisCluster
-from redis.exceptions import AskError, MovedError, RedisClusterException, RedisError, TryAgainError
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from chatstate.retry import RetryPolicy
 from chatstate.stores.redis._autopipeline import AutoPipeline
+from chatstate.stores.redis._cluster import run_on_owner
 from chatstate.stores.redis._transport import CommandNotSent
 
 if TYPE_CHECKING:
@@ -46,9 +45,6 @@ logger = logging.getLogger("chatstate.redis")
 Durability: TypeAlias = Literal["primary", "replicas"]
 """When a write is acknowledged: once the primary applied it (``"primary"``, Redis's own
 promise), or once ``min_replicas`` replicas have it too (``"replicas"``)."""
-
-_REDIRECTIONS = 16
-"""Redirections (MOVED, ASK, TRYAGAIN) a durable write follows before it gives up, as redis-py."""
 
 
 class ReplicationTimeoutError(RedisTimeoutError):
@@ -109,36 +105,5 @@ class DurableWrites:
         return reply, acknowledged
 
     async def _on_cluster(self, client: RedisCluster, command: tuple[Any, ...]) -> tuple[Any, Any]:
-        # EVALSHA/EVAL sha numkeys key...: every key of a call is in the session's slot.
-        slot = client.keyslot(command[3])
-        node: ClusterNode | None = client.nodes_manager.get_node_from_slot(slot)
-        asking = False
-        for redirection in range(_REDIRECTIONS):
-            if node is None:
-                break
-            sent = [PipelineCommand(0, "ASKING")] if asking else []
-            sent += [PipelineCommand(1, *command), PipelineCommand(2, *self._wait)]
-            try:
-                await node.execute_pipeline(sent)
-            except (RedisConnectionError, RedisTimeoutError):
-                # As redis-py does for its own commands: this node's idle connections are
-                # dropped, and the slot map is read again (a replica may be taking over).
-                await node.disconnect_free_connections()
-                with contextlib.suppress(RedisError, RedisClusterException):
-                    await client.nodes_manager.initialize()
-                raise
-            reply, acknowledged = sent[-2].result, sent[-1].result
-            asking = False
-            if isinstance(reply, MovedError):
-                await client.nodes_manager.move_slot(reply)
-                node = client.nodes_manager.get_node_from_slot(slot)
-            elif isinstance(reply, AskError):
-                node = client.get_node(host=reply.host, port=reply.port)
-                asking = True
-            elif isinstance(reply, TryAgainError):
-                # A slot being migrated, its keys split between two nodes: no script runs
-                # until they are together again.
-                await asyncio.sleep(0.01 * (redirection + 1))
-            else:
-                return reply, acknowledged
-        raise CommandNotSent(f"slot {slot}: no node took the write after {_REDIRECTIONS} tries")
+        reply, acknowledged = await run_on_owner(client, [command, self._wait])
+        return reply, acknowledged
