@@ -12,9 +12,10 @@ rewrites its remembered ids (``lua/_writes.lua``), so its own WAIT also covers t
 
 The default path (``durability="primary"``) never comes here: writes go through the
 auto-pipeline. Durable writes do not share pipelined writes with other callers: each is one
-exchange (script, WAIT) on a connection of its own, on a standalone server through redis-py's
-pipeline, on a cluster to the node that owns the session's slot (:mod:`._cluster`: MOVED and ASK
-followed, an ASK's ASKING in the same write as the script, on the same connection).
+exchange (script, WAIT) on a connection of its own (at most :data:`MAX_EXCHANGES` at once), on
+a standalone server through redis-py's pipeline, on a cluster to the node that owns the
+session's slot (:mod:`._cluster`: MOVED and ASK followed, an ASK's ASKING in the same write as
+the script, on the same connection).
 """
 
 from __future__ import annotations
@@ -38,13 +39,17 @@ if TYPE_CHECKING:
 else:
     RedisClient = Any
 
-__all__ = ["Durability", "DurableWrites", "ReplicationTimeoutError"]
+__all__ = ["MAX_EXCHANGES", "Durability", "DurableWrites", "ReplicationTimeoutError"]
 
 logger = logging.getLogger("chatstate.redis")
 
 Durability: TypeAlias = Literal["primary", "replicas"]
 """When a write is acknowledged: once the primary applied it (``"primary"``, Redis's own
 promise), or once ``min_replicas`` replicas have it too (``"replicas"``)."""
+
+
+MAX_EXCHANGES = 32
+"""Durable writes in flight at once (each on a connection of its own); the rest wait their turn."""
 
 
 class ReplicationTimeoutError(RedisTimeoutError):
@@ -68,6 +73,7 @@ class DurableWrites:
         self.timeout = timeout
         self._wait = ("WAIT", min_replicas, max(1, round(timeout * 1000)))
         self._retry = retry
+        self._room: tuple[asyncio.AbstractEventLoop, asyncio.Semaphore] | None = None
 
     async def execute(self, *command: Any, repeatable: bool = False, attempt: int = 1) -> Any:
         """The command's reply, once ``min_replicas`` replicas have it; raises its error, or
@@ -75,10 +81,11 @@ class DurableWrites:
         ReplicationTimeoutError: the write is applied, and trying again waits again)."""
         try:
             client = await self._pipeline.ready()
-            if isinstance(client, RedisCluster):
-                reply, acknowledged = await self._on_cluster(client, command)
-            else:
-                reply, acknowledged = await self._on_server(client, command)
+            async with self._limit():
+                if isinstance(client, RedisCluster):
+                    reply, acknowledged = await self._on_cluster(client, command)
+                else:
+                    reply, acknowledged = await self._on_server(client, command)
         except (RedisConnectionError, RedisTimeoutError) as exc:
             if attempt >= self._retry.attempts or not (
                 repeatable or isinstance(exc, CommandNotSent)
@@ -96,6 +103,16 @@ class DurableWrites:
                 "lose it)"
             )
         return reply
+
+    def _limit(self) -> asyncio.Semaphore:
+        # Each exchange holds a connection while its WAIT waits: at most MAX_EXCHANGES at once,
+        # so a thousand concurrent writes neither exhaust a cluster node's connections (redis-py
+        # raises, it does not wait) nor starve the auto-pipeline's. Per event loop: a semaphore
+        # belongs to the loop that first waits on it.
+        loop = asyncio.get_running_loop()
+        if self._room is None or self._room[0] is not loop:
+            self._room = (loop, asyncio.Semaphore(MAX_EXCHANGES))
+        return self._room[1]
 
     async def _on_server(self, client: Redis, command: tuple[Any, ...]) -> tuple[Any, Any]:
         async with client.pipeline(transaction=False) as pipe:
