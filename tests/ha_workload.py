@@ -34,6 +34,8 @@ class Outcome:
     """The last message of each error class."""
     after_fault: int = 0
     """Turns acknowledged after ``fault`` returned: the workload went on."""
+    resumed: set[str] = field(default_factory=set)
+    """Sessions with a turn acknowledged after ``fault`` returned."""
     lost: int = 0
     duplicated: int = 0
     out_of_order: int = 0
@@ -83,6 +85,7 @@ async def run(
                 acknowledged.append(index)
                 if fault_over:
                     outcome.after_fault += 1
+                    outcome.resumed.add(name)
                 break
             index += 1
 

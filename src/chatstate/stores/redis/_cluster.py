@@ -18,18 +18,11 @@ gave up on that way.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Sequence
 from typing import Any
 
 from redis.asyncio.cluster import ClusterNode, PipelineCommand, RedisCluster
-from redis.exceptions import (
-    AskError,
-    MovedError,
-    RedisClusterException,
-    RedisError,
-    TryAgainError,
-)
+from redis.exceptions import AskError, MovedError, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -52,6 +45,7 @@ async def run_on_owner(
 ) -> list[Any]:
     """The replies of ``commands`` (an error reply as its exception), sent together to the node
     that owns the slot of ``slot_of`` (the first command's by default)."""
+    await client.initialize()  # at once, unless a failure (below) asked for it
     slot = _slot(client, slot_of or commands[0])
     node: ClusterNode | None = client.nodes_manager.get_node_from_slot(slot)
     asking = False
@@ -61,13 +55,16 @@ async def run_on_owner(
         sent = [PipelineCommand(0, "ASKING")] if asking else []
         sent += [PipelineCommand(index + 1, *command) for index, command in enumerate(commands)]
         try:
-            await node.execute_pipeline(sent)
+            try:
+                await node.execute_pipeline(sent)
+            except AttributeError as exc:  # see _transport._closed_under_it
+                raise RedisConnectionError(f"a cluster connection was closed ({exc})") from exc
         except (RedisConnectionError, RedisTimeoutError):
-            # As redis-py does for its own commands: this node's idle connections are dropped,
-            # and the slot map is read again (a replica may be taking over).
-            await node.disconnect_free_connections()
-            with contextlib.suppress(RedisError, RedisClusterException):
-                await client.nodes_manager.initialize()
+            # As redis-py does for its own commands: the slot map is read again before the next
+            # command (a replica may be taking over), once, under the client's own lock. (Not
+            # its disconnect of the node's idle connections: that races with a task taking one
+            # of them, which then writes to a closed connection.)
+            client._initialize = True
             raise
         replies = [command.result for command in sent[-len(commands) :]]
         first = replies[0]

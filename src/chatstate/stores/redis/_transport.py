@@ -198,6 +198,8 @@ class ClusterTransport:
     async def execute(self, command: Command) -> Any:
         try:
             return await self._client.execute_command(*command)
+        except AttributeError as exc:
+            raise _closed_under_it(exc) from exc
         except ClusterError as exc:
             if not _gave_up_redirecting(exc):
                 raise
@@ -210,7 +212,10 @@ class ClusterTransport:
         pipe = self._client.pipeline(transaction=False)
         for command in commands:
             pipe.execute_command(*command)
-        replies: list[Any] = await pipe.execute(raise_on_error=False)
+        try:
+            replies: list[Any] = await pipe.execute(raise_on_error=False)
+        except AttributeError as exc:
+            raise _closed_under_it(exc) from exc
         for index, reply in enumerate(replies):
             if isinstance(reply, ClusterError) and _gave_up_redirecting(reply):
                 (replies[index],) = await self._redirected(commands[index])
@@ -233,3 +238,10 @@ class ClusterTransport:
 def _gave_up_redirecting(error: ClusterError) -> bool:
     # redis-py's "TTL exhausted": every try was redirected (MOVED, ASK, TRYAGAIN), none ran.
     return "TTL exhausted" in str(error)
+
+
+def _closed_under_it(exc: AttributeError) -> RedisConnectionError:
+    # redis-py 8.1's cluster client, after a node fails, disconnects that node's idle
+    # connections while another task may be taking one of them: that task then writes to a
+    # connection whose stream is gone (AttributeError on None). A lost connection, to the store.
+    return RedisConnectionError(f"a cluster connection was closed while in use ({exc})")
