@@ -16,6 +16,7 @@ import redis
 from redis.asyncio import Redis as AsyncRedis
 
 from chatstate.bench import encryption, memory, scenarios, turns
+from chatstate.bench.cluster import SETUPS
 from chatstate.bench.measure import percentile
 from chatstate.bench.options import BenchOptions
 from chatstate.bench.redis_floors import (
@@ -436,3 +437,23 @@ async def test_the_bench_tool_turn_makes_its_rounds_whatever_the_history() -> No
         for _ in range(3):
             result = await pipe.execute("s", turns._USER)
             assert len(result.new_messages) == 2 + 2 * turns.MANY
+
+
+@pytest.mark.redis
+@pytest.mark.slow
+def test_the_cluster_bench_starts_its_servers_and_measures_every_setup(tmp_path: Path) -> None:
+    out = tmp_path / "cluster.json"
+    command = [sys.executable, "-W", "error", "-m", "chatstate", "bench", "--redis-cluster"]
+    done = subprocess.run(
+        [*command, "--quick", "--sessions", "1,10", "--turns", "2", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    figures = json.loads(out.read_text())
+    setups = {(row["setup"], row["sessions"]) for row in figures["figures"]}
+    assert setups == {(setup, sessions) for setup in SETUPS for sessions in (1, 10)}
+    assert len(SETUPS) == 4
+    assert all(row["turns_per_second"] > 0 for row in figures["figures"])
+    assert figures["cores"] >= 1 and "cores" in done.stdout

@@ -32,9 +32,9 @@ def add_store_argument(parser: argparse.ArgumentParser) -> None:
         "--store",
         metavar="URL",
         default=os.environ.get("CHATSTATE_STORE", DEFAULT_STORE),
-        help="memory://, sqlite:///chat.db (a file, no server), redis://host:port/db or "
-        "rediss://... (default: $CHATSTATE_STORE or memory://, which keeps nothing after the "
-        "command)",
+        help="memory://, sqlite:///chat.db (a file, no server), redis://host:port/db, "
+        "rediss://..., redis+cluster://host:port or redis+sentinel://host:port/service "
+        "(default: $CHATSTATE_STORE or memory://, which keeps nothing after the command)",
     )
     parser.add_argument("--prefix", default="chatstate", help="the Redis key prefix")
 
@@ -44,7 +44,7 @@ def _run(args: argparse.Namespace, work: Callable[[StateStore], Awaitable[int]])
 
     async def main() -> int:
         options: dict[str, Any] = {}
-        if args.store.startswith(("redis://", "rediss://", "unix://")):
+        if args.store.startswith(("redis://", "rediss://", "unix://", "redis+", "rediss+")):
             options["prefix"] = args.prefix
         async with open_store(args.store, **options) as store:
             return await work(store)

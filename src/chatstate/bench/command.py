@@ -81,6 +81,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="also run the Redis scenarios on a throw-away local redis-server (a free port, "
         "stopped afterwards)",
     )
+    server.add_argument(
+        "--redis-cluster",
+        action="store_true",
+        help="instead, the Redis turn on throw-away local servers: one node with a replica and "
+        "a 3 + 3 cluster, each with the default durability and durability=replicas",
+    )
     parser.add_argument(
         "--sessions",
         metavar="N,N,...",
@@ -123,7 +129,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _missing_extra(args: argparse.Namespace) -> str | None:
     needed = ["rich"]
-    if args.redis or args.redis_server:
+    if args.redis or args.redis_server or args.redis_cluster:
         needed.append("redis")
     if args.plot:
         needed.append("matplotlib")
@@ -162,6 +168,8 @@ def run(args: argparse.Namespace) -> int:
         message_bytes=args.message_bytes,
         max_connections=args.max_connections,
     )
+    if args.redis_cluster:
+        return _run_cluster(args, options)
     console = Console(highlight=False)
     if not console.is_terminal:  # a log or a pipe: no 80-column wrapping of the table
         console = Console(highlight=False, width=160)
@@ -195,3 +203,22 @@ def _start_server(stack: contextlib.ExitStack) -> str:
         return stack.enter_context(RedisServer()).url
     except RuntimeError as exc:  # no redis-server binary, or it would not start
         raise BenchError(f"could not start a redis-server: {exc}") from exc
+
+
+def _run_cluster(args: argparse.Namespace, options: BenchOptions) -> int:
+    """``--redis-cluster``: see :mod:`chatstate.bench.cluster`."""
+    import json
+
+    from chatstate.bench.cluster import render, run_cluster_bench, servers, to_json
+
+    try:
+        with servers() as (node_url, cluster_url):
+            figures = asyncio.run(run_cluster_bench(node_url, cluster_url, options))
+    except BenchError as exc:
+        print(f"chatstate bench: error: {exc}", file=sys.stderr)
+        return 1
+    print(render(figures, options))
+    if args.json:
+        args.json.write_text(json.dumps(to_json(figures, options), indent=2) + "\n")
+        print(f"every figure: {args.json}")
+    return 0

@@ -15,9 +15,13 @@ __all__ = ["open_store"]
 def open_store(url: str, **options: Any) -> StateStore:
     """The store a URL names: ``memory://`` (this process only), ``sqlite:///path`` (a file,
     relative to the working directory; ``sqlite:////abs/path`` for an absolute one,
-    ``sqlite:///:memory:`` for a private in-memory database), ``redis://`` or ``rediss://``
-    (``RedisStateStore.from_url``; ``?cluster=1`` not supported yet). ``options`` go to the
-    store. Raises :class:`~chatstate.errors.ConfigurationError` for anything else."""
+    ``sqlite:///:memory:`` for a private in-memory database), and through
+    ``RedisStateStore.from_url``: ``redis://`` or ``rediss://`` (one server),
+    ``redis+cluster://host:port[,host:port]`` or ``redis://...?cluster=true`` (a Redis Cluster),
+    ``redis+sentinel://host:port[,host:port]/service[/db]`` (the primary its Sentinels name);
+    ``?durability=replicas`` acknowledges a write once a replica has it (docs/durability.md).
+    ``options`` go to the store. Raises :class:`~chatstate.errors.ConfigurationError` for
+    anything else."""
     if not isinstance(url, str):
         raise ConfigurationError(f"a store URL must be a str, got {type(url).__name__}")
     if url == "memory://" or url.startswith("memory://"):
@@ -32,11 +36,12 @@ def open_store(url: str, **options: Any) -> StateStore:
         from chatstate.stores.sqlite import SQLiteStateStore
 
         return SQLiteStateStore(path, **options)
-    if url.startswith(("redis://", "rediss://", "unix://")):
+    if url.startswith(("redis://", "rediss://", "unix://", "redis+", "rediss+")):
         from chatstate.stores.redis import RedisStateStore
 
         return RedisStateStore.from_url(url, **options)
     raise ConfigurationError(
         f"unknown store URL {redact_url(url)!r}: use memory://, sqlite:///path.db, "
-        "redis://host:port/db or rediss://host:port/db"
+        "redis://host:port/db, rediss://host:port/db, redis+cluster://host:port or "
+        "redis+sentinel://host:port/service"
     )

@@ -1,4 +1,5 @@
-"""Throw-away redis-server processes for tests and benchmarks: one server, or a 3-master cluster.
+"""Throw-away redis-server processes for tests and benchmarks: one server, or a cluster (with
+replicas if asked); :mod:`.redis_sentinel` adds a primary with replicas watched by Sentinels.
 
 Each runs on a free loopback port in its own temporary directory and is stopped by whoever started
 it (atexit kills any survivor). A missing redis-server binary is an error, never a skip (Debian and
@@ -135,8 +136,14 @@ class RedisServer(_Managed):
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self, timeout: float = 10.0) -> Self:
-        command = [
-            redis_binary(),
+        return self._launch(self._command(), timeout)
+
+    def start_sentinel(self, config: Path, timeout: float = 10.0) -> Self:
+        """Start it as a Sentinel with ``config`` (which the Sentinel rewrites as it learns)."""
+        return self._launch([redis_binary(), str(config), "--sentinel", *self._where()], timeout)
+
+    def _where(self) -> list[str]:
+        return [
             "--port",
             str(self.port),
             "--bind",
@@ -147,12 +154,20 @@ class RedisServer(_Managed):
             str(self.log),
             "--daemonize",
             "no",
+        ]
+
+    def _command(self) -> list[str]:
+        return [
+            redis_binary(),
+            *self._where(),
             "--save",
             "",
             "--appendonly",
             "no",
             *self.args,
         ]
+
+    def _launch(self, command: list[str], timeout: float) -> Self:
         self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         _LIVE.add(self.process)
         process = self.process
@@ -214,9 +229,16 @@ class RedisServer(_Managed):
 
 
 class LocalRedisCluster(_Managed):
-    """A Redis Cluster of three masters (no replicas) on free loopback ports."""
+    """A Redis Cluster on free loopback ports: ``masters`` masters (3), each with ``replicas``
+    replicas (none by default). ``node_timeout`` (ms) is how long a silent master takes to be
+    failed over to its replica.
 
-    def __init__(self, masters: int = 3) -> None:
+    For faults: :meth:`master_of` a key, :meth:`replica_of` a master, :meth:`wait_for_master`
+    after killing one (``node.kill()``), :meth:`move_slot` to reshard one slot live.
+    """
+
+    def __init__(self, masters: int = 3, *, replicas: int = 0, node_timeout: int = 5000) -> None:
+        self.replicas = replicas
         self.nodes = [
             RedisServer(
                 "--cluster-enabled",
@@ -224,10 +246,13 @@ class LocalRedisCluster(_Managed):
                 "--cluster-config-file",
                 "nodes.conf",
                 "--cluster-node-timeout",
-                "5000",
+                str(node_timeout),
+                # A replica (re)joining syncs at once, not after the default 5 s wait for others.
+                "--repl-diskless-sync-delay",
+                "0",
                 cluster_bus=True,
             )
-            for _ in range(masters)
+            for _ in range(masters * (1 + replicas))
         ]
 
     @property
@@ -243,6 +268,8 @@ class LocalRedisCluster(_Managed):
                 "--cluster",
                 "create",
                 *(f"127.0.0.1:{node.port}" for node in self.nodes),
+                "--cluster-replicas",
+                str(self.replicas),
                 "--cluster-yes",
             ],
             capture_output=True,
@@ -253,25 +280,140 @@ class LocalRedisCluster(_Managed):
             raise RuntimeError(
                 f"redis-cli --cluster create failed: {done.stdout!r} {done.stderr!r}"
             )
-        for node in self.nodes:
+        self.wait_until_ok(timeout)
+        return self
+
+    def wait_until_ok(self, timeout: float = 30.0) -> None:
+        """Until every live node says ``cluster_state:ok`` and every replica is in sync."""
+        self._wait_for_state_ok(timeout)
+        for node in self.live():
+            if self._role(node) == "slave":
+                _wait_for(
+                    functools.partial(in_sync, node.port),
+                    timeout,
+                    f"replica {node.port} did not sync",
+                    node.log,
+                )
+
+    def live(self) -> list[RedisServer]:
+        return [node for node in self.nodes if node.process is not None]
+
+    def _role(self, node: RedisServer) -> str:
+        return cli(node.port, "role").split(b"\n", 1)[0].decode().strip()
+
+    def _node(self, port: int) -> RedisServer:
+        return next(node for node in self.nodes if node.port == port)
+
+    def _ids(self) -> dict[str, RedisServer]:
+        """Node id: server, from the first live node's view."""
+        lines = cli(self.live()[0].port, "cluster", "nodes").decode().splitlines()
+        found = {}
+        for line in lines:
+            fields = line.split()
+            port = int(fields[1].split("@")[0].rsplit(":", 1)[1])
+            found[fields[0]] = self._node(port)
+        return found
+
+    def node_id(self, node: RedisServer) -> str:
+        return cli(node.port, "cluster", "myid").decode().strip()
+
+    def master_of(self, key: str) -> RedisServer:
+        """The master that serves ``key``'s slot now (asked of a live node)."""
+        slot = int(cli(self.live()[0].port, "cluster", "keyslot", key))
+        return self.master_of_slot(slot)
+
+    def master_of_slot(self, slot: int) -> RedisServer:
+        for line in cli(self.live()[0].port, "cluster", "nodes").decode().splitlines():
+            fields = line.split()
+            if "master" not in fields[2] or "fail" in fields[2]:
+                continue
+            for span in fields[8:]:
+                if span.startswith("["):
+                    continue
+                low, _, high = span.partition("-")
+                if int(low) <= slot <= int(high or low):
+                    return self._node(int(fields[1].split("@")[0].rsplit(":", 1)[1]))
+        raise RuntimeError(f"no master serves slot {slot}")
+
+    def replica_of(self, master: RedisServer) -> RedisServer:
+        master_id = self.node_id(master)
+        for line in cli(master.port, "cluster", "nodes").decode().splitlines():
+            fields = line.split()
+            if fields[3] == master_id and "fail" not in fields[2]:
+                return self._node(int(fields[1].split("@")[0].rsplit(":", 1)[1]))
+        raise RuntimeError(f"master {master.port} has no replica")
+
+    def wait_for_master(self, node: RedisServer, timeout: float = 30.0) -> None:
+        """Until ``node`` is a master and the cluster is ok again (after a failover)."""
+        _wait_for(lambda: self._role(node) == "master", timeout, f"{node.port} not promoted")
+        self._wait_for_state_ok(timeout)
+
+    def _wait_for_state_ok(self, timeout: float) -> None:
+        for node in self.live():
             _wait_for(
                 functools.partial(_cluster_ok, node.port),
                 timeout,
                 f"cluster node {node.port} did not reach cluster_state:ok",
                 node.log,
             )
-        return self
+
+    def move_slot(
+        self,
+        slot: int,
+        target: RedisServer,
+        *,
+        between: Callable[[], None] | None = None,
+        keys_per_step: int = 1,
+    ) -> int:
+        """Move ``slot`` to ``target`` live, as redis-cli's resharding does: IMPORTING on the
+        target, MIGRATING on the source, MIGRATE its keys ``keys_per_step`` at a time (calling
+        ``between`` before each step, so that clients meet the slot half moved), then the slot
+        is the target's everywhere. Returns the keys moved."""
+        source = self.master_of_slot(slot)
+        if source is target:
+            return 0
+        cli(target.port, "cluster", "setslot", slot, "importing", self.node_id(source))
+        cli(source.port, "cluster", "setslot", slot, "migrating", self.node_id(target))
+        moved = 0
+        while True:
+            if between is not None:
+                between()
+            listed = cli(source.port, "cluster", "getkeysinslot", slot, keys_per_step)
+            keys = listed.decode().split()
+            if not keys:
+                break
+            reply = cli(
+                source.port, "migrate", "127.0.0.1", target.port, "", 0, 5000, "keys", *keys
+            )
+            if reply.strip() != b"OK":
+                raise RuntimeError(f"MIGRATE of slot {slot} failed: {reply!r}")
+            moved += len(keys)
+        target_id = self.node_id(target)
+        for node in (target, source, *self.live()):
+            if self._role(node) == "master":
+                cli(node.port, "cluster", "setslot", slot, "node", target_id)
+        return moved
 
     def cleanup(self) -> None:
         for node in self.nodes:
             node.cleanup()
 
 
-def _cluster_ok(port: int) -> bool:
+def cli(port: int, *args: object) -> bytes:
+    """``redis-cli -p port args...``: its output (empty if the server did not answer)."""
     done = subprocess.run(
-        [redis_binary("redis-cli"), "-p", str(port), "cluster", "info"],
+        [redis_binary("redis-cli"), "-p", str(port), *map(str, args)],
         capture_output=True,
-        timeout=5,
+        timeout=10,
         check=False,
     )
-    return b"cluster_state:ok" in done.stdout
+    return done.stdout
+
+
+def in_sync(port: int) -> bool:
+    """Whether the replica at ``port`` is in sync with its primary."""
+    return b"master_link_status:up" in cli(port, "info", "replication")
+
+
+def _cluster_ok(port: int) -> bool:
+    return b"cluster_state:ok" in cli(port, "cluster", "info")

@@ -17,6 +17,7 @@ from chatstate.stores.redis._backend import RedisBackend
 from chatstate.stores.redis._errors import error_kind
 from chatstate.stores.redis._store import (
     DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_DURABILITY_TIMEOUT,
     DEFAULT_MAX_CONNECTIONS,
     DEFAULT_RETRY,
     DEFAULT_SOCKET_TIMEOUT,
@@ -25,6 +26,7 @@ from chatstate.stores.redis._store import (
 
 __all__ = [
     "DEFAULT_CONNECT_TIMEOUT",
+    "DEFAULT_DURABILITY_TIMEOUT",
     "DEFAULT_MAX_CONNECTIONS",
     "DEFAULT_RETRY",
     "DEFAULT_SOCKET_TIMEOUT",

@@ -34,6 +34,7 @@ from chatstate.stores._backend import BackendCensus, ErrorKind, Fenced, Page, Ra
 from chatstate.stores.redis import _scripts as lua
 from chatstate.stores.redis._autopipeline import AutoPipeline
 from chatstate.stores.redis._census import Census
+from chatstate.stores.redis._durability import DurableWrites
 from chatstate.stores.redis._errors import error_kind
 
 __all__ = ["RedisBackend"]
@@ -60,14 +61,25 @@ def _seed() -> int:
 class RedisBackend:
     """The :class:`~chatstate.stores.Backend` of :class:`~chatstate.stores.redis.RedisStateStore`:
     every command goes through ``pipeline`` (an :class:`AutoPipeline` on a redis-py client), and
-    every key starts with ``prefix``. See the module for the layout."""
+    every key starts with ``prefix``. See the module for the layout. With ``durable``, the
+    writes (append, replace, delete, compact) go through it instead, each followed by a WAIT
+    (see :mod:`chatstate.stores.redis._durability`)."""
 
     name = "redis"
 
-    def __init__(self, pipeline: AutoPipeline, *, prefix: str, census_keys: int = 10_000) -> None:
+    def __init__(
+        self,
+        pipeline: AutoPipeline,
+        *,
+        prefix: str,
+        census_keys: int = 10_000,
+        durable: DurableWrites | None = None,
+    ) -> None:
         self.pipeline = pipeline
         self.prefix = prefix
+        self.durable = durable
         self._execute = pipeline.execute
+        self._write = pipeline.execute if durable is None else durable.execute
         self._keys: dict[str, tuple[str, str, str, str, str]] = {}
         self._append_heads: dict[str, tuple[str | int, ...]] = {}
         # A SCAN pattern of every session's list (the prefix's glob characters escaped).
@@ -150,10 +162,10 @@ class RedisBackend:
         args = (max_entries or 0, _ms(ttl), _seed(), bytes.fromhex(write_id), fence or "", *entries)
         # Repeatable: the write id makes a retry after a lost reply a no-op if the first landed.
         try:
-            reply = await self._execute(*head, *args, repeatable=True)
+            reply = await self._write(*head, *args, repeatable=True)
         except NoScriptError:
             keys = self._session_keys(session_id)
-            reply = await lua.APPEND.evaluate(self._execute, keys, *args, repeatable=True)
+            reply = await lua.APPEND.evaluate(self._write, keys, *args, repeatable=True)
         if reply is None:
             raise _fenced(session_id)
         length, version, trimmed, applied = reply
@@ -172,7 +184,7 @@ class RedisBackend:
     ) -> Written | None:
         keys = self._session_keys(session_id)
         reply = await lua.REPLACE.run(
-            self._execute,
+            self._write,
             keys,
             int(overwrite),
             _ms(ttl),
@@ -192,7 +204,7 @@ class RedisBackend:
     async def delete(self, session_id: str, *, write_id: str, fence: str | None) -> bool:
         keys = self._session_keys(session_id)
         existed = await lua.DELETE.run(
-            self._execute, keys, bytes.fromhex(write_id), fence or "", repeatable=True
+            self._write, keys, bytes.fromhex(write_id), fence or "", repeatable=True
         )
         if existed is None:
             raise _fenced(session_id)
@@ -203,7 +215,7 @@ class RedisBackend:
     ) -> bool:
         keys = self._session_keys(session_id)[:4]
         done = await lua.COMPACT.run(
-            self._execute,
+            self._write,
             keys,
             generation,
             before_seq,

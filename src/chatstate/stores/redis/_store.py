@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import inspect
+import math
 import warnings
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
-from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -26,6 +27,8 @@ from chatstate.stores._near_cache import NearCache
 from chatstate.stores.base import TTL
 from chatstate.stores.redis._autopipeline import AutoPipeline
 from chatstate.stores.redis._backend import RedisBackend
+from chatstate.stores.redis._durability import Durability, DurableWrites
+from chatstate.stores.redis._urls import SCHEMES, Closer, make_client, store_options_in_query
 
 if TYPE_CHECKING:
     RedisClient: TypeAlias = Redis | RedisCluster
@@ -34,6 +37,7 @@ else:
 
 __all__ = [
     "DEFAULT_CONNECT_TIMEOUT",
+    "DEFAULT_DURABILITY_TIMEOUT",
     "DEFAULT_MAX_CONNECTIONS",
     "DEFAULT_RETRY",
     "DEFAULT_SOCKET_TIMEOUT",
@@ -53,6 +57,9 @@ calls this fast (times the tries of the retry policy)."""
 
 DEFAULT_MAX_CONNECTIONS = 50
 """The pool size of a standalone client made by :meth:`RedisStateStore.from_url`."""
+
+DEFAULT_DURABILITY_TIMEOUT = 1.0
+"""Seconds a write waits for its replicas with ``durability="replicas"``."""
 
 _UNSET: Any = object()
 
@@ -103,6 +110,13 @@ class RedisStateStore(BackendStore[bytes]):
     - ``near_cache``: a :class:`~chatstate.NearCache`: warm loads from this process's memory
       while the history is known current (with session affinity, most turns).
     - ``hooks``: subscribers to the store's events (see :meth:`add_hook`).
+    - ``durability``: when a write (append, save, delete, restore, fold) is acknowledged.
+      ``"primary"`` (the default): once the primary applied it; Redis replicates
+      asynchronously, so a failover can lose it. ``"replicas"``: once ``min_replicas`` (1)
+      replicas have it too: each write is followed by ``WAIT`` in the same round trip; a write
+      that no replica acknowledged within ``durability_timeout`` (1 s) raises
+      :class:`~chatstate.errors.OutcomeUnknownError`, which its write id makes safe to retry.
+      See docs/durability.md for what each promises and costs.
     - ``versioned``: deprecated and ignored (versions are always kept).
 
     Connections: with auto-pipelining the store uses at most ``max_in_flight`` connections of the
@@ -133,6 +147,9 @@ class RedisStateStore(BackendStore[bytes]):
         encryption: Encryption | None = None,
         near_cache: NearCache | None = None,
         hooks: Sequence[Hook] = (),
+        durability: Durability = "primary",
+        min_replicas: int = 1,
+        durability_timeout: float = DEFAULT_DURABILITY_TIMEOUT,
         versioned: bool = _UNSET,
     ) -> None:
         if versioned is not _UNSET:
@@ -175,8 +192,11 @@ class RedisStateStore(BackendStore[bytes]):
             # or timeout; the rest (appends, folds) only when the command never left the client.
             retry=retry if retry is not None else RetryPolicy(attempts=1),
         )
+        durable = _durable_writes(
+            pipeline, durability, min_replicas, durability_timeout, retry=pipeline.retry
+        )
         super().__init__(
-            RedisBackend(pipeline, prefix=prefix, census_keys=census_keys),
+            RedisBackend(pipeline, prefix=prefix, census_keys=census_keys, durable=durable),
             codec=codec,
             on_corrupt=on_corrupt,
             sliding_ttl=sliding_ttl,
@@ -185,26 +205,44 @@ class RedisStateStore(BackendStore[bytes]):
         )
         self.client = client
         self.prefix = prefix
+        self.durability = durability
         self._owns_client = owns_client
+        self._closers: list[Closer] = []
 
     @classmethod
     def from_url(cls, url: str, *, cluster: bool = False, **options: Any) -> RedisStateStore:
-        """A store on a client made from ``url`` (``redis://``, ``rediss://`` for TLS, ``unix://``;
-        ``redis://user:password@host:port/db`` for ACL users), closed by :meth:`aclose`.
+        """A store on a client made from ``url``, closed by :meth:`aclose`:
 
-        ``options`` that the constructor takes (``prefix``, ``sliding_ttl``, ``auto_pipeline``,
-        ...) go to the store, the rest to the client (``socket_timeout``, ``retry``,
-        ``ssl_ca_certs``, ``max_connections``, ...). ``cluster=True`` makes a ``RedisCluster``
-        from the URL of any node. A standalone client gets a ``BlockingConnectionPool`` of
-        ``max_connections`` (default 50): a call that finds every connection busy waits for one
-        (up to ``timeout``, default 20 s) instead of failing with "too many connections".
+        - ``redis://host:port/db``, ``rediss://`` for TLS, ``unix:///path``;
+          ``redis://user:password@host:port/db`` for ACL users;
+        - a Redis Cluster: ``redis+cluster://host:port[,host:port...]`` (``rediss+cluster://``),
+          ``?cluster=true`` on any of the above, or ``cluster=True``;
+        - a primary watched by Sentinels:
+          ``redis+sentinel://[user:password@]host:port[,host:port...]/service[/db]``
+          (``rediss+sentinel://``): the store asks the Sentinels for the primary of ``service``,
+          and asks again after a failover (``sentinel_password=`` for Sentinels that need one).
+
+        The store's options (``prefix``, ``durability``, ``min_replicas``,
+        ``durability_timeout``) may also be given in the URL's query
+        (``?durability=replicas``). ``options`` that the constructor takes (``prefix``,
+        ``sliding_ttl``, ``auto_pipeline``, ...) go to the store, the rest to the client
+        (``socket_timeout``, ``retry``, ``ssl_ca_certs``, ``max_connections``, ...). A
+        standalone client gets a ``BlockingConnectionPool`` of ``max_connections`` (default
+        50): a call that finds every connection busy waits for one (up to ``timeout``, default
+        20 s) instead of failing with "too many connections".
         """
-        if not isinstance(url, str) or not url.startswith(("redis://", "rediss://", "unix://")):
+        if not isinstance(url, str) or not url.startswith(SCHEMES):
             raise ConfigurationError(
-                "url must start with redis://, rediss:// or unix://, got "
+                "url must start with redis://, rediss://, unix://, redis+cluster:// or "
+                "redis+sentinel://, got "
                 f"{redact_url(url) if isinstance(url, str) else type(url).__name__}"
             )
-        store_options = {name: options.pop(name) for name in _STORE_OPTIONS & options.keys()}
+        try:
+            plain_url, query_options, in_cluster = store_options_in_query(url)
+        except ValueError as exc:
+            raise ConfigurationError(f"invalid Redis URL {redact_url(url)}: {exc}") from exc
+        store_options = {**query_options}
+        store_options.update({name: options.pop(name) for name in _STORE_OPTIONS & options.keys()})
         if options.get("decode_responses"):
             raise ConfigurationError("RedisStateStore stores bytes: decode_responses must be off")
         options.setdefault("socket_timeout", DEFAULT_SOCKET_TIMEOUT)
@@ -212,19 +250,15 @@ class RedisStateStore(BackendStore[bytes]):
         # The store retries by its own RetryPolicy, which knows what is safe to repeat; redis-py's
         # own retry would repeat an append whose reply was lost.
         options.setdefault("retry", Retry(NoBackoff(), 0))
+        if not (cluster or in_cluster) and not plain_url.startswith(("redis+", "rediss+")):
+            options.setdefault("max_connections", DEFAULT_MAX_CONNECTIONS)
         try:
-            client: RedisClient
-            if cluster:
-                client = RedisCluster.from_url(url, **options)
-            else:
-                options.setdefault("max_connections", DEFAULT_MAX_CONNECTIONS)
-                pool = BlockingConnectionPool.from_url(url, **options)
-                # No I/O: a misspelt option fails here, not at the first connect.
-                pool.make_connection()  # type: ignore[no-untyped-call]
-                client = Redis.from_pool(pool)
+            client, closers = make_client(plain_url, options, cluster=cluster or in_cluster)
         except (ValueError, TypeError, RedisError, RedisClusterException) as exc:
             raise ConfigurationError(f"invalid Redis URL {redact_url(url)}: {exc}") from exc
-        return cls(client, **store_options, owns_client=True)
+        store = cls(client, **store_options, owns_client=True)
+        store._closers = closers
+        return store
 
     def __repr__(self) -> str:
         kind = "cluster" if isinstance(self.client, RedisCluster) else "redis"
@@ -267,6 +301,8 @@ class RedisStateStore(BackendStore[bytes]):
         await super().aclose()
         if self._owns_client:
             await self.client.aclose()
+            for close in self._closers:
+                await close()
 
 
 _STORE_OPTIONS = frozenset(inspect.signature(RedisStateStore.__init__).parameters) - {
@@ -274,6 +310,30 @@ _STORE_OPTIONS = frozenset(inspect.signature(RedisStateStore.__init__).parameter
     "client",
     "owns_client",
 }
+
+
+def _durable_writes(
+    pipeline: AutoPipeline,
+    durability: object,
+    min_replicas: object,
+    timeout: object,
+    *,
+    retry: RetryPolicy,
+) -> DurableWrites | None:
+    if durability == "primary":
+        return None
+    if durability != "replicas":
+        raise ConfigurationError(f"durability must be 'primary' or 'replicas', got {durability!r}")
+    if not isinstance(timeout, int | float) or isinstance(timeout, bool):
+        raise ConfigurationError(f"durability_timeout must be a number, got {timeout!r}")
+    if not (math.isfinite(timeout) and timeout > 0):
+        raise ConfigurationError(f"durability_timeout must be above 0, got {timeout!r}")
+    return DurableWrites(
+        pipeline,
+        min_replicas=check_count(min_replicas, name="min_replicas"),
+        timeout=float(timeout),
+        retry=retry,
+    )
 
 
 def _check_flag(value: object, *, name: str) -> bool:

@@ -3,7 +3,8 @@
 The standalone transport keeps the connections it uses (at most ``max_in_flight``) out of the
 client's pool while the store lives, and checks an idle one for a closed socket before it reuses it
 (the server may have restarted since). The cluster transport hands each batch to redis-py's cluster
-pipeline, which groups the commands per node and follows redirections.
+pipeline, which groups the commands per node and follows redirections (and, where redis-py
+gives up on an ASK, :mod:`._cluster` follows it).
 """
 
 from __future__ import annotations
@@ -17,7 +18,13 @@ from typing import Any, Protocol, TypeAlias
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import AbstractConnection
-from redis.exceptions import AuthenticationError, AuthorizationError, RedisError, ResponseError
+from redis.exceptions import (
+    AuthenticationError,
+    AuthorizationError,
+    ClusterError,
+    RedisError,
+    ResponseError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -245,17 +252,52 @@ class ClusterTransport:
         self._client = client
 
     async def execute(self, command: Command) -> Any:
-        return await self._client.execute_command(*command)
+        try:
+            return await self._client.execute_command(*command)
+        except AttributeError as exc:
+            raise _closed_under_it(exc) from exc
+        except ClusterError as exc:
+            if not _gave_up_redirecting(exc):
+                raise
+            (reply,) = await self._redirected(command)
+            if isinstance(reply, Exception):
+                raise reply from None
+            return reply
 
     async def execute_many(self, commands: Sequence[Command]) -> list[Any]:
         pipe = self._client.pipeline(transaction=False)
         for command in commands:
             pipe.execute_command(*command)
-        replies: list[Any] = await pipe.execute(raise_on_error=False)
+        try:
+            replies: list[Any] = await pipe.execute(raise_on_error=False)
+        except AttributeError as exc:
+            raise _closed_under_it(exc) from exc
+        for index, reply in enumerate(replies):
+            if isinstance(reply, ClusterError) and _gave_up_redirecting(reply):
+                (replies[index],) = await self._redirected(commands[index])
         return replies
+
+    async def _redirected(self, command: Command) -> list[Any]:
+        """A command redis-py gave up on mid-resharding, sent again with its ASKING on the same
+        connection (see :mod:`._cluster`)."""
+        from chatstate.stores.redis._cluster import run_on_owner
+
+        return await run_on_owner(self._client, [command])
 
     def detach(self) -> list[AbstractConnection]:
         return []
 
     async def release(self, connections: Sequence[AbstractConnection]) -> None:
         pass
+
+
+def _gave_up_redirecting(error: ClusterError) -> bool:
+    # redis-py's "TTL exhausted": every try was redirected (MOVED, ASK, TRYAGAIN), none ran.
+    return "TTL exhausted" in str(error)
+
+
+def _closed_under_it(exc: AttributeError) -> RedisConnectionError:
+    # redis-py 8.1's cluster client, after a node fails, disconnects that node's idle
+    # connections while another task may be taking one of them: that task then writes to a
+    # connection whose stream is gone (AttributeError on None). A lost connection, to the store.
+    return RedisConnectionError(f"a cluster connection was closed while in use ({exc})")

@@ -33,3 +33,9 @@ end
 local function fenced(lease, fence)
   return fence ~= '' and redis.call('GET', lease) ~= fence
 end
+
+-- A retry found among the remembered ids writes its count again, unchanged: a write, and so
+-- replicated, so that a WAIT after the retry (the durability option) also covers its first run.
+local function replayed(meta, count)
+  redis.call('HSET', meta, 'wn', count or 0)
+end

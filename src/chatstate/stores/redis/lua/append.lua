@@ -9,6 +9,7 @@
 -- (WRONGTYPE) before anything is changed.
 local meta = redis.call('HMGET', KEYS[3], 'w1', 'w2', 'w3', 'w4', 'wn', 'tail', 'ver', 's')
 if seen(meta, ARGV[4]) then  -- a retry of a write already applied
+  replayed(KEYS[3], meta[5])
   return {redis.call('LLEN', KEYS[1]), tonumber(meta[7]) or 0, 0, 0}
 end
 if fenced(KEYS[5], ARGV[5]) then return false end

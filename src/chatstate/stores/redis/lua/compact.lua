@@ -6,7 +6,10 @@
 -- saved, folded, deleted or restored meanwhile. Appends meanwhile are fine: their entries have
 -- larger numbers and stay.
 local meta = redis.call('HMGET', KEYS[3], 'w1', 'w2', 'w3', 'w4', 'wn', 'tail', 'gen', 'ver')
-if seen(meta, ARGV[4]) then return 1 end
+if seen(meta, ARGV[4]) then
+  replayed(KEYS[3], meta[5])
+  return 1
+end
 local length = redis.call('LLEN', KEYS[1])
 if length == 0 then return 0 end
 local tail, gen, ver

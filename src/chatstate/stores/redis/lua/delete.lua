@@ -8,6 +8,7 @@
 -- fence is refused.
 local meta = redis.call('HMGET', KEYS[3], 'w1', 'w2', 'w3', 'w4', 'wn', 'x')
 if seen(meta, ARGV[1]) then
+  replayed(KEYS[3], meta[5])
   if redis.call('EXISTS', KEYS[1]) == 1 then return 1 end
   return tonumber(meta[6]) or 1
 end

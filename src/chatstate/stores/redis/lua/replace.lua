@@ -12,6 +12,7 @@ if kind ~= 'list' and kind ~= 'none' then
 end
 local meta = redis.call('HMGET', KEYS[3], 'w1', 'w2', 'w3', 'w4', 'wn', 'gen', 'ver')
 if seen(meta, ARGV[4]) then  -- a retry of a write already applied
+  replayed(KEYS[3], meta[5])
   return {redis.call('LLEN', KEYS[1]), tonumber(meta[7]) or 0, 0}
 end
 if kind ~= 'none' and ARGV[1] == '0' then return {0} end
