@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip --quiet --disable-pip-version-check
 CHECKED := src tests examples
 
-.PHONY: demo test test-fast lint typecheck unit unit-fast test-redis-lowest bench redis-server clean
+.PHONY: demo test test-fast lint typecheck unit unit-fast test-redis-lowest bench redis-server postgres-server clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,17 @@ redis-server:
 	fi
 	@command -v redis-server >/dev/null || { echo "redis-server could not be installed" >&2; exit 1; }
 
+# The PostgreSQL tests use the server on 127.0.0.1:5432 when it answers, and otherwise start one
+# with initdb from Debian's postgresql package: install it where neither is there.
+postgres-server:
+	@if ! pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
+	  echo "installing postgresql (Debian package)"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq postgresql >/dev/null; \
+	fi
+	@pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { echo "postgresql could not be installed" >&2; exit 1; }
+
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check $(CHECKED)
 	$(BIN)/ruff format --check $(CHECKED)
@@ -44,7 +55,7 @@ lint: $(VENV)/.installed-dev
 typecheck: $(VENV)/.installed-dev
 	$(BIN)/mypy
 
-unit: $(VENV)/.installed-dev redis-server
+unit: $(VENV)/.installed-dev redis-server postgres-server
 	$(BIN)/pytest
 
 test: lint typecheck unit test-redis-lowest
@@ -70,10 +81,10 @@ test-redis-lowest: $(VENV_LOWEST)/.installed-dev redis-server
 	@$(VENV_LOWEST)/bin/python -c 'import redis; assert redis.__version__ == "$(REDIS_FLOOR)", redis.__version__; print("redis-py", redis.__version__, "(the floor)")'
 	$(VENV_LOWEST)/bin/pytest $(REDIS_TESTS)
 
-# The same checks and every test that needs no redis-server (marker `redis`) and is not slow
-# (marker `slow`: hypothesis runs, the bench): about 25 s of pytest; `make test` runs them all.
+# The same checks and every test that needs no server (markers `redis` and `postgres`) and is not
+# slow (marker `slow`: hypothesis runs, the bench): about 25 s of pytest; `make test` runs them all.
 unit-fast: $(VENV)/.installed-dev
-	$(BIN)/pytest -m "not redis and not slow"
+	$(BIN)/pytest -m "not redis and not postgres and not slow"
 
 test-fast: lint typecheck unit-fast
 

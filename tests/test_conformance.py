@@ -14,6 +14,7 @@ from redis.asyncio import Redis, RedisCluster
 
 from chatstate import InMemoryStateStore, RedisStateStore, StateStore
 from chatstate.stores import BackendStore, Encryption, NearCache
+from chatstate.stores.postgres import PostgresStateStore
 from chatstate.stores.sqlite import SQLiteStateStore
 from chatstate.testing import StateStoreConformance
 from chatstate.testing.redis_server import LocalRedisCluster, RedisServer
@@ -142,6 +143,25 @@ def _sqlite_with(
     return made
 
 
+def _postgres_with(
+    options: Callable[[], dict[str, Any]],
+) -> Callable[[pytest.FixtureRequest], AsyncIterator[Backend]]:
+    async def made(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
+        clock = FakeClock(1_700_000_000.0)  # a wall clock
+
+        async def advance(seconds: float) -> None:
+            clock.advance(seconds)
+
+        dsn = request.getfixturevalue("postgres_dsn")
+        schema = request.getfixturevalue("pg_schema")
+        async with PostgresStateStore.from_url(
+            dsn, schema=schema, clock=clock, **options()
+        ) as store:
+            yield Backend(store, advance)
+
+    return made
+
+
 def _keys() -> dict[str, Any]:
     # Old and new key, so a rotated keyring.
     keys = {"k2": secrets.token_bytes(32), "k1": secrets.token_bytes(32)}
@@ -162,6 +182,8 @@ BACKENDS = {
     "uncompressed-sqlite": _sqlite_with(lambda: {"compress_over": None}),
     "encrypted-sqlite": _sqlite_with(_keys),
     "near-cached-sqlite": _sqlite_with(_strict_near_cache),
+    "postgres": _postgres_with(dict),
+    "encrypted-postgres": _postgres_with(_keys),
     "encrypted-redis": _redis_options(_keys),
     "near-cached-redis": _redis_options(_strict_near_cache),
     "fakeredis": _fakeredis,
