@@ -16,8 +16,9 @@ def open_store(url: str, **options: Any) -> StateStore:
     """The store a URL names: ``memory://`` (this process only), ``sqlite:///path`` (a file,
     relative to the working directory; ``sqlite:////abs/path`` for an absolute one,
     ``sqlite:///:memory:`` for a private in-memory database), ``redis://`` or ``rediss://``
-    (``RedisStateStore.from_url``; ``?cluster=1`` not supported yet). ``options`` go to the
-    store. Raises :class:`~chatstate.errors.ConfigurationError` for anything else."""
+    (``RedisStateStore.from_url``; ``?cluster=1`` not supported yet), ``postgresql://`` or
+    ``postgres://`` (``PostgresStateStore.from_url``). ``options`` go to the store. Raises
+    :class:`~chatstate.errors.ConfigurationError` for anything else."""
     if not isinstance(url, str):
         raise ConfigurationError(f"a store URL must be a str, got {type(url).__name__}")
     if url == "memory://" or url.startswith("memory://"):
@@ -36,7 +37,11 @@ def open_store(url: str, **options: Any) -> StateStore:
         from chatstate.stores.redis import RedisStateStore
 
         return RedisStateStore.from_url(url, **options)
+    if url.startswith(("postgresql://", "postgres://")):
+        from chatstate.stores.postgres import PostgresStateStore
+
+        return PostgresStateStore.from_url(url, **options)
     raise ConfigurationError(
         f"unknown store URL {redact_url(url)!r}: use memory://, sqlite:///path.db, "
-        "redis://host:port/db or rediss://host:port/db"
+        "redis://host:port/db, rediss://host:port/db or postgresql://user@host:port/db"
     )

@@ -340,6 +340,11 @@ class PostgresBackend:
             if rows < SWEEP_CHUNK:
                 return removed
 
+    async def drop_schema(self) -> None:
+        """Remove the schema, with every table and function in it: all of its history."""
+        await self._run(lambda connection: connection.execute(f"DROP SCHEMA {self.schema} CASCADE"))
+        self._ready = False
+
     def error_kind(self, exc: Exception) -> ErrorKind | None:
         return error_kind(exc)
 

@@ -151,6 +151,11 @@ class PostgresStateStore(BackendStore[bytes]):
         """Expired sessions deleted by this instance's sweeps."""
         return self.backend.expirations
 
+    async def drop_schema(self) -> None:
+        """Remove the store's schema with every table and function in it: all of its history,
+        for good (a later call creates the schema afresh)."""
+        await self.backend.drop_schema()
+
     async def sweep(self) -> int:
         """Delete every expired session now (and expired leases and index entries); returns
         how many sessions. In chunks, each its own short transaction."""
