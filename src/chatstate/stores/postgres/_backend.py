@@ -160,6 +160,13 @@ class PostgresBackend:
         except asyncpg.PostgresError as exc:
             if exc.sqlstate == FENCED:
                 raise Fenced(str(exc)) from exc
+            if exc.severity_en != "ERROR":  # FATAL, PANIC: the server is ending the connection
+                connection.terminate()
+            raise
+        except BaseException:
+            # Lost, timed out, cancelled, or in a state asyncpg cannot go on from: never given to
+            # the next caller as it is (the pool makes a new connection in its place).
+            connection.terminate()
             raise
         finally:
             await pool.release(connection)

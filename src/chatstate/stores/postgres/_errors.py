@@ -39,6 +39,6 @@ def error_kind(exc: Exception) -> ErrorKind | None:
         return "timeout"
     if isinstance(exc, asyncpg.PostgresError):
         return "timeout" if exc.sqlstate in _ENDED else "other"
-    if isinstance(exc, asyncpg.InterfaceError | OSError):
+    if isinstance(exc, asyncpg.InterfaceError | asyncpg.InternalClientError | OSError):
         return "other"
     return None
