@@ -19,6 +19,7 @@ from chatstate.errors import (
     StateSaveError,
     UnsupportedFormatError,
 )
+from chatstate.stores import Fenced, Written
 from chatstate.stores.postgres import SCHEMA_VERSION, PostgresStateStore
 from chatstate.testing.postgres_server import execute
 
@@ -248,3 +249,54 @@ def test_open_store_and_the_command_line_take_postgres_urls(
     assert main(["sessions", "--store", postgres_dsn, "--schema", pg_schema]) == 0
     assert capsys.readouterr().out.split() == ["s1"]
     execute(postgres_dsn, f"DROP SCHEMA {other} CASCADE", f"DROP SCHEMA {pg_schema} CASCADE")
+
+
+async def test_concurrent_appends_share_one_statement_and_keep_their_order(
+    postgres_dsn: str, pg_schema: str
+) -> None:
+    connection = counting()
+    async with store(postgres_dsn, pg_schema, connection_class=connection) as ours:
+        sessions = [f"s{index}" for index in range(50)]
+        for session in sessions:
+            await ours.append(session, _turn("seed"), max_messages=4)
+        assert ours.backend.batcher is not None and ours.backend.batcher.batches == 0
+        before = connection.writes
+        await asyncio.gather(
+            *(ours.append(session, _turn("next"), max_messages=4) for session in sessions),
+            *(ours.append("s7", _turn(f"more {index}"), max_messages=4) for index in range(3)),
+        )
+        # The first went alone; the other 52 in batches, far fewer round trips than appends.
+        assert ours.backend.batcher.batches >= 1
+        assert connection.writes - before < 10
+        for session in sessions:
+            expected = ["seed", "re: seed", "next", "re: next"]
+            if session == "s7":
+                expected = ["more 1", "re: more 1", "more 2", "re: more 2"]
+            assert _texts(await ours.load(session)) == expected, session
+
+
+async def test_a_fenced_append_in_a_batch_is_refused_alone(
+    postgres_dsn: str, pg_schema: str
+) -> None:
+    async with store(postgres_dsn, pg_schema) as ours:
+        backend = ours.backend
+        assert await backend.acquire_lease("f", "holder", 30)
+
+        async def append(session: str, fence: str | None) -> object:
+            try:
+                return await backend.append(
+                    session, [b"x"], max_entries=None, ttl=None, write_id=f"w-{session}",
+                    fence=fence,
+                )  # fmt: skip
+            except Fenced as exc:
+                return exc
+
+        results = await asyncio.gather(
+            append("a", None), append("b", None), append("f", "stale"), append("c", "nobody")
+        )
+        assert backend.batcher is not None and backend.batcher.batches == 1
+        assert [type(result) for result in results] == [Written, Written, Fenced, Fenced]
+        for session, length in (("a", 1), ("b", 1), ("f", 0), ("c", 0)):
+            page = await backend.read(session, limit=None, summary=False, touch=None, numbers=True)
+            assert page.length == length, session
+        assert isinstance(await append("f", "holder"), Written)  # the holder's own goes through

@@ -14,7 +14,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
         "PostgresStateStore needs asyncpg: pip install 'chatstate[postgres]'"
     ) from exc
 
-from chatstate.stores.postgres._backend import PostgresBackend
+from chatstate.stores.postgres._backend import PostgresBackend, no_reset
 from chatstate.stores.postgres._errors import NotSent, error_kind
 from chatstate.stores.postgres._schema import SCHEMA_VERSION
 from chatstate.stores.postgres._store import (
@@ -31,4 +31,5 @@ __all__ = [
     "PostgresBackend",
     "PostgresStateStore",
     "error_kind",
+    "no_reset",
 ]

@@ -18,10 +18,11 @@ import asyncpg
 
 from chatstate.stores._backend import BackendCensus, ErrorKind, Fenced, Page, RawSession, Written
 from chatstate.stores._writes import DELETED_IDS_TTL
+from chatstate.stores.postgres._batch import AppendBatcher, Item, Row
 from chatstate.stores.postgres._errors import FENCED, NotSent, error_kind
 from chatstate.stores.postgres._schema import migrate
 
-__all__ = ["SWEEP_CHUNK", "PostgresBackend"]
+__all__ = ["SWEEP_CHUNK", "PostgresBackend", "no_reset"]
 
 SWEEP_CHUNK = 500
 """Sessions deleted by one chunk of a sweep, and ids read by one step of a listing."""
@@ -48,6 +49,7 @@ _QUERIES = {
     "time_left": "SELECT s.expires_at - {s}._now($2) FROM {s}.sessions s WHERE s.id = $1 "
     "AND s.live AND (s.expires_at IS NULL OR s.expires_at > {s}._now($2))",
     "append": "SELECT * FROM {s}.append($1, $2, $3, $4, $5, $6, $7, $8)",
+    "append_many": "SELECT * FROM {s}.append_many($1, $2, $3, $4, $5, $6, $7, $8, $9)",
     "replace": "SELECT * FROM {s}.replace($1, $2, $3, $4, $5, $6, $7, $8)",
     "delete": "SELECT {s}.delete($1, $2, $3, $4, $5)",
     "compact": "SELECT {s}.compact($1, $2, $3, $4, $5, $6)",
@@ -76,9 +78,10 @@ _QUERIES = {
 }
 
 
-async def _no_reset(connection: object) -> None:
-    """A pool's reset between two calls: none (the store leaves no session state behind), which
-    saves asyncpg's reset query, a round trip, on every release."""
+async def no_reset(connection: object) -> None:
+    """Give ``asyncpg.create_pool(reset=no_reset)``: no reset of a connection given back to the
+    pool (the store leaves no session state on it), which saves asyncpg's reset query, a round
+    trip, on every release."""
 
 
 class PostgresBackend:
@@ -97,6 +100,7 @@ class PostgresBackend:
         schema: str,
         clock: Callable[[], float] | None,
         sweep_interval: float | None,
+        batch_appends: bool = True,
     ) -> None:
         self.schema = schema
         self.dsn = dsn
@@ -111,6 +115,8 @@ class PostgresBackend:
         self._sql = {name: query.format(s=schema) for name, query in _QUERIES.items()}
         self.expirations = 0
         """Expired sessions deleted by this instance's sweeps."""
+        self.batcher = AppendBatcher(self._append_one, self._append_many) if batch_appends else None
+        """What joins the appends of concurrent callers (None: every append alone)."""
 
     def __repr__(self) -> str:
         return f"PostgresBackend(schema={self.schema!r})"
@@ -128,7 +134,7 @@ class PostgresBackend:
         """The pool, made if the store owns it, and the layout, created or migrated."""
         async with self._starting:
             if self._pool is None:
-                options = {"min_size": 1, "max_size": 10, "reset": _no_reset}
+                options = {"min_size": 1, "max_size": 10, "reset": no_reset}
                 try:
                     self._pool = await asyncpg.create_pool(
                         self.dsn, **{**options, **self._pool_options}
@@ -227,19 +233,33 @@ class PostgresBackend:
         write_id: str,
         fence: str | None,
     ) -> Written:
-        row = await self._row(
-            "append",
-            session_id,
-            entries,
-            max_entries,
-            ttl,
-            write_id,
-            fence,
+        item = (session_id, entries, max_entries, ttl, write_id, fence)
+        if self.batcher is None:
+            length, version, trimmed, applied, fenced = await self._append_one(item)
+        else:
+            length, version, trimmed, applied, fenced = await self.batcher.append(item)
+        if fenced:
+            raise Fenced(f"the lease of session {session_id!r} is not held by this token")
+        return Written(length, version, trimmed, applied)
+
+    async def _append_one(self, item: Item) -> Row:
+        row = await self._row("append", *item, self._now(), self._sweep_chunk())
+        return (*row, False)
+
+    async def _append_many(self, items: list[Item]) -> list[Row]:
+        rows = await self._rows(
+            "append_many",
+            [item[0] for item in items],
+            [len(item[1]) for item in items],
+            [entry for item in items for entry in item[1]],
+            [item[2] for item in items],
+            [item[3] for item in items],
+            [item[4] for item in items],
+            [item[5] for item in items],
             self._now(),
             self._sweep_chunk(),
         )
-        length, version, trimmed, applied = row
-        return Written(length, version, trimmed, applied)
+        return [tuple(row) for row in rows]
 
     async def replace(
         self,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncpg
 
 from chatstate.stores._backend import ErrorKind
+from chatstate.stores.postgres._batch import BatchAbandoned
 
 __all__ = ["FENCED", "NotSent", "error_kind"]
 
@@ -28,14 +29,17 @@ def error_kind(exc: Exception) -> ErrorKind | None:
     - ``unavailable``: the call certainly never reached the server (no connection could be had,
       the server refused connections or credentials): nothing was applied;
     - ``timeout``: the call was sent and no answer came: the client's timeout ran out, or the
-      connection was lost or ended by the server during it (it may or may not have committed);
+      connection was lost or ended by the server during it, or the batch it was sent in was
+      abandoned (it may or may not have committed);
     - ``other``: any other error of asyncpg or the server (a statement cancelled by
       ``statement_timeout``, a lock timeout, a deadlock: the transaction was rolled back);
       None for an exception that is not asyncpg's.
     """
     if isinstance(exc, NotSent):
         return "unavailable"
-    if isinstance(exc, TimeoutError | asyncpg.ConnectionDoesNotExistError | ConnectionError):
+    if isinstance(
+        exc, TimeoutError | asyncpg.ConnectionDoesNotExistError | ConnectionError | BatchAbandoned
+    ):
         return "timeout"
     if isinstance(exc, asyncpg.PostgresError):
         return "timeout" if exc.sqlstate in _ENDED else "other"

@@ -46,15 +46,20 @@ class PostgresStateStore(BackendStore[bytes]):
 
     Every call is one statement, so one round trip: a load one ``SELECT``; a write one call of a
     server-side function that runs its whole transaction (write-id check, lease fence, insert,
-    trim, expiry, version). A pool of your own best passes ``reset=`` a no-op coroutine to
-    ``asyncpg.create_pool``: asyncpg's default reset costs a round trip on every release, and
-    the store leaves nothing on a connection to reset. asyncio only (asyncpg).
+    trim, expiry, version). A pool of your own best passes ``reset=no_reset``
+    (:func:`~chatstate.stores.postgres.no_reset`) to ``asyncpg.create_pool``: asyncpg's default
+    reset costs a round trip on every release, and the store leaves nothing on a connection to
+    reset. asyncio only (asyncpg).
 
     - ``schema``: the PostgreSQL schema of the store's tables (a lowercase identifier).
     - ``sweep_interval`` (default 60 s): expired sessions are never returned; their rows are
       deleted by a chunk of up to 500 that a write runs in its own transaction, at most once per
       ``sweep_interval`` seconds per instance (rows another transaction holds are skipped, so it
       never waits on a lock). ``None`` turns it off; :meth:`sweep` sweeps everything now.
+    - ``batch_appends`` (on by default): an append made while others of this store are under
+      way joins them: up to 64 go in one statement and one transaction (sorted by session, each
+      still atomic and fenced on its own), so concurrent sessions share round trips and commits.
+      An append with nothing to share with goes out at once. Off, every append is a call alone.
     - ``clock``: the wall clock (Unix seconds) that expiry and leases are reckoned by; None (the
       default) is the server's, which every instance shares. Tests give a fake one.
     - ``on_corrupt``, ``compress_over``, ``compression``, ``max_message_bytes``,
@@ -75,6 +80,7 @@ class PostgresStateStore(BackendStore[bytes]):
         schema: str = "chatstate",
         sweep_interval: float | None = 60.0,
         clock: Callable[[], float] | None = None,
+        batch_appends: bool = True,
         on_corrupt: Literal["skip", "raise"] = "skip",
         compress_over: int | None = DEFAULT_COMPRESS_OVER,
         compression: Compression = "auto",
@@ -93,6 +99,8 @@ class PostgresStateStore(BackendStore[bytes]):
             raise ConfigurationError("give a pool, or a dsn (PostgresStateStore.from_url)")
         if sweep_interval is not None:
             sweep_interval = check_ttl(sweep_interval, name="sweep_interval")
+        if not isinstance(batch_appends, bool):
+            raise ConfigurationError(f"batch_appends must be True or False, got {batch_appends!r}")
         if clock is not None and not callable(clock):
             raise ConfigurationError(f"clock must be callable or None, got {clock!r}")
         backend = PostgresBackend(
@@ -102,6 +110,7 @@ class PostgresStateStore(BackendStore[bytes]):
             schema=check_schema_name(schema),
             clock=clock,
             sweep_interval=sweep_interval,
+            batch_appends=batch_appends,
         )
         codec = EntryCodec.for_store(
             compress_over=compress_over,

@@ -126,27 +126,37 @@ BEGIN
     );
 END $$;
 
+-- The hot path, written out: no call of a helper unless the session is new, expired, fenced or
+-- due for a sweep; one row, not a set, returned.
 CREATE FUNCTION @schema@.append(
     p_id text, p_entries bytea[], p_max bigint, p_ttl float8, p_write text, p_fence text,
-    p_now float8, p_sweep integer
-) RETURNS TABLE (length bigint, version bigint, trimmed boolean, applied boolean)
+    p_now float8, p_sweep integer,
+    OUT length bigint, OUT version bigint, OUT trimmed boolean, OUT applied boolean
+)
 LANGUAGE plpgsql AS $$
 #variable_conflict use_column
 DECLARE
-    v_now float8 := @schema@._now(p_now);
-    r @schema@.sessions := @schema@._lock(p_id, v_now);
+    v_now float8 := coalesce(p_now, extract(epoch FROM statement_timestamp()));
+    r @schema@.sessions;
     v_count bigint := cardinality(p_entries);
     v_skip bigint := 0;
+    v_head bigint;
 BEGIN
-    IF @schema@._seen(r.ids, p_write) THEN
-        RETURN QUERY SELECT CASE WHEN r.live THEN r.tail - r.head ELSE 0 END,
-                            CASE WHEN r.live THEN r.version ELSE 0 END, false, false;
+    SELECT * INTO r FROM @schema@.sessions WHERE id = p_id FOR UPDATE;
+    IF NOT FOUND OR r.expires_at <= v_now THEN
+        r := @schema@._lock(p_id, v_now);
+    END IF;
+    IF position(p_write || E'\n' IN r.ids) > 0 THEN
+        length := CASE WHEN r.live THEN r.tail - r.head ELSE 0 END;
+        version := CASE WHEN r.live THEN r.version ELSE 0 END;
+        trimmed := false; applied := false;
         RETURN;
     END IF;
-    PERFORM @schema@._fence(p_id, p_fence, v_now);
+    IF p_fence IS NOT NULL THEN
+        PERFORM @schema@._fence(p_id, p_fence, v_now);
+    END IF;
     IF NOT r.live THEN
         r.head := 0; r.tail := 0; r.version := @schema@._seed(); r.generation := @schema@._seed();
-        r.summary := NULL;
     END IF;
     -- Entries that the bound would trim at once are never written.
     IF p_max IS NOT NULL AND v_count > p_max THEN
@@ -155,26 +165,28 @@ BEGIN
     INSERT INTO @schema@.messages (session_id, seq, entry)
     SELECT p_id, r.tail + ordinality - 1, entry
     FROM unnest(p_entries) WITH ORDINALITY AS t(entry, ordinality) WHERE ordinality > v_skip;
-    r.tail := r.tail + v_count;
-    trimmed := false;
-    IF p_max IS NOT NULL AND r.tail - r.head > p_max THEN
-        trimmed := true;
+    v_head := r.head;
+    trimmed := p_max IS NOT NULL AND r.tail + v_count - r.head > p_max;
+    IF trimmed THEN
+        v_head := r.tail + v_count - p_max;
         IF r.live THEN
-            DELETE FROM @schema@.messages WHERE session_id = p_id AND seq < r.tail - p_max;
+            DELETE FROM @schema@.messages WHERE session_id = p_id AND seq < v_head;
         END IF;
-        r.head := r.tail - p_max;
     END IF;
+    -- The summary is left as it is (a live session's) or cleared, never written back.
     UPDATE @schema@.sessions SET
-        live = true, head = r.head, tail = r.tail,
-        expires_at = CASE WHEN p_ttl IS NULL THEN NULL ELSE v_now + p_ttl END,
-        version = r.version + 1, generation = r.generation, summary = r.summary,
-        ids = @schema@._remember(r.ids, p_write), existed = NULL
+        live = true, head = v_head, tail = r.tail + v_count,
+        expires_at = v_now + p_ttl,
+        version = r.version + 1, generation = r.generation,
+        summary = CASE WHEN r.live THEN summary END,
+        ids = CASE WHEN octet_length(r.ids) >= 32 * 17 THEN substr(r.ids, 18) ELSE r.ids END
+              || p_write || E'\n',
+        existed = NULL
     WHERE id = p_id;
     IF p_sweep > 0 THEN
         PERFORM @schema@.sweep(v_now, p_sweep);
     END IF;
-    length := r.tail - r.head; version := r.version + 1; applied := true;
-    RETURN NEXT;
+    length := r.tail + v_count - v_head; version := r.version + 1; applied := true;
 END $$;
 
 -- A save or a restore: the whole session. No row when it exists and not p_overwrite.
@@ -266,4 +278,45 @@ BEGIN
         generation = r.generation + 1, ids = @schema@._remember(r.ids, p_write)
     WHERE id = p_id;
     RETURN true;
+END $$;
+
+-- The appends of concurrent callers in one transaction, in the order given (the caller sorts
+-- them by session, so that two batches lock their sessions in the same order and never
+-- deadlock); each item's entries are its p_counts[i] elements of p_entries, in turn. An item
+-- refused by its fence is rolled back alone (fenced true) and the others go on.
+CREATE FUNCTION @schema@.append_many(
+    p_ids text[], p_counts integer[], p_entries bytea[], p_max bigint[], p_ttl float8[],
+    p_writes text[], p_fences text[], p_now float8, p_sweep integer
+) RETURNS TABLE (length bigint, version bigint, trimmed boolean, applied boolean, fenced boolean)
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+    v_from integer := 1;
+    v_sweep integer := p_sweep;
+    r record;
+BEGIN
+    FOR i IN 1 .. cardinality(p_ids) LOOP
+        fenced := false;
+        IF p_fences[i] IS NULL THEN
+            r := @schema@.append(
+                p_ids[i], p_entries[v_from : v_from + p_counts[i] - 1], p_max[i], p_ttl[i],
+                p_writes[i], NULL, p_now, v_sweep);
+        ELSE
+            BEGIN  -- a savepoint, only for an item that carries a fence
+                r := @schema@.append(
+                    p_ids[i], p_entries[v_from : v_from + p_counts[i] - 1], p_max[i], p_ttl[i],
+                    p_writes[i], p_fences[i], p_now, v_sweep);
+            EXCEPTION WHEN SQLSTATE 'CSFEN' THEN
+                fenced := true;
+            END;
+        END IF;
+        IF fenced THEN
+            length := 0; version := 0; trimmed := false; applied := false;
+        ELSE
+            length := r.length; version := r.version; trimmed := r.trimmed; applied := r.applied;
+        END IF;
+        v_sweep := 0;
+        v_from := v_from + p_counts[i];
+        RETURN NEXT;
+    END LOOP;
 END $$;
