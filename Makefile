@@ -88,10 +88,11 @@ unit-fast: $(VENV)/.installed-dev
 
 test-fast: lint typecheck unit-fast
 
-# `chatstate bench` on the in-memory store and a throw-away redis-server; ARGS="--quick" for a
-# smoke run, ARGS="--json bench.json --plot bench.png" to keep the figures (see docs/benchmarks.md).
-bench: $(VENV)/.installed-dev redis-server
-	$(BIN)/chatstate bench --redis-server $(ARGS)
+# `chatstate bench` on the in-memory and SQLite stores, a throw-away redis-server and a throw-away
+# PostgreSQL server; ARGS="--quick" for a smoke run, ARGS="--json bench.json --plot bench.png" to
+# keep the figures (see docs/benchmarks.md).
+bench: $(VENV)/.installed-dev redis-server postgres-server
+	$(BIN)/chatstate bench --redis-server --postgres-server $(ARGS)
 
 clean:
 	rm -rf $(VENV) $(VENV_LOWEST) .mypy_cache .ruff_cache .pytest_cache .hypothesis
