@@ -183,3 +183,18 @@ class ProviderError(ChatStateError):
 
 class PipelineError(ChatStateError):
     """The middleware chain did not produce a reply, or is assembled wrongly."""
+
+
+# Added with the tool turns of the pipeline (issue 17); kept at the end of the module so that it
+# merges beside other changes to the tree above (it belongs under ChatStateError).
+class ToolRoundsError(ChatStateError):
+    """A turn's model still called tools after ``max_tool_rounds`` rounds of them
+    (``ProviderMiddleware(tools=..., max_tool_rounds=...)``); nothing of the turn was stored.
+    ``messages`` holds the turn so far (whole exchanges), for a caller that wants to see it."""
+
+    def __init__(self, message: str, *, messages: Sequence[Message] = ()) -> None:
+        super().__init__(message)
+        self.messages: tuple[Message, ...] = tuple(messages)
+
+
+__all__ += ["ToolRoundsError"]

@@ -5,9 +5,10 @@ Layout, for a session id escaped into a hash tag (``%`` → ``%25``, ``{`` → `
 
     {prefix}:{<id>}:messages   list    the entries, oldest first
     {prefix}:{<id>}:summary    string  the summary's entry, once a fold made one
-    {prefix}:{<id>}:meta       hash    tail (the number the next entry takes), gen, ver, w (the
-                                       last 32 write ids), s (1: a summary exists); after a
-                                       delete, w and x (whether it existed) for 10 minutes
+    {prefix}:{<id>}:meta       hash    tail (the number the next entry takes), gen, ver,
+                                       s (1: a summary exists), w1-w4 and wn (the last 32
+                                       write ids, 8 bytes each, a ring); after a delete only
+                                       the ids and x (whether it existed), for 10 minutes
     {prefix}:{<id>}:lease      string  the turn lease's holder
     {prefix}:{<id>}:version    string  read and removed: the version of a 0.1.0 versioned store
 
@@ -140,7 +141,7 @@ class RedisBackend:
             max_entries or 0,
             _ms(ttl),
             _seed(),
-            write_id,
+            bytes.fromhex(write_id),
             fence or "",
             *entries,
             repeatable=True,
@@ -168,7 +169,7 @@ class RedisBackend:
             int(overwrite),
             _ms(ttl),
             _seed(),
-            write_id,
+            bytes.fromhex(write_id),
             fence or "",
             summary or b"",
             *entries,
@@ -182,7 +183,9 @@ class RedisBackend:
 
     async def delete(self, session_id: str, *, write_id: str, fence: str | None) -> bool:
         keys = self._session_keys(session_id)
-        existed = await lua.DELETE.run(self._execute, keys, write_id, fence or "", repeatable=True)
+        existed = await lua.DELETE.run(
+            self._execute, keys, bytes.fromhex(write_id), fence or "", repeatable=True
+        )
         if existed is None:
             raise _fenced(session_id)
         return bool(existed)
@@ -192,7 +195,13 @@ class RedisBackend:
     ) -> bool:
         keys = self._session_keys(session_id)[:4]
         done = await lua.COMPACT.run(
-            self._execute, keys, generation, before_seq, summary, write_id, repeatable=True
+            self._execute,
+            keys,
+            generation,
+            before_seq,
+            summary,
+            bytes.fromhex(write_id),
+            repeatable=True,
         )
         return bool(done)
 
