@@ -189,12 +189,14 @@ async def _at_least(value: Callable[[], int], count: int) -> bool:
     return value() >= count
 
 
-async def _hold_the_session_row(dsn: str, schema: str, seconds: float) -> None:
-    """A transaction that locks the session's row and sleeps (pg_sleep) before committing."""
+async def _hold_the_session_row(dsn: str, schema: str, seconds: float, held: asyncio.Event) -> None:
+    """A transaction that locks the session's row (then sets ``held``) and sleeps (pg_sleep)
+    before committing."""
     connection = await asyncpg.connect(dsn)
     try:
         async with connection.transaction():
             await connection.execute(f"SELECT FROM {schema}.sessions WHERE id = 's' FOR UPDATE")
+            held.set()
             await connection.execute(f"SELECT pg_sleep({seconds})")
     finally:
         await connection.close()
@@ -205,8 +207,9 @@ async def test_statement_timeout_gives_a_typed_error_and_writes_nothing(
 ) -> None:
     async with store(postgres_dsn, pg_schema, server_settings={"statement_timeout": "200"}) as ours:
         await ours.append("s", _messages("before"))
-        holder = asyncio.ensure_future(_hold_the_session_row(postgres_dsn, pg_schema, 1.0))
-        await asyncio.sleep(0.2)
+        held = asyncio.Event()
+        holder = asyncio.ensure_future(_hold_the_session_row(postgres_dsn, pg_schema, 1.0, held))
+        await held.wait()
         with pytest.raises(StateSaveError, match="statement timeout") as raised:
             await ours.append("s", _messages("turn"))
         # Cancelled by the server: rolled back, certainly not applied.
@@ -220,10 +223,12 @@ async def test_statement_timeout_gives_a_typed_error_and_writes_nothing(
 async def test_a_stalled_server_gives_outcome_unknown_and_the_retry_stores_once(
     postgres_dsn: str, pg_schema: str
 ) -> None:
-    async with store(postgres_dsn, pg_schema, command_timeout=0.3) as ours:
+    # The client gives a call 1 s; the session's row is held for 3 s (slow machines: a margin).
+    async with store(postgres_dsn, pg_schema, command_timeout=1.0) as ours:
         await ours.append("s", _messages("before"))
-        holder = asyncio.ensure_future(_hold_the_session_row(postgres_dsn, pg_schema, 1.0))
-        await asyncio.sleep(0.2)
+        held = asyncio.Event()
+        holder = asyncio.ensure_future(_hold_the_session_row(postgres_dsn, pg_schema, 3.0, held))
+        await held.wait()
         with pytest.raises(OutcomeUnknownError) as raised:
             await ours.append("s", _messages("turn"), write_id="turn-1")
         assert raised.value.write_id == "turn-1"

@@ -16,6 +16,7 @@ from typing import Any, Literal, TypeVar
 import anyio
 import asyncpg
 
+from chatstate.errors import ChatStateError
 from chatstate.stores._backend import BackendCensus, ErrorKind, Fenced, Page, RawSession, Written
 from chatstate.stores._writes import DELETED_IDS_TTL
 from chatstate.stores.postgres._batch import AppendBatcher, Item, Row
@@ -145,6 +146,14 @@ class PostgresBackend:
                 connection = await self._acquire(self._pool)
                 try:
                     await migrate(connection, self.schema)
+                except ChatStateError:  # a layout of a newer chatstate
+                    raise
+                except BaseException as exc:
+                    connection.terminate()
+                    if not isinstance(exc, Exception):
+                        raise
+                    # The call itself was never sent: nothing of it was applied.
+                    raise NotSent(f"the store's schema could not be set up: {exc!r}") from exc
                 finally:
                     await self._pool.release(connection)
                 self._ready = True

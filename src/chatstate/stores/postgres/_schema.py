@@ -15,12 +15,16 @@ from importlib import resources
 
 from chatstate.errors import ConfigurationError, UnsupportedFormatError
 
-__all__ = ["SCHEMA_VERSION", "check_schema_name", "layout", "migrate"]
+__all__ = ["MIGRATION_TIMEOUT", "SCHEMA_VERSION", "check_schema_name", "layout", "migrate"]
 
 SCHEMA_VERSION = 1
 """The layout of the tables and functions; a database written by a newer one is refused."""
 
 _NAME = re.compile(r"[a-z_][a-z0-9_]{0,47}")
+
+MIGRATION_TIMEOUT = 120.0
+"""Seconds the creation or migration of the layout may take (a pool's ``command_timeout`` and the
+server's ``statement_timeout``, meant for calls, do not bound it)."""
 
 _LOCK = "SELECT pg_advisory_xact_lock(hashtext('chatstate:' || $1))"
 _META = """
@@ -51,19 +55,23 @@ async def migrate(connection: object, schema: str) -> int:
     import asyncpg
 
     assert isinstance(connection, asyncpg.Connection)
+    timeout = MIGRATION_TIMEOUT
     async with connection.transaction():
-        await connection.execute(_LOCK, schema)
-        await connection.execute(_META.format(schema=schema))
-        found = await connection.fetchval(f"SELECT value FROM {schema}.meta WHERE name = 'schema'")
+        await connection.execute("SET LOCAL statement_timeout = 0", timeout=timeout)
+        await connection.execute(_LOCK, schema, timeout=timeout)
+        await connection.execute(_META.format(schema=schema), timeout=timeout)
+        found = await connection.fetchval(
+            f"SELECT value FROM {schema}.meta WHERE name = 'schema'", timeout=timeout
+        )
         if found is not None and found > SCHEMA_VERSION:
             raise UnsupportedFormatError(
                 f"the PostgreSQL schema {schema!r} was written by a newer chatstate (layout "
                 f"{found}; this one knows up to {SCHEMA_VERSION}): upgrade chatstate to use it"
             )
         if found is None:
-            await connection.execute(layout(schema))
+            await connection.execute(layout(schema), timeout=timeout)
             await connection.execute(
-                f"INSERT INTO {schema}.meta VALUES ('schema', $1)", SCHEMA_VERSION
+                f"INSERT INTO {schema}.meta VALUES ('schema', $1)", SCHEMA_VERSION, timeout=timeout
             )
         # Later versions migrate here, step by step, from `found` up (none yet).
         return int(found or 0)
