@@ -16,7 +16,7 @@ export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD := 1
 # (some 4 s of `make test-fast`).
 unexport PYTHONDONTWRITEBYTECODE
 
-.PHONY: demo test test-fast lint typecheck unit unit-fast test-redis-lowest bench redis-server chromium clean
+.PHONY: demo test test-fast lint typecheck unit unit-fast test-redis-lowest bench redis-server chromium postgres-server clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -58,6 +58,17 @@ chromium:
 	fi
 	@command -v chromium >/dev/null || { echo "chromium could not be installed" >&2; exit 1; }
 
+# The PostgreSQL tests use the server on 127.0.0.1:5432 when it answers, and otherwise start one
+# with initdb from Debian's postgresql package: install it where neither is there.
+postgres-server:
+	@if ! pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
+	  echo "installing postgresql (Debian package)"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq postgresql >/dev/null; \
+	fi
+	@pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { echo "postgresql could not be installed" >&2; exit 1; }
+
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check $(CHECKED)
 	$(BIN)/ruff format --check $(CHECKED)
@@ -65,7 +76,7 @@ lint: $(VENV)/.installed-dev
 typecheck: $(VENV)/.installed-dev
 	$(BIN)/mypy
 
-unit: $(VENV)/.installed-dev redis-server chromium
+unit: $(VENV)/.installed-dev redis-server chromium postgres-server
 	$(BIN)/pytest
 
 test: lint typecheck unit test-redis-lowest
@@ -91,22 +102,24 @@ test-redis-lowest: $(VENV_LOWEST)/.installed-dev redis-server
 	@$(VENV_LOWEST)/bin/python -c 'import redis; assert redis.__version__ == "$(REDIS_FLOOR)", redis.__version__; print("redis-py", redis.__version__, "(the floor)")'
 	$(VENV_LOWEST)/bin/pytest $(REDIS_TESTS)
 
-# The same checks and every test that needs no redis-server (marker `redis`), no browser (marker
+# The same checks and every test that needs no server (markers `redis` and
+# `postgres`), no browser (marker
 # `browser`) and is not slow (marker `slow`: the stateful and fuzz runs of every store, a memory
 # soak, a bench run), each property with a fifth of its hypothesis examples (the "fast" profile,
 # tests/conftest.py); `make test` runs them all, in full. About 13 s of pytest on a quiet
 # machine; the checks run beside it (mypy takes 5 s without its cache), each job's output shown
 # whole as it ends.
 unit-fast: $(VENV)/.installed-dev
-	$(BIN)/pytest -m "not redis and not slow and not browser" --hypothesis-profile=fast
+	$(BIN)/pytest -m "not redis and not postgres and not slow and not browser" --hypothesis-profile=fast
 
 test-fast: $(VENV)/.installed-dev
 	@$(MAKE) --no-print-directory -j2 --output-sync=target lint typecheck unit-fast
 
-# `chatstate bench` on the in-memory store and a throw-away redis-server; ARGS="--quick" for a
-# smoke run, ARGS="--json bench.json --plot bench.png" to keep the figures (see docs/benchmarks.md).
-bench: $(VENV)/.installed-dev redis-server
-	$(BIN)/chatstate bench --redis-server $(ARGS)
+# `chatstate bench` on the in-memory and SQLite stores, a throw-away redis-server and a throw-away
+# PostgreSQL server; ARGS="--quick" for a smoke run, ARGS="--json bench.json --plot bench.png" to
+# keep the figures (see docs/benchmarks.md).
+bench: $(VENV)/.installed-dev redis-server postgres-server
+	$(BIN)/chatstate bench --redis-server --postgres-server $(ARGS)
 
 clean:
 	rm -rf $(VENV) $(VENV_LOWEST) .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -13,43 +13,57 @@ from hypothesis import settings
 pytest.register_assert_rewrite("chatstate.testing")
 
 from chatstate.testing import FakeClock  # noqa: E402
+from chatstate.testing.postgres_server import (  # noqa: E402
+    PostgresServer,
+    local_postgres,
+    scratch_database,
+)
 from chatstate.testing.redis_server import LocalRedisCluster, RedisServer  # noqa: E402
 
-# Tests that need a real redis-server (`make test-fast` leaves them out with -m "not redis"): those
-# that use these fixtures are marked here; a test that starts a server otherwise, or picks one by
-# parameter, carries the mark itself (`kinds` marks the parameters), and `_unmarked_start_no_server`
-# fails any test that starts a server without it.
-SERVER_FIXTURES = frozenset({"redis_server", "redis_cluster"})
+# Tests that need a real server (`make test-fast` leaves them out with -m "not redis and not
+# postgres"): those that use these fixtures are marked here; a test that starts a server otherwise,
+# or picks one by parameter, carries the mark itself (`kinds` marks the parameters), and
+# `_unmarked_start_no_server` fails any test that starts a server without it.
+SERVER_FIXTURES = {
+    "redis": frozenset({"redis_server", "redis_cluster"}),
+    "postgres": frozenset({"postgres_dsn", "postgres_admin"}),
+}
 
 
 def pytest_itemcollected(item: pytest.Item) -> None:
     # As each test is collected: before `-m` selects (a later hook would mark too late).
-    if SERVER_FIXTURES.intersection(getattr(item, "fixturenames", ())):
-        item.add_marker(pytest.mark.redis)
+    for marker, fixtures in SERVER_FIXTURES.items():
+        if fixtures.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(marker)
 
 
 def kinds(*names: str) -> list[Any]:
     """Parameters naming kinds of store; a kind that runs on a real server ("redis",
-    "cached-redis", "redis-cluster", but not "fakeredis") is marked ``redis``."""
-    return [
-        pytest.param(name, marks=pytest.mark.redis) if "redis" in name.split("-") else name
-        for name in names
-    ]
+    "cached-redis", "redis-cluster", but not "fakeredis"; "postgres", "encrypted-postgres") is
+    marked ``redis`` or ``postgres``."""
+    params = []
+    for name in names:
+        marks = [
+            getattr(pytest.mark, server) for server in SERVER_FIXTURES if server in name.split("-")
+        ]
+        params.append(pytest.param(name, marks=marks) if marks else name)
+    return params
 
 
 @pytest.fixture(autouse=True)
 def _unmarked_start_no_server(
     request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    if request.node.get_closest_marker("redis") is not None:
-        return
+    for marker, server in (("redis", RedisServer), ("postgres", PostgresServer)):
+        if request.node.get_closest_marker(marker) is not None:
+            continue
 
-    def refuse(self: RedisServer, timeout: float = 10.0) -> RedisServer:
-        raise AssertionError(
-            f"{request.node.nodeid} starts a redis-server: mark it with pytest.mark.redis"
-        )
+        def refuse(self: object, timeout: float = 10.0, marker: str = marker) -> None:
+            raise AssertionError(
+                f"{request.node.nodeid} starts a {marker} server: mark it with pytest.mark.{marker}"
+            )
 
-    monkeypatch.setattr(RedisServer, "start", refuse)
+        monkeypatch.setattr(server, "start", refuse)
 
 
 __all__ = ["FakeClock"]  # tests import it from here, as they did before it moved
@@ -120,6 +134,27 @@ def redis_cluster() -> Iterator[LocalRedisCluster]:
     """A real 3-master Redis Cluster for the whole test session."""
     with LocalRedisCluster() as cluster:
         yield cluster
+
+
+@pytest.fixture(scope="session")
+def postgres_admin() -> Iterator[str]:
+    """The admin DSN of a PostgreSQL server: the one on 127.0.0.1:5432 if it answers, else one
+    started for the test session (never a skip)."""
+    with local_postgres() as dsn:
+        yield dsn
+
+
+@pytest.fixture(scope="session")
+def postgres_dsn(postgres_admin: str) -> Iterator[str]:
+    """A database of this test session's own, dropped at the end; tests keep apart by schema."""
+    with scratch_database(postgres_admin) as dsn:
+        yield dsn
+
+
+@pytest.fixture
+def pg_schema() -> str:
+    """A PostgreSQL schema name no other test uses."""
+    return f"test_{uuid.uuid4().hex[:12]}"
 
 
 @pytest.fixture

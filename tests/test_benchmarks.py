@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 import redis
 from redis.asyncio import Redis as AsyncRedis
@@ -354,6 +355,8 @@ async def test_the_sqlite_floor_keeps_what_the_store_keeps(tmp_path: Path) -> No
         (["--redis", "localhost:6379"], "expected a redis://host:port/db URL"),
         (["--redis", "rediss://alice:s3cret@host/0"], "rediss://alice:***@host/0"),
         (["--redis", "redis://localhost", "--redis-server"], "not allowed with argument"),
+        (["--postgres", "localhost:5432"], "expected a postgresql://user@host:port/db URL"),
+        (["--postgres", "postgresql://alice:s3cret@host/db", "--postgres-server"], "not allowed"),
         (["--json", "/no/such/dir/bench.json"], "no such directory: '/no/such/dir'"),
         (["--plot", "/no/such/dir/bench.png"], "no such directory"),
         (["--bogus"], "unrecognized arguments: --bogus"),
@@ -414,6 +417,39 @@ def test_targets_and_percentiles() -> None:
     assert percentile(samples, 0.5) == 50.0
     assert percentile(samples, 0.99) == 99.0
     assert percentile([3.0], 0.99) == 3.0
+
+
+@pytest.mark.slow
+async def test_the_postgres_turn_runs_beside_its_floor(postgres_dsn: str) -> None:
+    from chatstate.bench import postgres
+    from chatstate.bench.measure import NoProgress
+
+    options = BenchOptions.create(quick=True)
+    async with postgres.PostgresBench.open(postgres_dsn) as bench:
+        schemas = [bench.ours.schema, f"{bench.ours.schema}_floor"]
+        items = postgres.plan(bench, options)
+        assert [item.key for item in items] == ["turn@1", "turn@100"]
+        rows = [row for item in items for row in (await item.run(NoProgress())).rows]
+    ours = [row for row in rows if not row.variant]
+    assert {row.metric for row in ours} == {"throughput", "load p50", "append p50"}
+    for row in ours:
+        assert row.group == "postgres" and row.ours > 0 and row.floor > 0
+        assert (row.target is not None) == (row.metric == "throughput")
+        assert row.round_trips is not None
+        ours_trips, floor_trips = row.round_trips
+        # Ours: one per call (fewer when concurrent appends share one); the floor: a load, and
+        # BEGIN, SELECT, INSERT, DELETE, COMMIT: three per operation.
+        assert floor_trips == pytest.approx(3.0, abs=0.05)
+        assert ours_trips <= 1.0 if row.sessions == 100 else ours_trips == pytest.approx(1.0)
+    assert {row.variant for row in rows} == {"", "in-memory store"}
+    connection = await asyncpg.connect(postgres_dsn)
+    try:
+        left = await connection.fetchval(
+            "SELECT count(*) FROM pg_namespace WHERE nspname = ANY($1)", schemas
+        )
+    finally:
+        await connection.close()
+    assert left == 0  # the run's schemas are dropped
 
 
 def test_streamed_and_tool_turns_are_checked_on_what_ours_adds_to_the_floor() -> None:

@@ -14,6 +14,7 @@ from redis.asyncio import Redis, RedisCluster
 
 from chatstate import InMemoryStateStore, RedisStateStore, StateStore
 from chatstate.stores import BackendStore, Encryption, NearCache
+from chatstate.stores.postgres import PostgresStateStore
 from chatstate.stores.sqlite import SQLiteStateStore
 from chatstate.testing import StateStoreConformance
 from chatstate.testing.redis_server import LocalRedisCluster, RedisServer
@@ -126,20 +127,44 @@ async def _memory_backend(request: pytest.FixtureRequest) -> AsyncIterator[Backe
         yield backend
 
 
-def _sqlite_with(
-    options: Callable[[], dict[str, Any]],
+Opener = Callable[[pytest.FixtureRequest, FakeClock], Any]
+
+
+def _on_wall_clock(
+    open_store: Opener, options: Callable[[], dict[str, Any]]
 ) -> Callable[[pytest.FixtureRequest], AsyncIterator[Backend]]:
+    """A store that keeps expiry by a wall clock it is given (SQLite, PostgreSQL): a fake one."""
+
     async def made(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
-        clock = FakeClock(1_700_000_000.0)  # a wall clock
+        clock = FakeClock(1_700_000_000.0)
 
         async def advance(seconds: float) -> None:
             clock.advance(seconds)
 
-        path = request.getfixturevalue("tmp_path") / "chat.db"
-        async with SQLiteStateStore(path, clock=clock, **options()) as store:
+        async with open_store(request, clock, **options()) as store:
             yield Backend(store, advance)
 
     return made
+
+
+def _sqlite_with(
+    options: Callable[[], dict[str, Any]],
+) -> Callable[[pytest.FixtureRequest], AsyncIterator[Backend]]:
+    def open_store(request: pytest.FixtureRequest, clock: FakeClock, **more: Any) -> Any:
+        path = request.getfixturevalue("tmp_path") / "chat.db"
+        return SQLiteStateStore(path, clock=clock, **more)
+
+    return _on_wall_clock(open_store, options)
+
+
+def _postgres_with(
+    options: Callable[[], dict[str, Any]],
+) -> Callable[[pytest.FixtureRequest], AsyncIterator[Backend]]:
+    def open_store(request: pytest.FixtureRequest, clock: FakeClock, **more: Any) -> Any:
+        dsn, schema = request.getfixturevalue("postgres_dsn"), request.getfixturevalue("pg_schema")
+        return PostgresStateStore.from_url(dsn, schema=schema, clock=clock, **more)
+
+    return _on_wall_clock(open_store, options)
 
 
 def _keys() -> dict[str, Any]:
@@ -162,6 +187,8 @@ BACKENDS = {
     "uncompressed-sqlite": _sqlite_with(lambda: {"compress_over": None}),
     "encrypted-sqlite": _sqlite_with(_keys),
     "near-cached-sqlite": _sqlite_with(_strict_near_cache),
+    "postgres": _postgres_with(dict),
+    "encrypted-postgres": _postgres_with(_keys),
     "encrypted-redis": _redis_options(_keys),
     "near-cached-redis": _redis_options(_strict_near_cache),
     "fakeredis": _fakeredis,

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from chatstate import ImagePart, Message, TextPart, ToolCall
 
 from .conftest import kinds
-from .test_stateful import KINDS
+from .test_stateful import KINDS, server_url
 
 T = TypeVar("T")
 
@@ -68,7 +68,7 @@ def test_anything_valid_round_trips_on_every_store(
     kind: str, request: pytest.FixtureRequest
 ) -> None:
     make, server, examples = KINDS[kind]
-    url = request.getfixturevalue(server).url if server else None
+    url = server_url(request, server)
     loop = asyncio.new_event_loop()
 
     def run(awaitable: Awaitable[T]) -> T:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import tempfile
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,7 @@ from hypothesis.stateful import RuleBasedStateMachine, rule, run_state_machine_a
 from redis.asyncio import Redis, RedisCluster
 
 from chatstate import InMemoryStateStore, Message, RedisStateStore, StateStore
+from chatstate.stores.postgres import PostgresStateStore
 from chatstate.stores.sqlite import SQLiteStateStore
 
 from .conftest import FakeClock, kinds
@@ -164,13 +166,38 @@ async def _sqlite(_: str | None) -> Backend:
     return Backend(store, advance, close)
 
 
+async def _postgres(dsn: str | None) -> Backend:
+    assert dsn is not None
+    clock = FakeClock(1_700_000_000.0)
+    schema = f"stateful_{uuid.uuid4().hex[:12]}"
+    store = PostgresStateStore.from_url(dsn, schema=schema, clock=clock, sweep_interval=None)
+
+    async def advance(seconds: float) -> None:
+        clock.advance(seconds)
+
+    async def close() -> None:
+        await store.drop_schema()
+        await store.aclose()
+
+    return Backend(store, advance, close)
+
+
 KINDS = {
     "memory": (_memory, None, 200),
     "fakeredis": (_fakeredis, None, 60),
     "sqlite": (_sqlite, None, 60),
     "redis": (_redis, "redis_server", 60),
     "redis-cluster": (_cluster, "redis_cluster", 20),
+    "postgres": (_postgres, "postgres_dsn", 60),
 }
+
+
+def server_url(request: pytest.FixtureRequest, server: str | None) -> str | None:
+    """The URL of a kind's server fixture (a Redis server's, or the PostgreSQL DSN itself)."""
+    if server is None:
+        return None
+    found = request.getfixturevalue(server)
+    return found if isinstance(found, str) else str(found.url)
 
 
 class StoreMachine(RuleBasedStateMachine):
@@ -256,7 +283,7 @@ class StoreMachine(RuleBasedStateMachine):
 @pytest.mark.parametrize("kind", kinds(*KINDS))
 def test_every_store_behaves_like_the_model(kind: str, request: pytest.FixtureRequest) -> None:
     make, server, examples = KINDS[kind]
-    url = request.getfixturevalue(server).url if server else None
+    url = server_url(request, server)
     machine = type("Machine", (StoreMachine,), {"make": staticmethod(make), "url": url})
     run_state_machine_as_test(
         machine,

@@ -1,7 +1,8 @@
 """The ``chatstate chat``, ``inspect``, ``sessions``, ``stats``, ``export``, ``import`` and
 ``fork`` commands.
 
-Each takes ``--store URL`` (``memory://``, ``sqlite:///chat.db``, ``redis://...``; default
+Each takes ``--store URL`` (``memory://``, ``sqlite:///chat.db``, ``redis://...``,
+``postgresql://...``; default
 ``memory://``, or ``$CHATSTATE_STORE``) and answers a bad URL, an unreachable server or an
 unknown session with one clear line on stderr, not a traceback.
 """
@@ -33,10 +34,14 @@ def add_store_argument(parser: argparse.ArgumentParser) -> None:
         metavar="URL",
         default=os.environ.get("CHATSTATE_STORE", DEFAULT_STORE),
         help="memory://, sqlite:///chat.db (a file, no server), redis://host:port/db, "
-        "rediss://..., redis+cluster://host:port or redis+sentinel://host:port/service "
-        "(default: $CHATSTATE_STORE or memory://, which keeps nothing after the command)",
+        "rediss://..., redis+cluster://host:port, redis+sentinel://host:port/service or "
+        "postgresql://user@host:port/db (default: $CHATSTATE_STORE or memory://, which keeps "
+        "nothing after the command)",
     )
     parser.add_argument("--prefix", default="chatstate", help="the Redis key prefix")
+    parser.add_argument(
+        "--schema", default="chatstate", help="the PostgreSQL schema of the store's tables"
+    )
 
 
 def _run(args: argparse.Namespace, work: Callable[[StateStore], Awaitable[int]]) -> int:
@@ -46,6 +51,8 @@ def _run(args: argparse.Namespace, work: Callable[[StateStore], Awaitable[int]])
         options: dict[str, Any] = {}
         if args.store.startswith(("redis://", "rediss://", "unix://", "redis+", "rediss+")):
             options["prefix"] = args.prefix
+        elif args.store.startswith(("postgresql://", "postgres://")):
+            options["schema"] = args.schema
         async with open_store(args.store, **options) as store:
             return await work(store)
 

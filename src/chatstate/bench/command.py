@@ -13,7 +13,8 @@ from chatstate._checks import redact_url
 from chatstate.bench.options import BenchError, BenchOptions
 
 HELP = (
-    "measure chatstate beside its floors (in-memory, SQLite; Redis with --redis or --redis-server)"
+    "measure chatstate beside its floors (in-memory, SQLite; Redis with --redis or "
+    "--redis-server; PostgreSQL with --postgres or --postgres-server)"
 )
 
 DESCRIPTION = """\
@@ -22,10 +23,11 @@ in-memory store beside a plain dict of lists, the SQLite store (on files in a te
 beside the same SQL written by hand with sqlite3 and, with --redis or --redis-server, the Redis
 store beside the same commands written by hand with redis.asyncio on the same connection pool
 (the pydantic floor and, for the turn, also the naive dict floor, which keeps plain dicts);
-and what encryption (encryption=) adds to a load, where cryptography is installed. Prints
-a table of ours, floor, ratio (ours / floor) and the targets of docs/benchmarks.md. Exit status:
-0 when the suite ran (a missed target is a finding, not a failure), 1 when it could not run, 2 for
-bad options or a missing extra.
+with --postgres or --postgres-server, the PostgreSQL turn beside the same SQL by hand with
+asyncpg, one statement per step; and what encryption (encryption=) adds to a load, where
+cryptography is installed. Prints a table of ours, floor, ratio (ours / floor) and the targets of
+docs/benchmarks.md. Exit status: 0 when the suite ran (a missed target is a finding, not a
+failure), 1 when it could not run, 2 for bad options or a missing extra.
 """
 
 _EXTRA_HINT = 'pip install "chatstate[bench]"'
@@ -58,6 +60,14 @@ def _redis_url(text: str) -> str:
     return text
 
 
+def _postgres_url(text: str) -> str:
+    if not text.startswith(("postgresql://", "postgres://")):
+        raise argparse.ArgumentTypeError(
+            f"expected a postgresql://user@host:port/db URL, got {redact_url(text)!r}"
+        )
+    return text
+
+
 def _output(text: str) -> Path:
     path = Path(text)
     if not path.parent.is_dir():
@@ -86,6 +96,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="instead, the Redis turn on throw-away local servers: one node with a replica and "
         "a 3 + 3 cluster, each with the default durability and durability=replicas",
+    )
+    database = parser.add_mutually_exclusive_group()
+    database.add_argument(
+        "--postgres",
+        metavar="URL",
+        type=_postgres_url,
+        help="also run the PostgreSQL turn in this database (in schemas of its own, dropped "
+        "at the end)",
+    )
+    database.add_argument(
+        "--postgres-server",
+        action="store_true",
+        help="also run the PostgreSQL turn on a throw-away server started with initdb (a free "
+        "port, fsync off, stopped afterwards)",
     )
     parser.add_argument(
         "--sessions",
@@ -131,6 +155,8 @@ def _missing_extra(args: argparse.Namespace) -> str | None:
     needed = ["rich"]
     if args.redis or args.redis_server or args.redis_cluster:
         needed.append("redis")
+    if args.postgres or args.postgres_server:
+        needed.append("asyncpg")
     if args.plot:
         needed.append("matplotlib")
     for module in needed:
@@ -177,10 +203,13 @@ def run(args: argparse.Namespace) -> int:
     try:
         with contextlib.ExitStack() as stack:
             url = _start_server(stack) if args.redis_server else args.redis
+            database = _postgres_database(stack) if args.postgres_server else args.postgres
             progress: Progress = NoProgress()
             if not args.no_progress and errors.is_terminal:
                 progress = stack.enter_context(rich_progress(errors))
-            report = asyncio.run(run_suite(options, redis_url=url, progress=progress))
+            report = asyncio.run(
+                run_suite(options, redis_url=url, postgres_url=database, progress=progress)
+            )
     except BenchError as exc:
         print(f"chatstate bench: error: {exc}", file=sys.stderr)
         return 1
@@ -222,3 +251,14 @@ def _run_cluster(args: argparse.Namespace, options: BenchOptions) -> int:
         args.json.write_text(json.dumps(to_json(figures, options), indent=2) + "\n")
         print(f"every figure: {args.json}")
     return 0
+
+
+def _postgres_database(stack: contextlib.ExitStack) -> str:
+    """A throw-away PostgreSQL server (initdb on a free port, fsync off like the throw-away
+    redis-server's lack of persistence), stopped when ``stack`` closes; its URL."""
+    from chatstate.testing.postgres_server import PostgresServer
+
+    try:
+        return stack.enter_context(PostgresServer("max_connections=200")).dsn
+    except (RuntimeError, OSError) as exc:  # no initdb, or it would not start
+        raise BenchError(f"could not start a PostgreSQL server: {exc}") from exc

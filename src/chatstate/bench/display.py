@@ -24,6 +24,8 @@ from chatstate.bench.results import Report, Row
 _TITLES = {
     "in-memory": "In-memory store beside a dict of lists (same process; medians over rounds)",
     "sqlite": "SQLite store beside the same SQL by hand with sqlite3 (same thread hop, own file)",
+    "postgres": "PostgreSQL store beside the same SQL by hand with asyncpg, one statement per "
+    "step (same server, pools of the same size)",
     "redis": "Redis store beside hand-written redis.asyncio calls (same server, same pool; "
     "'beside' names each row's floor)",
 }

@@ -11,7 +11,7 @@ from typing import Any, Literal, TypeAlias
 
 from chatstate.bench.measure import ConcurrentFigures, Progress
 
-Group: TypeAlias = Literal["in-memory", "sqlite", "redis"]
+Group: TypeAlias = Literal["in-memory", "sqlite", "postgres", "redis"]
 """Which suite a row or a scenario belongs to: one table each."""
 
 FORMAT_VERSION = 1

@@ -32,15 +32,22 @@ def environment() -> dict[str, Any]:
         "pydantic": pydantic.VERSION,
         "sqlite": sqlite3.sqlite_version,
         "redis_server": None,
+        "postgres_server": None,
     }
 
 
 async def run_suite(
-    options: BenchOptions, *, redis_url: str | None = None, progress: Progress | None = None
+    options: BenchOptions,
+    *,
+    redis_url: str | None = None,
+    postgres_url: str | None = None,
+    progress: Progress | None = None,
 ) -> Report:
     """Run every in-memory and SQLite scenario and, with ``redis_url``, every Redis scenario
-    against that server (raises :class:`~chatstate.bench.options.BenchError` when it cannot be
-    reached). The SQLite scenarios run on files in a temporary directory, removed at the end."""
+    against that server, with ``postgres_url`` the PostgreSQL turn against that database (raises
+    :class:`~chatstate.bench.options.BenchError` when a server cannot be reached). The SQLite
+    scenarios run on files in a temporary directory, removed at the end; the PostgreSQL ones in
+    schemas dropped at the end."""
     progress = progress if progress is not None else NoProgress()
     report = Report(environment=environment(), options=options.to_json())
     failures: tuple[type[Exception], ...] = (ChatStateError, OSError, *sqlite.FAILURES)
@@ -56,6 +63,14 @@ async def run_suite(
             redis_items = redis.plan(bench, options)
             redis_store = bench.ours
             failures += redis.FAILURES
+        postgres_items = []
+        if postgres_url is not None:
+            from chatstate.bench import postgres  # needs asyncpg: imported only when asked for
+
+            database = await stack.enter_async_context(postgres.PostgresBench.open(postgres_url))
+            report.environment.update(database.environment())
+            postgres_items = postgres.plan(database, options)
+            failures += postgres.FAILURES
         try:
             files = await stack.enter_async_context(sqlite.SQLiteBench.open())
         except failures as exc:
@@ -64,6 +79,7 @@ async def run_suite(
             *memory.plan(options),
             *turns.plan(options),
             *sqlite.plan(files, options, redis=redis_store),
+            *postgres_items,
             *redis_items,
         ]
         progress.begin(len(items))

@@ -250,7 +250,7 @@ def _latency(step: str, percentile: str) -> _Metric:
     )
 
 
-def _metrics(scenario: Scenario, side: str) -> list[_Metric]:
+def side_metrics(scenario: Scenario, side: str) -> list[_Metric]:
     """Throughput and latency: p50 and p99 of a load or an append, p50 of both steps of a turn;
     the stores beside ours show throughput and the first p50."""
     throughput: _Metric = ("throughput", scenario.unit, _throughput)
@@ -269,7 +269,7 @@ def _rows(
     compares them with the same SQL by hand)."""
 
     def metrics(side: str) -> list[SideMetric]:
-        return [(metric, unit, pick, None) for metric, unit, pick in _metrics(scenario, side)]
+        return [(metric, unit, pick, None) for metric, unit, pick in side_metrics(scenario, side)]
 
     return side_rows("sqlite", scenario, sessions, options, figures, metrics)
 

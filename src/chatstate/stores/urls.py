@@ -19,7 +19,8 @@ def open_store(url: str, **options: Any) -> StateStore:
     ``RedisStateStore.from_url``: ``redis://`` or ``rediss://`` (one server),
     ``redis+cluster://host:port[,host:port]`` or ``redis://...?cluster=true`` (a Redis Cluster),
     ``redis+sentinel://host:port[,host:port]/service[/db]`` (the primary its Sentinels name);
-    ``?durability=replicas`` acknowledges a write once a replica has it (docs/durability.md).
+    ``?durability=replicas`` acknowledges a write once a replica has it (docs/durability.md);
+    ``postgresql://`` or ``postgres://`` (``PostgresStateStore.from_url``).
     ``options`` go to the store. Raises :class:`~chatstate.errors.ConfigurationError` for
     anything else."""
     if not isinstance(url, str):
@@ -40,8 +41,12 @@ def open_store(url: str, **options: Any) -> StateStore:
         from chatstate.stores.redis import RedisStateStore
 
         return RedisStateStore.from_url(url, **options)
+    if url.startswith(("postgresql://", "postgres://")):
+        from chatstate.stores.postgres import PostgresStateStore
+
+        return PostgresStateStore.from_url(url, **options)
     raise ConfigurationError(
         f"unknown store URL {redact_url(url)!r}: use memory://, sqlite:///path.db, "
-        "redis://host:port/db, rediss://host:port/db, redis+cluster://host:port or "
-        "redis+sentinel://host:port/service"
+        "redis://host:port/db, rediss://host:port/db, redis+cluster://host:port, "
+        "redis+sentinel://host:port/service or postgresql://user@host:port/db"
     )

@@ -1,0 +1,77 @@
+"""The store's tables and functions in a schema of their own, created and migrated by the store.
+
+Everything lives in one PostgreSQL schema (``chatstate`` unless the store is given another name),
+so two apps share a database by naming two schemas. ``schema.sql`` beside this module holds the
+layout (see it for the tables and their functions); ``<schema>.meta`` holds its version. The
+first store to open a database creates the layout under a transaction-scoped advisory lock (two
+processes starting at once take turns); a layout of an older version is migrated in the same
+transaction, and one written by a newer chatstate is refused, never misread.
+"""
+
+from __future__ import annotations
+
+import re
+from importlib import resources
+
+from chatstate.errors import ConfigurationError, UnsupportedFormatError
+
+__all__ = ["MIGRATION_TIMEOUT", "SCHEMA_VERSION", "check_schema_name", "layout", "migrate"]
+
+SCHEMA_VERSION = 1
+"""The layout of the tables and functions; a database written by a newer one is refused."""
+
+_NAME = re.compile(r"[a-z_][a-z0-9_]{0,47}")
+
+MIGRATION_TIMEOUT = 120.0
+"""Seconds the creation or migration of the layout may take (a pool's ``command_timeout`` and the
+server's ``statement_timeout``, meant for calls, do not bound it)."""
+
+_LOCK = "SELECT pg_advisory_xact_lock(hashtext('chatstate:' || $1))"
+_META = """
+CREATE SCHEMA IF NOT EXISTS {schema};
+CREATE TABLE IF NOT EXISTS {schema}.meta (name text PRIMARY KEY, value integer NOT NULL);
+"""
+
+
+def check_schema_name(schema: object) -> str:
+    """``schema`` if it is a plain lowercase identifier (it is written into SQL unquoted)."""
+    if not isinstance(schema, str) or not _NAME.fullmatch(schema):
+        raise ConfigurationError(
+            "schema must be a lowercase identifier of 1 to 48 characters ([a-z_][a-z0-9_]*), "
+            f"got {schema!r}"
+        )
+    return schema
+
+
+def layout(schema: str) -> str:
+    """The SQL that creates version :data:`SCHEMA_VERSION` of the layout in ``schema``."""
+    text = resources.files(__package__).joinpath("schema.sql").read_text(encoding="utf-8")
+    return text.replace("@schema@", schema)
+
+
+async def migrate(connection: object, schema: str) -> int:
+    """Create or migrate the layout in ``schema`` on an asyncpg connection; returns the version
+    found before (0: none). UnsupportedFormatError for a newer one."""
+    import asyncpg
+
+    assert isinstance(connection, asyncpg.Connection)
+    timeout = MIGRATION_TIMEOUT
+    async with connection.transaction():
+        await connection.execute("SET LOCAL statement_timeout = 0", timeout=timeout)
+        await connection.execute(_LOCK, schema, timeout=timeout)
+        await connection.execute(_META.format(schema=schema), timeout=timeout)
+        found = await connection.fetchval(
+            f"SELECT value FROM {schema}.meta WHERE name = 'schema'", timeout=timeout
+        )
+        if found is not None and found > SCHEMA_VERSION:
+            raise UnsupportedFormatError(
+                f"the PostgreSQL schema {schema!r} was written by a newer chatstate (layout "
+                f"{found}; this one knows up to {SCHEMA_VERSION}): upgrade chatstate to use it"
+            )
+        if found is None:
+            await connection.execute(layout(schema), timeout=timeout)
+            await connection.execute(
+                f"INSERT INTO {schema}.meta VALUES ('schema', $1)", SCHEMA_VERSION, timeout=timeout
+            )
+        # Later versions migrate here, step by step, from `found` up (none yet).
+        return int(found or 0)

@@ -1,0 +1,322 @@
+-- The layout of schema version 1: the tables, and one function per write, so that a write is one
+-- round trip and one transaction. "@schema@" is replaced by the store's schema name (checked to be
+-- a plain lowercase identifier) before this runs. Times are Unix seconds (float8); a NULL "now"
+-- argument means the server's clock.
+
+CREATE TABLE @schema@.sessions (
+    id text PRIMARY KEY,
+    live boolean NOT NULL,          -- false: a tombstone (deleted; its write ids kept a while)
+    head bigint NOT NULL,           -- the number of the oldest entry kept
+    tail bigint NOT NULL,           -- the number the next entry takes
+    expires_at float8,              -- NULL: never
+    version bigint NOT NULL,
+    generation bigint NOT NULL,
+    summary bytea,
+    ids text NOT NULL DEFAULT '',   -- the last write ids, each followed by a newline
+    existed boolean                 -- a tombstone's: whether its delete found the session
+);
+CREATE INDEX sessions_expiry ON @schema@.sessions (expires_at) WHERE expires_at IS NOT NULL;
+
+CREATE TABLE @schema@.messages (
+    session_id text NOT NULL,
+    seq bigint NOT NULL,
+    entry bytea NOT NULL,
+    PRIMARY KEY (session_id, seq)
+);
+
+CREATE TABLE @schema@.leases (
+    session_id text PRIMARY KEY,
+    token text NOT NULL,
+    expires_at float8 NOT NULL
+);
+CREATE INDEX leases_expiry ON @schema@.leases (expires_at);
+
+CREATE TABLE @schema@.conversations (
+    user_session text NOT NULL,
+    conversation_id text NOT NULL,
+    last_active float8 NOT NULL,
+    deadline float8,
+    PRIMARY KEY (user_session, conversation_id)
+);
+CREATE INDEX conversations_deadline ON @schema@.conversations (deadline)
+    WHERE deadline IS NOT NULL;
+
+CREATE FUNCTION @schema@._now(p_now float8) RETURNS float8
+LANGUAGE sql STABLE AS $$ SELECT coalesce(p_now, extract(epoch FROM statement_timestamp())) $$;
+
+-- The session's row, locked (created as an expired tombstone if there is none, so that two
+-- writers of a new session take turns). An expired row comes back as no session and no write ids,
+-- its entries deleted.
+CREATE FUNCTION @schema@._lock(p_id text, p_now float8) RETURNS @schema@.sessions
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+    r @schema@.sessions;
+BEGIN
+    SELECT * INTO r FROM @schema@.sessions WHERE id = p_id FOR UPDATE;
+    IF NOT FOUND THEN
+        INSERT INTO @schema@.sessions (id, live, head, tail, expires_at, version, generation)
+        VALUES (p_id, false, 0, 0, p_now, 0, 0) ON CONFLICT (id) DO NOTHING;
+        SELECT * INTO r FROM @schema@.sessions WHERE id = p_id FOR UPDATE;
+    END IF;
+    IF r.expires_at <= p_now THEN
+        IF r.live THEN
+            DELETE FROM @schema@.messages WHERE session_id = p_id;
+        END IF;
+        r.live := false;
+        r.ids := '';
+        r.existed := NULL;
+        r.summary := NULL;
+    END IF;
+    RETURN r;
+END $$;
+
+CREATE FUNCTION @schema@._seen(p_ids text, p_write text) RETURNS boolean
+LANGUAGE sql IMMUTABLE AS $$ SELECT position(p_write || E'\n' IN p_ids) > 0 $$;
+
+-- The ids with one more, the oldest dropped beyond 32 (tokens of 16 characters and a newline).
+CREATE FUNCTION @schema@._remember(p_ids text, p_write text) RETURNS text
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT CASE WHEN length(p_ids) >= 31 * 17 THEN substr(p_ids, length(p_ids) - 31 * 17 + 1)
+                ELSE p_ids END || p_write || E'\n'
+$$;
+
+-- Raises (SQLSTATE CSFEN, the transaction rolled back) unless p_fence holds the lease.
+CREATE FUNCTION @schema@._fence(p_id text, p_fence text, p_now float8) RETURNS void
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+BEGIN
+    IF p_fence IS NOT NULL AND NOT EXISTS (
+        SELECT FROM @schema@.leases
+        WHERE session_id = p_id AND token = p_fence AND expires_at > p_now
+    ) THEN
+        RAISE EXCEPTION 'the lease of session % is not held by this token', p_id
+            USING ERRCODE = 'CSFEN';
+    END IF;
+END $$;
+
+CREATE FUNCTION @schema@._seed() RETURNS bigint
+LANGUAGE sql VOLATILE AS $$ SELECT floor(random() * 281474976710656)::bigint + 1 $$;
+
+-- Up to p_chunk expired rows deleted (rows that another transaction holds are left for the
+-- next chunk), with expired leases and index entries: the rows deleted, and how many were live sessions
+-- (the rest were the tombstones of deleted ones).
+CREATE FUNCTION @schema@.sweep(p_now float8, p_chunk integer, OUT deleted bigint, OUT expired bigint)
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+    v_now float8 := @schema@._now(p_now);
+BEGIN
+    WITH gone AS (
+        DELETE FROM @schema@.sessions WHERE id IN (
+            SELECT id FROM @schema@.sessions WHERE expires_at <= v_now
+            LIMIT p_chunk FOR UPDATE SKIP LOCKED
+        ) RETURNING id, live
+    ), entries AS (
+        DELETE FROM @schema@.messages WHERE session_id IN (SELECT id FROM gone WHERE live)
+    )
+    SELECT count(*), count(*) FILTER (WHERE live) INTO deleted, expired FROM gone;
+    DELETE FROM @schema@.leases WHERE session_id IN (
+        SELECT session_id FROM @schema@.leases WHERE expires_at <= v_now
+        LIMIT p_chunk FOR UPDATE SKIP LOCKED
+    );
+    DELETE FROM @schema@.conversations WHERE (user_session, conversation_id) IN (
+        SELECT user_session, conversation_id FROM @schema@.conversations WHERE deadline <= v_now
+        LIMIT p_chunk FOR UPDATE SKIP LOCKED
+    );
+END $$;
+
+-- The hot path, written out: no call of a helper unless the session is new, expired, fenced or
+-- due for a sweep; one row, not a set, returned.
+CREATE FUNCTION @schema@.append(
+    p_id text, p_entries bytea[], p_max bigint, p_ttl float8, p_write text, p_fence text,
+    p_now float8, p_sweep integer,
+    OUT length bigint, OUT version bigint, OUT trimmed boolean, OUT applied boolean
+)
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+    v_now float8 := coalesce(p_now, extract(epoch FROM statement_timestamp()));
+    r @schema@.sessions;
+    v_count bigint := cardinality(p_entries);
+    v_skip bigint := 0;
+    v_head bigint;
+BEGIN
+    SELECT * INTO r FROM @schema@.sessions WHERE id = p_id FOR UPDATE;
+    IF NOT FOUND OR r.expires_at <= v_now THEN
+        r := @schema@._lock(p_id, v_now);
+    END IF;
+    IF position(p_write || E'\n' IN r.ids) > 0 THEN
+        length := CASE WHEN r.live THEN r.tail - r.head ELSE 0 END;
+        version := CASE WHEN r.live THEN r.version ELSE 0 END;
+        trimmed := false; applied := false;
+        RETURN;
+    END IF;
+    IF p_fence IS NOT NULL THEN
+        PERFORM @schema@._fence(p_id, p_fence, v_now);
+    END IF;
+    IF NOT r.live THEN
+        r.head := 0; r.tail := 0; r.version := @schema@._seed(); r.generation := @schema@._seed();
+    END IF;
+    -- Entries that the bound would trim at once are never written.
+    IF p_max IS NOT NULL AND v_count > p_max THEN
+        v_skip := v_count - p_max;
+    END IF;
+    INSERT INTO @schema@.messages (session_id, seq, entry)
+    SELECT p_id, r.tail + ordinality - 1, entry
+    FROM unnest(p_entries) WITH ORDINALITY AS t(entry, ordinality) WHERE ordinality > v_skip;
+    v_head := r.head;
+    trimmed := p_max IS NOT NULL AND r.tail + v_count - r.head > p_max;
+    IF trimmed THEN
+        v_head := r.tail + v_count - p_max;
+        IF r.live THEN
+            DELETE FROM @schema@.messages WHERE session_id = p_id AND seq < v_head;
+        END IF;
+    END IF;
+    -- The summary is left as it is (a live session's) or cleared, never written back.
+    UPDATE @schema@.sessions SET
+        live = true, head = v_head, tail = r.tail + v_count,
+        expires_at = v_now + p_ttl,
+        version = r.version + 1, generation = r.generation,
+        summary = CASE WHEN r.live THEN summary END,
+        ids = CASE WHEN octet_length(r.ids) >= 32 * 17 THEN substr(r.ids, 18) ELSE r.ids END
+              || p_write || E'\n',
+        existed = NULL
+    WHERE id = p_id;
+    IF p_sweep > 0 THEN
+        PERFORM @schema@.sweep(v_now, p_sweep);
+    END IF;
+    length := r.tail + v_count - v_head; version := r.version + 1; applied := true;
+END $$;
+
+-- A save or a restore: the whole session. No row when it exists and not p_overwrite.
+CREATE FUNCTION @schema@.replace(
+    p_id text, p_entries bytea[], p_summary bytea, p_ttl float8, p_overwrite boolean,
+    p_write text, p_fence text, p_now float8
+) RETURNS TABLE (length bigint, version bigint, applied boolean)
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+    v_now float8 := @schema@._now(p_now);
+    r @schema@.sessions := @schema@._lock(p_id, v_now);
+BEGIN
+    IF @schema@._seen(r.ids, p_write) THEN
+        RETURN QUERY SELECT CASE WHEN r.live THEN r.tail - r.head ELSE 0 END,
+                            CASE WHEN r.live THEN r.version ELSE 0 END, false;
+        RETURN;
+    END IF;
+    IF r.live AND NOT p_overwrite THEN
+        RETURN;
+    END IF;
+    PERFORM @schema@._fence(p_id, p_fence, v_now);
+    IF r.live THEN
+        DELETE FROM @schema@.messages WHERE session_id = p_id;
+        r.version := r.version + 1; r.generation := r.generation + 1;
+    ELSE
+        r.version := @schema@._seed(); r.generation := @schema@._seed();
+    END IF;
+    INSERT INTO @schema@.messages (session_id, seq, entry)
+    SELECT p_id, ordinality - 1, entry FROM unnest(p_entries) WITH ORDINALITY AS t(entry, ordinality);
+    UPDATE @schema@.sessions SET
+        live = true, head = 0, tail = cardinality(p_entries),
+        expires_at = CASE WHEN p_ttl IS NULL THEN NULL ELSE v_now + p_ttl END,
+        version = r.version, generation = r.generation, summary = p_summary,
+        ids = @schema@._remember(r.ids, p_write), existed = NULL
+    WHERE id = p_id;
+    length := cardinality(p_entries); version := r.version; applied := true;
+    RETURN NEXT;
+END $$;
+
+-- Whether the session existed. Its write ids stay p_keep seconds, in a tombstone.
+CREATE FUNCTION @schema@.delete(
+    p_id text, p_write text, p_fence text, p_now float8, p_keep float8
+) RETURNS boolean
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+    v_now float8 := @schema@._now(p_now);
+    r @schema@.sessions := @schema@._lock(p_id, v_now);
+BEGIN
+    IF @schema@._seen(r.ids, p_write) THEN
+        RETURN r.live OR r.existed IS NULL OR r.existed;
+    END IF;
+    PERFORM @schema@._fence(p_id, p_fence, v_now);
+    IF r.live THEN
+        DELETE FROM @schema@.messages WHERE session_id = p_id;
+    END IF;
+    UPDATE @schema@.sessions SET
+        live = false, head = 0, tail = 0, expires_at = v_now + p_keep, summary = NULL,
+        ids = @schema@._remember(r.ids, p_write), existed = r.live
+    WHERE id = p_id;
+    RETURN r.live;
+END $$;
+
+-- A fold: commits only if the generation is still p_generation.
+CREATE FUNCTION @schema@.compact(
+    p_id text, p_generation bigint, p_before bigint, p_summary bytea, p_write text, p_now float8
+) RETURNS boolean
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+    v_now float8 := @schema@._now(p_now);
+    r @schema@.sessions := @schema@._lock(p_id, v_now);
+    v_cut bigint;
+BEGIN
+    IF @schema@._seen(r.ids, p_write) THEN
+        RETURN true;  -- its first run committed
+    END IF;
+    IF NOT r.live OR r.generation <> p_generation THEN
+        RETURN false;  -- saved, compacted, deleted or expired meanwhile
+    END IF;
+    -- Entries appended meanwhile stay; those trimmed meanwhile are not removed twice.
+    v_cut := greatest(r.head, least(p_before, r.tail));
+    IF v_cut > r.head THEN
+        DELETE FROM @schema@.messages WHERE session_id = p_id AND seq < v_cut;
+    END IF;
+    UPDATE @schema@.sessions SET
+        head = v_cut, summary = p_summary, version = r.version + 1,
+        generation = r.generation + 1, ids = @schema@._remember(r.ids, p_write)
+    WHERE id = p_id;
+    RETURN true;
+END $$;
+
+-- The appends of concurrent callers in one transaction, in the order given (the caller sorts
+-- them by session, so that two batches lock their sessions in the same order and never
+-- deadlock); each item's entries are its p_counts[i] elements of p_entries, in turn. An item
+-- refused by its fence is rolled back alone (fenced true) and the others go on.
+CREATE FUNCTION @schema@.append_many(
+    p_ids text[], p_counts integer[], p_entries bytea[], p_max bigint[], p_ttl float8[],
+    p_writes text[], p_fences text[], p_now float8, p_sweep integer
+) RETURNS TABLE (length bigint, version bigint, trimmed boolean, applied boolean, fenced boolean)
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+    v_from integer := 1;
+    v_sweep integer := p_sweep;
+    r record;
+BEGIN
+    FOR i IN 1 .. cardinality(p_ids) LOOP
+        fenced := false;
+        IF p_fences[i] IS NULL THEN
+            r := @schema@.append(
+                p_ids[i], p_entries[v_from : v_from + p_counts[i] - 1], p_max[i], p_ttl[i],
+                p_writes[i], NULL, p_now, v_sweep);
+        ELSE
+            BEGIN  -- a savepoint, only for an item that carries a fence
+                r := @schema@.append(
+                    p_ids[i], p_entries[v_from : v_from + p_counts[i] - 1], p_max[i], p_ttl[i],
+                    p_writes[i], p_fences[i], p_now, v_sweep);
+            EXCEPTION WHEN SQLSTATE 'CSFEN' THEN
+                fenced := true;
+            END;
+        END IF;
+        IF fenced THEN
+            length := 0; version := 0; trimmed := false; applied := false;
+        ELSE
+            length := r.length; version := r.version; trimmed := r.trimmed; applied := r.applied;
+        END IF;
+        v_sweep := 0;
+        v_from := v_from + p_counts[i];
+        RETURN NEXT;
+    END LOOP;
+END $$;
