@@ -31,6 +31,16 @@ A backend that keeps its sessions in this process's memory may also offer
 entries as :meth:`Backend.read` would give them. The core's plain load then calls it without an
 await (the in-memory backend does: a load there costs under a microsecond).
 
+A backend may also offer ``async pop(session_id, count, *, write_id, fence) -> Popped``: remove
+the newest ``count`` entries and return them, in one atomic step (the built-in backends do;
+:class:`~chatstate.stores.ItemStore` needs it for ``pop``). A pop is a write like the others:
+it carries a write id and a fence, changes the version and the generation (numbers it freed are
+taken again by the next append, so anything that named them must know), and a pop that empties
+the session deletes it (its write ids stay, as after a delete). A pop whose write id is
+remembered is not applied again: it returns ``Popped(entries, ..., applied=False)`` with the
+entries its first run removed where the backend still has them (Redis keeps those of the
+session's last pop) and none otherwise.
+
 Write ids and fences
     Every write (append, replace, delete, compact) carries ``write_id``: a token of 16
     characters of ``[A-Za-z0-9_-]``. The backend remembers the tokens of the session's last 32
@@ -62,6 +72,7 @@ __all__ = [
     "ErrorKind",
     "Fenced",
     "Page",
+    "Popped",
     "RawSession",
     "Written",
 ]
@@ -100,6 +111,19 @@ class Written:
     length: int
     version: int
     trimmed: bool = False
+    applied: bool = True
+
+
+@dataclass(slots=True)
+class Popped(Generic[E]):
+    """What a pop returns: the entries it removed, oldest first, and the session's length and
+    version after it (0 and 0: the pop emptied it, or there was none); ``applied`` False for a
+    write id seen before (``entries`` then hold what its first run removed, if the backend still
+    knows, else nothing)."""
+
+    entries: list[E]
+    length: int
+    version: int
     applied: bool = True
 
 
