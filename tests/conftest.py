@@ -3,7 +3,8 @@ from __future__ import annotations
 import ipaddress
 import socket
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -11,6 +12,8 @@ import pytest
 # Before anything imports chatstate.testing, so that its assertions explain their failures.
 pytest.register_assert_rewrite("chatstate.testing")
 
+from chatstate import InMemoryStateStore, RedisStateStore  # noqa: E402
+from chatstate.stores import BackendStore, SQLiteStateStore  # noqa: E402
 from chatstate.testing import FakeClock  # noqa: E402
 from chatstate.testing.redis_server import LocalRedisCluster, RedisServer  # noqa: E402
 
@@ -107,6 +110,24 @@ def redis_cluster() -> Iterator[LocalRedisCluster]:
     """A real 3-master Redis Cluster for the whole test session."""
     with LocalRedisCluster() as cluster:
         yield cluster
+
+
+@pytest.fixture(params=kinds("memory", "sqlite", "redis"))
+async def chat_store(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[BackendStore[Any]]:
+    """A store of each kind the framework integrations are tested on: in memory, a SQLite file,
+    the session's real redis-server (under a prefix of the test's own)."""
+    store: BackendStore[Any]
+    if request.param == "memory":
+        store = InMemoryStateStore()
+    elif request.param == "sqlite":
+        store = SQLiteStateStore(tmp_path / "chat.db")
+    else:
+        server: RedisServer = request.getfixturevalue("redis_server")
+        store = RedisStateStore.from_url(server.url, prefix=request.getfixturevalue("key_prefix"))
+    async with store:
+        yield store
 
 
 @pytest.fixture
