@@ -21,6 +21,10 @@ PAGES = sorted((ROOT / "docs" / "integrations").glob("*.md"))
 
 # What each page's example prints on its first run and on a second one (a new process).
 EXPECTED = {
+    "langchain.md": (
+        ["Nice to meet you, Ada.", "2 messages stored"],
+        ["You told me: I am Ada.", "4 messages stored"],
+    ),
     "openai-agents.md": (
         ["It is sunny in Paris.", "4 items stored"],
         ["Earlier you asked: What's the weather in Paris?", "6 items stored"],
@@ -51,6 +55,7 @@ def test_every_page_has_its_expectations() -> None:
     assert {page.name for page in PAGES} == set(EXPECTED)
 
 
+@pytest.mark.slow  # a few seconds a run: the frameworks are slow to import
 @pytest.mark.parametrize("kind", kinds("sqlite", "redis"))
 @pytest.mark.parametrize("page", PAGES, ids=lambda page: page.stem)
 def test_the_example_runs_and_resumes_in_a_new_process(
