@@ -21,6 +21,10 @@ PAGES = sorted((ROOT / "docs" / "integrations").glob("*.md"))
 
 # What each page's example prints on its first run and on a second one (a new process).
 EXPECTED = {
+    "pydantic-ai.md": (
+        ["sent 0 messages of history", "4 messages stored"],
+        ["sent 4 messages of history", "6 messages stored"],
+    ),
     "langchain.md": (
         ["Nice to meet you, Ada.", "2 messages stored"],
         ["You told me: I am Ada.", "4 messages stored"],
