@@ -112,21 +112,27 @@ def redis_cluster() -> Iterator[LocalRedisCluster]:
         yield cluster
 
 
-@pytest.fixture(params=kinds("memory", "sqlite", "redis"))
+INTEGRATION_KINDS = kinds("memory", "sqlite", "redis")
+"""The kinds of store the framework integrations are tested on."""
+
+
+def new_chat_store(request: pytest.FixtureRequest, tmp_path: Path) -> BackendStore[Any]:
+    """A store of the kind ``request.param`` names (one of :data:`INTEGRATION_KINDS`): in
+    memory, a SQLite file, the session's real redis-server (under a prefix of the test's own)."""
+    if request.param == "memory":
+        return InMemoryStateStore()
+    if request.param == "sqlite":
+        return SQLiteStateStore(tmp_path / "chat.db")
+    server: RedisServer = request.getfixturevalue("redis_server")
+    return RedisStateStore.from_url(server.url, prefix=request.getfixturevalue("key_prefix"))
+
+
+@pytest.fixture(params=INTEGRATION_KINDS)
 async def chat_store(
     request: pytest.FixtureRequest, tmp_path: Path
 ) -> AsyncIterator[BackendStore[Any]]:
-    """A store of each kind the framework integrations are tested on: in memory, a SQLite file,
-    the session's real redis-server (under a prefix of the test's own)."""
-    store: BackendStore[Any]
-    if request.param == "memory":
-        store = InMemoryStateStore()
-    elif request.param == "sqlite":
-        store = SQLiteStateStore(tmp_path / "chat.db")
-    else:
-        server: RedisServer = request.getfixturevalue("redis_server")
-        store = RedisStateStore.from_url(server.url, prefix=request.getfixturevalue("key_prefix"))
-    async with store:
+    """A store of each kind the framework integrations are tested on."""
+    async with new_chat_store(request, tmp_path) as store:
         yield store
 
 

@@ -21,6 +21,10 @@ PAGES = sorted((ROOT / "docs" / "integrations").glob("*.md"))
 
 # What each page's example prints on its first run and on a second one (a new process).
 EXPECTED = {
+    "llama-index.md": (
+        ["asked: I am Ada.", "the prompt began: user: I am Ada.", "2 messages stored"],
+        ["asked: What is my name?", "the prompt began: user: I am Ada.", "4 messages stored"],
+    ),
     "pydantic-ai.md": (
         ["sent 0 messages of history", "4 messages stored"],
         ["sent 4 messages of history", "6 messages stored"],
