@@ -6,7 +6,17 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip --quiet --disable-pip-version-check
 CHECKED := src tests examples
 
-.PHONY: demo test test-fast lint typecheck unit unit-fast test-redis-lowest bench redis-server clean
+# The browser tests drive the system's chromium (target `chromium`): playwright must never
+# download a browser of its own.
+export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD := 1
+
+# Bytecode is kept (in __pycache__, ignored by git) even where the shell says otherwise: the tests
+# start Python processes by the dozen (examples, README blocks, the CLI, SQLite writers) and pytest
+# rewrites every test module, so without it each run compiles all of chatstate and the tests again
+# (some 4 s of `make test-fast`).
+unexport PYTHONDONTWRITEBYTECODE
+
+.PHONY: demo test test-fast lint typecheck unit unit-fast test-redis-lowest bench redis-server chromium clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +47,17 @@ redis-server:
 	fi
 	@command -v redis-server >/dev/null || { echo "redis-server could not be installed" >&2; exit 1; }
 
+# The browser tests (marker `browser`) drive Debian's chromium, headless, through playwright.
+chromium:
+	@if ! command -v chromium >/dev/null; then \
+	  echo "installing chromium (Debian package)"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends \
+	    chromium fonts-liberation >/dev/null; \
+	fi
+	@command -v chromium >/dev/null || { echo "chromium could not be installed" >&2; exit 1; }
+
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check $(CHECKED)
 	$(BIN)/ruff format --check $(CHECKED)
@@ -44,7 +65,7 @@ lint: $(VENV)/.installed-dev
 typecheck: $(VENV)/.installed-dev
 	$(BIN)/mypy
 
-unit: $(VENV)/.installed-dev redis-server
+unit: $(VENV)/.installed-dev redis-server chromium
 	$(BIN)/pytest
 
 test: lint typecheck unit test-redis-lowest
@@ -70,12 +91,17 @@ test-redis-lowest: $(VENV_LOWEST)/.installed-dev redis-server
 	@$(VENV_LOWEST)/bin/python -c 'import redis; assert redis.__version__ == "$(REDIS_FLOOR)", redis.__version__; print("redis-py", redis.__version__, "(the floor)")'
 	$(VENV_LOWEST)/bin/pytest $(REDIS_TESTS)
 
-# The same checks and every test that needs no redis-server (marker `redis`) and is not slow
-# (marker `slow`: hypothesis runs, the bench): about 25 s of pytest; `make test` runs them all.
+# The same checks and every test that needs no redis-server (marker `redis`), no browser (marker
+# `browser`) and is not slow (marker `slow`: the stateful and fuzz runs of every store, a memory
+# soak, a bench run), each property with a fifth of its hypothesis examples (the "fast" profile,
+# tests/conftest.py); `make test` runs them all, in full. About 13 s of pytest on a quiet
+# machine; the checks run beside it (mypy takes 5 s without its cache), each job's output shown
+# whole as it ends.
 unit-fast: $(VENV)/.installed-dev
-	$(BIN)/pytest -m "not redis and not slow"
+	$(BIN)/pytest -m "not redis and not slow and not browser" --hypothesis-profile=fast
 
-test-fast: lint typecheck unit-fast
+test-fast: $(VENV)/.installed-dev
+	@$(MAKE) --no-print-directory -j2 --output-sync=target lint typecheck unit-fast
 
 # `chatstate bench` on the in-memory store and a throw-away redis-server; ARGS="--quick" for a
 # smoke run, ARGS="--json bench.json --plot bench.png" to keep the figures (see docs/benchmarks.md).

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import settings
 
 # Before anything imports chatstate.testing, so that its assertions explain their failures.
 pytest.register_assert_rewrite("chatstate.testing")
@@ -55,6 +56,18 @@ def _unmarked_start_no_server(
 
 
 __all__ = ["FakeClock"]  # tests import it from here, as they did before it moved
+
+# `make test` runs every property with hypothesis's full count of examples; `make test-fast` loads
+# this profile (`--hypothesis-profile=fast`): a fifth of them, enough to catch a broken property in
+# a fast run, while the full run searches harder (and the example database replays what it found).
+settings.register_profile("fast", max_examples=20)
+
+
+def examples(full: int) -> int:
+    """``max_examples`` for a property that wants ``full`` examples in the full run: scaled by
+    the loaded profile (all of them by default, a fifth under the "fast" profile)."""
+    default = settings.get_profile("default").max_examples
+    return max(1, full * settings.default.max_examples // default)
 
 
 @pytest.fixture

@@ -45,6 +45,11 @@ def parse(packed: bytes) -> list[list[bytes]]:
     return commands
 
 
+WRITE_IDS_FIELDS = {b"w1", b"w2", b"w3", b"w4", b"wn", b"x"}
+"""The fields a deleted session's meta hash keeps for 10 minutes: its last write ids (a ring of
+four fields and a count) and whether the delete found it. No history, no numbers."""
+
+
 class WireConnection(Connection):
     """Logs every write; ``fault(write)`` may return an exception to raise instead of sending
     it, ``stall`` seconds pass before each write goes out (a slow server), and

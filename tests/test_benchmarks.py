@@ -15,7 +15,7 @@ import pytest
 import redis
 from redis.asyncio import Redis as AsyncRedis
 
-from chatstate.bench import encryption, memory
+from chatstate.bench import encryption, memory, scenarios, turns
 from chatstate.bench.measure import percentile
 from chatstate.bench.options import BenchOptions
 from chatstate.bench.redis_floors import (
@@ -30,10 +30,12 @@ from chatstate.bench.workload import Floor, conversation, english_text
 from chatstate.cli import main
 from chatstate.messages import Message
 from chatstate.stores.base import StateStore
+from chatstate.stores.memory import InMemoryStateStore
 from chatstate.stores.redis import RedisStateStore
 from chatstate.stores.sqlite import SQLiteStateStore
 from chatstate.testing import RedisServer
 from chatstate.testing.redis_server import find_free_port
+from chatstate.tools import Tool
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -89,7 +91,7 @@ def test_a_quick_run_against_redis_measures_both_sides(
         [*command, "--redis", redis_server.url, "--json", str(out), "--plot", str(plot)],
         capture_output=True,
         text=True,
-        timeout=300,  # with the framework integrations' rows; 2 shared cores may be busy
+        timeout=600,  # a hang's limit: 80 s at a load of 4 on 2 cores, over 120 s at 10
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "In-memory store" in done.stdout and "Redis store" in done.stdout
@@ -260,7 +262,17 @@ def test_a_quick_run_without_redis_measures_the_in_memory_and_sqlite_stores(
         "window_2000",
         "encrypted_load",
         "heap",
+        "stream_chunk",
+        "stream_chunk_io",
+        "tool_round",
     }
+    # Streamed and tool turns: a slope per chunk and per round, and what ours adds to the floor.
+    targets = {"stream_chunk": 5, "stream_chunk_io": 5, "tool_round": 50}
+    for row in rows:
+        if row["key"] in targets:
+            assert row["unit"] == "µs" and row["metric"] in ("per chunk", "per round")
+            assert row["target"] == f"ours - floor <= {targets[row['key']]} µs"
+            assert row["ok"] is (row["ours"] - row["floor"] <= targets[row["key"]])
     assert report["environment"]["redis_server"] is None
     assert any("in-memory" in note and "plot" in note for note in report["notes"])
     _assert_png(plot)
@@ -270,6 +282,7 @@ async def test_without_cryptography_the_encrypted_rows_are_skipped_with_a_note(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setitem(sys.modules, "cryptography", None)  # makes `import cryptography` fail
+    monkeypatch.setattr(scenarios, "SQLITE_SESSIONS", (1,))  # the SQLite rows, at 1 session only
     assert not encryption.available()
     options = BenchOptions.create(quick=True, sessions=(1,), turns=1)
     assert "encrypted_load" not in {item.key for item in memory.plan(options)}
@@ -413,3 +426,26 @@ def test_targets_and_percentiles() -> None:
     assert percentile(samples, 0.5) == 50.0
     assert percentile(samples, 0.99) == 99.0
     assert percentile([3.0], 0.99) == 3.0
+
+
+def test_streamed_and_tool_turns_are_checked_on_what_ours_adds_to_the_floor() -> None:
+    # The rows themselves are checked by the quick run above (slow-marked).
+    options = BenchOptions.create(quick=True, sessions=(1,), turns=1)
+    items = turns.plan(options)
+    assert [item.key for item in items] == ["stream_chunk", "stream_chunk_io", "tool_round"]
+    assert {item.group for item in items} == {"in-memory"}
+    excess = Target.excess_at_most(5.0)
+    assert excess.met(7.0, 7.0 / 3.0) is True and excess.met(9.0, 9.0 / 3.0) is False
+    assert excess.met(1.0, None) is None
+    assert excess.describe("µs") == "ours - floor <= 5 µs"
+
+
+async def test_the_bench_tool_turn_makes_its_rounds_whatever_the_history() -> None:
+    # The slope is only what it says if the long turn really calls its tool MANY times, turn
+    # after turn, with earlier turns' results in the history.
+    ping = Tool(name="ping", function=turns._ping)
+    async with InMemoryStateStore() as store:
+        pipe = turns._pipeline(turns._tool_model(turns.MANY), store, [ping])
+        for _ in range(3):
+            result = await pipe.execute("s", turns._USER)
+            assert len(result.new_messages) == 2 + 2 * turns.MANY

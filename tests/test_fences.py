@@ -23,6 +23,7 @@ from chatstate import (
     StateMiddlewareConfig,
 )
 from chatstate.stores import BackendStore, SessionSnapshot
+from chatstate.stores._writes import new_write_id
 
 from .test_conformance import Backend
 from .test_conformance import backend as backend  # the fixture: every kind
@@ -55,7 +56,7 @@ async def test_a_write_under_a_lost_lease_is_refused_and_stores_nothing(
             assert await store.backend.acquire_lease("s", "another-holder", 30)
             await store.backend.append(
                 "s", await _entries(store, "the other's"), max_entries=None, ttl=None,
-                write_id="other-holder-w1", fence="another-holder",
+                write_id=new_write_id(), fence="another-holder",
             )  # fmt: skip
             await _WRITES[write](store)
     assert [message.text for message in await store.load("s")] == [

@@ -200,7 +200,7 @@ async def test_items_expire_and_corrupt_ones_are_skipped() -> None:
     async with ItemStore(MemoryBackend(clock=clock), JsonItems(), ttl=60) as items:
         await items.append("s", ITEMS[:2])
         await items.backend.append(
-            "s", [b"\x01\x01{bad"], max_entries=None, ttl=60, write_id="x" * 16, fence=None
+            "s", [b"\x01\x01{bad"], max_entries=None, ttl=60, write_id="3" * 16, fence=None
         )
         assert await items.get("s", limit=2) == ITEMS[:2]  # the bad one does not count
         assert items.corrupt_entries == 1
@@ -223,7 +223,7 @@ async def test_encrypted_items_hold_no_plaintext_and_need_their_keys() -> None:
         await other.get("s")
     moved = ItemStore(backend, JsonItems(), encryption=Encryption(keys=keys))
     entries = page.entries
-    await backend.append("t", entries, max_entries=None, ttl=None, write_id="y" * 16, fence=None)
+    await backend.append("t", entries, max_entries=None, ttl=None, write_id="6" * 16, fence=None)
     with pytest.raises(DecryptionError):  # sealed for another session
         await moved.get("t")
 

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator, Sequence
 from datetime import timedelta
 from typing import Any
 
+import anyio
 import pytest
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
@@ -21,6 +21,7 @@ from chatstate import (
     Pipeline,
     ProviderMiddleware,
     RedisStateStore,
+    RetryPolicy,
     ScriptedProvider,
     StateMiddleware,
     StateMiddlewareConfig,
@@ -28,6 +29,17 @@ from chatstate import (
 )
 from chatstate.stores.redis._scripts import LEASE_RELEASE
 from chatstate.testing import RedisServer
+
+from .conftest import FakeClock
+from .redis_time import advance_redis_time
+
+
+def _on(store: RedisStateStore, clock: FakeClock) -> RedisStateStore:
+    """``store``, its leases waiting and renewing on ``clock`` (RedisStateStore takes no
+    ``clock=``; the core's clock is what its leases read); the server's expiry is moved by
+    :func:`advance_redis_time`."""
+    store.clock = clock
+    return store
 
 
 @pytest.fixture
@@ -81,16 +93,26 @@ async def test_turns_from_two_instances_are_serialised_by_the_lease(
 
 
 async def test_a_lease_whose_holder_died_expires_and_is_taken_over(
-    stores: list[RedisStateStore],
+    stores: list[RedisStateStore], clock: FakeClock
 ) -> None:
-    store = stores[0]
+    store = _on(stores[0], clock)
     client: Redis = store.client  # type: ignore[assignment]
-    await client.set(store.key("s", "lease"), "token-of-a-dead-instance", px=300)
-    started = time.monotonic()
-    async with store.lease("s", ttl=5, timeout=5):
-        waited = time.monotonic() - started
-        assert 0.2 < waited < 3
-        assert await client.get(store.key("s", "lease")) != b"token-of-a-dead-instance"
+    key = store.key("s", "lease")
+    await client.set(key, "token-of-a-dead-instance", px=300)
+    async with anyio.create_task_group() as group:
+        taken = anyio.Event()
+
+        async def take() -> None:
+            async with store.lease("s", ttl=5, timeout=5):
+                assert await client.get(key) != b"token-of-a-dead-instance"
+                taken.set()
+
+        group.start_soon(take)
+        await clock.sleeping()  # polling the server, with backoff: the dead holder's is there
+        assert not taken.is_set()
+        await advance_redis_time(client, 0.3, match=key)  # ...until it runs out
+        clock.advance(0.3)
+    assert taken.is_set()
 
 
 async def test_a_lease_is_never_released_by_another_than_its_owner(
@@ -107,7 +129,7 @@ async def test_a_lease_is_never_released_by_another_than_its_owner(
     # A holder whose lease expired (it stalled: no renewals) and was taken over leaves the new
     # holder's lease alone: neither its renewal nor its release touches it.
     assert await first.backend.acquire_lease("s", "stalled-holder", 0.2)
-    await asyncio.sleep(0.3)
+    await advance_redis_time(client, 0.3, match=key)
     async with second.lease("s", ttl=5, timeout=1):
         assert not await first.backend.renew_lease("s", "stalled-holder", 5)
         assert not await first.backend.release_lease("s", "stalled-holder")
@@ -115,12 +137,17 @@ async def test_a_lease_is_never_released_by_another_than_its_owner(
     assert await client.exists(key) == 0
 
 
-async def test_a_held_lease_is_renewed(stores: list[RedisStateStore]) -> None:
-    store = stores[0]
+async def test_a_held_lease_is_renewed(stores: list[RedisStateStore], clock: FakeClock) -> None:
+    store = _on(stores[0], clock)
     client: Redis = store.client  # type: ignore[assignment]
+    key = store.key("s", "lease")
     async with store.lease("s", ttl=0.3, timeout=1):
-        await asyncio.sleep(0.8)  # well past the ttl
-        assert await client.exists(store.key("s", "lease")) == 1
+        for _ in range(8):  # 0.8 s, well past the ttl, a renewal every third of it
+            await clock.sleeping()
+            await advance_redis_time(client, 0.1, match=key)
+            clock.advance(0.1)
+        await clock.sleeping()
+        assert await client.exists(key) == 1
         with pytest.raises(LeaseTimeoutError):
             async with stores[1].lease("s", ttl=0.3, timeout=0.1):
                 pass
@@ -161,7 +188,7 @@ def test_a_lease_needs_a_store_that_has_one() -> None:
 
 async def test_a_lease_on_an_unreachable_server_raises_a_store_error() -> None:
     client = Redis(port=1, socket_connect_timeout=0.5, retry=Retry(NoBackoff(), 0))
-    store = RedisStateStore(client)
+    store = RedisStateStore(client, retry=RetryPolicy(attempts=3, backoff=0))  # no waits
     with pytest.raises(StoreError, match="lease of session 's'"):
         async with store.lease("s", ttl=5, timeout=1):
             pass

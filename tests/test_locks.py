@@ -54,9 +54,9 @@ async def test_different_keys_do_not_wait_for_each_other() -> None:
             group.start_soon(worker, f"k{index}")
 
 
-async def test_a_million_keys_leave_nothing_behind() -> None:
+async def test_many_keys_leave_nothing_behind() -> None:
     locks = KeyedLock()
-    for index in range(1_000_000):
+    for index in range(10_000):  # any entry left behind would show: a million take 0.4 s a run
         key = f"session-{index}"
         await locks.acquire(key)
         locks.release(key)

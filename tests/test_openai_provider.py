@@ -21,6 +21,7 @@ from chatstate import (
     StateMiddleware,
     TextPart,
     ToolCall,
+    tool,
 )
 from chatstate.providers.openai import OpenAICompatibleProvider
 
@@ -218,3 +219,41 @@ def test_bad_configuration_is_rejected() -> None:
     ):
         with pytest.raises(ConfigurationError):
             OpenAICompatibleProvider(**options)
+
+
+async def test_a_streamed_tool_turn_through_the_pipeline_speaks_the_api() -> None:
+    bodies: list[dict[str, Any]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content)
+        bodies.append(body)
+        if body["messages"][-1]["role"] == "user":
+            call = {"index": 0, "id": "c1", "function": {"name": "weather", "arguments": "{}"}}
+            return _sse({"choices": [{"delta": {"tool_calls": [call]}}]})
+        return _sse(
+            {"choices": [{"delta": {"content": "Sunny, "}}]},
+            {"choices": [{"delta": {"content": "21 C."}}]},
+        )
+
+    @tool
+    async def weather() -> str:
+        """The weather here."""
+        return "sunny, 21 C"
+
+    store = InMemoryStateStore()
+    pipe = Pipeline(StateMiddleware(store), ProviderMiddleware(_provider(handler), tools=[weather]))
+    async with pipe, pipe.stream_with_session("s", "user", "Weather?") as turn:
+        texts = [chunk.text async for chunk in turn if chunk.text]
+    assert texts == ["Sunny, ", "21 C."]
+    assert all(body["stream"] is True for body in bodies)
+    assert bodies[0]["tools"] == [weather.schema()]
+    assert [m["role"] for m in bodies[1]["messages"]] == ["user", "assistant", "tool"]
+    assert bodies[1]["messages"][2] == {
+        "role": "tool",
+        "content": "sunny, 21 C",
+        "name": "weather",
+        "tool_call_id": "c1",
+    }
+    stored = await store.load("s")
+    assert [m.role for m in stored] == ["user", "assistant", "tool", "assistant"]
+    assert stored[-1].text == "Sunny, 21 C." == turn.result.response.text

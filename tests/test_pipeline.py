@@ -225,7 +225,7 @@ async def test_turns_of_different_sessions_run_concurrently() -> None:
 async def test_session_locks_do_not_pile_up() -> None:
     state = StateMiddleware(InMemoryStateStore())
     pipe = Pipeline(state, ProviderMiddleware(ScriptedProvider(lambda messages: "ok")))
-    for index in range(10_000):
+    for index in range(1_000):  # a lock left behind would show at any count
         await pipe.execute_with_session(f"session-{index}", "user", "hi")
     assert state._locks is not None and len(state._locks) == 0
 

@@ -89,3 +89,15 @@ def test_it_is_a_provider_and_rejects_bad_options() -> None:
         ScriptedProvider(latency=-1)
     with pytest.raises(ConfigurationError, match="single"):
         ScriptedProvider("just one")  # type: ignore[arg-type]
+
+
+async def test_a_scripted_reply_streams_a_word_at_a_time_then_the_whole_message() -> None:
+    calling = Message(role="assistant", content=None, tool_calls=(ToolCall(id="c", name="f"),))
+    provider = ScriptedProvider(["  Hello,  wide world. ", calling])
+    chunks = [chunk async for chunk in provider.stream([Message(role="user", content="hi")])]
+    assert [chunk.text for chunk in chunks] == ["  Hello,  ", "wide ", "world. ", ""]
+    assert chunks[-1].message == Message(role="assistant", content="  Hello,  wide world. ")
+    assert all(chunk.message is None for chunk in chunks[:-1])
+    chunks = [chunk async for chunk in provider.stream([])]
+    assert [(chunk.text, chunk.message) for chunk in chunks] == [("", calling)]
+    assert provider.call_count == 2

@@ -6,20 +6,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import io
 import os
 import sqlite3
 import subprocess
 import sys
 import textwrap
 import threading
-import time
 import weakref
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
 
 from chatstate import Message
+from chatstate.cli import main
 from chatstate.errors import (
     ConfigurationError,
     CorruptEntryError,
@@ -30,8 +32,8 @@ from chatstate.errors import (
     UnsupportedFormatError,
 )
 from chatstate.sessions import Conversations
-from chatstate.stores import StoreEvent
-from chatstate.stores.sqlite import SQLiteStateStore
+from chatstate.stores import BackendStore, StoreEvent
+from chatstate.stores.sqlite import SQLiteBackend, SQLiteStateStore
 from chatstate.stores.urls import open_store
 
 from .conftest import FakeClock
@@ -160,7 +162,7 @@ async def test_a_locked_database_fails_the_append_whole_without_blocking_the_loo
     tmp_path: Path,
 ) -> None:
     path = tmp_path / "chat.db"
-    async with SQLiteStateStore(path, busy_timeout=0.3) as store:
+    async with SQLiteStateStore(path, busy_timeout=0.1) as store:
         await store.append("s", _turn(1))
         blocker = sqlite3.connect(path, isolation_level=None)
         blocker.execute("BEGIN IMMEDIATE")  # another process's write, holding the lock
@@ -169,7 +171,7 @@ async def test_a_locked_database_fails_the_append_whole_without_blocking_the_loo
         async def tick() -> None:
             nonlocal ticks
             while True:
-                await asyncio.sleep(0.01)
+                await asyncio.sleep(0.005)
                 ticks += 1
 
         ticker = asyncio.create_task(tick())
@@ -184,7 +186,7 @@ async def test_a_locked_database_fails_the_append_whole_without_blocking_the_loo
         cause = caught.value.__cause__
         assert isinstance(cause, sqlite3.OperationalError)
         assert store.backend.error_kind(cause) == "unavailable"  # certainly not written
-        assert ticks >= 10  # the loop ran on while the store waited for the lock
+        assert ticks >= 5  # the loop ran on while the store waited for the lock
         assert [m.text for m in await store.load("s")] == ["question 1", "answer 1"]
 
 
@@ -297,20 +299,30 @@ async def test_the_backend_lease_is_held_by_one_token_at_a_time(tmp_path: Path) 
         assert not await backend.release_lease("s", "b")
 
 
+def _leasing(
+    path: Path, clock: FakeClock, *, wall: FakeClock | None = None, **options: Any
+) -> BackendStore[bytes]:
+    """The SQLite backend under a store core whose leases wait and renew on ``clock``, which a
+    SQLiteStateStore is not given (its ``clock=`` is the file's wall clock: ``wall`` here, by
+    default ``clock`` too)."""
+    return BackendStore(SQLiteBackend(path, clock=wall or clock, **options), clock=clock)
+
+
 async def test_a_holder_whose_lease_was_taken_meanwhile_is_cancelled(tmp_path: Path) -> None:
-    clock = FakeClock(1_700_000_000.0)
+    clock, wall = FakeClock(), FakeClock(1_700_000_000.0)
     path = tmp_path / "chat.db"
-    started = time.monotonic()
     async with (
-        SQLiteStateStore(path, clock=clock) as first,
-        SQLiteStateStore(path, clock=clock) as second,
+        _leasing(path, clock, wall=wall) as first,
+        SQLiteStateStore(path, clock=wall) as second,
     ):
         with pytest.raises(LeaseLostError):
             async with first.lease("s", ttl=0.3, timeout=1):
-                clock.advance(1)  # the first holder stalls past its ttl...
+                await clock.sleeping()  # the renewer waits for its first third of the ttl
+                wall.advance(1)  # the first holder stalls past its ttl...
                 async with second.lease("s", ttl=30, timeout=1):  # ...and another takes it
-                    await anyio.sleep(5)  # the first's renewal (at 0.1 s) finds it taken
-    assert time.monotonic() - started < 4  # its turn was cancelled, not left to run on
+                    clock.advance(0.1)  # the first's renewal comes due and finds it taken
+                    with anyio.fail_after(10):  # (a turn left to run on would fail here)
+                        await anyio.sleep_forever()
 
 
 async def test_conversations_are_indexed_in_the_file(tmp_path: Path) -> None:
@@ -376,23 +388,22 @@ def test_two_processes_on_one_file_lose_and_corrupt_nothing(tmp_path: Path) -> N
         assert stored == 7  # trimmed rows are gone, not just hidden
 
 
-def test_the_chat_command_remembers_across_processes(tmp_path: Path) -> None:
-    store = f"sqlite:///{tmp_path / 'chat.db'}"
-
-    def chat(line: str) -> str:
-        done = subprocess.run(
-            [sys.executable, "-m", "chatstate", "chat", "--store", store, "--session", "me"],
-            input=line,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=True,
-        )
-        return done.stdout
-
-    assert "0 messages so far" in chat("My name is Alice\n")
-    out = chat("What's my name?\n")
-    assert "2 messages so far" in out and "Alice" in out
+def test_the_chat_command_remembers_across_processes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    command = ["chat", "--store", f"sqlite:///{tmp_path / 'chat.db'}", "--session", "me"]
+    monkeypatch.setattr("sys.stdin", io.StringIO("My name is Alice\n"))
+    assert main(command) == 0  # this process writes the file...
+    assert "0 messages so far" in capsys.readouterr().out
+    done = subprocess.run(  # ...and another reads it
+        [sys.executable, "-m", "chatstate", *command],
+        input="What's my name?\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert "2 messages so far" in done.stdout and "Alice" in done.stdout
 
 
 async def test_a_damaged_entry_is_skipped_by_a_load_and_raised_by_a_snapshot(
@@ -429,23 +440,27 @@ async def test_a_damaged_summary_is_raised_by_a_snapshot(tmp_path: Path) -> None
 async def test_a_lease_needs_a_ttl_and_a_failed_renewal_is_tried_again(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    path = tmp_path / "chat.db"
-    async with SQLiteStateStore(path, busy_timeout=0.02) as store:
+    path, clock = tmp_path / "chat.db", FakeClock(1_700_000_000.0)
+    async with _leasing(path, clock, busy_timeout=0.02) as store:
         with pytest.raises(ConfigurationError, match="ttl"):
             async with store.lease("s", ttl=None, timeout=1):  # type: ignore[arg-type]
                 pass
-        async with SQLiteStateStore(path) as other:
+        async with SQLiteStateStore(path, clock=clock) as other:
             async with store.lease("s", ttl=0.6, timeout=1):
                 blocker = sqlite3.connect(path, isolation_level=None)
-                blocker.execute("BEGIN IMMEDIATE")  # the first renewal (at 0.2 s) fails
-                await asyncio.sleep(0.25)
+                blocker.execute("BEGIN IMMEDIATE")
+                await clock.sleeping()  # the renewer waits for its first third of the ttl
+                clock.advance(0.2)  # the first renewal fails: the file is locked
+                await clock.sleeping()  # ...and it waits to try again
                 blocker.execute("ROLLBACK")
                 blocker.close()
-                await asyncio.sleep(0.6)  # past the first ttl: renewed since, so still ours
+                for _ in range(3):  # past the first ttl: renewed since, so still ours
+                    clock.advance(0.2)
+                    await clock.sleeping()
                 with pytest.raises(LeaseTimeoutError):
                     async with other.lease("s", ttl=1, timeout=0.05):
                         pass
-    assert "renewing the lease of session 's' failed" in caplog.text
+    assert caplog.text.count("renewing the lease of session 's' failed") == 1
 
 
 async def test_opening_a_file_another_process_is_writing_waits_for_it(tmp_path: Path) -> None:
@@ -457,7 +472,7 @@ async def test_opening_a_file_another_process_is_writing_waits_for_it(tmp_path: 
     blocker.execute("BEGIN IMMEDIATE")
 
     async def release() -> None:
-        await asyncio.sleep(0.3)
+        await asyncio.sleep(0.1)  # long after the store's thread has tried the file
         blocker.execute("COMMIT")
 
     releasing = asyncio.create_task(release())

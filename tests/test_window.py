@@ -23,6 +23,8 @@ from chatstate import (
 from chatstate.tokens import Tally
 from chatstate.window import fit_window, is_valid_window, valid_window
 
+from .conftest import examples
+
 
 def _user(text: str) -> Message:
     return Message(role="user", content=text)
@@ -69,7 +71,7 @@ def conversations(draw: Any) -> list[Message]:
     return messages
 
 
-@settings(max_examples=500)
+@settings(max_examples=examples(500))
 @given(conversation=conversations(), data=st.data())
 def test_the_window_is_the_longest_valid_suffix_of_any_cut(
     conversation: list[Message], data: st.DataObject
@@ -86,9 +88,32 @@ def test_a_cut_through_an_exchange_drops_its_orphans_and_keeps_the_rest() -> Non
     full = [_user("q"), _calls("a", "b"), _result("a"), _result("b"), _user("thanks")]
     assert valid_window(full[2:]) == [_user("thanks")]  # the results lost their call
     assert valid_window(full) == full
-    assert valid_window([_user("q"), _calls("a")]) == []  # a call without its result
-    # ... unless the turn's own message is that result:
+    assert valid_window([_user("q"), _calls("a")]) == [_user("q")]  # a call without its result
+    # ... unless the turn's own messages are its results:
     assert valid_window([_user("q"), _calls("a")], [_result("a")]) == [_user("q"), _calls("a")]
+    both = [_result("a"), _result("b")]
+    assert valid_window([_user("q"), _calls("a", "b")], both) == [_user("q"), _calls("a", "b")]
+    assert valid_window([_user("q"), _calls("a", "b")], both[:1]) == [_user("q")]
+    # ... or a result stored before them, with the others in the turn:
+    history = [_user("q"), _calls("a", "b"), _result("a")]
+    assert valid_window(history, both[1:]) == history
+
+
+def test_an_orphan_anywhere_is_dropped_and_the_history_around_it_kept() -> None:
+    before = [_user("My name is Alice"), Message(role="assistant", content="Hello, Alice.")]
+    after = [_user("hi"), Message(role="assistant", content="hello")]
+    for orphans in (
+        [_calls("x")],  # a call that never got its result
+        [_calls("x", "y"), _result("y")],  # one of two parallel calls answered
+        [_result("z")],  # a result whose call was never stored
+        [_calls("x"), _user("?"), _result("x")],  # the result came too late
+        [Message(role="assistant", content="thinking", tool_calls=(ToolCall(id="x", name="f"),))],
+    ):
+        kept = [message for message in orphans if message.role == "user"]
+        assert valid_window([*before, *orphans, *after]) == [*before, *kept, *after]
+    exchange = [_calls("a", "b"), _result("b"), _result("a")]
+    noisy = [*exchange[:2], _result("z"), _result("a"), _result("b")]  # a stray and a repeat
+    assert valid_window([*before, *noisy, *after]) == [*before, *exchange[:2], _result("a"), *after]
 
 
 async def test_the_provider_never_gets_a_split_exchange() -> None:
@@ -108,6 +133,98 @@ async def test_the_provider_never_gets_a_split_exchange() -> None:
     await pipe.execute_with_session("s", "user", "hello")
     assert seen[-1] == [_user("next"), _user("hello")]
     assert is_valid_window(seen[-1])
+
+
+# --- histories with orphans ----------------------------------------------------------------------
+
+
+_KINDS = ["user", "assistant", "tools", "unanswered", "partial", "stray", "late"]
+
+
+@st.composite
+def broken_conversations(draw: Any) -> list[tuple[Message, bool]]:
+    """Histories with orphans anywhere, each message with whether it is valid: part of no
+    exchange, or of a whole one. Ids are unique per block, so no orphan answers another's call."""
+    flagged: list[tuple[Message, bool]] = []
+    for block in range(draw(st.integers(0, 14))):
+        kind = draw(st.sampled_from(_KINDS))
+        ids = [f"c{block}-{n}" for n in range(draw(st.integers(1, 3)))]
+        if kind == "user":
+            flagged.append((_user(f"u{block}"), True))
+        elif kind == "assistant":
+            flagged.append((Message(role="assistant", content=f"a{block}"), True))
+        elif kind == "tools":
+            flagged.append((_calls(*ids), True))
+            flagged.extend((_result(i), True) for i in draw(st.permutations(ids)))
+        elif kind == "unanswered":  # the app stopped between the call and its results
+            flagged.append((_calls(*ids), False))
+        elif kind == "partial":  # some of the parallel calls answered
+            answered = draw(st.lists(st.sampled_from(ids), unique=True, max_size=len(ids) - 1))
+            flagged.append((_calls(*ids, f"c{block}-extra"), False))
+            flagged.extend((_result(i), False) for i in answered)
+        elif kind == "stray":  # a result whose call was never stored
+            flagged.append((_result(f"s{block}"), False))
+        else:  # a message came between the call and its result
+            flagged.extend([(_calls(ids[0]), False), (_user(f"late{block}"), True)])
+            flagged.append((_result(ids[0]), False))
+    cut = draw(st.integers(0, len(flagged)))  # where a trim fell: results may lose their call
+    kept = flagged[cut:]
+    calls = {call.id for message, _ in kept for call in message.tool_calls}
+    # A result of a whole exchange whose call the cut took is an orphan now.
+    return [
+        (message, valid and (message.role != "tool" or message.tool_call_id in calls))
+        for message, valid in kept
+    ]
+
+
+@settings(max_examples=800)
+@given(flagged=broken_conversations())
+def test_orphans_anywhere_are_dropped_and_every_valid_message_is_sent(
+    flagged: list[tuple[Message, bool]],
+) -> None:
+    history = [message for message, _ in flagged]
+    expected = [message for message, valid in flagged if valid]
+    window = valid_window(history)
+    assert _reference_valid(window) and is_valid_window(window)
+    assert window == expected
+
+
+@settings(max_examples=800)
+@given(flagged=broken_conversations(), data=st.data())
+def test_a_budget_window_with_orphans_keeps_every_valid_message_that_fits(
+    flagged: list[tuple[Message, bool]], data: st.DataObject
+) -> None:
+    history = [message for message, _ in flagged]
+    valid = [message for message, ok in flagged if ok]
+    budget = data.draw(st.integers(0, _tokens(valid) + 5))
+    tally = Tally(_Lengths())
+    window = fit_window(history, (), budget, tally)
+    assert _reference_valid(window) and _tokens(window) <= budget
+    longest = next(  # the longest suffix of the valid messages that is whole and fits
+        s
+        for s in range(len(valid) + 1)
+        if _reference_valid(valid[s:]) and _tokens(valid[s:]) <= budget
+    )
+    assert window == valid[longest:]
+
+
+async def test_a_call_that_never_got_its_result_does_not_make_the_model_forget() -> None:
+    # The issue's report: "My name is Alice", a tool call whose result never came (the app
+    # crashed before the tool ran), then "What's my name?": the model was sent that question alone.
+    store = InMemoryStateStore()
+    weather = Message(
+        role="assistant", content=None, tool_calls=(ToolCall(id="w1", name="weather"),)
+    )
+    provider = ScriptedProvider()
+    pipe = Pipeline(StateMiddleware(store), ProviderMiddleware(provider))
+    await pipe.execute_with_session("s", "user", "My name is Alice")
+    await store.append("s", [_user("What's the weather?"), weather])  # ... and nothing more
+    for _ in range(3):  # on every later turn, not only the next
+        result = await pipe.execute_with_session("s", "user", "What's my name?")
+        assert result.response.text == "Your name is Alice."
+        assert weather not in result.messages and is_valid_window(result.messages)
+    assert len(await store.load("s")) == 10
+    assert (await store.load("s"))[3] == weather  # the store keeps what it was given
 
 
 # --- token budgets -------------------------------------------------------------------------------
@@ -142,7 +259,7 @@ def wordy_conversations(draw: Any) -> list[Message]:
     ]
 
 
-@settings(max_examples=500)
+@settings(max_examples=examples(500))
 @given(conversation=wordy_conversations(), data=st.data())
 def test_the_budget_window_is_the_longest_valid_suffix_that_fits(
     conversation: list[Message], data: st.DataObject
@@ -168,7 +285,7 @@ def test_the_turns_own_tool_result_keeps_its_call_in_a_budget_window() -> None:
     assert fit_window(history, [_result("a")], 1, tally) == []
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=examples(150), deadline=None)
 @given(conversation=wordy_conversations(), data=st.data())
 async def test_the_provider_gets_the_longest_valid_suffix_within_every_bound(
     conversation: list[Message], data: st.DataObject

@@ -26,14 +26,22 @@ from chatstate.errors import (
     StateLoadError,
     StateSaveError,
     StoreError,
+    ToolRoundsError,
     UnknownKeyError,
     UnsupportedFormatError,
     WrongTypeError,
 )
 from chatstate.messages import ContentPart, ImagePart, Message, Role, TextPart, ToolCall
 from chatstate.middleware import ProviderMiddleware, StateMiddleware, StateMiddlewareConfig
-from chatstate.pipeline import CallNext, ExecutionResult, Middleware, Pipeline, RequestContext
-from chatstate.providers import Provider, ScriptedProvider
+from chatstate.pipeline import (
+    CallNext,
+    ChunkFilter,
+    ExecutionResult,
+    Middleware,
+    Pipeline,
+    RequestContext,
+)
+from chatstate.providers import Provider, ScriptedProvider, StreamChunk, StreamingProvider
 from chatstate.retry import RetryPolicy
 from chatstate.stores import (
     Encryption,
@@ -43,8 +51,10 @@ from chatstate.stores import (
     StateStore,
 )
 from chatstate.stores.urls import open_store
+from chatstate.streaming import StreamedTurn
 from chatstate.summaries import ProviderSummarizer, Summarizer, SummaryConfig
 from chatstate.tokens import TextTokenCounter, TokenCounter
+from chatstate.tools import Tool, tool
 from chatstate.transfer import ImportReport, export_sessions, fork_session, import_sessions
 
 if TYPE_CHECKING:
@@ -56,6 +66,7 @@ __version__ = "0.1.0"
 __all__ = [
     "CallNext",
     "ChatStateError",
+    "ChunkFilter",
     "ConfigurationError",
     "ContentPart",
     "CorruptEntryError",
@@ -95,12 +106,17 @@ __all__ = [
     "StateSaveError",
     "StateStore",
     "StoreError",
+    "StreamChunk",
+    "StreamedTurn",
+    "StreamingProvider",
     "Summarizer",
     "SummaryConfig",
     "TextPart",
     "TextTokenCounter",
     "TokenCounter",
+    "Tool",
     "ToolCall",
+    "ToolRoundsError",
     "UnknownKeyError",
     "UnsupportedFormatError",
     "WrongTypeError",
@@ -109,6 +125,7 @@ __all__ = [
     "fork_session",
     "import_sessions",
     "open_store",
+    "tool",
 ]
 
 

@@ -25,7 +25,8 @@ and chained with ``raise ... from exc``, so callers never have to catch a depend
     │       └── DecryptionError: an encrypted entry was tampered with or needs another key
     │           └── UnknownKeyError: an encrypted entry names a key that is not given
     ├── ProviderError: the model provider failed or answered with something that is not a reply
-    └── PipelineError: the middleware chain is misassembled (for example, nothing produced a reply)
+    ├── PipelineError: the middleware chain is misassembled (for example, nothing produced a reply)
+    └── ToolRoundsError: the model still called tools after the turn's last round of them
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ __all__ = [
     "StateLoadError",
     "StateSaveError",
     "StoreError",
+    "ToolRoundsError",
     "UnknownKeyError",
     "UnsupportedFormatError",
     "WrongTypeError",
@@ -183,3 +185,13 @@ class ProviderError(ChatStateError):
 
 class PipelineError(ChatStateError):
     """The middleware chain did not produce a reply, or is assembled wrongly."""
+
+
+class ToolRoundsError(ChatStateError):
+    """A turn's model still called tools after ``max_tool_rounds`` rounds of them
+    (``ProviderMiddleware(tools=..., max_tool_rounds=...)``); nothing of the turn was stored.
+    ``messages`` holds the turn so far (whole exchanges), for a caller that wants to see it."""
+
+    def __init__(self, message: str, *, messages: Sequence[Message] = ()) -> None:
+        super().__init__(message)
+        self.messages: tuple[Message, ...] = tuple(messages)

@@ -3,20 +3,54 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Protocol, Self, TypeAlias
 
+import anyio
 from anyio.abc import TaskGroup
 
 from chatstate._background import Background
 from chatstate._checks import check_session_id
 from chatstate.errors import ConfigurationError, InvalidMessageError, PipelineError
 from chatstate.messages import Message, make_message
+from chatstate.providers.base import StreamChunk
+from chatstate.streaming import StreamedTurn
 from chatstate.window import TokenBudget
 
-__all__ = ["CallNext", "ExecutionResult", "Middleware", "Pipeline", "RequestContext"]
+__all__ = [
+    "CallNext",
+    "ChunkFilter",
+    "ChunkSink",
+    "ExecutionResult",
+    "Middleware",
+    "Pipeline",
+    "RequestContext",
+]
+
+ChunkFilter: TypeAlias = Callable[[StreamChunk], StreamChunk | None]
+"""Sees each chunk of a streamed turn on its way to the consumer: returns it, another chunk in its
+place, or None to hold it back (see :attr:`RequestContext.chunk_filters`)."""
+
+
+class ChunkSink(Protocol):
+    """The consumer of a streamed turn, as the provider middleware sees it
+    (:attr:`RequestContext.stream`; a :class:`~chatstate.streaming.StreamedTurn`)."""
+
+    def put(self, chunk: StreamChunk) -> None:
+        """Queue ``chunk`` for the consumer (a tool result, a reply that came whole)."""
+        ...
+
+    async def relay(
+        self,
+        chunks: AsyncIterator[StreamChunk],
+        take: Callable[[StreamChunk], StreamChunk | None],
+    ) -> None:
+        """Have the consumer read the provider's ``chunks`` itself, in its own iteration, each
+        through ``take`` (which sees every chunk and returns what the consumer gets, or None),
+        up to the chunk with the whole message or the end; raise what reading them raised."""
+        ...
 
 
 @dataclass(slots=True, eq=False)
@@ -30,7 +64,7 @@ class RequestContext:
     session_id: str
     """The session the request belongs to (already checked)."""
     message: Message
-    """The new message of this turn."""
+    """The new message of this turn (the last of them, when a turn brings several)."""
     options: dict[str, Any] = field(default_factory=dict)
     """Keyword options for the provider (``execute_with_session(..., temperature=0)``)."""
     history: list[Message] = field(default_factory=list)
@@ -61,6 +95,31 @@ class RequestContext:
     """The task group of the pipeline's ``async with`` block, for work that goes on after the
     turn (the state middleware's summaries): the block's end waits for it, or cancels it. None
     when the pipeline runs outside ``async with``."""
+    incoming: tuple[Message, ...] = ()
+    """Every message the turn brings, in order: ``(message,)``, or several (the results of
+    parallel tool calls, ``execute(session_id, [result1, result2])``)."""
+    window_start: int | None = None
+    """Where ``window`` starts in ``history``: the messages before it were left out by the
+    bounds (orphans dropped after it do not count); set by the provider middleware."""
+    stream: ChunkSink | None = None
+    """The consumer of a streamed turn (``Pipeline.stream``), to which the provider middleware
+    sends the chunks through ``chunk_filters``; None when the turn is not streamed."""
+    chunk_filters: list[ChunkFilter] = field(default_factory=list)
+    """Filters a middleware adds (before ``call_next``) to observe or transform the chunks of a
+    streamed turn: the filter added last (by the middleware nearest the provider) sees a chunk
+    first, as a reply passes back out through the chain. They are not run on turns that are not
+    streamed, and change only what the consumer gets: the stored reply is ``response``. Plain
+    functions, as they may run in the consumer's task (the model's chunks) or the turn's (the
+    rest)."""
+    model_scope: anyio.CancelScope | None = None
+    """The cancel scope of the model's work in a streamed turn (set by the provider middleware):
+    a streamed turn left early cancels it, and the provider middleware ends the turn as
+    ``interrupted``."""
+    interrupted: bool = False
+    """Set when the turn was cut off (its stream left early, or its task cancelled) after the
+    model was asked: ``response`` is then the reply as far as it was read (metadata
+    ``{"interrupted": true}``), and ``new_messages`` the turn so far, without half a tool
+    exchange. The state middleware's ``on_interrupt`` decides whether they are stored."""
 
     async def get_history(self) -> list[Message]:
         """The session's history, loading it first if a middleware deferred the load."""
@@ -95,6 +154,23 @@ class ExecutionResult:
     """The messages the turn added to the session (the new message and the reply)."""
     timings: dict[str, float]
     """Seconds spent per stage: ``load``, ``provider``, ``save``, ``total``."""
+    interrupted: bool = False
+    """The turn was cut off (a streamed turn left early or cancelled): ``response`` is the reply
+    as far as it was written, marked ``{"interrupted": true}`` in its metadata, and
+    ``new_messages`` the turn so far (stored or not, by ``StateMiddlewareConfig.on_interrupt``)."""
+
+    @classmethod
+    def of(cls, context: RequestContext) -> ExecutionResult:
+        """The result of the turn of ``context`` (which has a response)."""
+        assert context.response is not None
+        return cls(
+            session_id=context.session_id,
+            response=context.response,
+            messages=context.messages,
+            new_messages=context.new_messages,
+            timings=context.timings,
+            interrupted=context.interrupted,
+        )
 
 
 class _Link:
@@ -177,28 +253,75 @@ class Pipeline:
         """
         return await self.execute(session_id, make_message(role, content), **options)
 
-    async def execute(self, session_id: str, message: Message, **options: Any) -> ExecutionResult:
-        """Run one turn with a ready-made :class:`Message` (for example a tool result)."""
-        started = time.perf_counter()
+    async def execute(
+        self, session_id: str, message: Message | Sequence[Message], **options: Any
+    ) -> ExecutionResult:
+        """Run one turn with a ready-made :class:`Message` (for example a tool result), or with
+        several, stored in order in the turn's one append (the results of parallel tool calls
+        that ran in the client: ``execute(session_id, [result1, result2])``)."""
+        return await self._run(self._context(session_id, message, options))
+
+    def stream_with_session(
+        self, session_id: str, role: str, content: Any, **options: Any
+    ) -> StreamedTurn:
+        """A streamed turn of ``content`` from ``role`` (see :meth:`stream`)."""
+        return self.stream(session_id, make_message(role, content), **options)
+
+    def stream(
+        self, session_id: str, message: Message | Sequence[Message], **options: Any
+    ) -> StreamedTurn:
+        """A turn whose reply is streamed: ``async with pipe.stream(...) as turn:`` runs it,
+        ``async for chunk in turn:`` gives its :class:`~chatstate.StreamChunk` s as the model
+        writes them, and ``turn.result`` is its :class:`ExecutionResult` once the stream ended.
+
+        Input is checked here, before anything runs. The turn runs in a task of the pipeline's
+        ``async with`` block (or of the turn's own block, outside it) and holds the session's lock
+        or lease until the model has finished; the whole turn is stored in one append at the
+        end. Leaving the block before the stream ended interrupts the turn (see
+        :class:`~chatstate.streaming.StreamedTurn`).
+        """
+        context = self._context(session_id, message, options)
+        return StreamedTurn(context, self._run, ExecutionResult.of, self._background.group)
+
+    def _context(
+        self, session_id: str, message: Message | Sequence[Message], options: dict[str, Any]
+    ) -> RequestContext:
         session_id = check_session_id(session_id)
-        if not isinstance(message, Message):
-            raise InvalidMessageError(f"expected a chatstate.Message, got {type(message).__name__}")
-        context = RequestContext(
+        if type(message) is Message:
+            incoming: tuple[Message, ...] = (message,)
+        else:
+            incoming = _several(message)
+        return RequestContext(
             session_id=session_id,
-            message=message,
+            message=incoming[-1],
+            incoming=incoming,
             options=options,
-            new_messages=[message],
+            new_messages=list(incoming),
             task_group=self._background.group,
         )
+
+    async def _run(self, context: RequestContext) -> ExecutionResult:
+        started = time.perf_counter()
         await self._handler(context)
-        response = context.response
-        if response is None:
-            raise PipelineError(f"no middleware produced a reply for session {session_id!r}")
+        if context.response is None:
+            raise PipelineError(
+                f"no middleware produced a reply for session {context.session_id!r}"
+            )
         context.timings["total"] = time.perf_counter() - started
-        return ExecutionResult(
-            session_id=session_id,
-            response=response,
-            messages=context.messages,
-            new_messages=context.new_messages,
-            timings=context.timings,
+        return ExecutionResult.of(context)
+
+
+def _several(messages: object) -> tuple[Message, ...]:
+    if isinstance(messages, Message):
+        return (messages,)
+    if not isinstance(messages, list | tuple) or not messages:
+        raise InvalidMessageError(
+            f"expected a chatstate.Message or a non-empty list of them, got "
+            f"{type(messages).__name__}"
         )
+    for index, item in enumerate(messages):
+        if not isinstance(item, Message):
+            raise InvalidMessageError(
+                f"messages[{index}] is a {type(item).__name__}, not a chatstate.Message"
+            )
+    return tuple(messages)

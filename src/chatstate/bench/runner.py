@@ -13,7 +13,7 @@ from typing import Any
 import pydantic
 
 import chatstate
-from chatstate.bench import encryption, integrations, memory, scenarios, sqlite
+from chatstate.bench import encryption, integrations, memory, scenarios, sqlite, turns
 from chatstate.bench.measure import NoProgress, Progress
 from chatstate.bench.options import BenchError, BenchOptions
 from chatstate.bench.results import Report, Row
@@ -64,6 +64,7 @@ async def run_suite(
             raise BenchError(f"cannot create the SQLite files of the run: {exc}") from exc
         items = [
             *memory.plan(options),
+            *turns.plan(options),
             *sqlite.plan(files, options, redis=redis_store),
             *redis_items,
         ]

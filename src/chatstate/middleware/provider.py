@@ -1,34 +1,67 @@
-"""ProviderMiddleware: sends the conversation to the model and records its reply."""
+"""ProviderMiddleware: sends the conversation to the model and records its reply; runs the tools
+the reply calls; streams the reply of a streamed turn."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
+from datetime import timedelta
 from typing import Any
 
-from chatstate.errors import ChatStateError, ConfigurationError, ProviderError
+import anyio
+
+from chatstate.clock import SYSTEM_CLOCK, Clock
+from chatstate.errors import ChatStateError, ConfigurationError, ProviderError, ToolRoundsError
 from chatstate.messages import Message
 from chatstate.pipeline import CallNext, RequestContext
-from chatstate.providers.base import Provider, check_provider
-from chatstate.window import valid_window
+from chatstate.providers.base import Provider, StreamChunk, check_provider
+from chatstate.tools import Tool, run_calls
+from chatstate.window import select_window
 
 __all__ = ["ProviderMiddleware"]
+
+INTERRUPTED = {"interrupted": True}
+"""The metadata of a reply cut off where it stood."""
 
 
 class ProviderMiddleware:
     """The end of a chain: calls ``provider.complete`` with the system prompt (if any), the
-    pinned messages, the session's summary (if any), the history and the new message, and sets
-    the reply as the response of the turn.
+    pinned messages, the session's summary (if any), the history and the turn's messages, and
+    sets the reply as the response of the turn.
 
-    The history is cut to what a chat API accepts (never a tool result without its call, nor a
-    call without all of its results) and, with a token budget, to what fits beside everything
-    else; the system prompt, the pinned messages and the new message are always sent.
+    The history is sent without its orphans (a tool result without its call, a call without all
+    of its results: see :mod:`chatstate.window`) and, with a token budget, cut to what fits beside
+    everything else; the system prompt, the pinned messages and the new message are always sent.
     ``pinned`` messages (few-shot examples, standing instructions) follow the system prompt in
     every request, before those a middleware adds to ``context.pinned``. ``options`` are default
     provider options; per-request options override them.
+
+    ``tools`` (see :mod:`chatstate.tools`) are offered to the model (the ``tools`` option); when
+    a reply calls them, they run (the calls of one reply concurrently, each within its timeout,
+    ``tool_timeout`` by default, measured on ``clock``) and the model is asked again with their
+    results, up to ``max_tool_rounds`` rounds (then :class:`~chatstate.errors.ToolRoundsError`,
+    and nothing of the turn is stored). Every message of the turn joins ``new_messages`` in order,
+    each tool exchange whole. Without tools, a reply that calls tools is the turn's response (the
+    caller runs them and sends the results, ``pipe.execute(session_id, [result1, ...])``).
+
+    In a streamed turn (``Pipeline.stream``) the provider's ``stream`` is used, if it has one
+    (else its whole reply is one chunk), and read by the consumer itself
+    (``context.stream.relay``); each chunk goes to the consumer through
+    ``context.chunk_filters``, and each tool result follows as a chunk with ``message``. If the
+    turn is interrupted, the response is the reply as far as it was read (the text of the
+    current round, without its unanswered calls), marked ``{"interrupted": true}``.
     """
 
-    __slots__ = ("_fixed", "_options", "provider")
+    __slots__ = (
+        "_clock",
+        "_fixed",
+        "_max_rounds",
+        "_options",
+        "_stream",
+        "_timeout",
+        "_tools",
+        "provider",
+    )
 
     def __init__(
         self,
@@ -37,9 +70,14 @@ class ProviderMiddleware:
         system_prompt: str | Message | None = None,
         pinned: Sequence[Message] = (),
         options: Mapping[str, Any] | None = None,
+        tools: Sequence[Tool] = (),
+        max_tool_rounds: int = 8,
+        tool_timeout: timedelta | None = timedelta(seconds=30),
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         check_provider(provider)
         self.provider = provider
+        self._stream = getattr(provider, "stream", None)
         if isinstance(system_prompt, str):
             system_prompt = Message(role="system", content=system_prompt)
         elif system_prompt is not None and (
@@ -55,6 +93,20 @@ class ProviderMiddleware:
             *pinned,
         )
         self._options = dict(options or {})
+        self._tools = _check_tools(tools)
+        if self._tools:
+            self._options.setdefault("tools", [tool.schema() for tool in self._tools.values()])
+        if type(max_tool_rounds) is not int or max_tool_rounds < 0:
+            raise ConfigurationError(
+                f"max_tool_rounds must be an int >= 0, got {max_tool_rounds!r}"
+            )
+        self._max_rounds = max_tool_rounds
+        if tool_timeout is not None and (
+            not isinstance(tool_timeout, timedelta) or tool_timeout <= timedelta(0)
+        ):
+            raise ConfigurationError("tool_timeout must be a positive timedelta or None")
+        self._timeout = None if tool_timeout is None else tool_timeout.total_seconds()
+        self._clock = clock
 
     async def __call__(self, context: RequestContext, call_next: CallNext) -> None:
         history = await context.get_history()
@@ -63,33 +115,157 @@ class ProviderMiddleware:
             fixed = [*fixed, *context.pinned]
             if context.summary is not None:
                 fixed.append(context.summary)
-        new = (context.message,)
-        # A bound may have cut through a tool exchange: send only what a chat API accepts.
-        if context.budget is None:
-            history = valid_window(history, new)
-        else:
-            history = context.budget.window(history, fixed=fixed, new=new)
+        new = context.incoming or (context.message,)
+        # A bound may have cut through a tool exchange, or one was never finished: send only what
+        # a chat API accepts, and everything else.
+        context.window_start, history = select_window(
+            history, new, fixed=fixed, budget=context.budget
+        )
         context.window = history
-        messages = [*fixed, *history, context.message]
+        messages = [*fixed, *history, *new]
         context.messages = messages
         options = {**self._options, **context.options} if self._options else context.options
         started = time.perf_counter()
+        turn = _Turn(context, options)
+        scope = None
         try:
-            reply = await self.provider.complete(messages, **options)
+            if context.stream is None:
+                reply = await self._rounds(turn, messages)
+            else:
+                scope = context.model_scope = anyio.CancelScope()
+                with scope:
+                    reply = await self._rounds(turn, messages)
+        except anyio.get_cancelled_exc_class():
+            _interrupt(context, turn.written)
+            raise
+        context.timings["provider"] = time.perf_counter() - started
+        if scope is not None and scope.cancelled_caught:
+            _interrupt(context, turn.written)
+            return
+        context.response = reply
+        context.new_messages.append(reply)
+
+    async def _rounds(self, turn: _Turn, messages: list[Message]) -> Message:
+        """The model's final reply, after as many rounds of tools as it calls for."""
+        context, written = turn.context, turn.written
+        tools = self._tools
+        rounds = 0
+        while True:
+            written.clear()
+            reply = await self._ask(turn, messages)
+            if not tools or not reply.tool_calls:
+                return reply
+            written[:] = [reply.text]
+            if rounds == self._max_rounds:
+                raise ToolRoundsError(
+                    f"the model still called tools after {rounds} rounds (max_tool_rounds); "
+                    f"nothing of the turn of session {context.session_id!r} was stored",
+                    messages=context.new_messages,
+                )
+            rounds += 1
+            results = await run_calls(
+                reply.tool_calls, tools, timeout=self._timeout, clock=self._clock
+            )
+            context.new_messages += (reply, *results)  # the exchange, whole
+            messages = [*messages, reply, *results]
+            context.messages = messages
+            if context.stream is not None:
+                for result in results:
+                    _send(context, StreamChunk("", result))
+
+    async def _ask(self, turn: _Turn, messages: list[Message]) -> Message:
+        """One reply of the model: streamed to the consumer in a streamed turn."""
+        context, options, stream = turn.context, turn.options, self._stream
+        if context.stream is None or stream is None:
+            try:
+                reply = await self.provider.complete(messages, **options)
+            except ChatStateError:
+                raise
+            except Exception as exc:
+                raise self._failed(exc) from exc
+            _check_reply(self.provider, reply)
+            if context.stream is not None:
+                _send(context, StreamChunk(reply.text, reply))
+            return reply
+        replies: list[Message] = []
+
+        def take(chunk: StreamChunk) -> StreamChunk | None:
+            if chunk.text:
+                turn.written.append(chunk.text)
+            if chunk.message is not None:
+                replies.append(chunk.message)
+            return _filtered(context, chunk)
+
+        try:
+            await context.stream.relay(stream(messages, **options), take)
         except ChatStateError:
             raise
         except Exception as exc:
+            raise self._failed(exc) from exc
+        final = replies[-1] if replies else None
+        if final is None:
             raise ProviderError(
-                f"{type(self.provider).__name__} failed: {type(exc).__name__}: {exc}"
-            ) from exc
-        context.timings["provider"] = time.perf_counter() - started
-        if not isinstance(reply, Message) or reply.role != "assistant":
-            raise ProviderError(
-                f"{type(self.provider).__name__}.complete returned "
-                f"{_describe(reply)}, not an assistant Message"
+                f"{type(self.provider).__name__}.stream ended without a chunk with the message"
             )
-        context.response = reply
-        context.new_messages.append(reply)
+        _check_reply(self.provider, final)
+        return final
+
+    def _failed(self, exc: Exception) -> ProviderError:
+        return ProviderError(f"{type(self.provider).__name__} failed: {type(exc).__name__}: {exc}")
+
+
+class _Turn:
+    """What the rounds of one turn share."""
+
+    __slots__ = ("context", "options", "written")
+
+    def __init__(self, context: RequestContext, options: dict[str, Any]) -> None:
+        self.context = context
+        self.options = options
+        self.written: list[str] = []
+        """The text of the reply being written, for an interruption."""
+
+
+def _filtered(context: RequestContext, chunk: StreamChunk) -> StreamChunk | None:
+    filters = context.chunk_filters
+    if filters:
+        for chunk_filter in reversed(filters):
+            passed = chunk_filter(chunk)
+            if passed is None:
+                return None
+            chunk = passed
+    return chunk
+
+
+def _send(context: RequestContext, chunk: StreamChunk) -> None:
+    passed = _filtered(context, chunk)
+    if passed is not None:
+        assert context.stream is not None
+        context.stream.put(passed)
+
+
+def _interrupt(context: RequestContext, written: list[str]) -> None:
+    """End the turn where it stood: the reply as far as it was written, marked."""
+    partial = Message(role="assistant", content="".join(written), metadata=INTERRUPTED)
+    context.response = partial
+    context.new_messages.append(partial)
+    context.interrupted = True
+
+
+def _check_reply(provider: Provider, reply: object) -> None:
+    if not isinstance(reply, Message) or reply.role != "assistant":
+        raise ProviderError(
+            f"{type(provider).__name__} returned {_describe(reply)}, not an assistant Message"
+        )
+
+
+def _check_tools(tools: Sequence[Tool]) -> dict[str, Tool]:
+    if isinstance(tools, Tool) or not all(isinstance(item, Tool) for item in tools):
+        raise ConfigurationError("tools must be a sequence of chatstate.Tool (see @tool)")
+    named = {item.name: item for item in tools}
+    if len(named) != len(tools):
+        raise ConfigurationError("tool names must be unique")
+    return named
 
 
 def _describe(value: object) -> str:

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Literal
 
+import anyio
+
 from chatstate._checks import check_count, check_max_messages, check_ttl
 from chatstate._locks import KeyedLock
 from chatstate.clock import SYSTEM_CLOCK, Clock
@@ -32,6 +34,7 @@ __all__ = ["StateMiddleware", "StateMiddlewareConfig"]
 logger = logging.getLogger("chatstate.state")
 
 LoadErrorPolicy = Literal["continue", "raise"]
+InterruptPolicy = Literal["discard", "keep_partial"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -73,6 +76,16 @@ class StateMiddlewareConfig:
       history short; a session may hold up to twice ``max_messages`` while a fold is running
       late (still sending the newest ``max_messages``), and only past that does the store trim
       messages that were never summarised.
+    - ``on_interrupt``: what is stored of a turn cut off after the model was asked (a streamed
+      turn whose consumer left early or was cancelled, a turn whose task was cancelled while the
+      model wrote or its tools ran). ``"discard"`` (the default): nothing, as for any turn that
+      did not finish (a turn is stored whole or not at all). ``"keep_partial"``: the turn so far,
+      in one append: its messages, every tool exchange that was whole (never a call without its
+      results), and the reply as far as it was read (streamed: the text the consumer took;
+      empty if none), with ``metadata={"interrupted": true}``, so the next turn's model knows
+      what the user saw.
+      A turn whose lease ran out (which cancels it) stores nothing: the store's fence refuses
+      the write.
     """
 
     max_messages: int = 20
@@ -86,6 +99,7 @@ class StateMiddlewareConfig:
     reply_tokens: int | None = None
     token_counter: TokenCounter = ESTIMATE
     summary: SummaryConfig | None = None
+    on_interrupt: InterruptPolicy = "discard"
 
     def __post_init__(self) -> None:
         check_max_messages(self.max_messages)
@@ -112,6 +126,10 @@ class StateMiddlewareConfig:
                 f"ttl must be a timedelta or None, got {type(self.ttl).__name__}"
             )
         check_ttl(self.ttl)
+        if self.on_interrupt not in ("discard", "keep_partial"):
+            raise ConfigurationError(
+                f"on_interrupt must be 'discard' or 'keep_partial', got {self.on_interrupt!r}"
+            )
         if self.on_load_error not in ("continue", "raise"):
             raise ConfigurationError(
                 f"on_load_error must be 'continue' or 'raise', got {self.on_load_error!r}"
@@ -151,6 +169,7 @@ class StateMiddleware:
 
     __slots__ = (
         "_budget",
+        "_keep_partial",
         "_lazy",
         "_lease",
         "_limit",
@@ -182,6 +201,7 @@ class StateMiddleware:
         self._limit = check_max_messages(config.max_messages)
         self._ttl = config.ttl
         self._raise_on_load_error = config.on_load_error == "raise"
+        self._keep_partial = config.on_interrupt == "keep_partial"
         self._lazy = config.lazy
         self._budget = config.budget()
         self._summaries = (
@@ -275,10 +295,42 @@ class StateMiddleware:
         else:
             context.history = await self._load(context)
 
-        await call_next(context)
+        try:
+            await call_next(context)
+        except anyio.get_cancelled_exc_class():
+            # The turn's task was cancelled where it stood (its caller gone): store what it said,
+            # shielded (the store's own timeouts bound the wait). Under a lease that ran out (which
+            # cancels its turn too) the store's fence refuses the write: nothing is stored.
+            if context.interrupted and self._keep_partial:
+                with anyio.CancelScope(shield=True):
+                    try:
+                        await self._save(context, budget)
+                    except ChatStateError as exc:  # the cancellation goes on, not this
+                        logger.warning(
+                            "the interrupted turn of session %r was not stored: %s",
+                            context.session_id,
+                            exc,
+                        )
+            raise
         if context.response is None:
             return  # nothing answered: the pipeline reports it, and half a turn is not stored
+        if context.interrupted and not self._keep_partial:
+            return
+        length = await self._save(context, budget)
+        summaries, task_group = self._summaries, context.task_group
+        if summaries is not None and task_group is not None:  # checked by __call__
+            loaded, start = len(context.history), context.window_start
+            summaries.after_turn(
+                session_id,
+                length,
+                loaded=loaded,
+                window=None if start is None else loaded - start,
+                task_group=task_group,
+            )
 
+    async def _save(self, context: RequestContext, budget: TokenBudget | None) -> int:
+        """Append the turn's messages in one call; the session's length after it."""
+        session_id = context.session_id
         saving = time.perf_counter()
         new_messages = context.new_messages
         if budget is not None:
@@ -296,13 +348,4 @@ class StateMiddleware:
                 messages=new_messages,
             ) from exc
         context.timings["save"] = time.perf_counter() - saving
-        summaries, task_group = self._summaries, context.task_group
-        if summaries is not None and task_group is not None:  # checked by __call__
-            window = context.window
-            summaries.after_turn(
-                session_id,
-                length,
-                loaded=len(context.history),
-                window=None if window is None else len(window),
-                task_group=task_group,
-            )
+        return length

@@ -2,13 +2,20 @@
 
 from typing import TYPE_CHECKING, Any
 
-from chatstate.providers.base import Provider
+from chatstate.providers.base import Provider, StreamChunk, StreamingProvider
 from chatstate.providers.scripted import ScriptedProvider, recall_reply
 
 if TYPE_CHECKING:
     from chatstate.providers.openai import OpenAICompatibleProvider
 
-__all__ = ["OpenAICompatibleProvider", "Provider", "ScriptedProvider", "recall_reply"]
+__all__ = [
+    "OpenAICompatibleProvider",
+    "Provider",
+    "ScriptedProvider",
+    "StreamChunk",
+    "StreamingProvider",
+    "recall_reply",
+]
 
 
 def __getattr__(name: str) -> Any:

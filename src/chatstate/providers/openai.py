@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import random
 from collections.abc import AsyncIterator, Mapping, Sequence
-from dataclasses import dataclass
 from datetime import timedelta
 from types import TracebackType
 from typing import Any, Self
@@ -25,6 +24,7 @@ import anyio
 
 from chatstate.errors import ConfigurationError, ProviderError
 from chatstate.messages import ImagePart, Message, TextPart, ToolCall
+from chatstate.providers.base import StreamChunk
 
 try:
     import httpx
@@ -36,15 +36,6 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
 __all__ = ["OpenAICompatibleProvider", "StreamChunk"]
 
 _RETRIED_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})
-
-
-@dataclass(frozen=True, slots=True)
-class StreamChunk:
-    """A piece of a streamed reply: ``text`` as it arrives; the last chunk has ``message``,
-    the whole reply (with its tool calls, if any)."""
-
-    text: str
-    message: Message | None = None
 
 
 class OpenAICompatibleProvider:

@@ -5,19 +5,21 @@ from __future__ import annotations
 import inspect
 import re
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Iterator, Sequence
 from typing import Any, TypeAlias
 
 import anyio
 
 from chatstate.errors import ConfigurationError, ProviderError
 from chatstate.messages import Message
+from chatstate.providers.base import StreamChunk
 
 __all__ = ["ScriptedProvider", "recall_reply", "summary_reply"]
 
 Reply: TypeAlias = str | Message
 Responder: TypeAlias = Callable[[Sequence[Message]], Reply | Awaitable[Reply]]
 
+_PIECE = re.compile(r"\s*\S+\s*|\s+")
 _WORD = r"[A-Za-z][\w'-]*"
 _FACT = re.compile(
     rf"\bmy ((?:{_WORD} ){{0,2}}?{_WORD}) (?:is|are) (.+?)(?=\s+(?:and|but)\b|[.,!?;\n]|$)",
@@ -122,6 +124,7 @@ class ScriptedProvider:
 
     Replies may be text or a full assistant :class:`Message` (for tool calls). ``latency`` adds an
     ``anyio.sleep`` per call; ``calls`` keeps the messages of the last ``keep_calls`` calls.
+    :meth:`stream` writes the same replies a word at a time.
     """
 
     def __init__(
@@ -168,3 +171,13 @@ class ScriptedProvider:
         if isinstance(reply, Message):
             return reply
         return Message(role="assistant", content=reply)
+
+    async def stream(
+        self, messages: Sequence[Message], **options: Any
+    ) -> AsyncGenerator[StreamChunk, None]:
+        """The reply of :meth:`complete`, a word (with the spaces after it) a chunk, then a last
+        chunk with the whole message; it waits for nothing between chunks."""
+        reply = await self.complete(messages, **options)
+        for piece in _PIECE.findall(reply.text):
+            yield StreamChunk(piece)
+        yield StreamChunk("", reply)

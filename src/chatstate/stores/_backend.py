@@ -43,7 +43,7 @@ session's last pop) and none otherwise.
 
 Write ids and fences
     Every write (append, replace, delete, compact) carries ``write_id``: a token of 16
-    characters of ``[A-Za-z0-9_-]``. The backend remembers the tokens of the session's last 32
+    lowercase hex digits (64 bits). The backend remembers the tokens of the session's last 32
     writes in the session's own storage, expiring with it, and keeps them for 600 s after a
     delete (:mod:`chatstate.stores._writes` has the constants, and the helpers a backend in
     Python can use). A write whose token it remembers is not applied again: it returns what an

@@ -3,8 +3,8 @@
 Every write (an append, save, delete, restore, compaction) carries a *write id*. The caller may
 give one (``write_id=``: any text of 1 to 128 printable characters, such as a UUID or the id of
 the turn); otherwise the store makes one. Backends see it as a *token* of exactly
-:data:`TOKEN_LENGTH` characters of ``[A-Za-z0-9_-]`` (an id already in that form is its own
-token, any other is hashed to one), and remember the tokens of a session's last
+:data:`TOKEN_LENGTH` lowercase hex digits, 64 bits (an id already in that form is its own token,
+any other is hashed to one), and remember the tokens of a session's last
 :data:`WRITE_IDS_KEPT` writes in the session's own storage, expiring with it (and, after a delete,
 for :data:`DELETED_IDS_TTL` seconds). A write whose token is remembered is not applied again: the
 backend reports it as done. So a retry, the store's own or the caller's with the failed call's
@@ -17,7 +17,6 @@ backend refuses it, in the same atomic step, if the token no longer holds the le
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import itertools
 import re
@@ -41,7 +40,7 @@ __all__ = [
 ]
 
 TOKEN_LENGTH = 16
-"""Characters of a write id as backends see it."""
+"""Hex digits of a write id as backends see it (8 bytes: the Redis backend stores the bytes)."""
 
 WRITE_IDS_KEPT = 32
 """Write ids a backend remembers per session: a retry is recognised while fewer than this many
@@ -53,17 +52,18 @@ before it) is still recognised after the session is gone."""
 
 MAX_WRITE_ID_LENGTH = 128
 
-_TOKEN = re.compile(r"[A-Za-z0-9_-]{16}")
+_TOKEN = re.compile(r"[0-9a-f]{16}")
 
-# Made ids: a random prefix of this process (36 bits), then a counter from a random start (10 hex
-# digits: a trillion writes before it could wrap), so no two writes anywhere share one.
-_PREFIX = secrets.token_urlsafe(6)[:6]
+# Made ids: a random number of this process (24 bits), then a counter of its writes from a random
+# start (40 bits: a trillion writes before it wraps), so no two writes share an id in practice.
+_PROCESS = secrets.randbits(24) << 40
 _COUNTER = itertools.count(secrets.randbits(39))
+_COUNTED = (1 << 40) - 1
 
 
 def new_write_id() -> str:
     """A fresh write id (a token already): unique across processes, cheap to make."""
-    return f"{_PREFIX}{next(_COUNTER):010x}"
+    return f"{_PROCESS | next(_COUNTER) & _COUNTED:016x}"
 
 
 def check_write_id(write_id: object) -> str:
@@ -76,8 +76,7 @@ def check_write_id(write_id: object) -> str:
         raise InvalidInputError(
             f"write_id must be 1 to {MAX_WRITE_ID_LENGTH} printable characters, got {write_id!r}"
         )
-    digest = hashlib.blake2b(write_id.encode(), digest_size=12).digest()
-    return base64.urlsafe_b64encode(digest).decode()
+    return hashlib.blake2b(write_id.encode(), digest_size=8).hexdigest()
 
 
 # -- the remembered ids, as backends that run Python keep them (the Redis scripts do the same) --

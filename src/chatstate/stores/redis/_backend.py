@@ -5,10 +5,13 @@ Layout, for a session id escaped into a hash tag (``%`` → ``%25``, ``{`` → `
 
     {prefix}:{<id>}:messages   list    the entries, oldest first
     {prefix}:{<id>}:summary    string  the summary's entry, once a fold made one
-    {prefix}:{<id>}:meta       hash    tail (the number the next entry takes), gen, ver, w (the
-                                       last 32 write ids), s (1: a summary exists); after a
-                                       delete, w and x (whether it existed) for 10 minutes
+    {prefix}:{<id>}:meta       hash    tail (the number the next entry takes), gen, ver,
+                                       s (1: a summary exists), w1-w4 and wn (the last 32
+                                       write ids, 8 bytes each, a ring); after a delete only
+                                       the ids and x (whether it existed), for 10 minutes
     {prefix}:{<id>}:lease      string  the turn lease's holder
+    {prefix}:{<id>}:popped     string  what the session's last pop removed (for a retry of it),
+                                       for 10 minutes
     {prefix}:{<id>}:version    string  read and removed: the version of a 0.1.0 versioned store
 
 The head's number is ``tail - LLEN``: trims remove entries from the head and never renumber.
@@ -148,7 +151,7 @@ class RedisBackend:
             max_entries or 0,
             _ms(ttl),
             _seed(),
-            write_id,
+            bytes.fromhex(write_id),
             fence or "",
             *entries,
             repeatable=True,
@@ -176,7 +179,7 @@ class RedisBackend:
             int(overwrite),
             _ms(ttl),
             _seed(),
-            write_id,
+            bytes.fromhex(write_id),
             fence or "",
             summary or b"",
             *entries,
@@ -190,7 +193,9 @@ class RedisBackend:
 
     async def delete(self, session_id: str, *, write_id: str, fence: str | None) -> bool:
         keys = self._session_keys(session_id)
-        existed = await lua.DELETE.run(self._execute, keys, write_id, fence or "", repeatable=True)
+        existed = await lua.DELETE.run(
+            self._execute, keys, bytes.fromhex(write_id), fence or "", repeatable=True
+        )
         if existed is None:
             raise _fenced(session_id)
         return bool(existed)
@@ -198,9 +203,15 @@ class RedisBackend:
     async def pop(
         self, session_id: str, count: int, *, write_id: str, fence: str | None
     ) -> Popped[bytes]:
-        keys = self._session_keys(session_id)
+        keys = (*self._session_keys(session_id), self.key(session_id, "popped"))
         reply = await lua.POP.run(
-            self._execute, keys, count, _seed(), write_id, fence or "", repeatable=True
+            self._execute,
+            keys,
+            count,
+            _seed(),
+            bytes.fromhex(write_id),
+            fence or "",
+            repeatable=True,
         )
         if reply is None:
             raise _fenced(session_id)
@@ -214,7 +225,13 @@ class RedisBackend:
     ) -> bool:
         keys = self._session_keys(session_id)[:4]
         done = await lua.COMPACT.run(
-            self._execute, keys, generation, before_seq, summary, write_id, repeatable=True
+            self._execute,
+            keys,
+            generation,
+            before_seq,
+            summary,
+            bytes.fromhex(write_id),
+            repeatable=True,
         )
         return bool(done)
 
@@ -312,10 +329,10 @@ def _fenced(session_id: str) -> Fenced:
 
 
 def _unpack_popped(kept: bytes) -> list[bytes]:
-    """The entries pop.lua kept of a pop: after the write id and a newline, each entry as its
+    """The entries pop.lua kept of a pop: after the write id (8 bytes), each entry as its
     length, ``:`` and its bytes."""
     entries: list[bytes] = []
-    at = kept.find(b"\n") + 1 if kept else 0
+    at = 8 if kept else 0
     while 0 < at < len(kept):
         colon = kept.index(b":", at)
         end = colon + 1 + int(kept[at:colon])

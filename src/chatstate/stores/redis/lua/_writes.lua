@@ -1,19 +1,32 @@
 -- Shared by every script that writes (put before it when it is loaded): write ids and fences,
--- as chatstate.stores._writes describes them. A session's meta hash holds in 'w' the ids of its
--- last 32 writes, 16 characters each, each followed by a newline (oldest first).
-local IDS_BYTES = 32 * 17
-local DELETED_IDS_MS = 600000
+-- as chatstate.stores._writes describes them. A write id is 8 bytes. A session's meta hash keeps
+-- the ids of its last 32 writes in a ring of four fields, 'w1' to 'w4', of eight ids each (64
+-- bytes: small enough for Redis's compact encoding of a hash), and in 'wn' how many it was given.
 
--- Whether the id is among the session's remembered ones.
+-- Whether the id is among the remembered ones: 'ids' holds the four fields (false if unset).
 local function seen(ids, id)
-  return ids and string.find(ids, id .. '\n', 1, true) ~= nil
+  for i = 1, 4 do
+    local field = ids[i]
+    if field then
+      local at = string.find(field, id, 1, true)
+      while at do
+        if at % 8 == 1 then return true end  -- a whole id, not the end of one and start of another
+        at = string.find(field, id, at + 1, true)
+      end
+    end
+  end
+  return false
 end
 
--- The ids with one more, the oldest dropped beyond 32.
-local function remember(ids, id)
-  ids = (ids or '') .. id .. '\n'
-  if #ids > IDS_BYTES then ids = string.sub(ids, 18) end
-  return ids
+-- What to HSET to remember the id: the field that takes it, its new value, and the new count.
+local function remember(ids, count, id)
+  count = tonumber(count) or 0
+  local slot = count % 32
+  local i = math.floor(slot / 8) + 1
+  local at = slot % 8 * 8
+  local field = ids[i] or ''
+  if #field < at then field = field .. string.rep('\0', at - #field) end
+  return 'w' .. i, string.sub(field, 1, at) .. id .. string.sub(field, at + 9), count + 1
 end
 
 -- Whether a write carrying the fence (the lease token of its caller; '' for none) is refused.

@@ -7,9 +7,9 @@
 -- Returns {length, version, trimmed (0/1), applied (0/1)}; false if the fence is refused.
 -- The reads come first and RPUSH is the first write: a key of another type fails the script
 -- (WRONGTYPE) before anything is changed.
-local meta = redis.call('HMGET', KEYS[3], 'tail', 'ver', 'w', 's')
-if seen(meta[3], ARGV[4]) then  -- a retry of a write already applied
-  return {redis.call('LLEN', KEYS[1]), tonumber(meta[2]) or 0, 0, 0}
+local meta = redis.call('HMGET', KEYS[3], 'w1', 'w2', 'w3', 'w4', 'wn', 'tail', 'ver', 's')
+if seen(meta, ARGV[4]) then  -- a retry of a write already applied
+  return {redis.call('LLEN', KEYS[1]), tonumber(meta[7]) or 0, 0, 0}
 end
 if fenced(KEYS[5], ARGV[5]) then return false end
 local count = #ARGV - 5
@@ -19,11 +19,12 @@ for i = 6, #ARGV, 1000 do
   n = redis.call('RPUSH', KEYS[1], unpack(ARGV, i, math.min(i + 999, #ARGV)))
 end
 local before = n - count
+local field, ids, written = remember(meta, meta[5], ARGV[4])
 local ver, summary
-if before > 0 and meta[1] then  -- the common case: the generation stays
-  ver, summary = tonumber(meta[2]) + 1, meta[4]
-  redis.call('HSET', KEYS[3], 'tail', tonumber(meta[1]) + count, 'ver', ver,
-             'w', remember(meta[3], ARGV[4]))
+if before > 0 and meta[6] then  -- the common case: the generation stays
+  ver, summary = tonumber(meta[7]) + 1, meta[8]
+  redis.call('HSET', KEYS[3], 'tail', tonumber(meta[6]) + count, 'ver', ver, field, ids,
+             'wn', written)
 else
   local tail, gen
   if before == 0 then  -- a new session (any meta left is a deleted one's: its ids stay)
@@ -35,8 +36,8 @@ else
     summary = redis.call('EXISTS', KEYS[2]) == 1 and '1'
     if summary then redis.call('HSET', KEYS[3], 's', 1) end
   end
-  redis.call('HSET', KEYS[3], 'tail', tail + count, 'gen', gen, 'ver', ver,
-             'w', remember(meta[3], ARGV[4]))
+  redis.call('HSET', KEYS[3], 'tail', tail + count, 'gen', gen, 'ver', ver, field, ids,
+             'wn', written)
   redis.call('DEL', KEYS[4])
 end
 local keep = tonumber(ARGV[1])

@@ -5,13 +5,13 @@
 -- Returns 1 if it committed (now or, for a retry, at its first run), 0 if the session was
 -- saved, folded, deleted or restored meanwhile. Appends meanwhile are fine: their entries have
 -- larger numbers and stay.
-local meta = redis.call('HMGET', KEYS[3], 'tail', 'gen', 'ver', 'w')
-if seen(meta[4], ARGV[4]) then return 1 end
+local meta = redis.call('HMGET', KEYS[3], 'w1', 'w2', 'w3', 'w4', 'wn', 'tail', 'gen', 'ver')
+if seen(meta, ARGV[4]) then return 1 end
 local length = redis.call('LLEN', KEYS[1])
 if length == 0 then return 0 end
 local tail, gen, ver
-if meta[1] then
-  tail, gen, ver = tonumber(meta[1]), tonumber(meta[2]), tonumber(meta[3])
+if meta[6] then
+  tail, gen, ver = tonumber(meta[6]), tonumber(meta[7]), tonumber(meta[8])
 else  -- a list written by 0.1.0, numbered as a read of it reported
   tail, gen, ver = length, 0, tonumber(redis.call('GET', KEYS[4]) or 1)
 end
@@ -19,8 +19,9 @@ if gen ~= tonumber(ARGV[1]) then return 0 end
 local folded = tonumber(ARGV[2]) - (tail - length)
 if folded > 0 then redis.call('LTRIM', KEYS[1], folded, -1) end
 redis.call('SET', KEYS[2], ARGV[3])
-redis.call('HSET', KEYS[3], 'tail', tail, 'gen', gen + 1, 'ver', ver + 1, 's', 1,
-           'w', remember(meta[4], ARGV[4]))
+local field, ids, written = remember(meta, meta[5], ARGV[4])
+redis.call('HSET', KEYS[3], 'tail', tail, 'gen', gen + 1, 'ver', ver + 1, 's', 1, field, ids,
+           'wn', written)
 redis.call('DEL', KEYS[4])
 -- The summary and the numbers live and die with the list.
 local ttl = redis.call('PTTL', KEYS[1])

@@ -6,14 +6,16 @@
 -- ARGV: 1 the write id; 2 the fence ('': none).
 -- Returns 1 if the session existed, else 0 (a retry: what its first run found); false if the
 -- fence is refused.
-local meta = redis.call('HMGET', KEYS[3], 'w', 'x')
-if seen(meta[1], ARGV[1]) then
+local meta = redis.call('HMGET', KEYS[3], 'w1', 'w2', 'w3', 'w4', 'wn', 'x')
+if seen(meta, ARGV[1]) then
   if redis.call('EXISTS', KEYS[1]) == 1 then return 1 end
-  return tonumber(meta[2]) or 1
+  return tonumber(meta[6]) or 1
 end
 if fenced(KEYS[5], ARGV[2]) then return false end
 local existed = redis.call('EXISTS', KEYS[1])
-redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4])
-redis.call('HSET', KEYS[3], 'w', remember(meta[1], ARGV[1]), 'x', existed)
-redis.call('PEXPIRE', KEYS[3], DELETED_IDS_MS)
+local field, ids, written = remember(meta, meta[5], ARGV[1])
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[4])
+redis.call('HDEL', KEYS[3], 'tail', 'gen', 'ver', 's')
+redis.call('HSET', KEYS[3], field, ids, 'wn', written, 'x', existed)
+redis.call('PEXPIRE', KEYS[3], 600000)  -- the ids outlive the session by 10 minutes
 return existed

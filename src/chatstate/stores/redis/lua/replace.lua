@@ -10,17 +10,17 @@ local kind = redis.call('TYPE', KEYS[1])['ok']
 if kind ~= 'list' and kind ~= 'none' then
   return redis.error_reply('WRONGTYPE the key holds a ' .. kind)
 end
-local meta = redis.call('HMGET', KEYS[3], 'gen', 'ver', 'w')
-if seen(meta[3], ARGV[4]) then  -- a retry of a write already applied
-  return {redis.call('LLEN', KEYS[1]), tonumber(meta[2]) or 0, 0}
+local meta = redis.call('HMGET', KEYS[3], 'w1', 'w2', 'w3', 'w4', 'wn', 'gen', 'ver')
+if seen(meta, ARGV[4]) then  -- a retry of a write already applied
+  return {redis.call('LLEN', KEYS[1]), tonumber(meta[7]) or 0, 0}
 end
 if kind ~= 'none' and ARGV[1] == '0' then return {0} end
 if fenced(KEYS[5], ARGV[5]) then return false end
 local gen, ver
 if kind == 'none' then
   gen, ver = tonumber(ARGV[3]), tonumber(ARGV[3])
-elseif meta[1] then
-  gen, ver = tonumber(meta[1]) + 1, tonumber(meta[2]) + 1
+elseif meta[6] then
+  gen, ver = tonumber(meta[6]) + 1, tonumber(meta[7]) + 1
 else  -- a list written by 0.1.0 (generation 0, as a read of it reported)
   gen, ver = 1, tonumber(redis.call('GET', KEYS[4]) or 1) + 1
 end
@@ -35,7 +35,8 @@ if ARGV[6] ~= '' then
   redis.call('HSET', KEYS[3], 's', 1)
 end
 -- A new numbering from 0, in a new generation: a fold of the old history cannot commit.
-redis.call('HSET', KEYS[3], 'tail', n, 'gen', gen, 'ver', ver, 'w', remember(meta[3], ARGV[4]))
+local field, ids, written = remember(meta, meta[5], ARGV[4])
+redis.call('HSET', KEYS[3], 'tail', n, 'gen', gen, 'ver', ver, field, ids, 'wn', written)
 local ttl = tonumber(ARGV[2])
 for i = 1, 3 do
   if ttl > 0 then redis.call('PEXPIRE', KEYS[i], ttl) else redis.call('PERSIST', KEYS[i]) end

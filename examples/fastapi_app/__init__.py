@@ -1,0 +1,1 @@
+"""A chat app on FastAPI with chatstate: streamed turns, a tool, history per session."""
