@@ -3,7 +3,8 @@ from __future__ import annotations
 import ipaddress
 import socket
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,6 +13,8 @@ from hypothesis import settings
 # Before anything imports chatstate.testing, so that its assertions explain their failures.
 pytest.register_assert_rewrite("chatstate.testing")
 
+from chatstate import InMemoryStateStore, RedisStateStore  # noqa: E402
+from chatstate.stores import BackendStore, SQLiteStateStore  # noqa: E402
 from chatstate.testing import FakeClock  # noqa: E402
 from chatstate.testing.postgres_server import (  # noqa: E402
     PostgresServer,
@@ -155,6 +158,30 @@ def postgres_dsn(postgres_admin: str) -> Iterator[str]:
 def pg_schema() -> str:
     """A PostgreSQL schema name no other test uses."""
     return f"test_{uuid.uuid4().hex[:12]}"
+
+
+INTEGRATION_KINDS = kinds("memory", "sqlite", "redis")
+"""The kinds of store the framework integrations are tested on."""
+
+
+def new_chat_store(request: pytest.FixtureRequest, tmp_path: Path) -> BackendStore[Any]:
+    """A store of the kind ``request.param`` names (one of :data:`INTEGRATION_KINDS`): in
+    memory, a SQLite file, the session's real redis-server (under a prefix of the test's own)."""
+    if request.param == "memory":
+        return InMemoryStateStore()
+    if request.param == "sqlite":
+        return SQLiteStateStore(tmp_path / "chat.db")
+    server: RedisServer = request.getfixturevalue("redis_server")
+    return RedisStateStore.from_url(server.url, prefix=request.getfixturevalue("key_prefix"))
+
+
+@pytest.fixture(params=INTEGRATION_KINDS)
+async def chat_store(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[BackendStore[Any]]:
+    """A store of each kind the framework integrations are tested on."""
+    async with new_chat_store(request, tmp_path) as store:
+        yield store
 
 
 @pytest.fixture

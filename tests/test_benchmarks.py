@@ -114,7 +114,20 @@ def test_a_quick_run_against_redis_measures_both_sides(
         "naive dict floor",
         "plain load",
         "unencrypted",
+        "RedisSession (openai-agents)",
+        "RedisChatStore (llama-index)",
     }
+    # The framework integrations beside the frameworks' own Redis implementations.
+    for key in ("agents_turn", "llama_index_turn"):
+        beside = [row for row in redis_rows if row["key"] == key]
+        assert {(row["variant"], row["metric"]) for row in beside} == {
+            (variant, metric)
+            for variant in ("", "max_items=history")
+            for metric in ("throughput", "load p50")
+        }
+        assert all(row["ours"] > 0 and row["floor"] > 0 for row in beside)
+        trips = beside[0]["round_trips_per_op"]
+        assert trips["ours"] <= trips["floor"]
     assert {row["floor_name"] for row in rows if row["group"] != "redis"} == {""}
     turn = [row for row in redis_rows if row["key"] == "turn"]
     assert {row["sessions"] for row in turn} == {1, 100, 1000}

@@ -13,7 +13,7 @@ from typing import Any
 import pydantic
 
 import chatstate
-from chatstate.bench import encryption, memory, scenarios, sqlite, turns
+from chatstate.bench import encryption, integrations, memory, scenarios, sqlite, turns
 from chatstate.bench.measure import NoProgress, Progress
 from chatstate.bench.options import BenchError, BenchOptions
 from chatstate.bench.results import Report, Row
@@ -60,7 +60,9 @@ async def run_suite(
             # Connect first: an unreachable server fails the run before minutes of measuring.
             bench = await stack.enter_async_context(redis.RedisBench.open(redis_url, options))
             report.environment.update(bench.environment())
-            redis_items = redis.plan(bench, options)
+            # The framework integrations beside the frameworks' own Redis implementations.
+            redis_items = [*redis.plan(bench, options), *integrations.plan(bench, options)]
+            report.notes.extend(integrations.missing_notes())
             redis_store = bench.ours
             failures += redis.FAILURES
         postgres_items = []

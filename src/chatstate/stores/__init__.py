@@ -9,12 +9,15 @@ from chatstate.stores._backend import (
     ErrorKind,
     Fenced,
     Page,
+    Popped,
     RawSession,
     Written,
 )
 from chatstate.stores._core import BackendStore
 from chatstate.stores._encryption import Encryption
 from chatstate.stores._events import Hook, Operation, StoreEvent
+from chatstate.stores._item_codec import ItemFormat, JsonItems, PydanticItems
+from chatstate.stores._item_store import ItemStore
 from chatstate.stores._near_cache import NearCache
 from chatstate.stores.base import (
     TTL,
@@ -43,10 +46,15 @@ __all__ = [
     "Fold",
     "Hook",
     "InMemoryStateStore",
+    "ItemFormat",
+    "ItemStore",
+    "JsonItems",
     "MemoryBackend",
     "NearCache",
     "Operation",
     "Page",
+    "Popped",
+    "PydanticItems",
     "RawSession",
     "RedisStateStore",
     "SQLiteBackend",

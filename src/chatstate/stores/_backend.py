@@ -35,6 +35,16 @@ as a plain call, its :class:`Written` as a tuple ``(length, version, trimmed, ap
 the core's appends call instead (a coroutine, a Written and the keywords are a tenth of an
 in-memory append).
 
+A backend may also offer ``async pop(session_id, count, *, write_id, fence) -> Popped``: remove
+the newest ``count`` entries and return them, in one atomic step (the built-in backends do;
+:class:`~chatstate.stores.ItemStore` needs it for ``pop``). A pop is a write like the others:
+it carries a write id and a fence, changes the version and the generation (numbers it freed are
+taken again by the next append, so anything that named them must know), and a pop that empties
+the session deletes it (its write ids stay, as after a delete). A pop whose write id is
+remembered is not applied again: it returns ``Popped(entries, ..., applied=False)`` with the
+entries its first run removed where the backend still has them (Redis keeps those of the
+session's last pop) and none otherwise.
+
 Write ids and fences
     Every write (append, replace, delete, compact) carries ``write_id``: a token of 16
     lowercase hex digits (64 bits). The backend remembers the tokens of the session's last 32
@@ -66,6 +76,7 @@ __all__ = [
     "ErrorKind",
     "Fenced",
     "Page",
+    "Popped",
     "RawSession",
     "Written",
 ]
@@ -104,6 +115,19 @@ class Written:
     length: int
     version: int
     trimmed: bool = False
+    applied: bool = True
+
+
+@dataclass(slots=True)
+class Popped(Generic[E]):
+    """What a pop returns: the entries it removed, oldest first, and the session's length and
+    version after it (0 and 0: the pop emptied it, or there was none); ``applied`` False for a
+    write id seen before (``entries`` then hold what its first run removed, if the backend still
+    knows, else nothing)."""
+
+    entries: list[E]
+    length: int
+    version: int
     applied: bool = True
 
 

@@ -22,6 +22,7 @@ Operation: TypeAlias = Literal[
     "append",
     "save",
     "delete",
+    "pop",
     "compact",
     "snapshot",
     "restore",
@@ -31,7 +32,7 @@ Operation: TypeAlias = Literal[
 ]
 """What a store was asked to do. ``load`` covers every read of history (with its summary or
 version too); ``lease`` the taking of a lease (``seconds``: the wait); ``index`` the conversation
-index."""
+index; ``pop`` an item store's pop (:class:`~chatstate.stores.ItemStore`)."""
 
 
 @dataclass(slots=True)

@@ -14,7 +14,15 @@ import anyio
 from chatstate._checks import check_ttl
 from chatstate.errors import ConfigurationError
 from chatstate.messages import Message
-from chatstate.stores._backend import BackendCensus, ErrorKind, Fenced, Page, RawSession, Written
+from chatstate.stores._backend import (
+    BackendCensus,
+    ErrorKind,
+    Fenced,
+    Page,
+    Popped,
+    RawSession,
+    Written,
+)
 from chatstate.stores._writes import DELETED_IDS_TTL, remember, seen
 
 __all__ = ["MemoryBackend"]
@@ -221,6 +229,27 @@ class MemoryBackend:
         )
         self._deleted.move_to_end(session_id)
         return session is not None
+
+    async def pop(
+        self, session_id: str, count: int, *, write_id: str, fence: str | None
+    ) -> Popped[Any]:
+        session = self._live(session_id)
+        ids = session.writes if session is not None else self._deleted_ids(session_id)
+        if ids and seen(ids, write_id):
+            done = self._as_written(session)
+            return Popped([], done.length, done.version, applied=False)
+        if session is None:
+            return Popped([], 0, 0)
+        stored = session.entries
+        if count >= len(stored):  # emptied: deleted, its write ids kept as a delete keeps them
+            await self.delete(session_id, write_id=write_id, fence=fence)
+            return Popped(stored, 0, 0)
+        session = self._to_write(session_id, session, ids, write_id, fence)
+        popped = stored[-count:]
+        del stored[-count:]
+        session.version += 1
+        session.generation += 1  # the numbers it freed are taken again
+        return Popped(popped, len(stored), session.version)
 
     async def compact(
         self, session_id: str, *, generation: int, before_seq: int, summary: Any, write_id: str

@@ -10,6 +10,8 @@ Layout, for a session id escaped into a hash tag (``%`` → ``%25``, ``{`` → `
                                        write ids, 8 bytes each, a ring); after a delete only
                                        the ids and x (whether it existed), for 10 minutes
     {prefix}:{<id>}:lease      string  the turn lease's holder
+    {prefix}:{<id>}:popped     string  what the session's last pop removed (for a retry of it),
+                                       for 10 minutes
     {prefix}:{<id>}:version    string  read and removed: the version of a 0.1.0 versioned store
 
 The head's number is ``tail - LLEN``: trims remove entries from the head and never renumber.
@@ -30,7 +32,15 @@ from typing import Literal
 from redis.exceptions import NoScriptError
 
 from chatstate._checks import check_session_id
-from chatstate.stores._backend import BackendCensus, ErrorKind, Fenced, Page, RawSession, Written
+from chatstate.stores._backend import (
+    BackendCensus,
+    ErrorKind,
+    Fenced,
+    Page,
+    Popped,
+    RawSession,
+    Written,
+)
 from chatstate.stores.redis import _scripts as lua
 from chatstate.stores.redis._autopipeline import AutoPipeline
 from chatstate.stores.redis._census import Census
@@ -210,6 +220,26 @@ class RedisBackend:
             raise _fenced(session_id)
         return bool(existed)
 
+    async def pop(
+        self, session_id: str, count: int, *, write_id: str, fence: str | None
+    ) -> Popped[bytes]:
+        keys = (*self._session_keys(session_id), self.key(session_id, "popped"))
+        reply = await lua.POP.run(
+            self._execute,
+            keys,
+            count,
+            _seed(),
+            bytes.fromhex(write_id),
+            fence or "",
+            repeatable=True,
+        )
+        if reply is None:
+            raise _fenced(session_id)
+        entries, length, version, applied = reply
+        if not applied:  # a retry: what its first run removed, kept by the script
+            entries = _unpack_popped(entries)
+        return Popped(entries, length, version, bool(applied))
+
     async def compact(
         self, session_id: str, *, generation: int, before_seq: int, summary: bytes, write_id: str
     ) -> bool:
@@ -316,6 +346,19 @@ class RedisBackend:
 
 def _fenced(session_id: str) -> Fenced:
     return Fenced(f"the lease of session {session_id!r} is not held by this write's token")
+
+
+def _unpack_popped(kept: bytes) -> list[bytes]:
+    """The entries pop.lua kept of a pop: after the write id (8 bytes), each entry as its
+    length, ``:`` and its bytes."""
+    entries: list[bytes] = []
+    at = 8 if kept else 0
+    while 0 < at < len(kept):
+        colon = kept.index(b":", at)
+        end = colon + 1 + int(kept[at:colon])
+        entries.append(kept[colon + 1 : end])
+        at = end
+    return entries
 
 
 def _unescape(escaped: str) -> str:

@@ -12,12 +12,13 @@ from typing import Literal
 from chatstate._checks import check_ttl
 from chatstate._compression import Compression
 from chatstate.errors import ConfigurationError
-from chatstate.stores._backend import BackendCensus, ErrorKind, Page, RawSession, Written
+from chatstate.stores._backend import BackendCensus, ErrorKind, Page, Popped, RawSession, Written
 from chatstate.stores._codec import DEFAULT_COMPRESS_OVER, DEFAULT_MAX_MESSAGE_BYTES, EntryCodec
 from chatstate.stores._core import BackendStore
 from chatstate.stores._encryption import Encryption
 from chatstate.stores._events import Hook
 from chatstate.stores._near_cache import NearCache
+from chatstate.stores.sqlite._pop import pop
 from chatstate.stores.sqlite._schema import SYNCHRONOUS, connect
 from chatstate.stores.sqlite._thread import StoreThread
 from chatstate.stores.sqlite._transactions import SWEEP_CHUNK, Transactions
@@ -114,6 +115,13 @@ class SQLiteBackend:
 
     async def delete(self, session_id: str, *, write_id: str, fence: str | None) -> bool:
         return await self._thread.run(self._tx.delete, session_id, write_id, fence)
+
+    async def pop(
+        self, session_id: str, count: int, *, write_id: str, fence: str | None
+    ) -> Popped[bytes]:
+        return await self._thread.run(
+            functools.partial(pop, self._tx), session_id, count, write_id, fence
+        )
 
     async def compact(
         self, session_id: str, *, generation: int, before_seq: int, summary: bytes, write_id: str
