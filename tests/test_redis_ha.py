@@ -18,7 +18,6 @@ import time
 from collections.abc import Iterator
 
 import pytest
-import redis
 from redis.asyncio import Redis, RedisCluster
 from redis.asyncio.sentinel import SentinelConnectionPool
 
@@ -200,11 +199,6 @@ async def test_a_write_no_replica_acknowledged_is_an_unknown_outcome_and_its_ret
 
 @pytest.mark.redis
 @pytest.mark.slow
-@pytest.mark.skipif(
-    tuple(int(part) for part in redis.__version__.split(".")[:2]) < (8, 1),
-    reason="redis-py 8.0's cluster client ran out of connections after the failover "
-    "(MaxConnectionsError on every call, for good): the store recovers on 8.1",
-)
 @pytest.mark.parametrize("durability", ["primary", "replicas"])
 async def test_a_cluster_failover_loses_acknowledged_turns_unless_they_reached_a_replica(
     durability: str,

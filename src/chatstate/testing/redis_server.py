@@ -335,13 +335,22 @@ class LocalRedisCluster(_Managed):
                     return self._node(int(fields[1].split("@")[0].rsplit(":", 1)[1]))
         raise RuntimeError(f"no master serves slot {slot}")
 
-    def replica_of(self, master: RedisServer) -> RedisServer:
+    def replica_of(self, master: RedisServer, timeout: float = 10.0) -> RedisServer:
+        """A live replica of ``master``, waiting up to ``timeout`` for the master to see one (a
+        replica that just joined reaches its view by gossip, a moment later)."""
         master_id = self.node_id(master)
-        for line in cli(master.port, "cluster", "nodes").decode().splitlines():
-            fields = line.split()
-            if fields[3] == master_id and "fail" not in fields[2]:
-                return self._node(int(fields[1].split("@")[0].rsplit(":", 1)[1]))
-        raise RuntimeError(f"master {master.port} has no replica")
+        found: list[int] = []
+
+        def seen() -> bool:
+            for line in cli(master.port, "cluster", "nodes").decode().splitlines():
+                fields = line.split()
+                if fields[3] == master_id and "fail" not in fields[2]:
+                    found.append(int(fields[1].split("@")[0].rsplit(":", 1)[1]))
+                    return True
+            return False
+
+        _wait_for(seen, timeout, f"master {master.port} has no replica")
+        return self._node(found[0])
 
     def wait_for_master(self, node: RedisServer, timeout: float = 30.0) -> None:
         """Until ``node`` is a master and the cluster is ok again (after a failover)."""
