@@ -13,7 +13,6 @@ import anyio
 
 from chatstate._checks import check_ttl
 from chatstate.errors import ConfigurationError
-from chatstate.messages import Message
 from chatstate.stores._backend import (
     BackendCensus,
     ErrorKind,
@@ -23,6 +22,8 @@ from chatstate.stores._backend import (
     RawSession,
     Written,
 )
+from chatstate.stores._memory_census import count
+from chatstate.stores._memory_index import ConversationIndex
 from chatstate.stores._writes import DELETED_IDS_TTL, remember, seen
 
 __all__ = ["MemoryBackend"]
@@ -54,7 +55,7 @@ class _Session:
         self.writes = writes  # the last write ids (see chatstate.stores._writes)
 
 
-class MemoryBackend:
+class MemoryBackend(ConversationIndex):
     """Sessions in a dict of this process, least recently used first; entries kept as given (the
     messages themselves, or whatever the store's codec made). See :class:`InMemoryStateStore`."""
 
@@ -308,32 +309,6 @@ class MemoryBackend:
         del self._leases[session_id]
         return True
 
-    async def index_conversation(
-        self, user_session: str, conversation_id: str, *, now: float, ttl: float | None
-    ) -> None:
-        entries = self._conversations.setdefault(user_session, {})
-        entries[conversation_id] = (now, None if ttl is None else now + ttl)
-
-    async def list_conversations(
-        self, user_session: str, *, now: float, offset: int, limit: int
-    ) -> list[tuple[str, float]]:
-        entries = self._conversations.get(user_session)
-        if not entries:
-            return []
-        for conversation_id, (_, deadline) in list(entries.items()):
-            if deadline is not None and deadline <= now:
-                del entries[conversation_id]  # no entry outlives its conversation
-        if not entries:
-            del self._conversations[user_session]
-            return []
-        ordered = sorted(entries.items(), key=lambda item: item[1][0], reverse=True)
-        return [(conversation_id, at) for conversation_id, (at, _) in ordered][
-            offset : offset + limit
-        ]
-
-    async def drop_conversations(self, user_session: str) -> list[str]:
-        return list(self._conversations.pop(user_session, {}))
-
     async def session_ids(self) -> AsyncIterator[str]:
         now = self._clock()
         for session_id, session in list(self._sessions.items()):
@@ -345,21 +320,12 @@ class MemoryBackend:
         a message plus its text, measured for short text messages, over one session in
         sixteen). Walks the sessions in chunks, yielding between them."""
         await self.sweep()
-        messages = sampled_messages = sampled_bytes = 0
-        sessions = list(self._sessions.values())
-        chunk = _SWEEP_CHUNK * 10
-        for start in range(0, len(sessions), chunk):
-            for index, session in enumerate(sessions[start : start + chunk], start):
-                messages += len(session.entries)
-                if not index & 15:
-                    sampled_messages += len(session.entries)
-                    sampled_bytes += _size(session.entries)
-            await anyio.sleep(0)
-        per_message = sampled_bytes / sampled_messages if sampled_messages else 0.0
+        sessions = [session.entries for session in self._sessions.values()]
+        messages, storage_bytes = await count(sessions)
         return BackendCensus(
             sessions=len(sessions),
             messages=messages,
-            storage_bytes=round(messages * per_message),
+            storage_bytes=storage_bytes,
             expirations=self.expirations,
             evictions=self.evictions,
         )
@@ -508,20 +474,3 @@ class MemoryBackend:
             else:  # refreshed since: its entry goes back, at its expiry
                 heapq.heappush(heap, (expires_at, session_id))
         return removed, False
-
-
-_MESSAGE_OVERHEAD = 900
-"""Heap bytes of a short text message besides its text (measured with tracemalloc: the model,
-its dict, its fields set, the str header)."""
-
-
-def _size(entries: Sequence[Any]) -> int:
-    """Estimated heap bytes of ``entries``: messages, or the codec's bytes."""
-    total = 0
-    for entry in entries:
-        if type(entry) is Message:
-            content = entry.content
-            total += _MESSAGE_OVERHEAD + (len(content) if type(content) is str else len(entry.text))
-        else:
-            total += 33 + len(entry)
-    return total
