@@ -8,11 +8,17 @@ times and counts the calls, runs leases and folds.
 
 Sequence numbers
     Every entry has a number, unique within its session: the first entry ever appended is 0
-    (or any start the backend likes) and each appended entry takes the next. Trimming and
-    compaction remove entries from the head; they never renumber. A save starts a new numbering
-    (it also changes the generation, below). A read returns the number of its first entry, so the
-    core knows which entries a page covers and a compaction names what it folds by number, never
-    by comparing bytes.
+    (or any start the backend likes) and each appended entry takes the next. A number is never
+    given twice in a session's life: trimming and compaction remove entries from the head, a
+    pop, an edit's removal or truncation remove some from anywhere, and none of them renumbers;
+    the numbers they freed stay unused (the next append numbers on after the highest number the
+    session ever gave), and a replace numbers its entries on after them too. A session's numbers
+    may so have gaps: a read returns the number of its first entry and, where its entries' numbers
+    do not run on from it without a gap, the number of each (:attr:`Page.numbers`). The core
+    knows which entries a page covers, a compaction names what it folds by number, never by
+    comparing bytes, and the numbers are the message ids that the store hands out
+    (:meth:`~chatstate.stores.BackendStore.history`). Only a deleted (or expired) session may
+    number again from its start.
 
 Version
     A number that goes up by exactly one with every write of the session (append, save,
@@ -37,13 +43,18 @@ in-memory append).
 
 A backend may also offer ``async pop(session_id, count, *, write_id, fence) -> Popped``: remove
 the newest ``count`` entries and return them, in one atomic step (the built-in backends do;
-:class:`~chatstate.stores.ItemStore` needs it for ``pop``). A pop is a write like the others:
-it carries a write id and a fence, changes the version and the generation (numbers it freed are
-taken again by the next append, so anything that named them must know), and a pop that empties
-the session deletes it (its write ids stay, as after a delete). A pop whose write id is
-remembered is not applied again: it returns ``Popped(entries, ..., applied=False)`` with the
-entries its first run removed where the backend still has them (Redis keeps those of the
-session's last pop) and none otherwise.
+:class:`~chatstate.stores.ItemStore` and the store's ``pop`` and ``undo`` need it). A pop is a
+write like the others: it carries a write id and a fence, changes the version and the generation
+(the numbers it freed stay unused), keeps the expiry, and a pop that empties the session deletes
+it (its write ids stay, as after a delete). A pop whose write id is remembered is not applied
+again: it returns ``Popped(entries, ..., applied=False)`` with the entries its first run removed
+where the backend still has them (Redis keeps those of the session's last pop) and none
+otherwise.
+
+And the two methods of :class:`Editing`, which the store's history operations need (the
+built-in backends have them): ``read_range``, a page of entries before or after a number, with
+their numbers; and ``edit``, which replaces or removes one entry by its number, optionally
+removes every entry after it, and can be made conditional on the session's version.
 
 Write ids and fences
     Every write (append, replace, delete, compact) carries ``write_id``: a token of 16
@@ -73,7 +84,9 @@ from typing import Generic, Literal, Protocol, TypeAlias, TypeVar
 __all__ = [
     "Backend",
     "BackendCensus",
+    "Editing",
     "ErrorKind",
+    "EditOutcome",
     "Fenced",
     "Page",
     "Popped",
@@ -93,7 +106,8 @@ applied), ``timeout`` (sent, no answer: the outcome is unknown), ``other``."""
 class Page(Generic[E]):
     """What a read returns: the newest entries asked for, oldest first (a new list, the reader's
     own), with the number of the first, the session's summary entry (when asked for), version,
-    generation and whole length.
+    generation and whole length, and the number of each entry (``numbers``) where they are not
+    ``first_seq``, ``first_seq + 1``, ... (None: they are).
 
     An unknown or expired session reads as ``Page([], 0)``.
     """
@@ -104,6 +118,13 @@ class Page(Generic[E]):
     version: int = 0
     generation: int = 0
     length: int = 0
+    numbers: list[int] | None = None
+
+    def seqs(self) -> list[int]:
+        """The number of each entry, oldest first."""
+        if self.numbers is not None:
+            return self.numbers
+        return list(range(self.first_seq, self.first_seq + len(self.entries)))
 
 
 @dataclass(slots=True)
@@ -129,6 +150,12 @@ class Popped(Generic[E]):
     length: int
     version: int
     applied: bool = True
+
+
+EditOutcome: TypeAlias = Literal["missing", "stale"]
+"""Why an :meth:`Editing.edit` changed nothing: no entry has the number (``missing``; also when
+there is no session), or the session's version is no longer the one the edit was conditional on
+(``stale``)."""
 
 
 class Fenced(Exception):
@@ -212,8 +239,9 @@ class Backend(Protocol[E]):
         fence: str | None,
     ) -> Written | None:
         """Make ``entries`` (at least one) and ``summary`` the whole session, expiring ``ttl`` from
-        now. If the session exists and not ``overwrite``, change nothing and return None (unless
-        ``write_id`` is remembered: its own earlier run made the session)."""
+        now, numbered on after the highest number the session ever gave (a new session: from its
+        start). If the session exists and not ``overwrite``, change nothing and return None
+        (unless ``write_id`` is remembered: its own earlier run made the session)."""
         ...
 
     async def delete(self, session_id: str, *, write_id: str, fence: str | None) -> bool:
@@ -282,4 +310,52 @@ class Backend(Protocol[E]):
 
     async def aclose(self) -> None:
         """Release connections, threads and files. Idempotent."""
+        ...
+
+
+class Editing(Protocol[E]):
+    """What a backend offers for the history operations of a store (message ids, pages of
+    history, edits and removals by id): the built-in backends have it. Both are one atomic step
+    (one script, one transaction) and, on a networked backend, one round trip."""
+
+    async def read_range(
+        self,
+        session_id: str,
+        *,
+        before: int | None,
+        after: int | None,
+        limit: int,
+        touch: float | None,
+    ) -> Page[E]:
+        """Up to ``limit`` (at least 1) entries, oldest first, with their numbers: the newest of
+        those numbered below ``before``, or the oldest of those numbered above ``after`` (at most
+        one of the two is given; neither: the newest of the session). The page has the session's
+        version, generation and length (and no summary). ``touch`` as for :meth:`Backend.read`.
+        An unknown session, or none in the range, reads as ``Page([], 0, version=...)`` (the
+        version 0 if there is no session)."""
+        ...
+
+    async def edit(
+        self,
+        session_id: str,
+        seq: int,
+        entry: E | None,
+        *,
+        truncate: bool,
+        version: int | None,
+        write_id: str,
+        fence: str | None,
+    ) -> Written | EditOutcome:
+        """Replace the entry numbered ``seq`` with ``entry`` (None: remove it) and, with
+        ``truncate``, remove every entry numbered after it, atomically; nothing else changes
+        (no other entry is renumbered, the freed numbers stay unused, the expiry and the summary
+        stay). The version goes up by one and the generation changes. An edit that leaves the
+        session without entries deletes it (its write ids stay, as after a delete) and returns
+        ``Written(0, 0)``.
+
+        With ``version``, the edit applies only if the session's version is still ``version``,
+        else it returns ``"stale"``; it returns ``"missing"`` if no entry has the number (or
+        there is no session), in both cases changing nothing. Write ids and the fence as for
+        every write: a remembered ``write_id`` returns ``Written(length, version,
+        applied=False)`` with the session as it is now, whatever the other arguments say."""
         ...
