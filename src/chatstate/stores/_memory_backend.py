@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import heapq
-import secrets
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, Literal
-
-import anyio
 
 from chatstate._checks import check_ttl
 from chatstate.errors import ConfigurationError
@@ -23,39 +19,14 @@ from chatstate.stores._backend import (
     Written,
 )
 from chatstate.stores._memory_census import count
+from chatstate.stores._memory_expiry import Expiries, _Session
 from chatstate.stores._memory_index import ConversationIndex
 from chatstate.stores._writes import DELETED_IDS_TTL, remember, seen
 
 __all__ = ["MemoryBackend"]
 
-_SWEEP_CHUNK = 1000
 
-
-class _Session:
-    __slots__ = (
-        "entries",
-        "expires_at",
-        "generation",
-        "head",
-        "indexed_at",
-        "summary",
-        "version",
-        "writes",
-    )
-
-    def __init__(self, writes: str = "") -> None:
-        self.entries: list[Any] = []
-        self.head = 0  # the sequence number of entries[0]
-        self.summary: Any = None
-        self.expires_at: float | None = None
-        self.indexed_at: float | None = None  # the time of its live entry in the expiry heap
-        # Random to start with, so a session deleted and written again never repeats a number.
-        self.version = secrets.randbits(48) + 1
-        self.generation = secrets.randbits(48) + 1
-        self.writes = writes  # the last write ids (see chatstate.stores._writes)
-
-
-class MemoryBackend(ConversationIndex):
+class MemoryBackend(ConversationIndex, Expiries):
     """Sessions in a dict of this process, least recently used first; entries kept as given (the
     messages themselves, or whatever the store's codec made). See :class:`InMemoryStateStore`."""
 
@@ -76,12 +47,7 @@ class MemoryBackend(ConversationIndex):
             None if sweep_interval is None else check_ttl(sweep_interval, name="sweep_interval")
         )
         self._sessions: OrderedDict[str, _Session] = OrderedDict()
-        # (time, session_id): one live entry per session with an expiry, at or before it (the
-        # session's indexed_at). A write that moves the expiry later pushes nothing (a sweep that
-        # pops the entry early pushes it again at the expiry); one that moves it earlier pushes a
-        # new entry, and the old one is stale: skipped when popped, and the heap is rebuilt when
-        # stale entries outnumber the live ones.
-        self._expiry_heap: list[tuple[float, str]] = []
+        self._expiry_heap = []  # see Expiries
         self._next_sweep = 0.0
         self._max_sessions = max_sessions
         self._clock = clock
@@ -336,16 +302,6 @@ class MemoryBackend(ConversationIndex):
     async def aclose(self) -> None:
         pass  # the data stays readable
 
-    async def sweep(self) -> int:
-        """Reclaim every expired session now and return how many; yields between chunks."""
-        removed = 0
-        while True:
-            count, finished = self._sweep_chunk(self._clock())
-            removed += count
-            if finished:
-                return removed
-            await anyio.sleep(0)
-
     @property
     def sessions_in_memory(self) -> int:
         return len(self._sessions)
@@ -360,10 +316,6 @@ class MemoryBackend(ConversationIndex):
             self._expire(session_id)
             return None
         return session
-
-    def _expire(self, session_id: str) -> None:
-        del self._sessions[session_id]
-        self.expirations += 1
 
     def _to_write(
         self, session_id: str, session: _Session | None, ids: str, write_id: str, fence: str | None
@@ -423,54 +375,3 @@ class MemoryBackend(ConversationIndex):
         held = self._leases.get(session_id)
         if held is None or held[0] != fence or held[1] <= self._clock():
             raise Fenced(f"the lease of session {session_id!r} is not held by this token")
-
-    def _set_expiry(
-        self, session_id: str, session: _Session, seconds: float | None, now: float | None = None
-    ) -> None:
-        if seconds is None:
-            session.expires_at = None
-            return
-        if now is None:
-            now = self._clock()
-        expires_at = session.expires_at = now + seconds
-        indexed_at = session.indexed_at
-        if indexed_at is None or expires_at < indexed_at:
-            heap = self._expiry_heap
-            heapq.heappush(heap, (expires_at, session_id))
-            session.indexed_at = expires_at
-            if len(heap) > 2 * len(self._sessions) + 1024:
-                self._rebuild_heap()
-        # The sweep rides on the writes: at most one chunk per sweep_interval, no task of its own.
-        if self._sweep_interval is not None and now >= self._next_sweep:
-            self._next_sweep = now + self._sweep_interval
-            self._sweep_chunk(now)
-
-    def _rebuild_heap(self) -> None:
-        heap = []
-        for session_id, session in self._sessions.items():
-            session.indexed_at = session.expires_at
-            if session.expires_at is not None:
-                heap.append((session.expires_at, session_id))
-        heapq.heapify(heap)
-        self._expiry_heap = heap
-
-    def _sweep_chunk(self, now: float) -> tuple[int, bool]:
-        heap, sessions = self._expiry_heap, self._sessions
-        removed = 0
-        for _ in range(_SWEEP_CHUNK):
-            if not heap or heap[0][0] > now:
-                return removed, True
-            indexed_at, session_id = heapq.heappop(heap)
-            session = sessions.get(session_id)
-            # A stale entry: the session was deleted, re-created or given an earlier expiry since.
-            if session is None or session.indexed_at != indexed_at:
-                continue
-            expires_at = session.indexed_at = session.expires_at
-            if expires_at is None:
-                continue  # it expires no more
-            if expires_at <= now:
-                self._expire(session_id)
-                removed += 1
-            else:  # refreshed since: its entry goes back, at its expiry
-                heapq.heappush(heap, (expires_at, session_id))
-        return removed, False
