@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from bisect import bisect_left
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, Literal
@@ -19,6 +20,7 @@ from chatstate.stores._backend import (
     Written,
 )
 from chatstate.stores._memory_census import count
+from chatstate.stores._memory_edits import Edits
 from chatstate.stores._memory_expiry import Expiries, _Session
 from chatstate.stores._memory_index import ConversationIndex
 from chatstate.stores._writes import DELETED_IDS_TTL, remember, seen
@@ -26,7 +28,7 @@ from chatstate.stores._writes import DELETED_IDS_TTL, remember, seen
 __all__ = ["MemoryBackend"]
 
 
-class MemoryBackend(ConversationIndex, Expiries):
+class MemoryBackend(ConversationIndex, Expiries, Edits):
     """Sessions in a dict of this process, least recently used first; entries kept as given (the
     messages themselves, or whatever the store's codec made). See :class:`InMemoryStateStore`."""
 
@@ -83,13 +85,20 @@ class MemoryBackend(ConversationIndex, Expiries):
             self._set_expiry(session_id, session, touch)
         stored = session.entries
         entries = stored[:] if limit is None else stored[-limit:] if limit else []
+        seqs = session.seqs
+        if seqs is None:
+            first, numbers = session.head + len(stored) - len(entries), None
+        else:
+            numbers = seqs[len(stored) - len(entries) :]
+            first = numbers[0] if numbers else session.tail
         return Page(
             entries,
-            session.head + len(stored) - len(entries),
+            first,
             session.summary if summary else None,
             session.version,
             session.generation,
             len(stored),
+            numbers,
         )
 
     def entries_now(self, session_id: str, limit: int | None) -> list[Any]:
@@ -145,11 +154,20 @@ class MemoryBackend(ConversationIndex, Expiries):
         session.version += 1
         stored = session.entries
         stored.extend(entries)
+        seqs = session.seqs
+        if seqs is not None:  # gaps in the numbers: number these on after the highest
+            tail = session.tail
+            session.tail = tail + len(entries)
+            seqs.extend(range(tail, session.tail))
         trimmed = max_entries is not None and len(stored) > max_entries
         if trimmed:
             cut = len(stored) - max_entries  # type: ignore[operator]
             del stored[:cut]
-            session.head += cut
+            if seqs is None:
+                session.head += cut
+            else:
+                del seqs[:cut]
+                session.settle()
         self._set_expiry(session_id, session, ttl, now)
         return len(stored), session.version, trimmed, True
 
@@ -170,9 +188,10 @@ class MemoryBackend(ConversationIndex, Expiries):
             return self._as_written(session)
         if not overwrite and session is not None:
             return None
+        start = 0 if session is None else session.next_number()
         session = self._to_write(session_id, session, ids, write_id, fence)
         session.entries, session.summary = list(entries), summary
-        session.head = 0
+        session.head, session.seqs = start, None  # numbered on after every number given
         session.version += 1
         session.generation += 1
         self._set_expiry(session_id, session, ttl)
@@ -212,10 +231,12 @@ class MemoryBackend(ConversationIndex, Expiries):
             await self.delete(session_id, write_id=write_id, fence=fence)
             return Popped(stored, 0, 0)
         session = self._to_write(session_id, session, ids, write_id, fence)
+        seqs = session.gapped()
         popped = stored[-count:]
-        del stored[-count:]
+        del stored[-count:], seqs[-count:]  # the numbers it freed stay unused
+        session.settle()
         session.version += 1
-        session.generation += 1  # the numbers it freed are taken again
+        session.generation += 1
         return Popped(popped, len(stored), session.version)
 
     async def compact(
@@ -228,10 +249,14 @@ class MemoryBackend(ConversationIndex, Expiries):
             return True
         if session.generation != generation:
             return False  # rewritten, compacted or gone meanwhile
-        folded = before_seq - session.head  # those a trim meanwhile left
+        folded = bisect_left(session.numbers(), before_seq)  # those a trim meanwhile left
         if folded > 0:
             del session.entries[:folded]
-            session.head += folded
+            if session.seqs is None:
+                session.head += folded
+            else:
+                del session.seqs[:folded]
+                session.settle()
         session.summary = summary
         session.writes = remember(session.writes, write_id)
         session.version += 1

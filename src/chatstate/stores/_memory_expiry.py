@@ -6,7 +6,7 @@ from __future__ import annotations
 import heapq
 import secrets
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import anyio
@@ -23,7 +23,9 @@ class _Session:
         "generation",
         "head",
         "indexed_at",
+        "seqs",
         "summary",
+        "tail",
         "version",
         "writes",
     )
@@ -31,6 +33,10 @@ class _Session:
     def __init__(self, writes: str = "") -> None:
         self.entries: list[Any] = []
         self.head = 0  # the sequence number of entries[0]
+        # With gaps in the numbers (a pop or an edit removed entries): the number of each entry,
+        # and the next number to give. None while they run on from head (the common case).
+        self.seqs: list[int] | None = None
+        self.tail = 0
         self.summary: Any = None
         self.expires_at: float | None = None
         self.indexed_at: float | None = None  # the time of its live entry in the expiry heap
@@ -38,6 +44,35 @@ class _Session:
         self.version = secrets.randbits(48) + 1
         self.generation = secrets.randbits(48) + 1
         self.writes = writes  # the last write ids (see chatstate.stores._writes)
+
+    def numbers(self) -> Sequence[int]:
+        """The number of each entry (a range while they have no gaps)."""
+        seqs = self.seqs
+        if seqs is not None:
+            return seqs
+        return range(self.head, self.head + len(self.entries))
+
+    def next_number(self) -> int:
+        """The number the next appended entry takes."""
+        return self.head + len(self.entries) if self.seqs is None else self.tail
+
+    def gapped(self) -> list[int]:
+        """The numbers as a list of their own, for a write that leaves gaps."""
+        if self.seqs is None:
+            self.tail = self.head + len(self.entries)
+            self.seqs = list(range(self.head, self.tail))
+        return self.seqs
+
+    def settle(self) -> None:
+        """After entries were removed: the head, and no list of numbers once they run on
+        without a gap again."""
+        seqs = self.seqs
+        if seqs is None:
+            return
+        if seqs:
+            self.head = seqs[0]
+            if seqs[-1] - seqs[0] + 1 == len(seqs) and self.tail == seqs[-1] + 1:
+                self.seqs = None
 
 
 class Expiries:
