@@ -25,17 +25,10 @@ from chatstate import (
     StateMiddlewareConfig,
     ToolCall,
 )
-from chatstate.stores import BackendStore, SQLiteStateStore
+from chatstate.stores import BackendStore
+from chatstate.testing._samples import _assistant, _user
 
-from .conftest import kinds
-
-
-def _user(text: str) -> Message:
-    return Message(role="user", content=text)
-
-
-def _assistant(text: str) -> Message:
-    return Message(role="assistant", content=text)
+from .conftest import BACKEND_KINDS, store_of_kind
 
 
 def _counting() -> ScriptedProvider:
@@ -163,36 +156,10 @@ async def test_a_turn_waits_for_a_regenerate_of_its_session() -> None:
     ]
 
 
-@pytest.fixture(params=kinds("memory", "sqlite", "fakeredis", "redis", "postgres"))
+@pytest.fixture(params=BACKEND_KINDS)
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[BackendStore[Any]]:
-    kind = request.param
-    if kind == "memory":
-        yield InMemoryStateStore()
-    elif kind == "sqlite":
-        async with SQLiteStateStore(tmp_path / "ops.db") as sqlite:
-            yield sqlite
-    elif kind == "postgres":
-        from chatstate.stores.postgres import PostgresStateStore
-
-        dsn = request.getfixturevalue("postgres_dsn")
-        schema = request.getfixturevalue("pg_schema")
-        async with PostgresStateStore.from_url(dsn, schema=schema) as postgres:
-            yield postgres
-    else:
-        import fakeredis
-        from redis.asyncio import Redis
-
-        from chatstate import RedisStateStore
-
-        if kind == "redis":
-            client: Any = Redis.from_url(request.getfixturevalue("redis_server").url)
-        else:
-            client = fakeredis.FakeAsyncRedis()
-        try:
-            async with RedisStateStore(client, prefix=request.getfixturevalue("key_prefix")) as r:
-                yield r
-        finally:
-            await client.aclose()
+    async with store_of_kind(request.param, request, tmp_path) as made:
+        yield made
 
 
 def _turn(i: int) -> list[Message]:

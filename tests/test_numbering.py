@@ -4,50 +4,12 @@ Editing protocol (read_range, edit) over them."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
-import fakeredis
 import pytest
-from redis.asyncio import Redis
 
-from chatstate import RedisStateStore
-from chatstate.stores import Fenced, MemoryBackend, SQLiteStateStore
+from chatstate.stores import Fenced
 from chatstate.stores._backend import Written
-from chatstate.testing.redis_server import RedisServer
-
-from .conftest import kinds
-
-
-@pytest.fixture(params=kinds("memory", "sqlite", "fakeredis", "redis", "postgres"))
-async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Any]:
-    kind = request.param
-    if kind == "memory":
-        yield MemoryBackend()
-    elif kind == "sqlite":
-        async with SQLiteStateStore(tmp_path / "numbers.db") as sqlite:
-            yield sqlite.backend
-    elif kind == "postgres":
-        from chatstate.stores.postgres import PostgresStateStore
-
-        dsn = request.getfixturevalue("postgres_dsn")
-        schema = request.getfixturevalue("pg_schema")
-        async with PostgresStateStore.from_url(dsn, schema=schema) as postgres:
-            yield postgres.backend
-    else:
-        if kind == "redis":
-            server: RedisServer = request.getfixturevalue("redis_server")
-            client: Any = Redis.from_url(server.url)
-        else:
-            client = fakeredis.FakeAsyncRedis()
-        prefix = request.getfixturevalue("key_prefix")
-        try:
-            async with RedisStateStore(client, prefix=prefix) as redis_store:
-                yield redis_store.backend
-        finally:
-            await client.aclose()
-
 
 _ids = iter(range(1, 1 << 60))
 

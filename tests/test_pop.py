@@ -3,41 +3,11 @@ write like the others (write id, fence, version, generation)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
-import fakeredis
 import pytest
-from redis.asyncio import Redis
 
-from chatstate import RedisStateStore
-from chatstate.stores import Fenced, MemoryBackend, SQLiteStateStore
-from chatstate.testing.redis_server import RedisServer
-
-from .conftest import kinds
-
-
-@pytest.fixture(params=kinds("memory", "sqlite", "fakeredis", "redis"))
-async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Any]:
-    kind = request.param
-    if kind == "memory":
-        yield MemoryBackend()
-    elif kind == "sqlite":
-        async with SQLiteStateStore(tmp_path / "pop.db") as sqlite:
-            yield sqlite.backend
-    else:
-        if kind == "redis":
-            server: RedisServer = request.getfixturevalue("redis_server")
-            client: Any = Redis.from_url(server.url)
-        else:
-            client = fakeredis.FakeAsyncRedis()
-        prefix = request.getfixturevalue("key_prefix")
-        try:
-            async with RedisStateStore(client, prefix=prefix) as redis_store:
-                yield redis_store.backend
-        finally:
-            await client.aclose()
+from chatstate.stores import Fenced
 
 
 async def _append(backend: Any, session: str, *entries: bytes, write_id: str) -> None:

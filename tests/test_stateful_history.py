@@ -9,14 +9,13 @@ from __future__ import annotations
 from collections import defaultdict
 
 import pytest
-from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import rule, run_state_machine_as_test
+from hypothesis.stateful import rule
 
 from chatstate import Message
 
 from .conftest import kinds
-from .test_stateful import KINDS, SESSIONS, Model, StoreMachine, _messages, server_url
+from .test_stateful import KINDS, SESSIONS, Model, StoreMachine, _messages, run_machine
 
 
 class HistoryModel(Model):
@@ -121,6 +120,9 @@ class HistoryMachine(StoreMachine):
         live = self.model._live(session)
         assert live is not None
         live.messages[at] = new
+        # The edited message keeps its id under its new text.
+        life = (session, self.model.births[session])
+        self.ids.setdefault(life, {})[str(new.content)] = stored[at][0]
         if truncate:
             self.model.cut(session, at + 1)
 
@@ -152,15 +154,4 @@ class HistoryMachine(StoreMachine):
 @pytest.mark.slow  # hypothesis: many examples per store
 @pytest.mark.parametrize("kind", kinds(*KINDS))
 def test_every_store_keeps_ids_like_the_model(kind: str, request: pytest.FixtureRequest) -> None:
-    make, server, examples = KINDS[kind]
-    url = server_url(request, server)
-    machine = type("Machine", (HistoryMachine,), {"make": staticmethod(make), "url": url})
-    run_state_machine_as_test(
-        machine,
-        settings=settings(
-            max_examples=examples,
-            stateful_step_count=30,
-            deadline=None,
-            suppress_health_check=[HealthCheck.too_slow],
-        ),
-    )
+    run_machine(HistoryMachine, kind, request, steps=30)
