@@ -7,7 +7,11 @@ is kept in ``chatstate_gaps``, a row only for a session that has such numbers, s
 without them (every one that no pop or edit touched) is read, appended to and trimmed as in
 0.1.0, by arithmetic on ``head`` and ``tail``. The row holds the session's ``version`` at the time
 it was written: a release that knows no gaps (0.1.0) writes the session without touching it,
-which changes the version, and the count is then taken again from the entries themselves.
+which changes the version, and the count is then taken again from the entries themselves. (A
+session with gaps that 0.1.0 deletes leaves its gaps row behind: a row of three numbers, stale by
+the version of any session made again under that id, and removed by a later write to it here. No
+sweep looks for such rows: that would read the whole table for what only a mixed deployment
+leaves.)
 """
 
 from __future__ import annotations

@@ -433,10 +433,6 @@ class Transactions:
         for session_id in expired:
             drop(db, session_id, writes=True)
         db.execute("DELETE FROM chatstate_writes WHERE expires_at <= ?", (now,))
-        # Those of sessions that a release without gaps (0.1.0) deleted.
-        db.execute(
-            "DELETE FROM chatstate_gaps WHERE session_id NOT IN (SELECT id FROM chatstate_sessions)"
-        )
         db.execute("DELETE FROM chatstate_conversations WHERE deadline <= ?", (now,))
         db.execute("DELETE FROM chatstate_leases WHERE expires_at <= ?", (now,))
         self.expirations += len(expired)
