@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import socket
 import uuid
@@ -158,6 +159,54 @@ def postgres_dsn(postgres_admin: str) -> Iterator[str]:
 def pg_schema() -> str:
     """A PostgreSQL schema name no other test uses."""
     return f"test_{uuid.uuid4().hex[:12]}"
+
+
+@contextlib.asynccontextmanager
+async def store_of_kind(
+    kind: str, request: pytest.FixtureRequest, tmp_path: Path, **options: Any
+) -> AsyncIterator[BackendStore[Any]]:
+    """An empty store of ``kind`` ("memory", "sqlite", "fakeredis", "redis" on the test
+    session's server, "postgres" in a schema of the test's own), built with ``options``."""
+    if kind == "memory":
+        async with InMemoryStateStore(**options) as memory:
+            yield memory
+    elif kind == "sqlite":
+        async with SQLiteStateStore(tmp_path / f"{uuid.uuid4().hex[:8]}.db", **options) as sqlite:
+            yield sqlite
+    elif kind == "postgres":
+        from chatstate.stores.postgres import PostgresStateStore
+
+        dsn = request.getfixturevalue("postgres_dsn")
+        schema = request.getfixturevalue("pg_schema")
+        async with PostgresStateStore.from_url(dsn, schema=schema, **options) as postgres:
+            yield postgres
+    else:
+        import fakeredis
+        from redis.asyncio import Redis
+
+        if kind == "redis":
+            server: RedisServer = request.getfixturevalue("redis_server")
+            client: Any = Redis.from_url(server.url)
+        else:
+            client = fakeredis.FakeAsyncRedis()
+        prefix = request.getfixturevalue("key_prefix")
+        try:
+            async with RedisStateStore(client, prefix=prefix, **options) as redis_store:
+                yield redis_store
+        finally:
+            await client.aclose()
+
+
+BACKEND_KINDS = kinds("memory", "sqlite", "fakeredis", "redis", "postgres")
+"""The kinds of store the backend-level and history tests run on."""
+
+
+@pytest.fixture(params=BACKEND_KINDS)
+async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Any]:
+    """A backend of each kind, empty (its store's): what tests of the storage interface itself
+    run on."""
+    async with store_of_kind(request.param, request, tmp_path) as store:
+        yield store.backend
 
 
 INTEGRATION_KINDS = kinds("memory", "sqlite", "redis")

@@ -1,4 +1,5 @@
-"""``chatstate chat``, ``inspect``, ``sessions`` and ``stats``, run as a user would."""
+"""``chatstate chat``, ``inspect``, ``history``, ``undo``, ``sessions`` and ``stats``, run as a
+user would."""
 
 from __future__ import annotations
 
@@ -58,6 +59,46 @@ def test_inspect_sessions_and_stats_show_a_store(
     assert "active_sessions    2" in out and "load_latency" in out
 
 
+def test_history_pages_by_id_and_undo_removes_a_turn(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "chat.db"
+
+    async def fill() -> None:
+        async with SQLiteStateStore(path) as store:
+            for turn in range(3):
+                await store.append(
+                    "s",
+                    [
+                        Message(role="user", content=f"question {turn}"),
+                        Message(role="assistant", content=f"answer {turn}"),
+                    ],
+                )
+
+    asyncio.run(fill())
+    store = ["--store", f"sqlite:///{path}"]
+    assert main(["history", *store, "s", "--limit", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "question 2" in out and "answer 2" in out and "answer 1" not in out
+    more = out.splitlines()[-1]
+    assert more.startswith("(more: chatstate history s --before ")
+    before = more.split("--before ")[1].rstrip(")")
+    assert main(["history", *store, "s", "--before", before, "--limit", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "answer 0" in out and "question 1" in out and "answer 1" in out
+    assert "question 0" not in out and "question 2" not in out
+    assert main(["undo", *store, "s"]) == 0
+    out = capsys.readouterr().out
+    assert "removed 2 messages" in out and "question 2" in out and "answer 2" in out
+    assert main(["history", *store, "s"]) == 0
+    assert "question 2" not in capsys.readouterr().out
+    assert main(["history", *store, "s", "--before", "x"]) == 2
+    assert "message id" in capsys.readouterr().err
+    assert main(["history", *store, "nobody"]) == 1
+    assert main(["undo", *store, "nobody"]) == 1
+    assert "no turn to undo" in capsys.readouterr().err
+
+
 def test_errors_are_one_clear_line(
     redis_server: RedisServer, key_prefix: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -78,7 +119,8 @@ def test_errors_are_one_clear_line(
 
 
 @pytest.mark.parametrize(
-    "command", ["chat", "inspect", "sessions", "stats", "export", "import", "fork"]
+    "command",
+    ["chat", "inspect", "history", "undo", "sessions", "stats", "export", "import", "fork"],
 )
 def test_every_command_has_help(command: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert main([command, "--help"]) == 0

@@ -36,6 +36,7 @@ from chatstate import (
     OutcomeUnknownError,
     RedisStateStore,
     RetryPolicy,
+    SessionExistsError,
     StateSaveError,
     fork_session,
     import_sessions,
@@ -571,6 +572,48 @@ async def test_an_import_whose_replies_are_late_imports_every_session(
     assert len(sent) >= 10 and len(set(sent)) == 5  # each was retried
     for index in range(5):
         assert await a.load(f"i{index}") == _turn(f"imported {index}")
+
+
+async def test_an_import_run_again_with_its_write_id_finishes_what_it_began(
+    server: RedisServer,
+    key_prefix: str,
+    closing: Callable[[RedisStateStore], RedisStateStore],
+) -> None:
+    """No store retries; the third session's restore stalls past the timeout (it runs all the
+    same): the import raises OutcomeUnknownError with two sessions written and the third
+    written late. Run again with the same write_id and on_conflict="raise", the import counts
+    those three as its own (not conflicts) and writes the other two, each once."""
+    client, connection = wired_client(server.url, socket_timeout=0.1)
+    a = closing(RedisStateStore(client, prefix=key_prefix, owns_client=True, retry=None))
+    await _warm_up(server)
+    stall = Stall(server)
+    restores = 0
+
+    def fault(write: Write) -> BaseException | None:
+        nonlocal restores
+        for command in write.commands:
+            if _runs(command, lua.REPLACE.sha.encode()):
+                restores += 1
+                if restores == 3:
+                    stall.start(0.15)
+        return None
+
+    connection.fault = fault
+    lines = [_line(f"i{index}", _turn(f"imported {index}")) for index in range(5)]
+    try:
+        with pytest.raises(OutcomeUnknownError):
+            await import_sessions(a, lines, write_id="nightly-import-7")
+    finally:
+        stall.close()
+    await asyncio.sleep(0.2)  # the stalled restore has run by now
+    assert [await a.exists(f"i{index}") for index in range(5)] == [True] * 3 + [False] * 2
+    connection.fault = None
+    report = await import_sessions(a, lines, write_id="nightly-import-7")
+    assert report.imported == [f"i{index}" for index in range(5)]
+    for index in range(5):
+        assert await a.load(f"i{index}") == _turn(f"imported {index}")
+    with pytest.raises(SessionExistsError):  # another import's lines: conflicts, as always
+        await import_sessions(a, lines, write_id="another-import")
 
 
 # -- a stale lease holder, stalled for real, stores nothing -------------------------------------

@@ -9,12 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-import fakeredis
 import pytest
 from pydantic import BaseModel
-from redis.asyncio import Redis
 
-from chatstate import InMemoryStateStore, Message, RedisStateStore
+from chatstate import InMemoryStateStore, Message
 from chatstate.errors import (
     ConfigurationError,
     CorruptEntryError,
@@ -30,12 +28,10 @@ from chatstate.stores import (
     JsonItems,
     MemoryBackend,
     PydanticItems,
-    SQLiteStateStore,
 )
 from chatstate.testing import FakeClock
-from chatstate.testing.redis_server import RedisServer
 
-from .conftest import kinds
+from .conftest import kinds, store_of_kind
 from .dict_backend import DictBackend
 
 ITEMS = [
@@ -49,26 +45,11 @@ ITEMS = [
 @pytest.fixture(params=kinds("memory", "sqlite", "encrypted-sqlite", "fakeredis", "redis"))
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[BackendStore[Any]]:
     kind = request.param
-    if kind == "memory":
-        async with InMemoryStateStore() as memory:
-            yield memory
-    elif kind.endswith("sqlite"):
-        keys = {"k": secrets.token_bytes(32)}
-        options: dict[str, Any] = {"encryption": Encryption(keys=keys)} if "enc" in kind else {}
-        async with SQLiteStateStore(tmp_path / "items.db", **options) as sqlite:
-            yield sqlite
-    else:
-        if kind == "redis":
-            server: RedisServer = request.getfixturevalue("redis_server")
-            client: Any = Redis.from_url(server.url)
-        else:
-            client = fakeredis.FakeAsyncRedis()
-        try:
-            prefix = request.getfixturevalue("key_prefix")
-            async with RedisStateStore(client, prefix=prefix) as redis_store:
-                yield redis_store
-        finally:
-            await client.aclose()
+    options: dict[str, Any] = {}
+    if kind == "encrypted-sqlite":
+        kind, options["encryption"] = "sqlite", Encryption(keys={"k": secrets.token_bytes(32)})
+    async with store_of_kind(kind, request, tmp_path, **options) as made:
+        yield made
 
 
 async def test_items_come_back_equal_in_order(store: BackendStore[Any]) -> None:

@@ -279,21 +279,28 @@ class StoreMachine(RuleBasedStateMachine):
         assert self.run(all_turns()) == expected
 
 
-@pytest.mark.slow  # hypothesis: hundreds of examples per store
-@pytest.mark.parametrize("kind", kinds(*KINDS))
-def test_every_store_behaves_like_the_model(kind: str, request: pytest.FixtureRequest) -> None:
+def run_machine(
+    machine: type[StoreMachine], kind: str, request: pytest.FixtureRequest, steps: int = 25
+) -> None:
+    """Run ``machine`` (a StoreMachine, or a subclass) on the store of ``kind``."""
     make, server, examples = KINDS[kind]
     url = server_url(request, server)
-    machine = type("Machine", (StoreMachine,), {"make": staticmethod(make), "url": url})
+    bound = type("Machine", (machine,), {"make": staticmethod(make), "url": url})
     run_state_machine_as_test(
-        machine,
+        bound,
         settings=settings(
             max_examples=examples,
-            stateful_step_count=25,
+            stateful_step_count=steps,
             deadline=None,
             suppress_health_check=[HealthCheck.too_slow],
         ),
     )
+
+
+@pytest.mark.slow  # hypothesis: hundreds of examples per store
+@pytest.mark.parametrize("kind", kinds(*KINDS))
+def test_every_store_behaves_like_the_model(kind: str, request: pytest.FixtureRequest) -> None:
+    run_machine(StoreMachine, kind, request)
 
 
 def test_the_model_is_not_trivially_agreeable() -> None:

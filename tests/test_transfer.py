@@ -309,3 +309,25 @@ async def test_an_import_refuses_a_line_that_is_not_utf8() -> None:
     store = InMemoryStateStore()
     with pytest.raises(InvalidInputError, match="line 2 is not UTF-8"):
         await import_sessions(store, [b"", b'{"format": "\xff"}'])
+
+
+async def test_an_import_run_again_with_its_write_id_counts_its_own_sessions() -> None:
+    store = InMemoryStateStore()
+    lines = [
+        json.dumps(
+            {
+                "format": EXPORT_FORMAT,
+                "session_id": name,
+                "messages": [{"role": "user", "content": name}],
+            }
+        )
+        for name in ("a", "b")
+    ]
+    first = await import_sessions(store, lines, write_id="import-1")
+    again = await import_sessions(store, lines, write_id="import-1")  # a retry: no conflict
+    assert first.imported == again.imported == ["a", "b"]
+    assert await store.load("a") == [Message(role="user", content="a")]
+    with pytest.raises(SessionExistsError):
+        await import_sessions(store, lines, write_id="import-2")
+    with pytest.raises(InvalidInputError):
+        await import_sessions(store, lines, write_id="")

@@ -18,6 +18,7 @@ from chatstate.errors import (
     InvalidSessionIdError,
     LeaseLostError,
     LeaseTimeoutError,
+    MessageNotFoundError,
     OutcomeUnknownError,
     PipelineError,
     ProviderError,
@@ -26,9 +27,11 @@ from chatstate.errors import (
     StateLoadError,
     StateSaveError,
     StoreError,
+    ToolExchangeError,
     ToolRoundsError,
     UnknownKeyError,
     UnsupportedFormatError,
+    VersionConflictError,
     WrongTypeError,
 )
 from chatstate.messages import ContentPart, ImagePart, Message, Role, TextPart, ToolCall
@@ -45,10 +48,12 @@ from chatstate.providers import Provider, ScriptedProvider, StreamChunk, Streami
 from chatstate.retry import RetryPolicy
 from chatstate.stores import (
     Encryption,
+    HistoryPage,
     InMemoryStateStore,
     NearCache,
     SQLiteStateStore,
     StateStore,
+    StoredMessage,
 )
 from chatstate.stores.urls import open_store
 from chatstate.streaming import StreamedTurn
@@ -73,6 +78,7 @@ __all__ = [
     "DecryptionError",
     "Encryption",
     "ExecutionResult",
+    "HistoryPage",
     "ImagePart",
     "ImportReport",
     "InMemoryStateStore",
@@ -82,6 +88,7 @@ __all__ = [
     "LeaseLostError",
     "LeaseTimeoutError",
     "Message",
+    "MessageNotFoundError",
     "Middleware",
     "NearCache",
     "OpenAICompatibleProvider",
@@ -106,6 +113,7 @@ __all__ = [
     "StateSaveError",
     "StateStore",
     "StoreError",
+    "StoredMessage",
     "StreamChunk",
     "StreamedTurn",
     "StreamingProvider",
@@ -116,9 +124,11 @@ __all__ = [
     "TokenCounter",
     "Tool",
     "ToolCall",
+    "ToolExchangeError",
     "ToolRoundsError",
     "UnknownKeyError",
     "UnsupportedFormatError",
+    "VersionConflictError",
     "WrongTypeError",
     "__version__",
     "export_sessions",

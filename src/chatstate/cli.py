@@ -52,6 +52,20 @@ COMMANDS: tuple[Command, ...] = (
         commands.run_inspect,
     ),
     Command(
+        "history",
+        commands.HISTORY_HELP.splitlines()[0],
+        commands.HISTORY_HELP,
+        commands.add_history_arguments,
+        commands.run_history,
+    ),
+    Command(
+        "undo",
+        commands.UNDO_HELP.splitlines()[0],
+        commands.UNDO_HELP,
+        commands.add_undo_arguments,
+        commands.run_undo,
+    ),
+    Command(
         "sessions",
         commands.SESSIONS_HELP,
         commands.SESSIONS_HELP,

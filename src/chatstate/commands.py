@@ -1,5 +1,5 @@
-"""The ``chatstate chat``, ``inspect``, ``sessions``, ``stats``, ``export``, ``import`` and
-``fork`` commands.
+"""The ``chatstate chat``, ``inspect``, ``history``, ``undo``, ``sessions``, ``stats``,
+``export``, ``import`` and ``fork`` commands.
 
 Each takes ``--store URL`` (``memory://``, ``sqlite:///chat.db``, ``redis://...``,
 ``postgresql://...``; default
@@ -16,12 +16,12 @@ import sys
 from collections.abc import Awaitable, Callable
 from typing import Any, TextIO
 
-from chatstate.errors import ChatStateError, InvalidInputError
+from chatstate.errors import ChatStateError, ConfigurationError, InvalidInputError
 from chatstate.messages import Message
 from chatstate.middleware import ProviderMiddleware, StateMiddleware, StateMiddlewareConfig
 from chatstate.pipeline import Pipeline
 from chatstate.providers.scripted import ScriptedProvider
-from chatstate.stores.base import StateStore
+from chatstate.stores.base import SessionHistory, StateStore
 from chatstate.stores.urls import open_store
 
 DEFAULT_STORE = "memory://"
@@ -143,18 +143,84 @@ def run_inspect(args: argparse.Namespace) -> int:
     return _run(args, inspect)
 
 
-def _table(messages: list[Message]) -> str:
-    rows = [("#", "role", "content")]
-    for index, message in enumerate(messages, 1):
+def _table(messages: list[Message], ids: list[str] | None = None) -> str:
+    """The messages as text, a row each: their place (or, given, their ids), role and text."""
+    rows = [("#" if ids is None else "id", "role", "content")]
+    labels = ids if ids is not None else [str(index) for index in range(1, len(messages) + 1)]
+    for label, message in zip(labels, messages, strict=True):
         text = message.text.replace("\n", " ")
         if message.tool_calls:
             calls = ", ".join(f"{call.name}({call.arguments})" for call in message.tool_calls)
             text = f"{text} [calls {calls}]".strip()
         if message.tool_call_id:
             text = f"[result of {message.tool_call_id}] {text}"
-        rows.append((str(index), message.role, text if len(text) <= 100 else text[:97] + "..."))
+        rows.append((label, message.role, text if len(text) <= 100 else text[:97] + "..."))
     widths = [max(len(row[column]) for row in rows) for column in range(2)]
     return "\n".join(f"{row[0]:>{widths[0]}}  {row[1]:<{widths[1]}}  {row[2]}" for row in rows)
+
+
+# history, undo ---------------------------------------------------------------------------------
+
+HISTORY_HELP = """print a page of a session's history with its message ids
+
+  chatstate history SESSION --store sqlite:///chat.db             the newest 20 messages
+  chatstate history SESSION --store ... --before 41 --limit 50     the 50 before message 41
+  chatstate history SESSION --store ... --after 41                 the 20 after it"""
+
+
+def add_history_arguments(parser: argparse.ArgumentParser) -> None:
+    add_store_argument(parser)
+    parser.add_argument("session", metavar="SESSION", help="the session id")
+    parser.add_argument("--limit", type=int, default=20, help="messages a page (default 20)")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--before", metavar="ID", help="the messages before this message id")
+    where.add_argument("--after", metavar="ID", help="the messages after this message id")
+
+
+def run_history(args: argparse.Namespace) -> int:
+    async def history(store: StateStore) -> int:
+        page = await _with_history(store).history(
+            args.session, limit=args.limit, before=args.before, after=args.after
+        )
+        if not page.messages:
+            print(f"chatstate history: no messages of {args.session!r} there", file=sys.stderr)
+            return 1
+        print(_table([each.message for each in page.messages], page.ids))
+        if page.has_more:
+            side = f"--after {page.newest_id}" if args.after else f"--before {page.oldest_id}"
+            print(f"(more: chatstate history {args.session} {side})")
+        return 0
+
+    return _run(args, history)
+
+
+UNDO_HELP = """remove the last whole turn of a session (its newest user message and what follows)
+
+  chatstate undo SESSION --store redis://localhost:6379/0"""
+
+
+def add_undo_arguments(parser: argparse.ArgumentParser) -> None:
+    add_store_argument(parser)
+    parser.add_argument("session", metavar="SESSION", help="the session id")
+
+
+def run_undo(args: argparse.Namespace) -> int:
+    async def undo(store: StateStore) -> int:
+        removed = await _with_history(store).undo(args.session)
+        if not removed:
+            print(f"chatstate undo: {args.session!r} has no turn to undo", file=sys.stderr)
+            return 1
+        print(f"removed {len(removed)} message{'s' if len(removed) != 1 else ''}:")
+        print(_table(removed))
+        return 0
+
+    return _run(args, undo)
+
+
+def _with_history(store: StateStore) -> SessionHistory:
+    if not isinstance(store, SessionHistory):
+        raise ConfigurationError(f"{type(store).__name__} has no history operations")
+    return store
 
 
 # sessions --------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ and chained with ``raise ... from exc``, so callers never have to catch a depend
     ├── InvalidInputError (also ValueError): bad input, rejected before anything is stored
     │   ├── InvalidSessionIdError
     │   ├── InvalidMessageError
+    │   ├── ToolExchangeError: an edit or removal would break a tool exchange
     │   └── ConfigurationError
     ├── StoreError: a state store failed
     │   ├── StateLoadError: history could not be loaded
@@ -20,6 +21,8 @@ and chained with ``raise ... from exc``, so callers never have to catch a depend
     │   ├── LeaseLostError: a turn's lease ran out while the turn ran; the turn was cancelled
     │   ├── SessionExistsError: a session to be created already exists (an import, a fork)
     │   ├── SessionNotFoundError (also LookupError): a session to be read does not exist
+    │   ├── MessageNotFoundError (also LookupError): no message of the session has the id
+    │   ├── VersionConflictError: a write conditional on a version found another one
     │   └── CorruptEntryError: a stored entry cannot be decoded
     │       ├── UnsupportedFormatError: an entry written by a newer format version
     │       └── DecryptionError: an encrypted entry was tampered with or needs another key
@@ -47,6 +50,7 @@ __all__ = [
     "InvalidSessionIdError",
     "LeaseLostError",
     "LeaseTimeoutError",
+    "MessageNotFoundError",
     "OutcomeUnknownError",
     "PipelineError",
     "ProviderError",
@@ -55,9 +59,11 @@ __all__ = [
     "StateLoadError",
     "StateSaveError",
     "StoreError",
+    "ToolExchangeError",
     "ToolRoundsError",
     "UnknownKeyError",
     "UnsupportedFormatError",
+    "VersionConflictError",
     "WrongTypeError",
 ]
 
@@ -166,6 +172,35 @@ class SessionNotFoundError(StoreError, LookupError):
 class SessionExistsError(StoreError):
     """A session that was to be created (by an import or a fork) already exists; nothing was
     written. Pass ``overwrite=True`` to replace it."""
+
+
+class MessageNotFoundError(StoreError, LookupError):
+    """No message of the session has the id given (it was removed, trimmed or folded into the
+    summary, or never was); nothing was written. ``message_id`` names it."""
+
+    def __init__(self, message: str, *, session_id: str | None = None, message_id: str) -> None:
+        super().__init__(message, session_id=session_id)
+        self.message_id = message_id
+
+
+class VersionConflictError(StoreError):
+    """A write made conditional on the session's version (``if_version=``) found another version:
+    someone wrote the session since it was read; nothing was written. ``expected`` is the version
+    the caller gave, ``actual`` the session's when the write was refused (0: no session; None:
+    not known, when the write found it changed)."""
+
+    def __init__(
+        self, message: str, *, session_id: str | None = None, expected: int, actual: int | None
+    ) -> None:
+        super().__init__(message, session_id=session_id)
+        self.expected = expected
+        self.actual = actual
+
+
+class ToolExchangeError(InvalidInputError):
+    """An edit or removal would break a tool exchange (a call left without its result, or a
+    result without its call); nothing was written. Remove or edit the whole exchange (for
+    example with ``truncate_after=True``)."""
 
 
 class ProviderError(ChatStateError):

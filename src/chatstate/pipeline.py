@@ -120,6 +120,10 @@ class RequestContext:
     model was asked: ``response`` is then the reply as far as it was read (metadata
     ``{"interrupted": true}``), and ``new_messages`` the turn so far, without half a tool
     exchange. The state middleware's ``on_interrupt`` decides whether they are stored."""
+    regenerate: bool = False
+    """Set for a turn run again (:meth:`Pipeline.regenerate`): the state middleware takes its
+    message from the session (its newest user message) and replaces the old reply when it
+    stores the new one."""
 
     async def get_history(self) -> list[Message]:
         """The session's history, loading it first if a middleware deferred the load."""
@@ -261,6 +265,24 @@ class Pipeline:
         that ran in the client: ``execute(session_id, [result1, result2])``)."""
         return await self._run(self._context(session_id, message, options))
 
+    async def regenerate(self, session_id: str, **options: Any) -> ExecutionResult:
+        """Answer the session's newest user message again: the model is given the history
+        before it and that message, and its new reply replaces the old one (everything stored
+        after that message: the reply, and any tool exchange), which stays if the model fails.
+        The turn holds the session's lock or lease like any other (no turn of the pipeline comes
+        between its load and its save), and the old reply is removed conditional on the version
+        it read. Needs a :class:`~chatstate.StateMiddleware` over a store with history operations
+        (:class:`~chatstate.stores.SessionHistory`); a session without a user message raises
+        :class:`~chatstate.errors.InvalidInputError`."""
+        context = RequestContext(
+            session_id=check_session_id(session_id),
+            message=_NOT_LOADED,
+            options=options,
+            task_group=self._background.group,
+            regenerate=True,
+        )
+        return await self._run(context)
+
     def stream_with_session(
         self, session_id: str, role: str, content: Any, **options: Any
     ) -> StreamedTurn:
@@ -309,6 +331,10 @@ class Pipeline:
             )
         context.timings["total"] = time.perf_counter() - started
         return ExecutionResult.of(context)
+
+
+_NOT_LOADED = Message(role="user", content="")
+"""The message of a regenerated turn until the state middleware has read it from the session."""
 
 
 def _several(messages: object) -> tuple[Message, ...]:

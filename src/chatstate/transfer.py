@@ -19,6 +19,8 @@ holds the plain messages: it is meant to be kept as carefully as the keys.
 
 from __future__ import annotations
 
+import hashlib
+import inspect
 import json
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Iterable
@@ -36,6 +38,7 @@ from chatstate.errors import (
     SessionNotFoundError,
 )
 from chatstate.messages import Message
+from chatstate.stores._writes import check_write_id, new_write_id
 from chatstate.stores.base import TTL, SessionSnapshot, SessionTransfer
 
 __all__ = [
@@ -107,6 +110,7 @@ async def import_sessions(
     on_conflict: Conflict = "raise",
     ttl: TTL | Literal["recorded"] = "recorded",
     clock: Any = time.time,
+    write_id: str | None = None,
 ) -> ImportReport:
     """Write the sessions of exported ``lines`` (blank lines are passed over) into ``store``.
 
@@ -125,6 +129,11 @@ async def import_sessions(
     - ``ttl``: ``"recorded"`` (the default) keeps each session's recorded expiry (sessions
       already past it are not written, and listed in ``expired``); or a TTL for every session
       (``None``: none expire).
+    - ``write_id``: names the import (any text of 1 to 128 printable characters; by default it
+      makes one). Each session's write carries an id made of it and the session's id, so an
+      import that failed part way (an :class:`~chatstate.errors.OutcomeUnknownError`, a lost
+      connection) can be run again with the same ``write_id`` and the same lines: the sessions
+      its first run wrote count as imported, never as conflicts, and none is written twice.
     """
     if on_conflict not in _CONFLICTS:
         raise ConfigurationError(
@@ -157,16 +166,34 @@ async def import_sessions(
         else:
             left = None if expires_at is None else expires_at - now
             writes.append((session_id, replace(snapshot, ttl=left)))
+    # A SessionTransfer of one's own may take no write_id: its writes then carry none.
+    takes_ids = "write_id" in inspect.signature(transfers.restore).parameters
+    if write_id is not None and not takes_ids:
+        raise ConfigurationError(f"{type(store).__name__}.restore() takes no write_id")
+    name = new_write_id() if write_id is None else check_write_id(write_id)
+    ids: dict[str, dict[str, str]] = {
+        session_id: {"write_id": _session_write_id(name, session_id)} if takes_ids else {}
+        for session_id, _ in writes
+    }
     if on_conflict == "raise":
-        for session_id, _ in writes:
-            if await _exists(store, transfers, session_id):
+        for session_id, snapshot in writes:
+            # A session that exists is a conflict unless this import's own earlier run wrote it
+            # (a restore that finds its write id remembered reports True, and writes nothing).
+            if await _exists(store, transfers, session_id) and not await transfers.restore(
+                session_id, snapshot, **ids[session_id]
+            ):
                 raise SessionExistsError(
                     f"session {session_id!r} exists already; nothing was imported (pass "
                     "on_conflict='skip' or 'overwrite')",
                     session_id=session_id,
                 )
     for session_id, snapshot in writes:
-        if await transfers.restore(session_id, snapshot, overwrite=on_conflict == "overwrite"):
+        if await transfers.restore(
+            session_id,
+            snapshot,
+            overwrite=on_conflict == "overwrite",
+            **ids[session_id],
+        ):
             report.imported.append(session_id)
         elif on_conflict == "skip":
             report.skipped.append(session_id)
@@ -177,6 +204,11 @@ async def import_sessions(
                 session_id=session_id,
             )
     return report
+
+
+def _session_write_id(name: str, session_id: str) -> str:
+    """The write id of one session's write in an import named ``name``."""
+    return hashlib.blake2b(f"{name}\0{session_id}".encode(), digest_size=8).hexdigest()
 
 
 async def fork_session(

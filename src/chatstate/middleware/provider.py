@@ -11,7 +11,13 @@ from typing import Any
 import anyio
 
 from chatstate.clock import SYSTEM_CLOCK, Clock
-from chatstate.errors import ChatStateError, ConfigurationError, ProviderError, ToolRoundsError
+from chatstate.errors import (
+    ChatStateError,
+    ConfigurationError,
+    PipelineError,
+    ProviderError,
+    ToolRoundsError,
+)
 from chatstate.messages import Message
 from chatstate.pipeline import CallNext, RequestContext
 from chatstate.providers.base import Provider, StreamChunk, check_provider
@@ -115,6 +121,11 @@ class ProviderMiddleware:
             fixed = [*fixed, *context.pinned]
             if context.summary is not None:
                 fixed.append(context.summary)
+        if context.regenerate and not context.incoming:
+            raise PipelineError(
+                "a regenerated turn needs a StateMiddleware before the provider (it reads the "
+                "turn's message from the session)"
+            )
         new = context.incoming or (context.message,)
         # A bound may have cut through a tool exchange, or one was never finished: send only what
         # a chat API accepts, and everything else.

@@ -23,6 +23,7 @@ from chatstate.errors import (
     StateSaveError,
 )
 from chatstate.messages import Message
+from chatstate.middleware._regenerate import drop_old_reply, load_last_turn
 from chatstate.pipeline import CallNext, RequestContext
 from chatstate.stores.base import SessionLeases, StateStore
 from chatstate.summaries import Summaries, SummaryConfig
@@ -290,7 +291,9 @@ class StateMiddleware:
     async def _turn(self, context: RequestContext, call_next: CallNext) -> None:
         session_id = context.session_id
         budget = context.budget = self._budget
-        if self._lazy:
+        if context.regenerate:
+            await load_last_turn(self.store, context, self._limit)
+        elif self._lazy:
             context.history_loader = functools.partial(self._load, context)
         else:
             context.history = await self._load(context)
@@ -336,6 +339,8 @@ class StateMiddleware:
         if budget is not None:
             budget.tally.total(new_messages)  # counted once, now: the store keeps the counts
         try:
+            if context.regenerate:
+                await drop_old_reply(self.store, context)
             length = await self.store.append(
                 session_id, new_messages, max_messages=self._stored_limit, ttl=self._ttl
             )

@@ -6,6 +6,8 @@ from typing import TYPE_CHECKING, Any
 from chatstate.stores._backend import (
     Backend,
     BackendCensus,
+    Editing,
+    EditOutcome,
     ErrorKind,
     Fenced,
     Page,
@@ -16,12 +18,14 @@ from chatstate.stores._backend import (
 from chatstate.stores._core import BackendStore
 from chatstate.stores._encryption import Encryption
 from chatstate.stores._events import Hook, Operation, StoreEvent
+from chatstate.stores._history import HistoryPage, StoredMessage
 from chatstate.stores._item_codec import ItemFormat, JsonItems, PydanticItems
 from chatstate.stores._item_store import ItemStore
 from chatstate.stores._near_cache import NearCache
 from chatstate.stores.base import (
     TTL,
     Fold,
+    SessionHistory,
     SessionLeases,
     SessionSnapshot,
     SessionSummaries,
@@ -40,10 +44,13 @@ __all__ = [
     "Backend",
     "BackendCensus",
     "BackendStore",
+    "EditOutcome",
+    "Editing",
     "Encryption",
     "ErrorKind",
     "Fenced",
     "Fold",
+    "HistoryPage",
     "Hook",
     "InMemoryStateStore",
     "ItemFormat",
@@ -59,12 +66,14 @@ __all__ = [
     "RedisStateStore",
     "SQLiteBackend",
     "SQLiteStateStore",
+    "SessionHistory",
     "SessionLeases",
     "SessionSnapshot",
     "SessionSummaries",
     "SessionTransfer",
     "StateStore",
     "StoreEvent",
+    "StoredMessage",
     "VersionedStore",
     "Written",
 ]

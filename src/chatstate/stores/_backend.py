@@ -84,9 +84,9 @@ from typing import Generic, Literal, Protocol, TypeAlias, TypeVar
 __all__ = [
     "Backend",
     "BackendCensus",
+    "EditOutcome",
     "Editing",
     "ErrorKind",
-    "EditOutcome",
     "Fenced",
     "Page",
     "Popped",

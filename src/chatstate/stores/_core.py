@@ -34,6 +34,7 @@ from chatstate.stores._codec import (
 )
 from chatstate.stores._encryption import Encryption
 from chatstate.stores._events import Hook
+from chatstate.stores._history import HistoryOps
 from chatstate.stores._index import Listing
 from chatstate.stores._lease import Leasing
 from chatstate.stores._near_cache import NearCache
@@ -53,7 +54,7 @@ _AppendNow: TypeAlias = Callable[
 ``(length, version, trimmed, applied)``."""
 
 
-class BackendStore(Listing, Leasing, WholeSessions[E]):
+class BackendStore(Listing, Leasing, HistoryOps[E], WholeSessions[E]):
     """A :class:`~chatstate.StateStore` over any :class:`~chatstate.stores.Backend`, with every
     optional capability: summaries, versions, snapshots, leases, the conversation index, metrics
     and hooks. The built-in stores are this core over their own backends.

@@ -23,6 +23,7 @@ Operation: TypeAlias = Literal[
     "save",
     "delete",
     "pop",
+    "edit",
     "compact",
     "snapshot",
     "restore",
@@ -32,7 +33,8 @@ Operation: TypeAlias = Literal[
 ]
 """What a store was asked to do. ``load`` covers every read of history (with its summary or
 version too); ``lease`` the taking of a lease (``seconds``: the wait); ``index`` the conversation
-index; ``pop`` an item store's pop (:class:`~chatstate.stores.ItemStore`)."""
+index; ``pop`` a pop or an undo (and an item store's pop, :class:`~chatstate.stores.ItemStore`);
+``edit`` an edit or removal of one message by id."""
 
 
 @dataclass(slots=True)

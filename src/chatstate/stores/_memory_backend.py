@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import heapq
-import secrets
 import time
+from bisect import bisect_left
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, Literal
-
-import anyio
 
 from chatstate._checks import check_ttl
 from chatstate.errors import ConfigurationError
@@ -23,39 +20,15 @@ from chatstate.stores._backend import (
     Written,
 )
 from chatstate.stores._memory_census import count
+from chatstate.stores._memory_edits import Edits
+from chatstate.stores._memory_expiry import Expiries, _Session
 from chatstate.stores._memory_index import ConversationIndex
 from chatstate.stores._writes import DELETED_IDS_TTL, remember, seen
 
 __all__ = ["MemoryBackend"]
 
-_SWEEP_CHUNK = 1000
 
-
-class _Session:
-    __slots__ = (
-        "entries",
-        "expires_at",
-        "generation",
-        "head",
-        "indexed_at",
-        "summary",
-        "version",
-        "writes",
-    )
-
-    def __init__(self, writes: str = "") -> None:
-        self.entries: list[Any] = []
-        self.head = 0  # the sequence number of entries[0]
-        self.summary: Any = None
-        self.expires_at: float | None = None
-        self.indexed_at: float | None = None  # the time of its live entry in the expiry heap
-        # Random to start with, so a session deleted and written again never repeats a number.
-        self.version = secrets.randbits(48) + 1
-        self.generation = secrets.randbits(48) + 1
-        self.writes = writes  # the last write ids (see chatstate.stores._writes)
-
-
-class MemoryBackend(ConversationIndex):
+class MemoryBackend(ConversationIndex, Expiries, Edits):
     """Sessions in a dict of this process, least recently used first; entries kept as given (the
     messages themselves, or whatever the store's codec made). See :class:`InMemoryStateStore`."""
 
@@ -76,12 +49,7 @@ class MemoryBackend(ConversationIndex):
             None if sweep_interval is None else check_ttl(sweep_interval, name="sweep_interval")
         )
         self._sessions: OrderedDict[str, _Session] = OrderedDict()
-        # (time, session_id): one live entry per session with an expiry, at or before it (the
-        # session's indexed_at). A write that moves the expiry later pushes nothing (a sweep that
-        # pops the entry early pushes it again at the expiry); one that moves it earlier pushes a
-        # new entry, and the old one is stale: skipped when popped, and the heap is rebuilt when
-        # stale entries outnumber the live ones.
-        self._expiry_heap: list[tuple[float, str]] = []
+        self._expiry_heap = []  # see Expiries
         self._next_sweep = 0.0
         self._max_sessions = max_sessions
         self._clock = clock
@@ -117,13 +85,20 @@ class MemoryBackend(ConversationIndex):
             self._set_expiry(session_id, session, touch)
         stored = session.entries
         entries = stored[:] if limit is None else stored[-limit:] if limit else []
+        seqs = session.seqs
+        if seqs is None:
+            first, numbers = session.head + len(stored) - len(entries), None
+        else:
+            numbers = seqs[len(stored) - len(entries) :]
+            first = numbers[0] if numbers else session.tail
         return Page(
             entries,
-            session.head + len(stored) - len(entries),
+            first,
             session.summary if summary else None,
             session.version,
             session.generation,
             len(stored),
+            numbers,
         )
 
     def entries_now(self, session_id: str, limit: int | None) -> list[Any]:
@@ -179,11 +154,20 @@ class MemoryBackend(ConversationIndex):
         session.version += 1
         stored = session.entries
         stored.extend(entries)
+        seqs = session.seqs
+        if seqs is not None:  # gaps in the numbers: number these on after the highest
+            tail = session.tail
+            session.tail = tail + len(entries)
+            seqs.extend(range(tail, session.tail))
         trimmed = max_entries is not None and len(stored) > max_entries
         if trimmed:
             cut = len(stored) - max_entries  # type: ignore[operator]
             del stored[:cut]
-            session.head += cut
+            if seqs is None:
+                session.head += cut
+            else:
+                del seqs[:cut]
+                session.settle()
         self._set_expiry(session_id, session, ttl, now)
         return len(stored), session.version, trimmed, True
 
@@ -204,9 +188,10 @@ class MemoryBackend(ConversationIndex):
             return self._as_written(session)
         if not overwrite and session is not None:
             return None
+        start = 0 if session is None else session.next_number()
         session = self._to_write(session_id, session, ids, write_id, fence)
         session.entries, session.summary = list(entries), summary
-        session.head = 0
+        session.head, session.seqs = start, None  # numbered on after every number given
         session.version += 1
         session.generation += 1
         self._set_expiry(session_id, session, ttl)
@@ -246,10 +231,12 @@ class MemoryBackend(ConversationIndex):
             await self.delete(session_id, write_id=write_id, fence=fence)
             return Popped(stored, 0, 0)
         session = self._to_write(session_id, session, ids, write_id, fence)
+        seqs = session.gapped()
         popped = stored[-count:]
-        del stored[-count:]
+        del stored[-count:], seqs[-count:]  # the numbers it freed stay unused
+        session.settle()
         session.version += 1
-        session.generation += 1  # the numbers it freed are taken again
+        session.generation += 1
         return Popped(popped, len(stored), session.version)
 
     async def compact(
@@ -262,10 +249,14 @@ class MemoryBackend(ConversationIndex):
             return True
         if session.generation != generation:
             return False  # rewritten, compacted or gone meanwhile
-        folded = before_seq - session.head  # those a trim meanwhile left
+        folded = bisect_left(session.numbers(), before_seq)  # those a trim meanwhile left
         if folded > 0:
             del session.entries[:folded]
-            session.head += folded
+            if session.seqs is None:
+                session.head += folded
+            else:
+                del session.seqs[:folded]
+                session.settle()
         session.summary = summary
         session.writes = remember(session.writes, write_id)
         session.version += 1
@@ -336,16 +327,6 @@ class MemoryBackend(ConversationIndex):
     async def aclose(self) -> None:
         pass  # the data stays readable
 
-    async def sweep(self) -> int:
-        """Reclaim every expired session now and return how many; yields between chunks."""
-        removed = 0
-        while True:
-            count, finished = self._sweep_chunk(self._clock())
-            removed += count
-            if finished:
-                return removed
-            await anyio.sleep(0)
-
     @property
     def sessions_in_memory(self) -> int:
         return len(self._sessions)
@@ -360,10 +341,6 @@ class MemoryBackend(ConversationIndex):
             self._expire(session_id)
             return None
         return session
-
-    def _expire(self, session_id: str) -> None:
-        del self._sessions[session_id]
-        self.expirations += 1
 
     def _to_write(
         self, session_id: str, session: _Session | None, ids: str, write_id: str, fence: str | None
@@ -423,54 +400,3 @@ class MemoryBackend(ConversationIndex):
         held = self._leases.get(session_id)
         if held is None or held[0] != fence or held[1] <= self._clock():
             raise Fenced(f"the lease of session {session_id!r} is not held by this token")
-
-    def _set_expiry(
-        self, session_id: str, session: _Session, seconds: float | None, now: float | None = None
-    ) -> None:
-        if seconds is None:
-            session.expires_at = None
-            return
-        if now is None:
-            now = self._clock()
-        expires_at = session.expires_at = now + seconds
-        indexed_at = session.indexed_at
-        if indexed_at is None or expires_at < indexed_at:
-            heap = self._expiry_heap
-            heapq.heappush(heap, (expires_at, session_id))
-            session.indexed_at = expires_at
-            if len(heap) > 2 * len(self._sessions) + 1024:
-                self._rebuild_heap()
-        # The sweep rides on the writes: at most one chunk per sweep_interval, no task of its own.
-        if self._sweep_interval is not None and now >= self._next_sweep:
-            self._next_sweep = now + self._sweep_interval
-            self._sweep_chunk(now)
-
-    def _rebuild_heap(self) -> None:
-        heap = []
-        for session_id, session in self._sessions.items():
-            session.indexed_at = session.expires_at
-            if session.expires_at is not None:
-                heap.append((session.expires_at, session_id))
-        heapq.heapify(heap)
-        self._expiry_heap = heap
-
-    def _sweep_chunk(self, now: float) -> tuple[int, bool]:
-        heap, sessions = self._expiry_heap, self._sessions
-        removed = 0
-        for _ in range(_SWEEP_CHUNK):
-            if not heap or heap[0][0] > now:
-                return removed, True
-            indexed_at, session_id = heapq.heappop(heap)
-            session = sessions.get(session_id)
-            # A stale entry: the session was deleted, re-created or given an earlier expiry since.
-            if session is None or session.indexed_at != indexed_at:
-                continue
-            expires_at = session.indexed_at = session.expires_at
-            if expires_at is None:
-                continue  # it expires no more
-            if expires_at <= now:
-                self._expire(session_id)
-                removed += 1
-            else:  # refreshed since: its entry goes back, at its expiry
-                heapq.heappush(heap, (expires_at, session_id))
-        return removed, False

@@ -7,15 +7,19 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import timedelta
 from types import TracebackType
-from typing import Protocol, Self, TypeAlias, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, Self, TypeAlias, runtime_checkable
 
 from chatstate._checks import check_ttl
 from chatstate.errors import InvalidInputError, InvalidMessageError
 from chatstate.messages import Message, as_messages
 
+if TYPE_CHECKING:
+    from chatstate.stores._history import HistoryPage
+
 __all__ = [
     "TTL",
     "Fold",
+    "SessionHistory",
     "SessionLeases",
     "SessionSnapshot",
     "SessionSummaries",
@@ -130,6 +134,59 @@ class VersionedStore(Protocol):
 Fold: TypeAlias = Callable[[list[Message], Message | None], Awaitable[tuple[int, Message] | None]]
 """Given a session's whole history and its summary, returns how many of the oldest messages a new
 summary takes the place of, and that summary; or None to leave the session as it is."""
+
+
+@runtime_checkable
+class SessionHistory(Protocol):
+    """A store whose messages have ids, with the history operations of chat products (optional;
+    every store built on :class:`~chatstate.stores.BackendStore` over a backend with
+    :class:`~chatstate.stores.Editing` has them): pages of history by id, pop, undo, and edits
+    and removals by id (see :mod:`chatstate.stores._history` for each)."""
+
+    async def history(
+        self,
+        session_id: str,
+        *,
+        limit: int = 50,
+        before: str | None = None,
+        after: str | None = None,
+    ) -> HistoryPage:
+        """A page of the session's messages with their ids, oldest first."""
+        ...
+
+    async def pop(
+        self, session_id: str, count: int = 1, *, write_id: str | None = None
+    ) -> list[Message]:
+        """Remove the newest ``count`` messages, atomically, and return them."""
+        ...
+
+    async def undo(self, session_id: str, *, write_id: str | None = None) -> list[Message]:
+        """Remove the last whole turn (the newest user message and what follows it)."""
+        ...
+
+    async def edit_message(
+        self,
+        session_id: str,
+        message_id: str,
+        message: Message,
+        *,
+        truncate_after: bool = False,
+        if_version: int | None = None,
+        write_id: str | None = None,
+    ) -> int:
+        """Replace one message by id (optionally removing those after it); the new version."""
+        ...
+
+    async def delete_message(
+        self,
+        session_id: str,
+        message_id: str,
+        *,
+        if_version: int | None = None,
+        write_id: str | None = None,
+    ) -> int:
+        """Remove one message by id; the new version (0: the session is gone)."""
+        ...
 
 
 @runtime_checkable

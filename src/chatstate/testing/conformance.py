@@ -32,6 +32,7 @@ from chatstate.errors import (
     InvalidSessionIdError,
 )
 from chatstate.stores.base import StateStore
+from chatstate.testing._history import HistoryConformance
 from chatstate.testing._optional import OptionalProtocolsConformance
 from chatstate.testing._samples import (
     AdvanceTime,
@@ -79,7 +80,7 @@ TRICKY_SESSION_IDS = [
 ]
 
 
-class StateStoreConformance(OptionalProtocolsConformance, WriteIdsConformance):
+class StateStoreConformance(OptionalProtocolsConformance, WriteIdsConformance, HistoryConformance):
     """Tests that hold for every StateStore. See the module docstring for the fixtures."""
 
     @pytest.fixture
