@@ -19,7 +19,7 @@ from chatstate.stores._backend import Editing
 from chatstate.stores.postgres import SCHEMA_VERSION, PostgresBackend
 from chatstate.stores.sqlite import SQLiteBackend
 
-from .conftest import FakeClock, kinds
+from .conftest import FakeClock, kinds, store_of_kind
 from .postgres_wire import counting, store
 
 _ids = iter(range(1, 1 << 30))
@@ -31,14 +31,9 @@ def _wid() -> str:
 
 @pytest.fixture(params=kinds("sqlite", "postgres"))
 async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Any]:
-    if request.param == "sqlite":
-        async with SQLiteStateStore(tmp_path / "numbers.db") as sqlite:
-            yield sqlite.backend
-    else:
-        dsn = request.getfixturevalue("postgres_dsn")
-        schema = request.getfixturevalue("pg_schema")
-        async with store(dsn, schema) as postgres:
-            yield postgres.backend
+    """The SQL kinds of conftest's ``backend``."""
+    async with store_of_kind(request.param, request, tmp_path) as sql:
+        yield sql.backend
 
 
 async def _append(
@@ -127,14 +122,16 @@ async def test_edits_and_truncations_leave_gaps_and_appends_number_on(backend: A
     removed = await _edit(backend, "s", 1, None)
     assert removed == Written(4, version + 1)
     replaced = await _edit(backend, "s", 3, b"D", truncate=True)
-    assert replaced == Written(2, version + 2)
-    assert await _numbered(backend, "s") == [(0, b"a"), (3, b"D")]
-    assert (await _append(backend, "s", b"f", b"g")).length == 4
-    assert await _numbered(backend, "s") == [(0, b"a"), (3, b"D"), (5, b"f"), (6, b"g")]
+    assert replaced == Written(3, version + 2)
+    assert await _numbered(backend, "s") == [(0, b"a"), (2, b"c"), (3, b"D")]
+    assert (await _append(backend, "s", b"f", b"g")).length == 5
+    assert await _numbered(backend, "s") == [
+        (0, b"a"), (2, b"c"), (3, b"D"), (5, b"f"), (6, b"g")
+    ]  # fmt: skip
     # A removal with truncate removes the entry itself and everything after it.
-    assert await _edit(backend, "s", 5, None, truncate=True) == Written(2, version + 4)
-    assert await _numbered(backend, "s") == [(0, b"a"), (3, b"D")]
-    assert (await _append(backend, "s", b"h")).length == 3
+    assert await _edit(backend, "s", 5, None, truncate=True) == Written(3, version + 4)
+    assert await _numbered(backend, "s") == [(0, b"a"), (2, b"c"), (3, b"D")]
+    assert (await _append(backend, "s", b"h")).length == 4
     assert (await _numbered(backend, "s"))[-1] == (7, b"h")
 
 
@@ -298,9 +295,8 @@ async def test_a_fenced_edit_changes_nothing(backend: Any) -> None:
     with pytest.raises(Fenced):
         await _edit(backend, "s", 0, None, truncate=True, fence="someone-else")
     assert await _numbered(backend, "s") == [(0, b"a"), (1, b"b")]
-    assert await _edit(backend, "s", 0, b"x", fence="holder") == Written(
-        2, (await _page(backend, "s")).version + 1
-    )
+    version = (await _page(backend, "s")).version
+    assert await _edit(backend, "s", 0, b"x", fence="holder") == Written(2, version + 1)
 
 
 async def test_a_replayed_append_after_a_pop_reports_the_length_by_count(backend: Any) -> None:
