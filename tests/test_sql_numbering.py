@@ -52,7 +52,9 @@ async def _page(backend: Any, session: str, limit: int | None = None) -> Page[by
     return page
 
 
-async def _numbered(backend: Any, session: str, limit: int | None = None) -> list[tuple[int, bytes]]:
+async def _numbered(
+    backend: Any, session: str, limit: int | None = None
+) -> list[tuple[int, bytes]]:
     page = await _page(backend, session, limit)
     return list(zip(page.seqs(), page.entries, strict=True))
 
@@ -110,7 +112,9 @@ async def test_a_pop_leaves_its_numbers_unused(backend: Any) -> None:
 
 
 async def test_a_pop_keeps_the_expiry(backend: Any) -> None:
-    await backend.append("s", [b"a", b"b"], max_entries=None, ttl=100.0, write_id=_wid(), fence=None)
+    await backend.append(
+        "s", [b"a", b"b"], max_entries=None, ttl=100.0, write_id=_wid(), fence=None
+    )
     await backend.pop("s", 1, write_id=_wid(), fence=None)
     left = await backend.time_left("s")
     assert left is not False and left is not None and 90 < left <= 100
@@ -138,7 +142,9 @@ async def test_edits_and_truncations_leave_gaps_and_appends_number_on(backend: A
 async def test_an_edit_keeps_the_summary_and_the_expiry_and_changes_the_generation(
     backend: Any,
 ) -> None:
-    await backend.append("s", [b"a", b"b"], max_entries=None, ttl=100.0, write_id=_wid(), fence=None)
+    await backend.append(
+        "s", [b"a", b"b"], max_entries=None, ttl=100.0, write_id=_wid(), fence=None
+    )
     page = await _page(backend, "s")
     assert await backend.compact(
         "s", generation=page.generation, before_seq=1, summary=b"sum", write_id=_wid()
@@ -301,9 +307,13 @@ async def test_a_fenced_edit_changes_nothing(backend: Any) -> None:
 
 async def test_a_replayed_append_after_a_pop_reports_the_length_by_count(backend: Any) -> None:
     token = _wid()
-    await backend.append("s", [b"a", b"b", b"c"], max_entries=None, ttl=None, write_id=token, fence=None)
+    await backend.append(
+        "s", [b"a", b"b", b"c"], max_entries=None, ttl=None, write_id=token, fence=None
+    )
     await backend.pop("s", 1, write_id=_wid(), fence=None)
-    again = await backend.append("s", [b"a"], max_entries=None, ttl=None, write_id=token, fence=None)
+    again = await backend.append(
+        "s", [b"a"], max_entries=None, ttl=None, write_id=token, fence=None
+    )
     assert (again.length, again.applied) == (2, False)
 
 

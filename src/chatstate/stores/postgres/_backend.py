@@ -191,10 +191,10 @@ class PostgresBackend:
             row = await self._row("touch", session_id, limit, self._now(), summary, touch)
         if row is None:
             return Page([], 0)
-        head, tail, missing, version, generation, kept, entries, numbers = row
-        if numbers is not None:  # gaps: each entry's number
-            first = numbers[0] if numbers else tail
-            return Page(entries, first, kept, version, generation, tail - head - missing, numbers)
+        head, tail, missing, version, generation, kept, entries, seqs = row
+        if seqs is not None:  # gaps: each entry's number
+            first = seqs[0] if seqs else tail
+            return Page(entries, first, kept, version, generation, tail - head - missing, seqs)
         start = head if limit is None else max(head, tail - limit)
         return Page(entries, start, kept, version, generation, tail - head)
 

@@ -49,8 +49,7 @@ QUERIES = {
     "touch": f"UPDATE {{s}}.sessions s SET expires_at = {{s}}._now($3) + $5 "
     f"WHERE s.id = $1 AND {_LIVE} RETURNING {_PAGE}",
     "range_after": f"SELECT {_RANGE} FROM {{s}}.sessions s {_AFTER} WHERE s.id = $1 AND {_LIVE}",
-    "range_before": f"SELECT {_RANGE} FROM {{s}}.sessions s {_BEFORE} "
-    f"WHERE s.id = $1 AND {_LIVE}",
+    "range_before": f"SELECT {_RANGE} FROM {{s}}.sessions s {_BEFORE} WHERE s.id = $1 AND {_LIVE}",
     "range_after_touch": _TOUCHED + _AFTER,
     "range_before_touch": _TOUCHED + _BEFORE,
     "snapshot": "SELECT ARRAY(SELECT entry FROM {s}.messages WHERE session_id = s.id "

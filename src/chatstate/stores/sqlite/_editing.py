@@ -38,7 +38,9 @@ def read_range(
     """Up to ``limit`` entries with their numbers: the newest below ``before``, the oldest above
     ``after``, or the newest of all."""
     with tx._transaction(db, write=touch is not None) as now:
-        row: Row | None = db.execute(ROW + "WHERE s.id = ? AND " + LIVE, (session_id, now)).fetchone()
+        row: Row | None = db.execute(
+            ROW + "WHERE s.id = ? AND " + LIVE, (session_id, now)
+        ).fetchone()
         if row is None:
             return Page([], 0)
         if touch is not None:

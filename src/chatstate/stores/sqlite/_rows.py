@@ -83,8 +83,7 @@ def set_gaps(
 def newest(db: sqlite3.Connection, session_id: str, count: int) -> list[tuple[int, bytes]]:
     """The newest ``count`` entries with their numbers, oldest first."""
     rows: list[tuple[int, bytes]] = db.execute(
-        "SELECT seq, entry FROM chatstate_messages WHERE session_id = ? ORDER BY seq DESC "
-        "LIMIT ?",
+        "SELECT seq, entry FROM chatstate_messages WHERE session_id = ? ORDER BY seq DESC LIMIT ?",
         (session_id, count),
     ).fetchall()
     rows.reverse()

@@ -437,5 +437,3 @@ class Transactions:
         db.execute("DELETE FROM chatstate_leases WHERE expires_at <= ?", (now,))
         self.expirations += len(expired)
         return len(expired)
-
-
