@@ -72,7 +72,7 @@ class RedisBackend:
     """The :class:`~chatstate.stores.Backend` of :class:`~chatstate.stores.redis.RedisStateStore`:
     every command goes through ``pipeline`` (an :class:`AutoPipeline` on a redis-py client), and
     every key starts with ``prefix``. See the module for the layout. With ``durable``, the
-    writes (append, replace, delete, compact) go through it instead, each followed by a WAIT
+    writes (append, replace, delete, pop, compact) go through it instead, each followed by a WAIT
     (see :mod:`chatstate.stores.redis._durability`)."""
 
     name = "redis"
@@ -225,7 +225,7 @@ class RedisBackend:
     ) -> Popped[bytes]:
         keys = (*self._session_keys(session_id), self.key(session_id, "popped"))
         reply = await lua.POP.run(
-            self._execute,
+            self._write,
             keys,
             count,
             _seed(),

@@ -10,6 +10,7 @@
 -- false if the fence is refused. A pop that empties the session deletes it (as delete.lua).
 local meta = redis.call('HMGET', KEYS[3], 'w1', 'w2', 'w3', 'w4', 'wn', 'tail', 'ver')
 if seen(meta, ARGV[3]) then
+  replayed(KEYS[3], meta[5])
   local kept = redis.call('GET', KEYS[6]) or ''
   if string.sub(kept, 1, 8) ~= ARGV[3] then kept = '' end
   return {kept, redis.call('LLEN', KEYS[1]), tonumber(meta[7]) or 0, 0}
