@@ -6,18 +6,26 @@ Layout, for a session id escaped into a hash tag (``%`` → ``%25``, ``{`` → `
     {prefix}:{<id>}:messages   list    the entries, oldest first
     {prefix}:{<id>}:summary    string  the summary's entry, once a fold made one
     {prefix}:{<id>}:meta       hash    tail (the number the next entry takes), gen, ver,
-                                       s (1: a summary exists), w1-w4 and wn (the last 32
-                                       write ids, 8 bytes each, a ring); after a delete only
-                                       the ids and x (whether it existed), for 10 minutes
+                                       s (1: a summary exists), h (the gaps in the numbers,
+                                       if any), w1-w4 and wn (the last 32 write ids, 8 bytes
+                                       each, a ring); after a delete only the ids and x
+                                       (whether it existed), for 10 minutes
+    {prefix}:{<id>}:gaps       string  the gaps, when too long for the meta hash (h is "*")
     {prefix}:{<id>}:lease      string  the turn lease's holder
     {prefix}:{<id>}:popped     string  what the session's last pop removed (for a retry of it),
                                        for 10 minutes
     {prefix}:{<id>}:version    string  read and removed: the version of a 0.1.0 versioned store
 
-The head's number is ``tail - LLEN``: trims remove entries from the head and never renumber.
-The summary and the meta hash expire with the list. A list without a meta hash was written by
-0.1.0: it reads as numbered from 0, in generation 0, at the version of its old ``:version`` key
-(1 if it has none), and its first write gives it a meta hash (and removes that key).
+No number is given twice in a session's life: trims and folds remove entries from the head,
+pops and edits from anywhere, and none renumbers. The numbers removed above the head are gaps
+(:mod:`._numbering`), and the head's number is ``tail - LLEN - (their total)``: without gaps
+(``h`` absent, nearly every session) ``tail - LLEN``. The meta hash stays small enough for
+Redis's compact encoding of a hash (listpack: every value at most 64 bytes); gaps that would
+not fit go to the ``gaps`` key. The summary, the meta hash and the gaps expire with the list.
+
+A list without a meta hash was written by 0.1.0: it reads as numbered from 0, in generation 0,
+at the version of its old ``:version`` key (1 if it has none), and its first write gives it a
+meta hash (and removes that key).
 
 Every call is one command, and so one round trip: the plain load is a bare ``LRANGE``; every
 other call is one Lua script (``lua/*.lua``), which Redis runs atomically.
@@ -46,6 +54,7 @@ from chatstate.stores.redis._autopipeline import AutoPipeline
 from chatstate.stores.redis._census import Census
 from chatstate.stores.redis._durability import DurableWrites
 from chatstate.stores.redis._errors import error_kind
+from chatstate.stores.redis._numbering import number_page
 
 __all__ = ["RedisBackend"]
 
@@ -90,7 +99,7 @@ class RedisBackend:
         self.durable = durable
         self._execute = pipeline.execute
         self._write = pipeline.execute if durable is None else durable.execute
-        self._keys: dict[str, tuple[str, str, str, str, str]] = {}
+        self._keys: dict[str, tuple[str, str, str, str, str, str]] = {}
         self._append_heads: dict[str, tuple[str | int, ...]] = {}
         # A SCAN pattern of every session's list (the prefix's glob characters escaped).
         self._sessions_pattern = f"{prefix.translate(_GLOB)}:{{*{_SUFFIX}"
@@ -104,8 +113,9 @@ class RedisBackend:
         checked)."""
         return f"{self.prefix}:{{{check_session_id(session_id).translate(_ESCAPES)}}}:{kind}"
 
-    def _session_keys(self, session_id: str) -> tuple[str, str, str, str, str]:
-        """The list, summary, meta, 0.1.0 version and lease keys of a (checked) session id."""
+    def _session_keys(self, session_id: str) -> tuple[str, str, str, str, str, str]:
+        """The list, summary, meta, 0.1.0 version, gaps and lease keys of a (checked) session
+        id: the order of the scripts' KEYS."""
         keys = self._keys.get(session_id)
         if keys is None:
             if len(self._keys) >= _KEYS_KEPT:
@@ -116,6 +126,7 @@ class RedisBackend:
                 base + "summary",
                 base + "meta",
                 base + "version",
+                base + "gaps",
                 base + "lease",
             )
         return keys
@@ -149,12 +160,21 @@ class RedisBackend:
             return Page(raw, 0)
         first: int | str = "" if limit == 0 else -limit if limit else 0
         reply = await lua.READ.run(
-            self._execute, keys[:4], first, _ms(touch), int(summary), repeatable=True
+            self._execute,
+            keys[:5],
+            first,
+            _ms(touch),
+            int(summary),
+            int(numbers),
+            repeatable=True,
         )
         if not reply:
             return Page([], 0)
-        entries, kept, tail, generation, version, length = reply
-        return Page(entries, tail - len(entries), kept or None, version, generation, length)
+        entries, kept, tail, generation, version, length, gaps = reply
+        page = Page(entries, tail - len(entries), kept or None, version, generation, length)
+        if gaps and entries:
+            number_page(page, tail, gaps, length - len(entries))
+        return page
 
     async def append(
         self,
@@ -243,7 +263,7 @@ class RedisBackend:
     async def compact(
         self, session_id: str, *, generation: int, before_seq: int, summary: bytes, write_id: str
     ) -> bool:
-        keys = self._session_keys(session_id)[:4]
+        keys = self._session_keys(session_id)[:5]
         done = await lua.COMPACT.run(
             self._write,
             keys,
