@@ -35,13 +35,15 @@ from __future__ import annotations
 
 import random
 from collections.abc import AsyncIterator, Sequence
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from redis.exceptions import NoScriptError
 
 from chatstate._checks import check_session_id
 from chatstate.stores._backend import (
     BackendCensus,
+    Editing,
+    EditOutcome,
     ErrorKind,
     Fenced,
     Page,
@@ -49,6 +51,7 @@ from chatstate.stores._backend import (
     RawSession,
     Written,
 )
+from chatstate.stores.redis import _edits as edits
 from chatstate.stores.redis import _scripts as lua
 from chatstate.stores.redis._autopipeline import AutoPipeline
 from chatstate.stores.redis._census import Census
@@ -81,8 +84,9 @@ class RedisBackend:
     """The :class:`~chatstate.stores.Backend` of :class:`~chatstate.stores.redis.RedisStateStore`:
     every command goes through ``pipeline`` (an :class:`AutoPipeline` on a redis-py client), and
     every key starts with ``prefix``. See the module for the layout. With ``durable``, the
-    writes (append, replace, delete, pop, compact) go through it instead, each followed by a WAIT
-    (see :mod:`chatstate.stores.redis._durability`)."""
+    writes (append, replace, delete, pop, edit, compact) go through it instead, each followed
+    by a WAIT (see :mod:`chatstate.stores.redis._durability`). It has the methods of
+    :class:`~chatstate.stores.Editing` too."""
 
     name = "redis"
 
@@ -176,6 +180,20 @@ class RedisBackend:
             number_page(page, tail, gaps, length - len(entries))
         return page
 
+    async def read_range(
+        self,
+        session_id: str,
+        *,
+        before: int | None,
+        after: int | None,
+        limit: int,
+        touch: float | None,
+    ) -> Page[bytes]:
+        keys = self._session_keys(session_id)[:5]
+        return await edits.read_range(
+            self._execute, keys, before=before, after=after, limit=limit, touch_ms=_ms(touch)
+        )
+
     async def append(
         self,
         session_id: str,
@@ -259,6 +277,32 @@ class RedisBackend:
         if not applied:  # a retry: what its first run removed, kept by the script
             entries = _unpack_popped(entries)
         return Popped(entries, length, version, bool(applied))
+
+    async def edit(
+        self,
+        session_id: str,
+        seq: int,
+        entry: bytes | None,
+        *,
+        truncate: bool,
+        version: int | None,
+        write_id: str,
+        fence: str | None,
+    ) -> Written | EditOutcome:
+        keys = self._session_keys(session_id)
+        edited = await edits.edit(
+            self._write,
+            keys,
+            seq,
+            entry,
+            truncate=truncate,
+            version=version,
+            write_id=write_id,
+            fence=fence,
+        )
+        if edited is None:
+            raise _fenced(session_id)
+        return edited
 
     async def compact(
         self, session_id: str, *, generation: int, before_seq: int, summary: bytes, write_id: str
@@ -362,6 +406,10 @@ class RedisBackend:
 
     async def aclose(self) -> None:
         await self.pipeline.aclose()
+
+
+if TYPE_CHECKING:  # mypy proves that the store core can run the history operations on it
+    _EDITING: type[Editing[bytes]] = RedisBackend
 
 
 def _fenced(session_id: str) -> Fenced:
