@@ -1,25 +1,38 @@
 """A third-party backend, as small as the interface allows: plain dicts of bytes entries.
 
-It implements only :class:`chatstate.stores.Backend` (no chatstate base class, no helper of the
-built-in backends) and goes through :class:`chatstate.stores.BackendStore`, which gives it the
-codec, the checks, leases, metrics and hooks: the conformance suite runs over it as over the
-built-in stores.
+It implements only :class:`chatstate.stores.Backend`, with its optional ``pop`` and the
+:class:`chatstate.stores.Editing` protocol (no chatstate base class, no helper of the built-in
+backends), and goes through :class:`chatstate.stores.BackendStore`, which gives it the codec, the
+checks, leases, metrics, hooks and the history operations: the conformance suite runs over it as
+over the built-in stores. Each entry's number is kept beside it (``seqs``), the plainest way to
+keep numbers with gaps.
 """
 
 from __future__ import annotations
 
 import itertools
+from bisect import bisect_left, bisect_right
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from chatstate.stores import BackendCensus, ErrorKind, Fenced, Page, RawSession, Written
+from chatstate.stores import (
+    BackendCensus,
+    EditOutcome,
+    ErrorKind,
+    Fenced,
+    Page,
+    Popped,
+    RawSession,
+    Written,
+)
 
 
 @dataclass
 class _Row:
     entries: list[bytes] = field(default_factory=list)
-    head: int = 0
+    seqs: list[int] = field(default_factory=list)  # each entry's number
+    tail: int = 0  # the next number to give
     summary: bytes | None = None
     expires_at: float | None = None
     version: int = 0
@@ -86,10 +99,21 @@ class DictBackend:
             return Page([], 0)
         if touch is not None:
             self._expire_in(row, touch)
-        entries = row.entries[:] if limit is None else row.entries[-limit:] if limit else []
-        first = row.head + len(row.entries) - len(entries)
-        kept = row.summary if summary else None
-        return Page(entries, first, kept, row.version, row.generation, len(row.entries))
+        start = 0 if limit is None else max(0, len(row.entries) - limit)
+        return self._page(row, start, len(row.entries), row.summary if summary else None)
+
+    def _page(self, row: _Row, start: int, end: int, summary: bytes | None = None) -> Page[bytes]:
+        seqs = row.seqs[start:end]
+        first = seqs[0] if seqs else row.tail
+        return Page(
+            row.entries[start:end],
+            first,
+            summary,
+            row.version,
+            row.generation,
+            len(row.entries),
+            seqs,
+        )
 
     async def append(
         self,
@@ -111,11 +135,12 @@ class DictBackend:
                 version=next(self._numbers) * 1000, generation=next(self._numbers)
             )
         row.entries.extend(entries)
+        row.seqs.extend(range(row.tail, row.tail + len(entries)))
+        row.tail += len(entries)
         trimmed = max_entries is not None and len(row.entries) > max_entries
         if max_entries is not None and trimmed:
             cut = len(row.entries) - max_entries
-            del row.entries[:cut]
-            row.head += cut
+            del row.entries[:cut], row.seqs[:cut]
         row.version += 1
         self._expire_in(row, ttl)
         return Written(len(row.entries), row.version, trimmed)
@@ -138,7 +163,9 @@ class DictBackend:
             return None
         self._fence(session_id, fence)
         self._remember(session_id, write_id)
-        row = self._rows[session_id] = _Row(list(entries), 0, summary)
+        start = 0 if old is None else old.tail  # numbered on after every number given
+        numbers = list(range(start, start + len(entries)))
+        row = self._rows[session_id] = _Row(list(entries), numbers, start + len(entries), summary)
         row.version = old.version + 1 if old is not None else next(self._numbers) * 1000
         row.generation = next(self._numbers)
         self._expire_in(row, ttl)
@@ -161,13 +188,87 @@ class DictBackend:
         if row is None or row.generation != generation:
             return False
         self._remember(session_id, write_id)
-        folded = max(0, before_seq - row.head)
-        del row.entries[:folded]
-        row.head += folded
+        folded = bisect_left(row.seqs, before_seq)
+        del row.entries[:folded], row.seqs[:folded]
         row.summary = summary
         row.version += 1
         row.generation = next(self._numbers)
         return True
+
+    async def pop(
+        self, session_id: str, count: int, *, write_id: str, fence: str | None
+    ) -> Popped[bytes]:
+        if self._seen(session_id, write_id):
+            done = self._already(session_id)
+            return Popped([], done.length, done.version, applied=False)
+        self._fence(session_id, fence)
+        row = self._live(session_id)
+        if row is None:
+            return Popped([], 0, 0)
+        popped = row.entries[-count:]
+        if count >= len(row.entries):
+            await self.delete(session_id, write_id=write_id, fence=fence)
+            return Popped(popped, 0, 0)
+        self._remember(session_id, write_id)
+        del row.entries[-count:], row.seqs[-count:]  # the tail stays: the numbers are not reused
+        row.version += 1
+        row.generation = next(self._numbers)
+        return Popped(popped, len(row.entries), row.version)
+
+    async def read_range(
+        self,
+        session_id: str,
+        *,
+        before: int | None,
+        after: int | None,
+        limit: int,
+        touch: float | None,
+    ) -> Page[bytes]:
+        row = self._live(session_id)
+        if row is None:
+            return Page([], 0)
+        if touch is not None:
+            self._expire_in(row, touch)
+        if after is not None:
+            start = bisect_right(row.seqs, after)
+            return self._page(row, start, min(len(row.seqs), start + limit))
+        end = len(row.seqs) if before is None else bisect_left(row.seqs, before)
+        return self._page(row, max(0, end - limit), end)
+
+    async def edit(
+        self,
+        session_id: str,
+        seq: int,
+        entry: bytes | None,
+        *,
+        truncate: bool,
+        version: int | None,
+        write_id: str,
+        fence: str | None,
+    ) -> Written | EditOutcome:
+        if self._seen(session_id, write_id):
+            return self._already(session_id)
+        self._fence(session_id, fence)
+        row = self._live(session_id)
+        if row is None:
+            return "missing"
+        if version is not None and row.version != version:
+            return "stale"
+        at = bisect_left(row.seqs, seq)
+        if at == len(row.seqs) or row.seqs[at] != seq:
+            return "missing"
+        end = len(row.entries) if truncate else at + 1
+        if entry is None and at == 0 and end == len(row.entries):
+            await self.delete(session_id, write_id=write_id, fence=fence)
+            return Written(0, 0)
+        self._remember(session_id, write_id)
+        if entry is not None:
+            row.entries[at] = entry
+            at += 1
+        del row.entries[at:end], row.seqs[at:end]
+        row.version += 1
+        row.generation = next(self._numbers)
+        return Written(len(row.entries), row.version)
 
     async def snapshot(self, session_id: str) -> RawSession[bytes] | None:
         row = self._live(session_id)

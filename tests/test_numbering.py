@@ -256,3 +256,26 @@ async def test_a_read_of_the_newest_gives_their_numbers(backend: Any) -> None:
     await _edit(backend, s + 2, None)
     page = await backend.read("s", limit=2, summary=False, touch=None, numbers=True)
     assert (page.entries, page.seqs(), page.first_seq) == ([b"b", b"d"], [s + 1, s + 3], s + 1)
+
+
+async def test_a_fold_after_gaps_covers_what_it_read(backend: Any) -> None:
+    """The store core names a fold's end by the number after its last message, not by
+    counting from the first: with gaps, counting would leave a folded message in place."""
+    from chatstate import Message
+    from chatstate.stores import BackendStore
+
+    store: BackendStore[Any] = BackendStore(backend)
+    texts = ["a", "b", "c", "d", "e", "f", "g"]
+    await store.append("s", [Message(role="user", content=t) for t in texts])
+    ids = (await store.history("s")).ids
+    await store.delete_message("s", ids[2])  # c
+    await store.delete_message("s", ids[3])  # d
+    await store.delete_message("s", ids[4])  # e: a, b, f, g left
+
+    async def fold(history: list[Message], summary: Message | None) -> tuple[int, Message]:
+        return 3, Message(role="system", content="".join(m.text for m in history[:3]))
+
+    assert await store.compact("s", fold)
+    messages, summary = await store.load_with_summary("s")
+    assert [m.text for m in messages] == ["g"]
+    assert summary is not None and summary.text == "abf"

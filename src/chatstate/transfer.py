@@ -167,7 +167,8 @@ async def import_sessions(
             left = None if expires_at is None else expires_at - now
             writes.append((session_id, replace(snapshot, ttl=left)))
     # A SessionTransfer of one's own may take no write_id: its writes then carry none.
-    takes_ids = "write_id" in inspect.signature(transfers.restore).parameters
+    restore: Any = transfers.restore
+    takes_ids = "write_id" in inspect.signature(restore).parameters
     if write_id is not None and not takes_ids:
         raise ConfigurationError(f"{type(store).__name__}.restore() takes no write_id")
     name = new_write_id() if write_id is None else check_write_id(write_id)
@@ -179,7 +180,7 @@ async def import_sessions(
         for session_id, snapshot in writes:
             # A session that exists is a conflict unless this import's own earlier run wrote it
             # (a restore that finds its write id remembered reports True, and writes nothing).
-            if await _exists(store, transfers, session_id) and not await transfers.restore(
+            if await _exists(store, transfers, session_id) and not await restore(
                 session_id, snapshot, **ids[session_id]
             ):
                 raise SessionExistsError(
@@ -188,11 +189,8 @@ async def import_sessions(
                     session_id=session_id,
                 )
     for session_id, snapshot in writes:
-        if await transfers.restore(
-            session_id,
-            snapshot,
-            overwrite=on_conflict == "overwrite",
-            **ids[session_id],
+        if await restore(
+            session_id, snapshot, overwrite=on_conflict == "overwrite", **ids[session_id]
         ):
             report.imported.append(session_id)
         elif on_conflict == "skip":

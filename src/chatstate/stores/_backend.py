@@ -331,8 +331,8 @@ class Editing(Protocol[E]):
         those numbered below ``before``, or the oldest of those numbered above ``after`` (at most
         one of the two is given; neither: the newest of the session). The page has the session's
         version, generation and length (and no summary). ``touch`` as for :meth:`Backend.read`.
-        An unknown session, or none in the range, reads as ``Page([], 0, version=...)`` (the
-        version 0 if there is no session)."""
+        An unknown session reads as ``Page([], 0)``; a session with no entry in the range as a
+        page without entries, with its version (its ``first_seq`` then means nothing)."""
         ...
 
     async def edit(
@@ -357,5 +357,7 @@ class Editing(Protocol[E]):
         else it returns ``"stale"``; it returns ``"missing"`` if no entry has the number (or
         there is no session), in both cases changing nothing. Write ids and the fence as for
         every write: a remembered ``write_id`` returns ``Written(length, version,
-        applied=False)`` with the session as it is now, whatever the other arguments say."""
+        applied=False)`` with the session as it is now, whatever the other arguments say. The
+        checks go in this order: the write id, the fence (raises), no session (``"missing"``),
+        the version (``"stale"``), no such entry (``"missing"``)."""
         ...

@@ -87,10 +87,10 @@ class MemoryBackend(ConversationIndex, Expiries, Edits):
         entries = stored[:] if limit is None else stored[-limit:] if limit else []
         seqs = session.seqs
         if seqs is None:
-            first, numbers = session.head + len(stored) - len(entries), None
+            first, each = session.head + len(stored) - len(entries), None
         else:
-            numbers = seqs[len(stored) - len(entries) :]
-            first = numbers[0] if numbers else session.tail
+            each = seqs[len(stored) - len(entries) :]
+            first = each[0] if each else session.tail
         return Page(
             entries,
             first,
@@ -98,7 +98,7 @@ class MemoryBackend(ConversationIndex, Expiries, Edits):
             session.version,
             session.generation,
             len(stored),
-            numbers,
+            each,
         )
 
     def entries_now(self, session_id: str, limit: int | None) -> list[Any]:

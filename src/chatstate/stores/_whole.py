@@ -76,7 +76,7 @@ class WholeSessions(Reporting, Generic[E]):
             done = await self.backend.compact(
                 session_id,
                 generation=page.generation,
-                before_seq=page.first_seq + count,
+                before_seq=page.seqs()[count - 1] + 1,  # numbers may have gaps
                 summary=entry,
                 write_id=new_write_id(),
             )

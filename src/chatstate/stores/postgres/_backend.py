@@ -1,7 +1,8 @@
 """The PostgreSQL backend: every call one statement, one round trip, on a pooled connection.
 
 A plain load is one ``SELECT`` (the newest entries of a live session as one array); every write
-is one call of a function of the store's schema (``schema.sql``), which runs its whole
+is one call of a function of the store's schema (``schema.sql``, ``editing.sql``; the other
+statements are in ``_queries``), which runs its whole
 transaction on the server: the write-id check, the lease's fence, the insert, the trim, the
 expiry, the version, and, when one is due, a chunk of the expiry sweep. A write refused by its
 fence raises SQLSTATE ``CSFEN`` there, so nothing of it commits.
@@ -17,10 +18,20 @@ import anyio
 import asyncpg
 
 from chatstate.errors import ChatStateError
-from chatstate.stores._backend import BackendCensus, ErrorKind, Fenced, Page, RawSession, Written
+from chatstate.stores._backend import (
+    BackendCensus,
+    EditOutcome,
+    ErrorKind,
+    Fenced,
+    Page,
+    Popped,
+    RawSession,
+    Written,
+)
 from chatstate.stores._writes import DELETED_IDS_TTL
 from chatstate.stores.postgres._batch import AppendBatcher, Item, Row
 from chatstate.stores.postgres._errors import FENCED, NotSent, error_kind
+from chatstate.stores.postgres._queries import QUERIES
 from chatstate.stores.postgres._schema import migrate
 
 __all__ = ["SWEEP_CHUNK", "PostgresBackend", "no_reset"]
@@ -29,54 +40,6 @@ SWEEP_CHUNK = 500
 """Sessions deleted by one chunk of a sweep, and ids read by one step of a listing."""
 
 _T = TypeVar("_T")
-
-# What a page is read from: head, tail, version, generation, summary, entries.
-_LIVE = "s.live AND (s.expires_at IS NULL OR s.expires_at > {s}._now($3))"
-_ENTRIES = (
-    "ARRAY(SELECT entry FROM {s}.messages WHERE session_id = s.id "
-    "AND seq >= greatest(s.head, s.tail - $2) ORDER BY seq)"
-)
-_QUERIES = {
-    "load": f"SELECT {_ENTRIES} FROM {{s}}.sessions s WHERE s.id = $1 AND {_LIVE}",
-    "read": f"SELECT s.head, s.tail, s.version, s.generation, CASE WHEN $4 THEN s.summary END, "
-    f"{_ENTRIES} FROM {{s}}.sessions s WHERE s.id = $1 AND {_LIVE}",
-    "touch": f"UPDATE {{s}}.sessions s SET expires_at = {{s}}._now($3) + $5 "
-    f"WHERE s.id = $1 AND {_LIVE} RETURNING s.head, s.tail, s.version, s.generation, "
-    f"CASE WHEN $4 THEN s.summary END, {_ENTRIES}",
-    "snapshot": "SELECT ARRAY(SELECT entry FROM {s}.messages WHERE session_id = s.id "
-    "AND seq >= s.head ORDER BY seq), s.summary, s.expires_at - {s}._now($2) "
-    "FROM {s}.sessions s WHERE s.id = $1 AND s.live "
-    "AND (s.expires_at IS NULL OR s.expires_at > {s}._now($2))",
-    "time_left": "SELECT s.expires_at - {s}._now($2) FROM {s}.sessions s WHERE s.id = $1 "
-    "AND s.live AND (s.expires_at IS NULL OR s.expires_at > {s}._now($2))",
-    "append": "SELECT * FROM {s}.append($1, $2, $3, $4, $5, $6, $7, $8)",
-    "append_many": "SELECT * FROM {s}.append_many($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-    "replace": "SELECT * FROM {s}.replace($1, $2, $3, $4, $5, $6, $7, $8)",
-    "delete": "SELECT {s}.delete($1, $2, $3, $4, $5)",
-    "compact": "SELECT {s}.compact($1, $2, $3, $4, $5, $6)",
-    "sweep": "SELECT * FROM {s}.sweep($1, $2)",
-    "acquire": "INSERT INTO {s}.leases AS l VALUES ($1, $2, {s}._now($4) + $3) "
-    "ON CONFLICT (session_id) DO UPDATE SET token = excluded.token, "
-    "expires_at = excluded.expires_at "
-    "WHERE l.expires_at <= {s}._now($4) OR l.token = excluded.token RETURNING true",
-    "renew": "UPDATE {s}.leases SET expires_at = {s}._now($4) + $3 "
-    "WHERE session_id = $1 AND token = $2 AND expires_at > {s}._now($4) RETURNING true",
-    "release": "DELETE FROM {s}.leases WHERE session_id = $1 AND token = $2 RETURNING true",
-    "index": "INSERT INTO {s}.conversations VALUES ($1, $2, $3, $4) "
-    "ON CONFLICT (user_session, conversation_id) DO UPDATE SET "
-    "last_active = excluded.last_active, deadline = excluded.deadline",
-    "list": "WITH gone AS (DELETE FROM {s}.conversations WHERE user_session = $1 "
-    "AND deadline <= $2) SELECT conversation_id, last_active FROM {s}.conversations "
-    "WHERE user_session = $1 AND (deadline IS NULL OR deadline > $2) "
-    "ORDER BY last_active DESC, conversation_id LIMIT $3 OFFSET $4",
-    "drop": "DELETE FROM {s}.conversations WHERE user_session = $1 RETURNING conversation_id",
-    "ids": "SELECT id FROM {s}.sessions WHERE id > $1 AND live "
-    "AND (expires_at IS NULL OR expires_at > {s}._now($2)) ORDER BY id LIMIT $3",
-    "census": "SELECT count(*), coalesce(sum(tail - head), 0)::bigint, "
-    "(SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0)::bigint FROM pg_class c "
-    "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $2 AND c.relkind = 'r') "
-    "FROM {s}.sessions s WHERE s.live AND (s.expires_at IS NULL OR s.expires_at > {s}._now($1))",
-}
 
 
 async def no_reset(connection: object) -> None:
@@ -113,7 +76,7 @@ class PostgresBackend:
         self._clock = clock
         self._sweep_interval = sweep_interval
         self._next_sweep = 0.0
-        self._sql = {name: query.format(s=schema) for name, query in _QUERIES.items()}
+        self._sql = {name: query.format(s=schema) for name, query in QUERIES.items()}
         self.expirations = 0
         """Expired sessions deleted by this instance's sweeps."""
         self.batcher = AppendBatcher(self._append_one, self._append_many) if batch_appends else None
@@ -228,7 +191,10 @@ class PostgresBackend:
             row = await self._row("touch", session_id, limit, self._now(), summary, touch)
         if row is None:
             return Page([], 0)
-        head, tail, version, generation, kept, entries = row
+        head, tail, missing, version, generation, kept, entries, seqs = row
+        if seqs is not None:  # gaps: each entry's number
+            first = seqs[0] if seqs else tail
+            return Page(entries, first, kept, version, generation, tail - head - missing, seqs)
         start = head if limit is None else max(head, tail - limit)
         return Page(entries, start, kept, version, generation, tail - head)
 
@@ -302,6 +268,75 @@ class PostgresBackend:
             "compact", session_id, generation, before_seq, summary, write_id, self._now()
         )
         return done
+
+    async def pop(
+        self, session_id: str, count: int, *, write_id: str, fence: str | None
+    ) -> Popped[bytes]:
+        entries, length, version, applied = await self._row(
+            "pop", session_id, count, write_id, fence, self._now(), DELETED_IDS_TTL
+        )
+        return Popped(entries, length, version, applied)
+
+    async def read_range(
+        self,
+        session_id: str,
+        *,
+        before: int | None,
+        after: int | None,
+        limit: int,
+        touch: float | None,
+    ) -> Page[bytes]:
+        name = "range_after" if after is not None else "range_before"
+        bound = after if after is not None else before
+        if touch is None:
+            row = await self._row(name, session_id, bound, self._now(), limit)
+        else:
+            row = await self._row(name + "_touch", session_id, bound, self._now(), limit, touch)
+        if row is None:
+            return Page([], 0)
+        head, tail, missing, version, generation, numbers, entries = row
+        if not numbers:
+            return Page([], 0, None, version, generation, tail - head - missing)
+        # Only where they do not run on from the first without a gap (see Page.numbers).
+        gapped = numbers[-1] - numbers[0] >= len(numbers)
+        return Page(
+            entries,
+            numbers[0],
+            None,
+            version,
+            generation,
+            tail - head - missing,
+            numbers if gapped else None,
+        )
+
+    async def edit(
+        self,
+        session_id: str,
+        seq: int,
+        entry: bytes | None,
+        *,
+        truncate: bool,
+        version: int | None,
+        write_id: str,
+        fence: str | None,
+    ) -> Written | EditOutcome:
+        outcome, length, now_version, applied = await self._row(
+            "edit",
+            session_id,
+            seq,
+            entry,
+            truncate,
+            version,
+            write_id,
+            fence,
+            self._now(),
+            DELETED_IDS_TTL,
+        )
+        if outcome == "missing":
+            return "missing"
+        if outcome == "stale":
+            return "stale"
+        return Written(length, now_version, applied=applied)
 
     async def snapshot(self, session_id: str) -> RawSession[bytes] | None:
         row = await self._row("snapshot", session_id, self._now())

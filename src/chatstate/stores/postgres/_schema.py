@@ -2,7 +2,8 @@
 
 Everything lives in one PostgreSQL schema (``chatstate`` unless the store is given another name),
 so two apps share a database by naming two schemas. ``schema.sql`` beside this module holds the
-layout (see it for the tables and their functions); ``<schema>.meta`` holds its version. The
+layout (see it for the tables and their functions; ``editing.sql`` holds the functions of the
+history operations); ``<schema>.meta`` holds its version. The
 first store to open a database creates the layout under a transaction-scoped advisory lock (two
 processes starting at once take turns); a layout of an older version is migrated in the same
 transaction, and one written by a newer chatstate is refused, never misread.
@@ -15,10 +16,19 @@ from importlib import resources
 
 from chatstate.errors import ConfigurationError, UnsupportedFormatError
 
-__all__ = ["MIGRATION_TIMEOUT", "SCHEMA_VERSION", "check_schema_name", "layout", "migrate"]
+__all__ = [
+    "MIGRATION_TIMEOUT",
+    "SCHEMA_VERSION",
+    "check_schema_name",
+    "functions",
+    "layout",
+    "migrate",
+]
 
-SCHEMA_VERSION = 1
-"""The layout of the tables and functions; a database written by a newer one is refused."""
+SCHEMA_VERSION = 2
+"""The layout of the tables and functions; a database written by a newer one is refused.
+Version 2 counts the numbers a pop or an edit left unused (``sessions.missing``) and has the
+functions ``pop`` and ``edit``."""
 
 _NAME = re.compile(r"[a-z_][a-z0-9_]{0,47}")
 
@@ -43,10 +53,30 @@ def check_schema_name(schema: object) -> str:
     return schema
 
 
+_FUNCTIONS = "\n-- @functions@\n"
+"""The line of ``schema.sql`` after which come its functions (all ``CREATE OR REPLACE``)."""
+
+
 def layout(schema: str) -> str:
     """The SQL that creates version :data:`SCHEMA_VERSION` of the layout in ``schema``."""
-    text = resources.files(__package__).joinpath("schema.sql").read_text(encoding="utf-8")
+    files = resources.files(__package__)
+    text = "".join(
+        files.joinpath(name).read_text(encoding="utf-8") for name in ("schema.sql", "editing.sql")
+    )
     return text.replace("@schema@", schema)
+
+
+def functions(schema: str) -> str:
+    """The SQL that creates or replaces every function of the layout in ``schema``."""
+    text = layout(schema)
+    return text[text.index(_FUNCTIONS) :]
+
+
+_MIGRATIONS = {
+    # 1 -> 2: numbers are never given twice; the count of those without an entry.
+    1: "ALTER TABLE {schema}.sessions ADD COLUMN missing bigint NOT NULL DEFAULT 0",
+}
+"""What takes the tables of a version to the next; every function is then replaced."""
 
 
 async def migrate(connection: object, schema: str) -> int:
@@ -73,5 +103,15 @@ async def migrate(connection: object, schema: str) -> int:
             await connection.execute(
                 f"INSERT INTO {schema}.meta VALUES ('schema', $1)", SCHEMA_VERSION, timeout=timeout
             )
-        # Later versions migrate here, step by step, from `found` up (none yet).
+        elif found < SCHEMA_VERSION:
+            for version in range(found, SCHEMA_VERSION):  # step by step, from `found` up
+                await connection.execute(
+                    _MIGRATIONS[version].format(schema=schema), timeout=timeout
+                )
+            await connection.execute(functions(schema), timeout=timeout)
+            await connection.execute(
+                f"UPDATE {schema}.meta SET value = $1 WHERE name = 'schema'",
+                SCHEMA_VERSION,
+                timeout=timeout,
+            )
         return int(found or 0)

@@ -1,7 +1,16 @@
--- The layout of schema version 1: the tables, and one function per write, so that a write is one
+-- The layout of schema version 2: the tables, and one function per write, so that a write is one
 -- round trip and one transaction. "@schema@" is replaced by the store's schema name (checked to be
 -- a plain lowercase identifier) before this runs. Times are Unix seconds (float8); a NULL "now"
 -- argument means the server's clock.
+--
+-- A session's entries are numbered from head to tail - 1, and a number is never given twice in
+-- the session's life: a pop or an edit leaves the numbers it freed unused (tail stays), a save
+-- numbers on from tail. "missing" counts the numbers from head to tail - 1 that have no entry,
+-- so that the length is tail - head - missing, and a session without gaps (missing 0) is
+-- appended to, trimmed and read by arithmetic alone.
+--
+-- Version 1 had no "missing" (numbers were reused after a pop): migrating adds the column and
+-- replaces every function (everything after the line "-- @functions@").
 
 CREATE TABLE @schema@.sessions (
     id text PRIMARY KEY,
@@ -13,7 +22,8 @@ CREATE TABLE @schema@.sessions (
     generation bigint NOT NULL,
     summary bytea,
     ids text NOT NULL DEFAULT '',   -- the last write ids, each followed by a newline
-    existed boolean                 -- a tombstone's: whether its delete found the session
+    existed boolean,                -- a tombstone's: whether its delete found the session
+    missing bigint NOT NULL DEFAULT 0  -- numbers from head to tail - 1 without an entry
 );
 CREATE INDEX sessions_expiry ON @schema@.sessions (expires_at) WHERE expires_at IS NOT NULL;
 
@@ -41,13 +51,15 @@ CREATE TABLE @schema@.conversations (
 CREATE INDEX conversations_deadline ON @schema@.conversations (deadline)
     WHERE deadline IS NOT NULL;
 
-CREATE FUNCTION @schema@._now(p_now float8) RETURNS float8
+-- @functions@
+
+CREATE OR REPLACE FUNCTION @schema@._now(p_now float8) RETURNS float8
 LANGUAGE sql STABLE AS $$ SELECT coalesce(p_now, extract(epoch FROM statement_timestamp())) $$;
 
 -- The session's row, locked (created as an expired tombstone if there is none, so that two
 -- writers of a new session take turns). An expired row comes back as no session and no write ids,
 -- its entries deleted.
-CREATE FUNCTION @schema@._lock(p_id text, p_now float8) RETURNS @schema@.sessions
+CREATE OR REPLACE FUNCTION @schema@._lock(p_id text, p_now float8) RETURNS @schema@.sessions
 LANGUAGE plpgsql AS $$
 #variable_conflict use_column
 DECLARE
@@ -64,6 +76,7 @@ BEGIN
             DELETE FROM @schema@.messages WHERE session_id = p_id;
         END IF;
         r.live := false;
+        r.missing := 0;
         r.ids := '';
         r.existed := NULL;
         r.summary := NULL;
@@ -71,18 +84,18 @@ BEGIN
     RETURN r;
 END $$;
 
-CREATE FUNCTION @schema@._seen(p_ids text, p_write text) RETURNS boolean
+CREATE OR REPLACE FUNCTION @schema@._seen(p_ids text, p_write text) RETURNS boolean
 LANGUAGE sql IMMUTABLE AS $$ SELECT position(p_write || E'\n' IN p_ids) > 0 $$;
 
 -- The ids with one more, the oldest dropped beyond 32 (tokens of 16 characters and a newline).
-CREATE FUNCTION @schema@._remember(p_ids text, p_write text) RETURNS text
+CREATE OR REPLACE FUNCTION @schema@._remember(p_ids text, p_write text) RETURNS text
 LANGUAGE sql IMMUTABLE AS $$
     SELECT CASE WHEN length(p_ids) >= 31 * 17 THEN substr(p_ids, length(p_ids) - 31 * 17 + 1)
                 ELSE p_ids END || p_write || E'\n'
 $$;
 
 -- Raises (SQLSTATE CSFEN, the transaction rolled back) unless p_fence holds the lease.
-CREATE FUNCTION @schema@._fence(p_id text, p_fence text, p_now float8) RETURNS void
+CREATE OR REPLACE FUNCTION @schema@._fence(p_id text, p_fence text, p_now float8) RETURNS void
 LANGUAGE plpgsql AS $$
 #variable_conflict use_column
 BEGIN
@@ -95,13 +108,13 @@ BEGIN
     END IF;
 END $$;
 
-CREATE FUNCTION @schema@._seed() RETURNS bigint
+CREATE OR REPLACE FUNCTION @schema@._seed() RETURNS bigint
 LANGUAGE sql VOLATILE AS $$ SELECT floor(random() * 281474976710656)::bigint + 1 $$;
 
 -- Up to p_chunk expired rows deleted (rows that another transaction holds are left for the
 -- next chunk), with expired leases and index entries: the rows deleted, and how many were live sessions
 -- (the rest were the tombstones of deleted ones).
-CREATE FUNCTION @schema@.sweep(p_now float8, p_chunk integer, OUT deleted bigint, OUT expired bigint)
+CREATE OR REPLACE FUNCTION @schema@.sweep(p_now float8, p_chunk integer, OUT deleted bigint, OUT expired bigint)
 LANGUAGE plpgsql AS $$
 #variable_conflict use_column
 DECLARE
@@ -128,7 +141,7 @@ END $$;
 
 -- The hot path, written out: no call of a helper unless the session is new, expired, fenced or
 -- due for a sweep; one row, not a set, returned.
-CREATE FUNCTION @schema@.append(
+CREATE OR REPLACE FUNCTION @schema@.append(
     p_id text, p_entries bytea[], p_max bigint, p_ttl float8, p_write text, p_fence text,
     p_now float8, p_sweep integer,
     OUT length bigint, OUT version bigint, OUT trimmed boolean, OUT applied boolean
@@ -141,13 +154,14 @@ DECLARE
     v_count bigint := cardinality(p_entries);
     v_skip bigint := 0;
     v_head bigint;
+    v_missing bigint;
 BEGIN
     SELECT * INTO r FROM @schema@.sessions WHERE id = p_id FOR UPDATE;
     IF NOT FOUND OR r.expires_at <= v_now THEN
         r := @schema@._lock(p_id, v_now);
     END IF;
     IF position(p_write || E'\n' IN r.ids) > 0 THEN
-        length := CASE WHEN r.live THEN r.tail - r.head ELSE 0 END;
+        length := CASE WHEN r.live THEN r.tail - r.head - r.missing ELSE 0 END;
         version := CASE WHEN r.live THEN r.version ELSE 0 END;
         trimmed := false; applied := false;
         RETURN;
@@ -156,7 +170,8 @@ BEGIN
         PERFORM @schema@._fence(p_id, p_fence, v_now);
     END IF;
     IF NOT r.live THEN
-        r.head := 0; r.tail := 0; r.version := @schema@._seed(); r.generation := @schema@._seed();
+        r.head := 0; r.tail := 0; r.missing := 0;
+        r.version := @schema@._seed(); r.generation := @schema@._seed();
     END IF;
     -- Entries that the bound would trim at once are never written.
     IF p_max IS NOT NULL AND v_count > p_max THEN
@@ -166,16 +181,23 @@ BEGIN
     SELECT p_id, r.tail + ordinality - 1, entry
     FROM unnest(p_entries) WITH ORDINALITY AS t(entry, ordinality) WHERE ordinality > v_skip;
     v_head := r.head;
-    trimmed := p_max IS NOT NULL AND r.tail + v_count - r.head > p_max;
+    v_missing := r.missing;
+    trimmed := p_max IS NOT NULL AND r.tail + v_count - r.head - r.missing > p_max;
     IF trimmed THEN
         v_head := r.tail + v_count - p_max;
+        IF r.missing > 0 AND v_count < p_max THEN
+            -- Gaps: the bound keeps p_max entries, so the oldest kept is the p_max-th newest.
+            SELECT seq INTO v_head FROM @schema@.messages WHERE session_id = p_id
+            ORDER BY seq DESC OFFSET p_max - 1 LIMIT 1;
+        END IF;
+        v_missing := r.tail + v_count - v_head - p_max;
         IF r.live THEN
             DELETE FROM @schema@.messages WHERE session_id = p_id AND seq < v_head;
         END IF;
     END IF;
     -- The summary is left as it is (a live session's) or cleared, never written back.
     UPDATE @schema@.sessions SET
-        live = true, head = v_head, tail = r.tail + v_count,
+        live = true, head = v_head, tail = r.tail + v_count, missing = v_missing,
         expires_at = v_now + p_ttl,
         version = r.version + 1, generation = r.generation,
         summary = CASE WHEN r.live THEN summary END,
@@ -186,11 +208,12 @@ BEGIN
     IF p_sweep > 0 THEN
         PERFORM @schema@.sweep(v_now, p_sweep);
     END IF;
-    length := r.tail + v_count - v_head; version := r.version + 1; applied := true;
+    length := r.tail + v_count - v_head - v_missing; version := r.version + 1; applied := true;
 END $$;
 
--- A save or a restore: the whole session. No row when it exists and not p_overwrite.
-CREATE FUNCTION @schema@.replace(
+-- A save or a restore: the whole session, numbered on from its tail (a new one from 0). No row
+-- when it exists and not p_overwrite.
+CREATE OR REPLACE FUNCTION @schema@.replace(
     p_id text, p_entries bytea[], p_summary bytea, p_ttl float8, p_overwrite boolean,
     p_write text, p_fence text, p_now float8
 ) RETURNS TABLE (length bigint, version bigint, applied boolean)
@@ -201,7 +224,7 @@ DECLARE
     r @schema@.sessions := @schema@._lock(p_id, v_now);
 BEGIN
     IF @schema@._seen(r.ids, p_write) THEN
-        RETURN QUERY SELECT CASE WHEN r.live THEN r.tail - r.head ELSE 0 END,
+        RETURN QUERY SELECT CASE WHEN r.live THEN r.tail - r.head - r.missing ELSE 0 END,
                             CASE WHEN r.live THEN r.version ELSE 0 END, false;
         RETURN;
     END IF;
@@ -211,14 +234,15 @@ BEGIN
     PERFORM @schema@._fence(p_id, p_fence, v_now);
     IF r.live THEN
         DELETE FROM @schema@.messages WHERE session_id = p_id;
-        r.version := r.version + 1; r.generation := r.generation + 1;
+        r.version := r.version + 1; r.generation := r.generation + 1; r.head := r.tail;
     ELSE
-        r.version := @schema@._seed(); r.generation := @schema@._seed();
+        r.version := @schema@._seed(); r.generation := @schema@._seed(); r.head := 0;
     END IF;
     INSERT INTO @schema@.messages (session_id, seq, entry)
-    SELECT p_id, ordinality - 1, entry FROM unnest(p_entries) WITH ORDINALITY AS t(entry, ordinality);
+    SELECT p_id, r.head + ordinality - 1, entry
+    FROM unnest(p_entries) WITH ORDINALITY AS t(entry, ordinality);
     UPDATE @schema@.sessions SET
-        live = true, head = 0, tail = cardinality(p_entries),
+        live = true, head = r.head, tail = r.head + cardinality(p_entries), missing = 0,
         expires_at = CASE WHEN p_ttl IS NULL THEN NULL ELSE v_now + p_ttl END,
         version = r.version, generation = r.generation, summary = p_summary,
         ids = @schema@._remember(r.ids, p_write), existed = NULL
@@ -228,7 +252,7 @@ BEGIN
 END $$;
 
 -- Whether the session existed. Its write ids stay p_keep seconds, in a tombstone.
-CREATE FUNCTION @schema@.delete(
+CREATE OR REPLACE FUNCTION @schema@.delete(
     p_id text, p_write text, p_fence text, p_now float8, p_keep float8
 ) RETURNS boolean
 LANGUAGE plpgsql AS $$
@@ -245,14 +269,14 @@ BEGIN
         DELETE FROM @schema@.messages WHERE session_id = p_id;
     END IF;
     UPDATE @schema@.sessions SET
-        live = false, head = 0, tail = 0, expires_at = v_now + p_keep, summary = NULL,
-        ids = @schema@._remember(r.ids, p_write), existed = r.live
+        live = false, head = 0, tail = 0, missing = 0, expires_at = v_now + p_keep,
+        summary = NULL, ids = @schema@._remember(r.ids, p_write), existed = r.live
     WHERE id = p_id;
     RETURN r.live;
 END $$;
 
 -- A fold: commits only if the generation is still p_generation.
-CREATE FUNCTION @schema@.compact(
+CREATE OR REPLACE FUNCTION @schema@.compact(
     p_id text, p_generation bigint, p_before bigint, p_summary bytea, p_write text, p_now float8
 ) RETURNS boolean
 LANGUAGE plpgsql AS $$
@@ -261,6 +285,7 @@ DECLARE
     v_now float8 := @schema@._now(p_now);
     r @schema@.sessions := @schema@._lock(p_id, v_now);
     v_cut bigint;
+    v_removed bigint := 0;
 BEGIN
     IF @schema@._seen(r.ids, p_write) THEN
         RETURN true;  -- its first run committed
@@ -272,9 +297,12 @@ BEGIN
     v_cut := greatest(r.head, least(p_before, r.tail));
     IF v_cut > r.head THEN
         DELETE FROM @schema@.messages WHERE session_id = p_id AND seq < v_cut;
+        GET DIAGNOSTICS v_removed = ROW_COUNT;
     END IF;
     UPDATE @schema@.sessions SET
-        head = v_cut, summary = p_summary, version = r.version + 1,
+        -- The numbers below the cut that had no entry are no longer counted.
+        head = v_cut, missing = r.missing - (v_cut - r.head - v_removed),
+        summary = p_summary, version = r.version + 1,
         generation = r.generation + 1, ids = @schema@._remember(r.ids, p_write)
     WHERE id = p_id;
     RETURN true;
@@ -284,7 +312,7 @@ END $$;
 -- them by session, so that two batches lock their sessions in the same order and never
 -- deadlock); each item's entries are its p_counts[i] elements of p_entries, in turn. An item
 -- refused by its fence is rolled back alone (fenced true) and the others go on.
-CREATE FUNCTION @schema@.append_many(
+CREATE OR REPLACE FUNCTION @schema@.append_many(
     p_ids text[], p_counts integer[], p_entries bytea[], p_max bigint[], p_ttl float8[],
     p_writes text[], p_fences text[], p_now float8, p_sweep integer
 ) RETURNS TABLE (length bigint, version bigint, trimmed boolean, applied boolean, fenced boolean)
@@ -320,3 +348,4 @@ BEGIN
         RETURN NEXT;
     END LOOP;
 END $$;
+

@@ -6,15 +6,17 @@ import sqlite3
 
 from chatstate.stores._backend import Popped
 from chatstate.stores._writes import DELETED_IDS_TTL, seen
-from chatstate.stores.sqlite._transactions import (
-    _ENTRIES,
-    Transactions,
-    _as_written,
-    _check_fence,
-    _drop,
-    _ids,
-    _remember,
+from chatstate.stores.sqlite._rows import (
+    as_written,
+    check_fence,
+    drop,
+    gaps,
+    newest,
+    remember_write,
+    set_gaps,
+    write_ids,
 )
+from chatstate.stores.sqlite._transactions import Transactions
 
 __all__ = ["pop"]
 
@@ -31,29 +33,32 @@ def pop(
     :class:`~chatstate.stores.Backend`): a pop that empties the session deletes it."""
     with tx._transaction(db) as now:
         row = tx._live_row(db, session_id, now)
-        ids, _ = _ids(db, session_id, now)
+        ids, _ = write_ids(db, session_id, now)
         if ids and seen(ids, write_id):
-            done = _as_written(row)
+            done = as_written(db, session_id, row)
             return Popped([], done.length, done.version, applied=False)
         if fence is not None:
-            _check_fence(db, session_id, fence, now)
+            check_fence(db, session_id, fence, now)
         if row is None:
             return Popped([], 0, 0)
-        head, tail, _, version, _, _ = row
-        start = max(head, tail - count)
-        entries = [entry for (entry,) in db.execute(_ENTRIES, (session_id, start))]
-        if start == head:  # emptied: deleted, its write ids kept as a delete keeps them
-            _drop(db, session_id)
-            _remember(db, session_id, ids, write_id, True, now + DELETED_IDS_TTL)
+        head, tail, _, version, _, _, _, _ = row
+        missing = gaps(db, session_id, row)
+        numbered = newest(db, session_id, count)
+        entries = [entry for _, entry in numbered]
+        if len(numbered) >= tail - head - missing:  # emptied: deleted, its ids kept as a delete's
+            drop(db, session_id)
+            remember_write(db, session_id, ids, write_id, True, now + DELETED_IDS_TTL)
             return Popped(entries, 0, 0)
         db.execute(
-            "DELETE FROM chatstate_messages WHERE session_id = ? AND seq >= ?", (session_id, start)
+            "DELETE FROM chatstate_messages WHERE session_id = ? AND seq >= ?",
+            (session_id, numbered[0][0]),
         )
-        # A new generation: the numbers it freed are taken again by the next append.
+        # The tail stays: the numbers it freed are never given again (they are gaps now).
         db.execute(
-            "UPDATE chatstate_sessions SET tail = ?, version = version + 1, "
-            "generation = generation + 1 WHERE id = ?",
-            (start, session_id),
+            "UPDATE chatstate_sessions SET version = version + 1, generation = generation + 1 "
+            "WHERE id = ?",
+            (session_id,),
         )
-        _remember(db, session_id, ids, write_id)
-        return Popped(entries, start - head, version + 1)
+        set_gaps(db, session_id, row, missing + len(numbered), version + 1)
+        remember_write(db, session_id, ids, write_id)
+        return Popped(entries, tail - head - missing - len(numbered), version + 1)

@@ -1,21 +1,33 @@
 """The SQLite file: its tables, and opening one (WAL, durability, the layout's version).
 
-The layout is that of 0.1.0 (schema 1) with one table more: a file written by any release opens
+The layout is that of 0.1.0 (schema 1) with two tables more: a file written by any release opens
 as it is.
 
-- ``chatstate_sessions``: one row a session. Its entries are numbered ``head`` to ``tail - 1``
-  (a trim or a compaction raises ``head``; numbers are never reused within a generation);
-  ``expires_at`` in Unix seconds (NULL: never); ``version`` changes with every write,
+- ``chatstate_sessions``: one row a session. Its entries are numbered from ``head`` to
+  ``tail - 1`` (a trim or a compaction raises ``head``); a number is never given twice in a
+  session's life (a pop or an edit leaves the numbers it freed unused, a save numbers on from
+  ``tail``); ``expires_at`` in Unix seconds (NULL: never); ``version`` changes with every write,
   ``generation`` with every write that is not an append; ``summary`` the summary's entry.
 - ``chatstate_messages``: the entries, keyed by (session, number), so a load reads one range.
+- ``chatstate_gaps``: for a session whose numbers from ``head`` to ``tail - 1`` are not all
+  entries (after a pop or an edit), how many are not (``missing``), as of its ``version``
+  (see :mod:`chatstate.stores.sqlite._rows`); a session without gaps has no row. Added in 0.2.
 - ``chatstate_leases``: one row a held lease (token, expiry).
 - ``chatstate_writes``: the last write ids of a session (see :mod:`chatstate.stores._writes`),
   dropped with it; after a delete, kept until ``expires_at``, with whether the delete found the
-  session (``existed``). Added in 0.2 beside the others: a file of 0.1.0 gains it when opened,
-  and 0.1.0 still reads and writes a file that has it.
+  session (``existed``). Added in 0.2.
 - ``chatstate_conversations``: the conversation index, (user, conversation) with last activity
   and deadline.
 - ``chatstate_meta``: ``schema``, the layout's version.
+
+A file of 0.1.0 gains the two tables of 0.2 when opened, and 0.1.0 still reads and writes a
+file that has them: it leaves them alone, and a session it writes has a new version, by which
+0.2 knows that the count of its gaps is stale and counts them again. A session without gaps is
+to 0.1.0 what it always was. One with gaps (it had a pop or an edit) 0.1.0 reads whole and in
+order, but it counts the unused numbers as entries: its length is that much larger, a load of the
+newest ``limit`` entries and a trim to ``max_messages`` reckon by number (so they give or keep
+fewer entries), and its compaction, which folds a count of entries from the first number, may
+leave entries it summarised in the history.
 """
 
 from __future__ import annotations
@@ -66,6 +78,11 @@ CREATE TABLE IF NOT EXISTS chatstate_writes (
     ids TEXT NOT NULL,
     existed INTEGER,
     expires_at REAL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS chatstate_gaps (
+    session_id TEXT PRIMARY KEY,
+    missing INTEGER NOT NULL,
+    version INTEGER NOT NULL
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS chatstate_leases (
     session_id TEXT PRIMARY KEY,

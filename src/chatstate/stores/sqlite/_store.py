@@ -12,12 +12,21 @@ from typing import Literal
 from chatstate._checks import check_ttl
 from chatstate._compression import Compression
 from chatstate.errors import ConfigurationError
-from chatstate.stores._backend import BackendCensus, ErrorKind, Page, Popped, RawSession, Written
+from chatstate.stores._backend import (
+    BackendCensus,
+    EditOutcome,
+    ErrorKind,
+    Page,
+    Popped,
+    RawSession,
+    Written,
+)
 from chatstate.stores._codec import DEFAULT_COMPRESS_OVER, DEFAULT_MAX_MESSAGE_BYTES, EntryCodec
 from chatstate.stores._core import BackendStore
 from chatstate.stores._encryption import Encryption
 from chatstate.stores._events import Hook
 from chatstate.stores._near_cache import NearCache
+from chatstate.stores.sqlite._editing import edit, read_range
 from chatstate.stores.sqlite._pop import pop
 from chatstate.stores.sqlite._schema import SYNCHRONOUS, connect
 from chatstate.stores.sqlite._thread import StoreThread
@@ -128,6 +137,41 @@ class SQLiteBackend:
     ) -> bool:
         return await self._thread.run(
             self._tx.compact, session_id, generation, before_seq, summary, write_id
+        )
+
+    async def read_range(
+        self,
+        session_id: str,
+        *,
+        before: int | None,
+        after: int | None,
+        limit: int,
+        touch: float | None,
+    ) -> Page[bytes]:
+        return await self._thread.run(
+            functools.partial(read_range, self._tx), session_id, before, after, limit, touch
+        )
+
+    async def edit(
+        self,
+        session_id: str,
+        seq: int,
+        entry: bytes | None,
+        *,
+        truncate: bool,
+        version: int | None,
+        write_id: str,
+        fence: str | None,
+    ) -> Written | EditOutcome:
+        return await self._thread.run(
+            functools.partial(edit, self._tx),
+            session_id,
+            seq,
+            entry,
+            truncate,
+            version,
+            write_id,
+            fence,
         )
 
     async def snapshot(self, session_id: str) -> RawSession[bytes] | None:

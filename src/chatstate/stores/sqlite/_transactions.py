@@ -7,26 +7,34 @@ snapshot. Anything that fails rolls the whole transaction back.
 
 from __future__ import annotations
 
-import secrets
 import sqlite3
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Literal
 
-from chatstate.stores._backend import Fenced, Page, RawSession, Written
-from chatstate.stores._writes import DELETED_IDS_TTL, remember, seen
+from chatstate.stores._backend import Page, RawSession, Written
+from chatstate.stores._writes import DELETED_IDS_TTL, seen
+from chatstate.stores.sqlite._rows import (
+    ENTRIES,
+    LIVE,
+    ROW,
+    Row,
+    as_written,
+    check_fence,
+    drop,
+    gaps,
+    insert,
+    newest,
+    remember_write,
+    seed,
+    set_gaps,
+    write_ids,
+)
 
 __all__ = ["SWEEP_CHUNK", "Transactions"]
 
 SWEEP_CHUNK = 500
 """Sessions deleted by one chunk of a sweep, and ids read by one step of a listing."""
-
-_ROW = "SELECT head, tail, expires_at, version, generation, summary FROM chatstate_sessions "
-_LIVE = "(expires_at IS NULL OR expires_at > ?)"
-_ENTRIES = "SELECT entry FROM chatstate_messages WHERE session_id = ? AND seq >= ? ORDER BY seq"
-
-# A session's row: head, tail, expires_at, version, generation, summary.
-_Row = tuple[int, int, float | None, int, int, bytes | None]
 
 
 class Transactions:
@@ -52,23 +60,46 @@ class Transactions:
     ) -> Page[bytes]:
         # A sliding expiry writes: take the write lock at once rather than upgrade to it.
         with self._transaction(db, write=touch is not None) as now:
-            row: _Row | None = db.execute(
-                _ROW + "WHERE id = ? AND " + _LIVE, (session_id, now)
+            row: Row | None = db.execute(
+                ROW + "WHERE s.id = ? AND " + LIVE, (session_id, now)
             ).fetchone()
             if row is None:
                 return Page([], 0)
-            head, tail, _, version, generation, kept = row
-            start = head if limit is None else max(head, tail - limit)
-            entries = (
-                [entry for (entry,) in db.execute(_ENTRIES, (session_id, start))]
-                if start < tail
-                else []
-            )
+            head, tail, _, version, generation, kept, _, _ = row
             if touch is not None:
                 db.execute(
                     "UPDATE chatstate_sessions SET expires_at = ? WHERE id = ?",
                     (now + touch, session_id),
                 )
+            missing = gaps(db, session_id, row)
+            if missing:  # the newest by count, each with its number
+                numbered = (
+                    db.execute(
+                        "SELECT seq, entry FROM chatstate_messages WHERE session_id = ? "
+                        "ORDER BY seq",
+                        (session_id,),
+                    ).fetchall()
+                    if limit is None
+                    else newest(db, session_id, limit)
+                    if limit
+                    else []
+                )
+                numbers = [seq for seq, _ in numbered]
+                return Page(
+                    [entry for _, entry in numbered],
+                    numbers[0] if numbers else tail,
+                    kept if summary else None,
+                    version,
+                    generation,
+                    tail - head - missing,
+                    numbers,
+                )
+            start = head if limit is None else max(head, tail - limit)
+            entries = (
+                [entry for (entry,) in db.execute(ENTRIES, (session_id, start))]
+                if start < tail
+                else []
+            )
             return Page(entries, start, kept if summary else None, version, generation, tail - head)
 
     def append(
@@ -83,24 +114,32 @@ class Transactions:
     ) -> Written:
         with self._transaction(db) as now:
             row = self._live_row(db, session_id, now)
-            ids, _ = _ids(db, session_id, now)
+            ids, _ = write_ids(db, session_id, now)
             if ids and seen(ids, write_id):
-                return _as_written(row)
+                return as_written(db, session_id, row)
             if fence is not None:
-                _check_fence(db, session_id, fence, now)
+                check_fence(db, session_id, fence, now)
             count = len(entries)
             # Entries that the bound would trim at once are never written.
             kept = entries[-max_entries:] if max_entries is not None else entries
             if row is None:
-                head = tail = 0
-                version, generation = _seed(), _seed()
+                head = tail = missing = 0
+                version, generation = seed(), seed()
             else:
-                head, tail, _, version, generation, _ = row
-            _insert(db, session_id, tail + count - len(kept), kept)
+                head, tail, _, version, generation, _, _, _ = row
+                missing = gaps(db, session_id, row)
+            insert(db, session_id, tail + count - len(kept), kept)
             tail += count
             trimmed = False
-            if max_entries is not None and tail - head > max_entries:
+            if max_entries is not None and tail - head - missing > max_entries:
                 trimmed, head = True, tail - max_entries
+                if missing and len(kept) < max_entries:  # by count: the max_entries-th newest
+                    (head,) = db.execute(
+                        "SELECT seq FROM chatstate_messages WHERE session_id = ? "
+                        "ORDER BY seq DESC LIMIT 1 OFFSET ?",
+                        (session_id, max_entries - 1),
+                    ).fetchone()
+                missing = tail - head - max_entries
                 db.execute(
                     "DELETE FROM chatstate_messages WHERE session_id = ? AND seq < ?",
                     (session_id, head),
@@ -118,9 +157,11 @@ class Transactions:
                     "version = ? WHERE id = ?",
                     (head, tail, expires_at, version, session_id),
                 )
-            _remember(db, session_id, ids, write_id)
+                if row[6] is not None:
+                    set_gaps(db, session_id, row, missing, version)
+            remember_write(db, session_id, ids, write_id)
             self._sweep_if_due(db, now)
-            return Written(tail - head, version, trimmed)
+            return Written(tail - head - missing, version, trimmed)
 
     def replace(
         self,
@@ -135,28 +176,32 @@ class Transactions:
     ) -> Written | None:
         with self._transaction(db) as now:
             row = self._live_row(db, session_id, now)
-            ids, _ = _ids(db, session_id, now)
+            ids, _ = write_ids(db, session_id, now)
             if ids and seen(ids, write_id):
-                return _as_written(row)
+                return as_written(db, session_id, row)
             if row is not None and not overwrite:
                 return None
             if fence is not None:
-                _check_fence(db, session_id, fence, now)
+                check_fence(db, session_id, fence, now)
             db.execute("DELETE FROM chatstate_messages WHERE session_id = ?", (session_id,))
-            _insert(db, session_id, 0, entries)
-            version, generation = (row[3] + 1, row[4] + 1) if row else (_seed(), _seed())
+            # Numbered on after every number the session gave (a new session: from 0).
+            head = 0 if row is None else row[1]
+            insert(db, session_id, head, entries)
+            version, generation = (row[3] + 1, row[4] + 1) if row else (seed(), seed())
             db.execute(
-                "INSERT OR REPLACE INTO chatstate_sessions VALUES (?, 0, ?, ?, ?, ?, ?)",
+                "INSERT OR REPLACE INTO chatstate_sessions VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (
                     session_id,
-                    len(entries),
+                    head,
+                    head + len(entries),
                     None if ttl is None else now + ttl,
                     version,
                     generation,
                     summary,
                 ),
             )
-            _remember(db, session_id, ids, write_id)
+            set_gaps(db, session_id, row, 0, version)
+            remember_write(db, session_id, ids, write_id)
             self._sweep_if_due(db, now)
             return Written(len(entries), version)
 
@@ -165,15 +210,15 @@ class Transactions:
     ) -> bool:
         with self._transaction(db) as now:
             row = self._live_row(db, session_id, now)
-            ids, existed = _ids(db, session_id, now)
+            ids, existed = write_ids(db, session_id, now)
             if ids and seen(ids, write_id):
                 return row is not None or existed is None or bool(existed)
             if fence is not None:
-                _check_fence(db, session_id, fence, now)
+                check_fence(db, session_id, fence, now)
             if row is not None:
-                _drop(db, session_id)
+                drop(db, session_id)
             # The ids outlive the session a while, so that a retry is still recognised.
-            _remember(db, session_id, ids, write_id, row is not None, now + DELETED_IDS_TTL)
+            remember_write(db, session_id, ids, write_id, row is not None, now + DELETED_IDS_TTL)
             return row is not None
 
     def compact(
@@ -187,42 +232,45 @@ class Transactions:
     ) -> bool:
         with self._transaction(db) as now:
             row = self._live_row(db, session_id, now)
-            ids, _ = _ids(db, session_id, now)
+            ids, _ = write_ids(db, session_id, now)
             if ids and seen(ids, write_id):
                 return True  # its first run committed
             if row is None or row[4] != generation:
                 return False  # saved, compacted, deleted or expired meanwhile
             head, tail = row[0], row[1]
+            missing = gaps(db, session_id, row)
             # Entries appended meanwhile stay; those trimmed meanwhile are not removed twice.
             cut = max(head, min(before_seq, tail))
             if cut > head:
-                db.execute(
+                removed = db.execute(
                     "DELETE FROM chatstate_messages WHERE session_id = ? AND seq < ?",
                     (session_id, cut),
-                )
+                ).rowcount
+                missing -= cut - head - removed  # the missing numbers below the cut are gone
             db.execute(
                 "UPDATE chatstate_sessions SET head = ?, summary = ?, version = version + 1, "
                 "generation = generation + 1 WHERE id = ?",
                 (cut, summary, session_id),
             )
-            _remember(db, session_id, ids, write_id)
+            set_gaps(db, session_id, row, missing, row[3] + 1)
+            remember_write(db, session_id, ids, write_id)
             return True
 
     def snapshot(self, db: sqlite3.Connection, session_id: str) -> RawSession[bytes] | None:
         with self._transaction(db, write=False) as now:
-            row: _Row | None = db.execute(
-                _ROW + "WHERE id = ? AND " + _LIVE, (session_id, now)
+            row: Row | None = db.execute(
+                ROW + "WHERE s.id = ? AND " + LIVE, (session_id, now)
             ).fetchone()
             if row is None:
                 return None
-            entries = [entry for (entry,) in db.execute(_ENTRIES, (session_id, row[0]))]
+            entries = [entry for (entry,) in db.execute(ENTRIES, (session_id, row[0]))]
             ttl = None if row[2] is None else max(row[2] - now, 1e-3)
             return RawSession(entries, row[5], ttl)
 
     def time_left(self, db: sqlite3.Connection, session_id: str) -> float | Literal[False] | None:
         with self._transaction(db, write=False) as now:
             found = db.execute(
-                "SELECT expires_at FROM chatstate_sessions WHERE id = ? AND " + _LIVE,
+                "SELECT expires_at FROM chatstate_sessions s WHERE id = ? AND " + LIVE,
                 (session_id, now),
             ).fetchone()
             if found is None:
@@ -324,7 +372,7 @@ class Transactions:
             return [
                 session_id
                 for (session_id,) in db.execute(
-                    "SELECT id FROM chatstate_sessions WHERE id > ? AND " + _LIVE + " ORDER BY id "
+                    "SELECT id FROM chatstate_sessions s WHERE id > ? AND " + LIVE + " ORDER BY id "
                     "LIMIT ?",
                     (after, now, SWEEP_CHUNK),
                 )
@@ -333,9 +381,11 @@ class Transactions:
     def census(self, db: sqlite3.Connection) -> tuple[int, int, int]:
         """Live sessions, their messages, and the bytes of the file's pages in use."""
         with self._transaction(db, write=False) as now:
+            # A gaps row that a release without them made stale is left out: an estimate.
             sessions, messages = db.execute(
-                "SELECT count(*), coalesce(sum(tail - head), 0) FROM chatstate_sessions WHERE "
-                + _LIVE,
+                "SELECT count(*), coalesce(sum(s.tail - s.head - coalesce(g.missing, 0)), 0) "
+                "FROM chatstate_sessions s LEFT JOIN chatstate_gaps g "
+                "ON g.session_id = s.id AND g.version = s.version WHERE " + LIVE,
                 (now,),
             ).fetchone()
             (pages,) = db.execute("PRAGMA page_count").fetchone()
@@ -357,11 +407,11 @@ class Transactions:
                 db.execute("ROLLBACK")
             raise
 
-    def _live_row(self, db: sqlite3.Connection, session_id: str, now: float) -> _Row | None:
+    def _live_row(self, db: sqlite3.Connection, session_id: str, now: float) -> Row | None:
         """The session's row inside a write; an expired session is deleted here."""
-        row: _Row | None = db.execute(_ROW + "WHERE id = ?", (session_id,)).fetchone()
+        row: Row | None = db.execute(ROW + "WHERE s.id = ?", (session_id,)).fetchone()
         if row is not None and row[2] is not None and row[2] <= now:
-            _drop(db, session_id, writes=True)
+            drop(db, session_id, writes=True)
             self.expirations += 1
             return None
         return row
@@ -381,70 +431,9 @@ class Transactions:
             )
         ]
         for session_id in expired:
-            _drop(db, session_id, writes=True)
+            drop(db, session_id, writes=True)
         db.execute("DELETE FROM chatstate_writes WHERE expires_at <= ?", (now,))
         db.execute("DELETE FROM chatstate_conversations WHERE deadline <= ?", (now,))
         db.execute("DELETE FROM chatstate_leases WHERE expires_at <= ?", (now,))
         self.expirations += len(expired)
         return len(expired)
-
-
-def _drop(db: sqlite3.Connection, session_id: str, *, writes: bool = False) -> None:
-    """Remove a session; with ``writes``, its write ids too (it expired: they go with it)."""
-    db.execute("DELETE FROM chatstate_messages WHERE session_id = ?", (session_id,))
-    db.execute("DELETE FROM chatstate_sessions WHERE id = ?", (session_id,))
-    if writes:
-        db.execute("DELETE FROM chatstate_writes WHERE session_id = ?", (session_id,))
-
-
-def _ids(db: sqlite3.Connection, session_id: str, now: float) -> tuple[str, int | None]:
-    """The session's remembered write ids, and, if it was deleted, whether the delete found it
-    (None: it was not deleted)."""
-    found = db.execute(
-        "SELECT ids, existed FROM chatstate_writes WHERE session_id = ? "
-        "AND (expires_at IS NULL OR expires_at > ?)",
-        (session_id, now),
-    ).fetchone()
-    return ("", None) if found is None else found
-
-
-def _remember(
-    db: sqlite3.Connection,
-    session_id: str,
-    ids: str,
-    write_id: str,
-    existed: bool | None = None,
-    until: float | None = None,
-) -> None:
-    db.execute(
-        "INSERT OR REPLACE INTO chatstate_writes VALUES (?, ?, ?, ?)",
-        (session_id, remember(ids, write_id), existed, until),
-    )
-
-
-def _check_fence(db: sqlite3.Connection, session_id: str, fence: str, now: float) -> None:
-    held = db.execute(
-        "SELECT token FROM chatstate_leases WHERE session_id = ? AND expires_at > ?",
-        (session_id, now),
-    ).fetchone()
-    if held is None or held[0] != fence:
-        raise Fenced(f"the lease of session {session_id!r} is not held by this token")
-
-
-def _as_written(row: _Row | None) -> Written:
-    """What a write already applied returns: the session as it is now."""
-    if row is None:
-        return Written(0, 0, applied=False)
-    return Written(row[1] - row[0], row[3], applied=False)
-
-
-def _insert(db: sqlite3.Connection, session_id: str, first: int, entries: Sequence[bytes]) -> None:
-    db.executemany(
-        "INSERT INTO chatstate_messages (session_id, seq, entry) VALUES (?, ?, ?)",
-        [(session_id, first + index, entry) for index, entry in enumerate(entries)],
-    )
-
-
-def _seed() -> int:
-    """A random starting number: a session deleted and written again never repeats one."""
-    return secrets.randbits(48)

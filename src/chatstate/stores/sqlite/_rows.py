@@ -1,0 +1,152 @@
+"""What every SQLite transaction reads and writes beside its own work: a session's row with its
+missing numbers, its write ids, the lease's fence, and the entries by number.
+
+Missing numbers: a session's entries are numbered from ``head`` to ``tail - 1``, and a pop or an
+edit leaves numbers in that range without an entry (the numbers are never given again). How many
+is kept in ``chatstate_gaps``, a row only for a session that has such numbers, so that a session
+without them (every one that no pop or edit touched) is read, appended to and trimmed as in
+0.1.0, by arithmetic on ``head`` and ``tail``. The row holds the session's ``version`` at the time
+it was written: a release that knows no gaps (0.1.0) writes the session without touching it,
+which changes the version, and the count is then taken again from the entries themselves. (A
+session with gaps that 0.1.0 deletes leaves its gaps row behind: a row of three numbers, stale by
+the version of any session made again under that id, and removed by a later write to it here. No
+sweep looks for such rows: that would read the whole table for what only a mixed deployment
+leaves.)
+"""
+
+from __future__ import annotations
+
+import secrets
+import sqlite3
+from collections.abc import Sequence
+
+from chatstate.stores._backend import Fenced, Written
+from chatstate.stores._writes import remember
+
+__all__ = [
+    "ENTRIES",
+    "LIVE",
+    "ROW",
+    "Row",
+    "as_written",
+    "check_fence",
+    "drop",
+    "gaps",
+    "insert",
+    "newest",
+    "remember_write",
+    "seed",
+    "set_gaps",
+    "write_ids",
+]
+
+ROW = (
+    "SELECT s.head, s.tail, s.expires_at, s.version, s.generation, s.summary, g.missing, "
+    "g.version FROM chatstate_sessions s LEFT JOIN chatstate_gaps g ON g.session_id = s.id "
+)
+LIVE = "(s.expires_at IS NULL OR s.expires_at > ?)"
+ENTRIES = "SELECT entry FROM chatstate_messages WHERE session_id = ? AND seq >= ? ORDER BY seq"
+
+Row = tuple[int, int, float | None, int, int, bytes | None, int | None, int | None]
+"""A session's row: head, tail, expires_at, version, generation, summary, and its gaps row's
+missing count and version (None, None: it has none)."""
+
+
+def gaps(db: sqlite3.Connection, session_id: str, row: Row) -> int:
+    """How many numbers from head to tail - 1 have no entry."""
+    head, tail, _, version, _, _, missing, counted_at = row
+    if missing is None:
+        return 0
+    if counted_at == version:
+        return missing
+    # Written meanwhile by a release that keeps no count (0.1.0): count again.
+    (count,) = db.execute(
+        "SELECT count(*) FROM chatstate_messages WHERE session_id = ? AND seq >= ? AND seq < ?",
+        (session_id, head, tail),
+    ).fetchone()
+    return int(tail - head - count)
+
+
+def set_gaps(
+    db: sqlite3.Connection, session_id: str, row: Row | None, missing: int, version: int
+) -> None:
+    """Record ``missing`` as of ``version`` (no row when there are none)."""
+    if missing > 0:
+        db.execute(
+            "INSERT OR REPLACE INTO chatstate_gaps VALUES (?, ?, ?)",
+            (session_id, missing, version),
+        )
+    elif row is not None and row[6] is not None:
+        db.execute("DELETE FROM chatstate_gaps WHERE session_id = ?", (session_id,))
+
+
+def newest(db: sqlite3.Connection, session_id: str, count: int) -> list[tuple[int, bytes]]:
+    """The newest ``count`` entries with their numbers, oldest first."""
+    rows: list[tuple[int, bytes]] = db.execute(
+        "SELECT seq, entry FROM chatstate_messages WHERE session_id = ? ORDER BY seq DESC LIMIT ?",
+        (session_id, count),
+    ).fetchall()
+    rows.reverse()
+    return rows
+
+
+def drop(db: sqlite3.Connection, session_id: str, *, writes: bool = False) -> None:
+    """Remove a session; with ``writes``, its write ids too (it expired: they go with it)."""
+    db.execute("DELETE FROM chatstate_messages WHERE session_id = ?", (session_id,))
+    db.execute("DELETE FROM chatstate_sessions WHERE id = ?", (session_id,))
+    db.execute("DELETE FROM chatstate_gaps WHERE session_id = ?", (session_id,))
+    if writes:
+        db.execute("DELETE FROM chatstate_writes WHERE session_id = ?", (session_id,))
+
+
+def write_ids(db: sqlite3.Connection, session_id: str, now: float) -> tuple[str, int | None]:
+    """The session's remembered write ids, and, if it was deleted, whether the delete found it
+    (None: it was not deleted)."""
+    found = db.execute(
+        "SELECT ids, existed FROM chatstate_writes WHERE session_id = ? "
+        "AND (expires_at IS NULL OR expires_at > ?)",
+        (session_id, now),
+    ).fetchone()
+    return ("", None) if found is None else found
+
+
+def remember_write(
+    db: sqlite3.Connection,
+    session_id: str,
+    ids: str,
+    write_id: str,
+    existed: bool | None = None,
+    until: float | None = None,
+) -> None:
+    db.execute(
+        "INSERT OR REPLACE INTO chatstate_writes VALUES (?, ?, ?, ?)",
+        (session_id, remember(ids, write_id), existed, until),
+    )
+
+
+def check_fence(db: sqlite3.Connection, session_id: str, fence: str, now: float) -> None:
+    held = db.execute(
+        "SELECT token FROM chatstate_leases WHERE session_id = ? AND expires_at > ?",
+        (session_id, now),
+    ).fetchone()
+    if held is None or held[0] != fence:
+        raise Fenced(f"the lease of session {session_id!r} is not held by this token")
+
+
+def as_written(db: sqlite3.Connection, session_id: str, row: Row | None) -> Written:
+    """What a write already applied returns: the session as it is now."""
+    if row is None:
+        return Written(0, 0, applied=False)
+    return Written(row[1] - row[0] - gaps(db, session_id, row), row[3], applied=False)
+
+
+def insert(db: sqlite3.Connection, session_id: str, first: int, entries: Sequence[bytes]) -> None:
+    db.executemany(
+        "INSERT INTO chatstate_messages (session_id, seq, entry) VALUES (?, ?, ?)",
+        [(session_id, first + index, entry) for index, entry in enumerate(entries)],
+    )
+
+
+def seed() -> int:
+    """A random starting number: a session deleted and written again never repeats one."""
+    return secrets.randbits(48)
