@@ -1,7 +1,8 @@
 """The Redis backend's sequence numbers: never given twice in a session's life. Pops, edits and
 saves leave gaps (kept in the meta hash, or beside it when long), trims and folds drop those
-below the new head, and ``read_range`` and ``edit`` find entries by number across them; all in
-one script, and one round trip, a call (on fakeredis and on real servers)."""
+below the new head, and ``read_range`` and ``edit`` find entries by number across them (on
+fakeredis and on a real server; what only a real server shows is in
+test_redis_numbering_servers.py, a model of the numbers in test_redis_numbering_model.py)."""
 
 from __future__ import annotations
 
@@ -11,17 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from redis.asyncio import ConnectionPool, Redis, RedisCluster
 
 from chatstate import RedisStateStore
 from chatstate.stores import Fenced, Written
 from chatstate.stores.redis._backend import RedisBackend
 from chatstate.stores.redis._numbering import parse_gaps
-from chatstate.testing.redis_server import LocalRedisCluster, RedisServer
 
 from .conftest import kinds, store_of_kind
-from .test_redis_ha import _wait_calls, primary_and_replica  # noqa: F401 (a fixture)
-from .test_redis_integration import CountingConnection
 
 
 def _wid() -> str:
@@ -355,6 +352,12 @@ async def test_a_0_1_0_list_is_numbered_from_0_and_edited_in_place(
     await _append(backend, b"e3", session="popped")
     assert await _numbered(backend, "popped") == [(0, b"e0"), (1, b"e1"), (3, b"e3")]
 
+    await client.rpush(backend.key("saved"), *_entries(3))  # numbered 0-2: a save goes on at 3
+    await backend.replace(
+        "saved", [b"x"], summary=None, ttl=None, overwrite=True, write_id=_wid(), fence=None
+    )
+    assert await _numbered(backend, "saved") == [(3, b"x")]
+
 
 # -- long gaps: kept beside the meta hash -------------------------------------------------------
 
@@ -393,83 +396,3 @@ async def test_many_gaps_move_out_of_the_meta_hash_and_back(
         await end
         assert await client.exists(backend.key(session, "gaps")) == 0
         assert await _gaps(client, backend, session) is None
-
-
-async def test_the_meta_hash_stays_compact(redis_server: RedisServer, key_prefix: str) -> None:
-    async with RedisStateStore.from_url(redis_server.url, prefix=key_prefix) as store:
-        backend, client = store.backend, store.client
-        await _append(backend, *_entries(100))
-        for seq in range(1, 99, 2):  # 49 gaps: far too long for the hash
-            await _edit(backend, seq)
-        await backend.pop("s", 1, write_id=_wid(), fence=None)
-        for _ in range(40):  # and 40 write ids
-            await _append(backend, b"more")
-        assert await client.object("encoding", backend.key("s", "meta")) == b"listpack"
-        assert await client.hget(backend.key("s", "meta"), "h") == b"*"
-
-
-# -- one round trip a call, durability, the cluster ----------------------------------------------
-
-
-async def test_one_round_trip_per_history_call(redis_server: RedisServer, key_prefix: str) -> None:
-    pool = ConnectionPool(port=redis_server.port, connection_class=CountingConnection)
-    client = Redis(connection_pool=pool)
-    async with RedisStateStore(client, prefix=key_prefix) as store:
-        backend = store.backend
-        await _append(backend, *_entries(10))  # connects
-        for seq in (1, 3):  # and every script known to the server
-            await _edit(backend, seq)
-        await backend.read_range("s", before=5, after=None, limit=2, touch=None)
-        await backend.pop("s", 1, write_id=_wid(), fence=None)
-        await backend.read("s", limit=3, summary=False, touch=5, numbers=True)
-        CountingConnection.sent = 0
-        for index in range(10):
-            await backend.read_range("s", before=None, after=index, limit=2, touch=60)
-            await _edit(backend, 9 + index, truncate=True)  # the newest... or missing
-            await _edit(backend, 0, b"x", version=1)  # stale
-            await backend.pop("s", 1, write_id=_wid(), fence=None)
-            await _append(backend, b"a", b"b", keep=8)
-            await backend.read("s", limit=3, summary=False, touch=None, numbers=True)
-        assert CountingConnection.sent == 60
-    await client.aclose()
-    await pool.aclose()
-
-
-@pytest.mark.redis
-async def test_durable_pops_and_edits_wait_for_a_replica(
-    primary_and_replica: tuple[RedisServer, RedisServer],  # noqa: F811
-) -> None:
-    primary, replica = primary_and_replica
-    async with RedisStateStore.from_url(primary.url, prefix="plain") as plain:
-        await _append(plain.backend, *_entries(3))
-        await _edit(plain.backend, 1)  # every script known to the server (no EVAL fallback)
-        await plain.backend.pop("s", 1, write_id=_wid(), fence=None)
-    async with RedisStateStore.from_url(primary.url, durability="replicas") as store:
-        backend = store.backend
-        await _append(backend, *_entries(5))
-        waits = _wait_calls(primary)
-        assert isinstance(await _edit(backend, 2), Written)
-        assert isinstance(await _edit(backend, 3, b"E3", truncate=True), Written)
-        assert (await backend.pop("s", 1, write_id=_wid(), fence=None)).entries == [b"E3"]
-        assert _wait_calls(primary) == waits + 3  # one WAIT a write
-        async with Redis.from_url(replica.url) as on_replica:
-            assert await on_replica.lrange(backend.key("s"), 0, -1) == [b"e0", b"e1"]
-            assert await on_replica.hget(backend.key("s", "meta"), "h") == b"2:3"
-
-
-async def test_history_operations_on_a_cluster(
-    redis_cluster: LocalRedisCluster, key_prefix: str
-) -> None:
-    client = RedisCluster.from_url(redis_cluster.url)
-    await client.initialize()
-    async with RedisStateStore(client, prefix=key_prefix) as store:
-        backend = store.backend
-        for session in ("a", "b{c}", "d}"):
-            await _append(backend, *_entries(80), session=session)
-            for seq in range(1, 79, 2):  # long gaps: the gaps key, in the session's slot
-                assert isinstance(await _edit(backend, seq, session=session), Written)
-            await backend.pop(session, 1, write_id=_wid(), fence=None)
-            page = await backend.read_range(session, before=40, after=None, limit=2, touch=5)
-            assert page.seqs() == [36, 38]
-            assert await client.get(backend.key(session, "gaps"))
-    await client.aclose()
