@@ -6,18 +6,26 @@ Layout, for a session id escaped into a hash tag (``%`` → ``%25``, ``{`` → `
     {prefix}:{<id>}:messages   list    the entries, oldest first
     {prefix}:{<id>}:summary    string  the summary's entry, once a fold made one
     {prefix}:{<id>}:meta       hash    tail (the number the next entry takes), gen, ver,
-                                       s (1: a summary exists), w1-w4 and wn (the last 32
-                                       write ids, 8 bytes each, a ring); after a delete only
-                                       the ids and x (whether it existed), for 10 minutes
+                                       s (1: a summary exists), h (the gaps in the numbers,
+                                       if any), w1-w4 and wn (the last 32 write ids, 8 bytes
+                                       each, a ring); after a delete only the ids and x
+                                       (whether it existed), for 10 minutes
+    {prefix}:{<id>}:gaps       string  the gaps, when too long for the meta hash (h is "*")
     {prefix}:{<id>}:lease      string  the turn lease's holder
     {prefix}:{<id>}:popped     string  what the session's last pop removed (for a retry of it),
                                        for 10 minutes
     {prefix}:{<id>}:version    string  read and removed: the version of a 0.1.0 versioned store
 
-The head's number is ``tail - LLEN``: trims remove entries from the head and never renumber.
-The summary and the meta hash expire with the list. A list without a meta hash was written by
-0.1.0: it reads as numbered from 0, in generation 0, at the version of its old ``:version`` key
-(1 if it has none), and its first write gives it a meta hash (and removes that key).
+No number is given twice in a session's life: trims and folds remove entries from the head,
+pops and edits from anywhere, and none renumbers. The numbers removed above the head are gaps
+(:mod:`._numbering`), and the head's number is ``tail - LLEN - (their total)``: without gaps
+(``h`` absent, nearly every session) ``tail - LLEN``. The meta hash stays small enough for
+Redis's compact encoding of a hash (listpack: every value at most 64 bytes); gaps that would
+not fit go to the ``gaps`` key. The summary, the meta hash and the gaps expire with the list.
+
+A list without a meta hash was written by 0.1.0: it reads as numbered from 0, in generation 0,
+at the version of its old ``:version`` key (1 if it has none), and its first write gives it a
+meta hash (and removes that key).
 
 Every call is one command, and so one round trip: the plain load is a bare ``LRANGE``; every
 other call is one Lua script (``lua/*.lua``), which Redis runs atomically.
@@ -27,13 +35,15 @@ from __future__ import annotations
 
 import random
 from collections.abc import AsyncIterator, Sequence
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from redis.exceptions import NoScriptError
 
 from chatstate._checks import check_session_id
 from chatstate.stores._backend import (
     BackendCensus,
+    Editing,
+    EditOutcome,
     ErrorKind,
     Fenced,
     Page,
@@ -41,11 +51,13 @@ from chatstate.stores._backend import (
     RawSession,
     Written,
 )
+from chatstate.stores.redis import _edits as edits
 from chatstate.stores.redis import _scripts as lua
 from chatstate.stores.redis._autopipeline import AutoPipeline
 from chatstate.stores.redis._census import Census
 from chatstate.stores.redis._durability import DurableWrites
 from chatstate.stores.redis._errors import error_kind
+from chatstate.stores.redis._numbering import number_page
 
 __all__ = ["RedisBackend"]
 
@@ -72,8 +84,9 @@ class RedisBackend:
     """The :class:`~chatstate.stores.Backend` of :class:`~chatstate.stores.redis.RedisStateStore`:
     every command goes through ``pipeline`` (an :class:`AutoPipeline` on a redis-py client), and
     every key starts with ``prefix``. See the module for the layout. With ``durable``, the
-    writes (append, replace, delete, compact) go through it instead, each followed by a WAIT
-    (see :mod:`chatstate.stores.redis._durability`)."""
+    writes (append, replace, delete, pop, edit, compact) go through it instead, each followed
+    by a WAIT (see :mod:`chatstate.stores.redis._durability`). It has the methods of
+    :class:`~chatstate.stores.Editing` too."""
 
     name = "redis"
 
@@ -90,7 +103,7 @@ class RedisBackend:
         self.durable = durable
         self._execute = pipeline.execute
         self._write = pipeline.execute if durable is None else durable.execute
-        self._keys: dict[str, tuple[str, str, str, str, str]] = {}
+        self._keys: dict[str, tuple[str, str, str, str, str, str]] = {}
         self._append_heads: dict[str, tuple[str | int, ...]] = {}
         # A SCAN pattern of every session's list (the prefix's glob characters escaped).
         self._sessions_pattern = f"{prefix.translate(_GLOB)}:{{*{_SUFFIX}"
@@ -104,8 +117,9 @@ class RedisBackend:
         checked)."""
         return f"{self.prefix}:{{{check_session_id(session_id).translate(_ESCAPES)}}}:{kind}"
 
-    def _session_keys(self, session_id: str) -> tuple[str, str, str, str, str]:
-        """The list, summary, meta, 0.1.0 version and lease keys of a (checked) session id."""
+    def _session_keys(self, session_id: str) -> tuple[str, str, str, str, str, str]:
+        """The list, summary, meta, 0.1.0 version, gaps and lease keys of a (checked) session
+        id: the order of the scripts' KEYS."""
         keys = self._keys.get(session_id)
         if keys is None:
             if len(self._keys) >= _KEYS_KEPT:
@@ -116,6 +130,7 @@ class RedisBackend:
                 base + "summary",
                 base + "meta",
                 base + "version",
+                base + "gaps",
                 base + "lease",
             )
         return keys
@@ -149,12 +164,35 @@ class RedisBackend:
             return Page(raw, 0)
         first: int | str = "" if limit == 0 else -limit if limit else 0
         reply = await lua.READ.run(
-            self._execute, keys[:4], first, _ms(touch), int(summary), repeatable=True
+            self._execute,
+            keys[:5],
+            first,
+            _ms(touch),
+            int(summary),
+            int(numbers),
+            repeatable=True,
         )
         if not reply:
             return Page([], 0)
-        entries, kept, tail, generation, version, length = reply
-        return Page(entries, tail - len(entries), kept or None, version, generation, length)
+        entries, kept, tail, generation, version, length, gaps = reply
+        page = Page(entries, tail - len(entries), kept or None, version, generation, length)
+        if gaps and entries:
+            number_page(page, tail, gaps, length - len(entries))
+        return page
+
+    async def read_range(
+        self,
+        session_id: str,
+        *,
+        before: int | None,
+        after: int | None,
+        limit: int,
+        touch: float | None,
+    ) -> Page[bytes]:
+        keys = self._session_keys(session_id)[:5]
+        return await edits.read_range(
+            self._execute, keys, before=before, after=after, limit=limit, touch_ms=_ms(touch)
+        )
 
     async def append(
         self,
@@ -225,7 +263,7 @@ class RedisBackend:
     ) -> Popped[bytes]:
         keys = (*self._session_keys(session_id), self.key(session_id, "popped"))
         reply = await lua.POP.run(
-            self._execute,
+            self._write,
             keys,
             count,
             _seed(),
@@ -240,10 +278,36 @@ class RedisBackend:
             entries = _unpack_popped(entries)
         return Popped(entries, length, version, bool(applied))
 
+    async def edit(
+        self,
+        session_id: str,
+        seq: int,
+        entry: bytes | None,
+        *,
+        truncate: bool,
+        version: int | None,
+        write_id: str,
+        fence: str | None,
+    ) -> Written | EditOutcome:
+        keys = self._session_keys(session_id)
+        edited = await edits.edit(
+            self._write,
+            keys,
+            seq,
+            entry,
+            truncate=truncate,
+            version=version,
+            write_id=write_id,
+            fence=fence,
+        )
+        if edited is None:
+            raise _fenced(session_id)
+        return edited
+
     async def compact(
         self, session_id: str, *, generation: int, before_seq: int, summary: bytes, write_id: str
     ) -> bool:
-        keys = self._session_keys(session_id)[:4]
+        keys = self._session_keys(session_id)[:5]
         done = await lua.COMPACT.run(
             self._write,
             keys,
@@ -342,6 +406,10 @@ class RedisBackend:
 
     async def aclose(self) -> None:
         await self.pipeline.aclose()
+
+
+if TYPE_CHECKING:  # mypy proves that the store core can run the history operations on it
+    _EDITING: type[Editing[bytes]] = RedisBackend
 
 
 def _fenced(session_id: str) -> Fenced:

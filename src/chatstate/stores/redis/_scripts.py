@@ -55,20 +55,24 @@ def _source(name: str) -> str:
     return files(__package__).joinpath("lua", f"{name}.lua").read_text(encoding="utf-8")
 
 
-def script(name: str, *, writes: bool = False) -> Script:
+def script(name: str, *, writes: bool = False, numbers: bool = False) -> Script:
     """The script in ``lua/<name>.lua``, shipped inside the package; a script that ``writes``
-    a session comes after ``lua/_writes.lua`` (its write ids and fences)."""
-    source = _source(name)
-    return Script(name, f"{_WRITES}\n{source}" if writes else source)
+    a session comes after ``lua/_writes.lua`` (its write ids and fences), one that needs its
+    ``numbers`` after ``lua/_numbers.lua`` (the gaps between them)."""
+    preludes = [_WRITES] * writes + [_NUMBERS] * numbers
+    return Script(name, "\n".join([*preludes, _source(name)]))
 
 
 _WRITES = _source("_writes")
+_NUMBERS = _source("_numbers")
 READ = script("read")
-APPEND = script("append", writes=True)
+READ_RANGE = script("read_range", numbers=True)
+APPEND = script("append", writes=True, numbers=True)
 REPLACE = script("replace", writes=True)
 DELETE = script("delete", writes=True)
-POP = script("pop", writes=True)
-COMPACT = script("compact", writes=True)
+POP = script("pop", writes=True, numbers=True)
+EDIT = script("edit", writes=True, numbers=True)
+COMPACT = script("compact", writes=True, numbers=True)
 SNAPSHOT = script("snapshot")
 LEASE_ACQUIRE = script("lease_acquire")
 LEASE_RENEW = script("lease_renew")

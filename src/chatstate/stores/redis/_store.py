@@ -110,7 +110,8 @@ class RedisStateStore(BackendStore[bytes]):
     - ``near_cache``: a :class:`~chatstate.NearCache`: warm loads from this process's memory
       while the history is known current (with session affinity, most turns).
     - ``hooks``: subscribers to the store's events (see :meth:`add_hook`).
-    - ``durability``: when a write (append, save, delete, restore, fold) is acknowledged.
+    - ``durability``: when a write (append, save, delete, restore, fold, pop, edit) is
+      acknowledged.
       ``"primary"`` (the default): once the primary applied it; Redis replicates
       asynchronously, so a failover can lose it. ``"replicas"``: once ``min_replicas`` (1)
       replicas have it too: each write is followed by ``WAIT`` in the same round trip; a write

@@ -1,43 +1,46 @@
 -- Make the given entries and summary the whole session: a save, or a restore.
 -- KEYS: 1 the list, 2 the summary, 3 the meta hash, 4 the version key of 0.1.0 stores, 5 the
---       lease.
+--       gaps (see _numbers.lua), 6 the lease.
 -- ARGV: 1 '1' to overwrite an existing session ('0': leave it and return {0}); 2 ttl in ms (0:
 --       none); 3 a random seed (the numbers of a session this creates); 4 the write id; 5 the
 --       fence ('': none); 6 the summary ('': none); 7.. the entries (at least one).
 -- Returns {length, version, applied (0/1)}; {0} if the session exists and ARGV[1] is '0';
--- false if the fence is refused.
+-- false if the fence is refused. The entries are numbered on after the highest number the
+-- session gave (a new session: from 0), without gaps.
 local kind = redis.call('TYPE', KEYS[1])['ok']
 if kind ~= 'list' and kind ~= 'none' then
   return redis.error_reply('WRONGTYPE the key holds a ' .. kind)
 end
-local meta = redis.call('HMGET', KEYS[3], 'w1', 'w2', 'w3', 'w4', 'wn', 'gen', 'ver')
+local meta = redis.call('HMGET', KEYS[3], 'w1', 'w2', 'w3', 'w4', 'wn', 'gen', 'ver', 'tail')
 if seen(meta, ARGV[4]) then  -- a retry of a write already applied
   replayed(KEYS[3], meta[5])
   return {redis.call('LLEN', KEYS[1]), tonumber(meta[7]) or 0, 0}
 end
 if kind ~= 'none' and ARGV[1] == '0' then return {0} end
-if fenced(KEYS[5], ARGV[5]) then return false end
-local gen, ver
+if fenced(KEYS[6], ARGV[5]) then return false end
+local gen, ver, first
 if kind == 'none' then
-  gen, ver = tonumber(ARGV[3]), tonumber(ARGV[3])
+  gen, ver, first = tonumber(ARGV[3]), tonumber(ARGV[3]), 0
 elseif meta[6] then
-  gen, ver = tonumber(meta[6]) + 1, tonumber(meta[7]) + 1
-else  -- a list written by 0.1.0 (generation 0, as a read of it reported)
+  gen, ver, first = tonumber(meta[6]) + 1, tonumber(meta[7]) + 1, tonumber(meta[8])
+else  -- a list written by 0.1.0 (generation 0, numbered from 0, as a read of it reported)
   gen, ver = 1, tonumber(redis.call('GET', KEYS[4]) or 1) + 1
+  first = redis.call('LLEN', KEYS[1])
 end
-redis.call('DEL', KEYS[1], KEYS[2], KEYS[4])
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[4], KEYS[5])
 local n = 0
 for i = 7, #ARGV, 1000 do
   n = redis.call('RPUSH', KEYS[1], unpack(ARGV, i, math.min(i + 999, #ARGV)))
 end
-redis.call('HDEL', KEYS[3], 'x', 's')
+redis.call('HDEL', KEYS[3], 'x', 's', 'h')
 if ARGV[6] ~= '' then
   redis.call('SET', KEYS[2], ARGV[6])
   redis.call('HSET', KEYS[3], 's', 1)
 end
--- A new numbering from 0, in a new generation: a fold of the old history cannot commit.
+-- Numbered on after the old entries, in a new generation: a fold of the old history cannot
+-- commit.
 local field, ids, written = remember(meta, meta[5], ARGV[4])
-redis.call('HSET', KEYS[3], 'tail', n, 'gen', gen, 'ver', ver, field, ids, 'wn', written)
+redis.call('HSET', KEYS[3], 'tail', first + n, 'gen', gen, 'ver', ver, field, ids, 'wn', written)
 local ttl = tonumber(ARGV[2])
 for i = 1, 3 do
   if ttl > 0 then redis.call('PEXPIRE', KEYS[i], ttl) else redis.call('PERSIST', KEYS[i]) end

@@ -1,0 +1,78 @@
+"""The Redis backend's history operations (:class:`~chatstate.stores.Editing`): a page of entries
+by number, and an edit of one entry by number. Each is one script (``lua/read_range.lua``,
+``lua/edit.lua``), and so one round trip; :class:`~._backend.RedisBackend` calls them on a
+session's keys."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from chatstate.stores._backend import EditOutcome, Page, Written
+from chatstate.stores.redis import _scripts as lua
+from chatstate.stores.redis._numbering import number_page
+from chatstate.stores.redis._scripts import Execute
+
+__all__ = ["edit", "read_range"]
+
+
+async def read_range(
+    execute: Execute,
+    keys: Sequence[str],
+    *,
+    before: int | None,
+    after: int | None,
+    limit: int,
+    touch_ms: int,
+) -> Page[bytes]:
+    """See :meth:`~chatstate.stores.Editing.read_range`; ``keys`` as read.lua takes them."""
+    if before is not None:
+        mode, seq = "b", before
+    elif after is not None:
+        mode, seq = "a", after
+    else:
+        mode, seq = "", 0
+    reply = await lua.READ_RANGE.run(execute, keys, mode, seq, limit, touch_ms, repeatable=True)
+    if not reply:
+        return Page([], 0)
+    entries, start, tail, generation, version, length, gaps = reply
+    if not entries:
+        return Page([], 0, None, version, generation, length)
+    page = Page(entries, tail - length + start, None, version, generation, length)
+    if gaps:
+        number_page(page, tail, gaps, start)
+    return page
+
+
+async def edit(
+    write: Execute,
+    keys: Sequence[str],
+    seq: int,
+    entry: bytes | None,
+    *,
+    truncate: bool,
+    version: int | None,
+    write_id: str,
+    fence: str | None,
+) -> Written | EditOutcome | None:
+    """See :meth:`~chatstate.stores.Editing.edit`; None: the fence is refused (nothing was
+    written). ``keys`` as edit.lua takes them."""
+    reply = await lua.EDIT.run(
+        write,
+        keys,
+        seq,
+        int(truncate),
+        "" if version is None else version,
+        bytes.fromhex(write_id),
+        fence or "",
+        *(() if entry is None else (entry,)),
+        # Repeatable: the write id makes a retry after a lost reply a no-op if the first landed.
+        repeatable=True,
+    )
+    if reply is None:
+        return None
+    if reply == b"stale":
+        return "stale"
+    if reply == b"missing":
+        return "missing"
+    length, new_version, applied = reply
+    return Written(length, new_version, applied=bool(applied))
