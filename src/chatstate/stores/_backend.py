@@ -165,12 +165,14 @@ class Fenced(Exception):
 
 @dataclass(frozen=True, slots=True)
 class RawSession(Generic[E]):
-    """A whole session as stored: its entries, oldest first, the summary entry, and the seconds
-    it has left (None: no expiry)."""
+    """A whole session as stored: its entries, oldest first, the summary entry, the seconds it
+    has left (None: no expiry), and each entry's number (None: a backend that does not say;
+    the built-in ones do)."""
 
     entries: list[E] = field(default_factory=list)
     summary: E | None = None
     ttl: float | None = None
+    numbers: list[int] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,11 +239,17 @@ class Backend(Protocol[E]):
         overwrite: bool,
         write_id: str,
         fence: str | None,
+        numbers: Sequence[int] | None = None,
     ) -> Written | None:
         """Make ``entries`` (at least one) and ``summary`` the whole session, expiring ``ttl`` from
         now, numbered on after the highest number the session ever gave (a new session: from its
         start). If the session exists and not ``overwrite``, change nothing and return None
-        (unless ``write_id`` is remembered: its own earlier run made the session)."""
+        (unless ``write_id`` is remembered: its own earlier run made the session).
+
+        With ``numbers`` (one per entry, strictly increasing, each >= 0; the core checks them),
+        the entries take exactly those numbers: a restore, an import or a fork that keeps the
+        message ids of what it copies. The session's next number is then the larger of
+        ``numbers[-1] + 1`` and (for a session that existed) the next number it had."""
         ...
 
     async def delete(self, session_id: str, *, write_id: str, fence: str | None) -> bool:
