@@ -57,7 +57,7 @@ from chatstate.stores.redis._autopipeline import AutoPipeline
 from chatstate.stores.redis._census import Census
 from chatstate.stores.redis._durability import DurableWrites
 from chatstate.stores.redis._errors import error_kind
-from chatstate.stores.redis._numbering import number_page
+from chatstate.stores.redis._numbering import gaps_text, number_page, numbers_of
 
 __all__ = ["RedisBackend"]
 
@@ -229,8 +229,11 @@ class RedisBackend:
         overwrite: bool,
         write_id: str,
         fence: str | None,
+        numbers: Sequence[int] | None = None,
     ) -> Written | None:
         keys = self._session_keys(session_id)
+        # The numbers as replace.lua takes them: the next number after them, and the gaps.
+        numbered = ("", "") if numbers is None else (numbers[-1] + 1, gaps_text(numbers))
         reply = await lua.REPLACE.run(
             self._write,
             keys,
@@ -240,6 +243,7 @@ class RedisBackend:
             bytes.fromhex(write_id),
             fence or "",
             summary or b"",
+            *numbered,
             *entries,
             repeatable=True,
         )
@@ -320,13 +324,14 @@ class RedisBackend:
         return bool(done)
 
     async def snapshot(self, session_id: str) -> RawSession[bytes] | None:
-        keys = self._session_keys(session_id)[:2]
+        keys = self._session_keys(session_id)[:5]
         found = await lua.SNAPSHOT.run(self._execute, keys, repeatable=True)
         if not found:
             return None
-        entries, summary, ms_left = found
+        entries, summary, ms_left, tail, gaps = found
         ttl = max(ms_left, 1) / 1000 if ms_left >= 0 else None  # -1: no expiry
-        return RawSession(entries, summary or None, ttl)
+        numbers = numbers_of(tail, len(entries), gaps or b"", 0, len(entries))
+        return RawSession(entries, summary or None, ttl, numbers)
 
     async def time_left(self, session_id: str) -> float | Literal[False] | None:
         ms = int(await self._execute("PTTL", self._session_keys(session_id)[0], repeatable=True))

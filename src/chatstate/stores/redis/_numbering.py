@@ -7,16 +7,18 @@ none): ``offset:count`` pairs joined by ``,``, each gap's first number counted f
 the gap before (from 0 for the first), so ``"3:2,1:1"`` is 3-4 and 6. Only numbers above the
 head and below the tail are gaps, so the head is ``tail - length - (their total)``. The Lua side
 is ``lua/_numbers.lua``; the scripts return the text and this module turns it into numbers, so
-Redis spends nothing on it.
+Redis spends nothing on it (and, the other way, makes the text of numbers a restore gives).
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
+from itertools import pairwise
 
 from chatstate.stores._backend import Page
 
-__all__ = ["number_page", "numbers_of", "parse_gaps"]
+__all__ = ["gaps_text", "number_page", "numbers_of", "parse_gaps"]
 
 _PAIR = re.compile(rb"(\d+):(\d+)")
 
@@ -30,6 +32,20 @@ def parse_gaps(text: bytes) -> list[tuple[int, int]]:
         gaps.append((first, int(count)))
         at = first + int(count)
     return gaps
+
+
+def gaps_text(numbers: Sequence[int]) -> str:
+    """The text of the gaps between ``numbers`` (strictly increasing): what :func:`parse_gaps`
+    reads back."""
+    if numbers[-1] - numbers[0] == len(numbers) - 1:
+        return ""  # nearly always: they run on without a gap
+    parts: list[str] = []
+    at = 0  # the end of the gap before
+    for before, number in pairwise(numbers):
+        if number > before + 1:
+            parts.append(f"{before + 1 - at}:{number - before - 1}")
+            at = number
+    return ",".join(parts)
 
 
 def numbers_of(tail: int, length: int, gaps: bytes, start: int, count: int) -> list[int]:

@@ -111,15 +111,24 @@ local function numbering()
     return merged
   end
 
-  -- Record the gaps (old: the meta field 'h' before, false if none) while KEYS[1] still holds
-  -- entries: in the meta hash, or in KEYS[5] (expiring with the list) if too long for it.
-  function N.store(old, g)
+  -- The text of the gaps g.
+  function N.format(g)
     local parts, at = {}, 0
     for k = 1, #g, 2 do
       parts[#parts + 1] = string.format('%d:%d', g[k] - at, g[k + 1])
       at = g[k] + g[k + 1]
     end
-    local text = table.concat(parts, ',')
+    return table.concat(parts, ',')
+  end
+
+  -- Record the gaps (old: the meta field 'h' before, false if none) while KEYS[1] still holds
+  -- entries: in the meta hash, or in KEYS[5] (expiring with the list) if too long for it.
+  function N.store(old, g)
+    N.store_text(old, N.format(g))
+  end
+
+  -- The same, given their text ('': none).
+  function N.store_text(old, text)
     if #text > INLINE then
       local ttl = redis.call('PTTL', KEYS[1])
       if ttl > 0 then

@@ -3,10 +3,14 @@
 --       gaps (see _numbers.lua), 6 the lease.
 -- ARGV: 1 '1' to overwrite an existing session ('0': leave it and return {0}); 2 ttl in ms (0:
 --       none); 3 a random seed (the numbers of a session this creates); 4 the write id; 5 the
---       fence ('': none); 6 the summary ('': none); 7.. the entries (at least one).
+--       fence ('': none); 6 the summary ('': none); 7 the last entry's number + 1 ('': number
+--       them on, as below); 8 the gaps between the entries' numbers (the text of _numbers.lua,
+--       made by _numbering.py; '': none); 9.. the entries (at least one).
 -- Returns {length, version, applied (0/1)}; {0} if the session exists and ARGV[1] is '0';
--- false if the fence is refused. The entries are numbered on after the highest number the
--- session gave (a new session: from 0), without gaps.
+-- false if the fence is refused. Without ARGV[7], the entries are numbered on after the highest
+-- number the session gave (a new session: from 0), without gaps. With it, they take the numbers
+-- it and ARGV[8] say (the first is then tail - length - the gaps' total, as ever), and the
+-- session's next number is ARGV[7] or, if higher, the one it had (those between: a gap).
 local kind = redis.call('TYPE', KEYS[1])['ok']
 if kind ~= 'list' and kind ~= 'none' then
   return redis.error_reply('WRONGTYPE the key holds a ' .. kind)
@@ -18,7 +22,7 @@ if seen(meta, ARGV[4]) then  -- a retry of a write already applied
 end
 if kind ~= 'none' and ARGV[1] == '0' then return {0} end
 if fenced(KEYS[6], ARGV[5]) then return false end
-local gen, ver, first
+local gen, ver, first  -- first: the number the session would give next (0: a new one)
 if kind == 'none' then
   gen, ver, first = tonumber(ARGV[3]), tonumber(ARGV[3]), 0
 elseif meta[6] then
@@ -29,7 +33,7 @@ else  -- a list written by 0.1.0 (generation 0, numbered from 0, as a read of it
 end
 redis.call('DEL', KEYS[1], KEYS[2], KEYS[4], KEYS[5])
 local n = 0
-for i = 7, #ARGV, 1000 do
+for i = 9, #ARGV, 1000 do
   n = redis.call('RPUSH', KEYS[1], unpack(ARGV, i, math.min(i + 999, #ARGV)))
 end
 redis.call('HDEL', KEYS[3], 'x', 's', 'h')
@@ -37,12 +41,27 @@ if ARGV[6] ~= '' then
   redis.call('SET', KEYS[2], ARGV[6])
   redis.call('HSET', KEYS[3], 's', 1)
 end
--- Numbered on after the old entries, in a new generation: a fold of the old history cannot
--- commit.
+-- Numbered on after the old entries (or as given), in a new generation: a fold of the old
+-- history cannot commit.
+local tail = first + n
+if ARGV[7] ~= '' then tail = math.max(tonumber(ARGV[7]), first) end
 local field, ids, written = remember(meta, meta[5], ARGV[4])
-redis.call('HSET', KEYS[3], 'tail', first + n, 'gen', gen, 'ver', ver, field, ids, 'wn', written)
+redis.call('HSET', KEYS[3], 'tail', tail, 'gen', gen, 'ver', ver, field, ids, 'wn', written)
 local ttl = tonumber(ARGV[2])
 for i = 1, 3 do
   if ttl > 0 then redis.call('PEXPIRE', KEYS[i], ttl) else redis.call('PERSIST', KEYS[i]) end
+end
+-- The gaps, once the list has its expiry (a gaps key takes it): those between the numbers
+-- given, and the old numbers after the last of them, which stay unused.
+if ARGV[7] ~= '' then
+  local N = numbering()
+  local after = tonumber(ARGV[7])
+  if tail > after then
+    local g = N.parse(ARGV[8])
+    g[#g + 1], g[#g + 2] = after, tail - after
+    N.store(false, g)
+  else
+    N.store_text(false, ARGV[8])
+  end
 end
 return {n, ver, 1}
