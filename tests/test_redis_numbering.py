@@ -396,3 +396,154 @@ async def test_many_gaps_move_out_of_the_meta_hash_and_back(
         await end
         assert await client.exists(backend.key(session, "gaps")) == 0
         assert await _gaps(client, backend, session) is None
+
+
+# -- a replace with numbers (a restore, an import, a fork), and the numbers of a snapshot -------
+
+
+async def _replace(
+    backend: RedisBackend,
+    entries: list[bytes],
+    numbers: list[int] | None,
+    *,
+    session: str = "s",
+    overwrite: bool = True,
+    write_id: str | None = None,
+    fence: str | None = None,
+    ttl: float | None = None,
+) -> Written | None:
+    return await backend.replace(
+        session,
+        entries,
+        summary=None,
+        ttl=ttl,
+        overwrite=overwrite,
+        write_id=write_id or _wid(),
+        fence=fence,
+        numbers=numbers,
+    )
+
+
+async def _snapshot_numbers(backend: RedisBackend, session: str = "s") -> list[int] | None:
+    raw = await backend.snapshot(session)
+    assert raw is not None
+    assert raw.numbers == [seq for seq, _ in await _numbered(backend, session)]
+    return raw.numbers
+
+
+async def test_a_replace_takes_the_numbers_given(client: Any, backend: RedisBackend) -> None:
+    written = await _replace(backend, [b"a", b"b", b"c"], [5, 6, 7])  # a new session
+    assert written is not None and (written.length, written.applied) == (3, True)
+    assert await _numbered(backend) == [(5, b"a"), (6, b"b"), (7, b"c")]
+    assert await _gaps(client, backend) is None
+    await _append(backend, b"d")
+    assert await _snapshot_numbers(backend) == [5, 6, 7, 8]
+    # With gaps: 3-4 and 7-9, found by number as any other gaps.
+    await _replace(backend, _entries(4), [2, 5, 6, 10])
+    assert await _numbered(backend) == [(2, b"e0"), (5, b"e1"), (6, b"e2"), (10, b"e3")]
+    assert await _gaps(client, backend) == b"3:2,2:3"
+    page = await backend.read_range("s", before=10, after=None, limit=2, touch=None)
+    assert page.seqs() == [5, 6]
+    assert await _edit(backend, 6) == Written(3, await _version(backend))  # joins 7-9
+    assert await _gaps(client, backend) == b"3:2,1:4"
+    await _append(backend, b"e4")
+    assert await _snapshot_numbers(backend) == [2, 5, 10, 11]
+
+
+async def test_a_replace_keeps_the_old_next_number_when_higher(
+    client: Any, backend: RedisBackend
+) -> None:
+    await _append(backend, *_entries(10))  # 0-9: the next is 10
+    before = await _version(backend)
+    written = await _replace(backend, [b"a", b"b"], [0, 1])
+    assert written == Written(2, before + 1)
+    assert await _numbered(backend) == [(0, b"a"), (1, b"b")]
+    assert await _gaps(client, backend) == b"2:8"  # 2-9 stay unused
+    await _append(backend, b"c")
+    assert await _snapshot_numbers(backend) == [0, 1, 10]  # after the old tail
+    await _replace(backend, [b"x", b"y"], [4, 7])  # 0-10 given before: 4 and 7 again are fine
+    assert await _gaps(client, backend) == b"5:2,1:3"  # 5-6, and 8-10 up to the old tail 11
+    await _append(backend, b"z")
+    assert await _snapshot_numbers(backend) == [4, 7, 11]
+    await _replace(backend, [b"p"], [30])  # higher than the old tail: next 31
+    await _append(backend, b"q")
+    assert await _numbered(backend) == [(30, b"p"), (31, b"q")]
+    assert await _gaps(client, backend) is None
+
+
+async def test_a_replace_with_numbers_over_a_0_1_0_list(client: Any, backend: RedisBackend) -> None:
+    await client.rpush(backend.key("old"), *_entries(5))  # 0-4, as a read of it reports
+    await client.set(backend.key("old", "version"), 41)
+    assert await _replace(backend, [b"a", b"b"], [1, 2], session="old") == Written(2, 42)
+    assert await client.exists(backend.key("old", "version")) == 0
+    assert await _gaps(client, backend, "old") == b"3:2"  # 3-4, up to the tail 5
+    await _append(backend, b"c", session="old")
+    assert await _snapshot_numbers(backend, "old") == [1, 2, 5]
+    await client.rpush(backend.key("older"), *_entries(3))
+    await _replace(backend, [b"a"], [7], session="older")
+    await _append(backend, b"b", session="older")
+    assert await _snapshot_numbers(backend, "older") == [7, 8]
+
+
+async def test_a_replace_with_many_gaps_keeps_them_beside_the_meta_hash(
+    client: Any, backend: RedisBackend
+) -> None:
+    numbers = list(range(0, 80, 2))  # 39 gaps: too long for the hash
+    entries = [f"e{seq}".encode() for seq in numbers]
+    await _replace(backend, entries, numbers, ttl=60)
+    assert await _gaps(client, backend) == b"*"
+    gaps_key = backend.key("s", "gaps")
+    assert parse_gaps(await client.get(gaps_key)) == [(seq, 1) for seq in range(1, 79, 2)]
+    assert 0 < await client.pttl(gaps_key) <= 60_000  # with the list
+    assert await _snapshot_numbers(backend) == numbers
+    page = await backend.read_range("s", before=41, after=None, limit=2, touch=None)
+    assert page.seqs() == [38, 40]
+    # Numbers without gaps (below the old tail, 79): one gap up to it, back in the hash.
+    await _replace(backend, [b"a", b"b"], [0, 1])
+    assert await client.exists(gaps_key) == 0
+    assert await _gaps(client, backend) == b"2:77"
+    # And without numbers, as ever: on after the old tail, no gaps.
+    await _replace(backend, entries, numbers)
+    await _replace(backend, [b"c"], None)
+    assert await _numbered(backend) == [(79, b"c")]
+    assert await client.exists(gaps_key) == 0 and await _gaps(client, backend) is None
+
+
+async def test_a_snapshot_says_each_entrys_number(backend: RedisBackend) -> None:
+    await _append(backend, *_entries(8))  # 0-7
+    assert await _snapshot_numbers(backend) == list(range(8))
+    await backend.pop("s", 2, write_id=_wid(), fence=None)  # 6-7 unused
+    await _edit(backend, 2)
+    await _edit(backend, 4, b"E4")
+    await _append(backend, b"e8", b"e9")
+    assert await _snapshot_numbers(backend) == [0, 1, 3, 4, 5, 8, 9]
+    await _edit(backend, 0)  # the head
+    await _append(backend, b"e10", keep=5)  # trims 1
+    assert await _snapshot_numbers(backend) == [4, 5, 8, 9, 10]
+    # Copied elsewhere with its numbers (a fork), the copy numbers as the original.
+    raw = await backend.snapshot("s")
+    assert raw is not None and raw.numbers is not None
+    await _replace(backend, raw.entries, raw.numbers, session="copy")
+    assert await _numbered(backend, "copy") == await _numbered(backend)
+    await _append(backend, b"e11", session="copy")
+    assert await _snapshot_numbers(backend, "copy") == [4, 5, 8, 9, 10, 11]
+    assert await backend.snapshot("none") is None
+
+
+async def test_a_replayed_replace_with_numbers_is_not_applied_again(
+    backend: RedisBackend,
+) -> None:
+    write_id = _wid()
+    first = await _replace(backend, [b"a", b"b"], [3, 9], write_id=write_id)
+    assert first is not None and first.applied
+    await _append(backend, b"c")
+    # Whatever its arguments say now: the session as it is, not applied.
+    replay = await _replace(backend, [b"x"], [0], write_id=write_id, overwrite=False)
+    assert replay == Written(3, first.version + 1, applied=False)
+    assert await _snapshot_numbers(backend) == [3, 9, 10]
+    # Nor is one that found the session there without overwrite, nor a fenced one.
+    assert await _replace(backend, [b"x"], [0], overwrite=False) is None
+    assert await backend.acquire_lease("s", "holder", 30)
+    with pytest.raises(Fenced):
+        await _replace(backend, [b"x"], [0], fence="someone-else")
+    assert await _numbered(backend) == [(3, b"a"), (9, b"b"), (10, b"c")]

@@ -1,7 +1,7 @@
 """The Redis backend's numbers on real servers: the meta hash stays listpack-encoded, an append
 to a session without gaps runs no command more than before, one round trip per history call,
-one WAIT per pop and edit under ``durability="replicas"``, and the history operations on a
-cluster (the gaps key in the session's slot)."""
+snapshot and replace, one WAIT per pop, edit and replace under ``durability="replicas"``, and
+the history operations on a cluster (the gaps key in the session's slot)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from chatstate.testing.redis_server import LocalRedisCluster, RedisServer
 
 from .test_redis_ha import _wait_calls, primary_and_replica  # noqa: F401 (a fixture)
 from .test_redis_integration import CountingConnection
-from .test_redis_numbering import _append, _edit, _entries, _wid
+from .test_redis_numbering import _append, _edit, _entries, _replace, _wid
 
 pytestmark = pytest.mark.redis
 
@@ -30,6 +30,13 @@ async def test_the_meta_hash_stays_compact(redis_server: RedisServer, key_prefix
             await _append(backend, b"more")
         assert await client.object("encoding", backend.key("s", "meta")) == b"listpack"
         assert await client.hget(backend.key("s", "meta"), "h") == b"*"
+        # A replace with numbers far apart: its gaps too.
+        numbers = list(range(0, 200, 3))
+        await _replace(backend, [b"r"] * len(numbers), numbers, session="r")
+        for _ in range(40):
+            await _append(backend, b"more", session="r")
+        assert await client.object("encoding", backend.key("r", "meta")) == b"listpack"
+        assert await client.hget(backend.key("r", "meta"), "h") == b"*"
 
 
 async def test_an_append_without_gaps_does_no_more_than_before(
@@ -71,6 +78,8 @@ async def test_one_round_trip_per_history_call(redis_server: RedisServer, key_pr
         await backend.read_range("s", before=5, after=None, limit=2, touch=None)
         await backend.pop("s", 1, write_id=_wid(), fence=None)
         await backend.read("s", limit=3, summary=False, touch=5, numbers=True)
+        await _replace(backend, [b"x"], [3], session="r")
+        await backend.snapshot("r")
         CountingConnection.sent = 0
         for index in range(10):
             await backend.read_range("s", before=None, after=index, limit=2, touch=60)
@@ -79,7 +88,9 @@ async def test_one_round_trip_per_history_call(redis_server: RedisServer, key_pr
             await backend.pop("s", 1, write_id=_wid(), fence=None)
             await _append(backend, b"a", b"b", keep=8)
             await backend.read("s", limit=3, summary=False, touch=None, numbers=True)
-        assert CountingConnection.sent == 60
+            await _replace(backend, _entries(3), [index, index + 5, 99], session="r")
+            assert (await backend.snapshot("r")) is not None
+        assert CountingConnection.sent == 80
     await client.aclose()
     await pool.aclose()
 
@@ -93,6 +104,7 @@ async def test_durable_pops_and_edits_wait_for_a_replica(
         await _append(plain.backend, *_entries(3))
         await _edit(plain.backend, 1)  # every script known to the server (no EVAL fallback)
         await plain.backend.pop("s", 1, write_id=_wid(), fence=None)
+        await _replace(plain.backend, [b"x"], [3], session="r")
     async with RedisStateStore.from_url(primary.url, durability="replicas") as store:
         backend = store.backend
         await _append(backend, *_entries(5))
@@ -100,10 +112,12 @@ async def test_durable_pops_and_edits_wait_for_a_replica(
         assert isinstance(await _edit(backend, 2), Written)
         assert isinstance(await _edit(backend, 3, b"E3", truncate=True), Written)
         assert (await backend.pop("s", 1, write_id=_wid(), fence=None)).entries == [b"E3"]
-        assert _wait_calls(primary) == waits + 3  # one WAIT a write
+        assert isinstance(await _replace(backend, [b"a", b"b"], [2, 7], session="r"), Written)
+        assert _wait_calls(primary) == waits + 4  # one WAIT a write
         async with Redis.from_url(replica.url) as on_replica:
             assert await on_replica.lrange(backend.key("s"), 0, -1) == [b"e0", b"e1"]
             assert await on_replica.hget(backend.key("s", "meta"), "h") == b"2:3"
+            assert await on_replica.hget(backend.key("r", "meta"), "h") == b"3:4"
 
 
 async def test_history_operations_on_a_cluster(
@@ -121,4 +135,10 @@ async def test_history_operations_on_a_cluster(
             page = await backend.read_range(session, before=40, after=None, limit=2, touch=5)
             assert page.seqs() == [36, 38]
             assert await client.get(backend.key(session, "gaps"))
+            raw = await backend.snapshot(session)  # copied with its numbers: gaps key and all
+            assert raw is not None and raw.numbers is not None
+            await _replace(backend, raw.entries, raw.numbers, session=session + "-copy")
+            copy = await backend.snapshot(session + "-copy")
+            assert copy is not None and (copy.entries, copy.numbers) == (raw.entries, raw.numbers)
+            assert await client.get(backend.key(session + "-copy", "gaps"))
     await client.aclose()
