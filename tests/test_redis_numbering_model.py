@@ -1,6 +1,7 @@
 """The Redis backend's numbers against a model: random appends (some trimming), pops, edits,
-truncations, folds and pages on one session, each read compared with a list of (number, entry)
-pairs; and the Python side's arithmetic (:mod:`chatstate.stores.redis._numbering`)."""
+truncations, folds, restores (with numbers or without) and pages on one session, each read and
+snapshot compared with a list of (number, entry) pairs; and the Python side's arithmetic
+(:mod:`chatstate.stores.redis._numbering`)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Any, TypeVar
 
 import fakeredis
 import pytest
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 from redis.asyncio import Redis
@@ -18,11 +19,11 @@ from redis.asyncio import Redis
 from chatstate import RedisStateStore
 from chatstate.stores import Written
 from chatstate.stores.redis._backend import RedisBackend
-from chatstate.stores.redis._numbering import numbers_of, parse_gaps
+from chatstate.stores.redis._numbering import gaps_text, numbers_of, parse_gaps
 from chatstate.testing.redis_server import RedisServer
 
 from .conftest import examples, kinds
-from .test_redis_numbering import _append, _edit, _numbered, _wid
+from .test_redis_numbering import _append, _edit, _numbered, _replace, _wid
 
 T = TypeVar("T")
 
@@ -35,6 +36,14 @@ def test_numbers_of_counts_across_gaps() -> None:
     assert numbers_of(9, 4, gaps, 1, 2) == [3, 6]
     assert numbers_of(9, 4, gaps, 3, 1) == [8]
     assert numbers_of(9, 4, b"", 0, 4) == [5, 6, 7, 8]
+    assert gaps_text([2, 3, 6, 8]) == "4:2,1:1" and gaps_text([5, 6]) == ""
+
+
+@given(st.lists(st.integers(0, 200), min_size=1, max_size=30, unique=True))
+def test_gaps_text_is_what_numbers_of_reads_back(numbers: list[int]) -> None:
+    numbers.sort()
+    text = gaps_text(numbers).encode()
+    assert numbers_of(numbers[-1] + 1, len(numbers), text, 0, len(numbers)) == numbers
 
 
 class _Numbering(RuleBasedStateMachine):
@@ -101,6 +110,23 @@ class _Numbering(RuleBasedStateMachine):
         self.model = kept + ([] if truncate else self.model[index + 1 :])
         assert isinstance(outcome, Written) and outcome.length == len(self.model)
 
+    @rule(
+        count=st.integers(1, 4),
+        numbers=st.none() | st.lists(st.integers(0, 40), min_size=1, max_size=6, unique=True),
+    )
+    def restore(self, count: int, numbers: list[int] | None) -> None:
+        # With numbers: exactly those, the next number after them or after the old tail.
+        entries = self._new(count if numbers is None else len(numbers))
+        old_tail = self.tail if self.model else 0
+        if numbers is None:
+            numbers = list(range(old_tail, old_tail + count))
+            self.sync(_replace(self.backend, entries, None))
+        else:
+            numbers.sort()
+            self.sync(_replace(self.backend, entries, numbers))
+        self.model = list(zip(numbers, entries, strict=True))
+        self.tail = max(numbers[-1] + 1, old_tail)
+
     @rule(pick=st.integers(0, 20))
     def fold(self, pick: int) -> None:
         if len(self.model) < 2:
@@ -142,6 +168,8 @@ class _Numbering(RuleBasedStateMachine):
     @invariant()
     def numbered_as_the_model(self) -> None:
         assert self.sync(_numbered(self.backend)) == self.model
+        raw = self.sync(self.backend.snapshot("s"))
+        assert (raw.numbers if raw else []) == [seq for seq, _ in self.model]
         if self.model:
             seqs = [seq for seq, _ in self.model]
             page = self.sync(
