@@ -474,6 +474,7 @@ async def test_a_replace_keeps_the_old_next_number_when_higher(
 async def test_a_replace_with_numbers_over_a_0_1_0_list(client: Any, backend: RedisBackend) -> None:
     await client.rpush(backend.key("old"), *_entries(5))  # 0-4, as a read of it reports
     await client.set(backend.key("old", "version"), 41)
+    assert await _snapshot_numbers(backend, "old") == list(range(5))
     assert await _replace(backend, [b"a", b"b"], [1, 2], session="old") == Written(2, 42)
     assert await client.exists(backend.key("old", "version")) == 0
     assert await _gaps(client, backend, "old") == b"3:2"  # 3-4, up to the tail 5
