@@ -22,6 +22,7 @@ pops and edits from anywhere, and none renumbers. The numbers removed above the 
 (``h`` absent, nearly every session) ``tail - LLEN``. The meta hash stays small enough for
 Redis's compact encoding of a hash (listpack: every value at most 64 bytes); gaps that would
 not fit go to the ``gaps`` key. The summary, the meta hash and the gaps expire with the list.
+A replace given numbers (a restore that keeps message ids) writes their gaps the same way.
 
 A list without a meta hash was written by 0.1.0: it reads as numbered from 0, in generation 0,
 at the version of its old ``:version`` key (1 if it has none), and its first write gives it a
