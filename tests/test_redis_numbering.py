@@ -14,9 +14,10 @@ from typing import Any
 import pytest
 
 from chatstate import RedisStateStore
+from chatstate.errors import InvalidInputError
 from chatstate.stores import Fenced, Written
 from chatstate.stores.redis._backend import RedisBackend
-from chatstate.stores.redis._numbering import parse_gaps
+from chatstate.stores.redis._numbering import NUMBERS_BELOW, parse_gaps
 
 from .conftest import kinds, store_of_kind
 
@@ -548,3 +549,15 @@ async def test_a_replayed_replace_with_numbers_is_not_applied_again(
     with pytest.raises(Fenced):
         await _replace(backend, [b"x"], [0], fence="someone-else")
     assert await _numbered(backend) == [(3, b"a"), (9, b"b"), (10, b"c")]
+
+
+async def test_numbers_too_large_for_lua_are_refused(backend: RedisBackend) -> None:
+    # The scripts count in doubles: the largest number kept exactly, with room to append on...
+    top = NUMBERS_BELOW - 1
+    await _replace(backend, [b"a", b"b"], [top - 10**12, top])
+    await _append(backend, b"c")
+    assert await _snapshot_numbers(backend) == [top - 10**12, top, top + 1]
+    # ...and one above it refused before anything is written, never stored wrong.
+    with pytest.raises(InvalidInputError):
+        await _replace(backend, [b"x", b"y"], [0, NUMBERS_BELOW], session="big")
+    assert await backend.snapshot("big") is None

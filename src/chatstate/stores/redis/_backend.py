@@ -58,7 +58,7 @@ from chatstate.stores.redis._autopipeline import AutoPipeline
 from chatstate.stores.redis._census import Census
 from chatstate.stores.redis._durability import DurableWrites
 from chatstate.stores.redis._errors import error_kind
-from chatstate.stores.redis._numbering import gaps_text, number_page, numbers_of
+from chatstate.stores.redis._numbering import number_page, numbers_of, replace_args
 
 __all__ = ["RedisBackend"]
 
@@ -233,8 +233,7 @@ class RedisBackend:
         numbers: Sequence[int] | None = None,
     ) -> Written | None:
         keys = self._session_keys(session_id)
-        # The numbers as replace.lua takes them: the next number after them, and the gaps.
-        numbered = ("", "") if numbers is None else (numbers[-1] + 1, gaps_text(numbers))
+        numbered = replace_args(numbers)  # the next number after them, and their gaps
         reply = await lua.REPLACE.run(
             self._write,
             keys,

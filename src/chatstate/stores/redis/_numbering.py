@@ -16,9 +16,15 @@ import re
 from collections.abc import Sequence
 from itertools import pairwise
 
+from chatstate.errors import InvalidInputError
 from chatstate.stores._backend import Page
 
-__all__ = ["gaps_text", "number_page", "numbers_of", "parse_gaps"]
+__all__ = ["NUMBERS_BELOW", "gaps_text", "number_page", "numbers_of", "parse_gaps", "replace_args"]
+
+NUMBERS_BELOW = 10**15
+"""A Redis session's numbers stay below this (message ids of 15 digits at most): the scripts
+count in Lua numbers, doubles, exact only below 2**53, which leaves room for 8 * 10**15 appends
+after the highest."""
 
 _PAIR = re.compile(rb"(\d+):(\d+)")
 
@@ -46,6 +52,19 @@ def gaps_text(numbers: Sequence[int]) -> str:
             parts.append(f"{before + 1 - at}:{number - before - 1}")
             at = number
     return ",".join(parts)
+
+
+def replace_args(numbers: Sequence[int] | None) -> tuple[int | str, str]:
+    """replace.lua's arguments for the numbers a replace gives: the number after the last, and
+    the text of the gaps (``("", "")``: none given). Numbers from :data:`NUMBERS_BELOW` on are
+    refused (InvalidInputError), before anything is written, rather than stored wrong."""
+    if numbers is None:
+        return "", ""
+    if numbers[-1] >= NUMBERS_BELOW:
+        raise InvalidInputError(
+            f"a Redis session's message ids must be below {NUMBERS_BELOW}, got {numbers[-1]}"
+        )
+    return numbers[-1] + 1, gaps_text(numbers)
 
 
 def numbers_of(tail: int, length: int, gaps: bytes, start: int, count: int) -> list[int]:
