@@ -12,9 +12,11 @@ Sequence numbers
     given twice in a session's life: trimming and compaction remove entries from the head, a
     pop, an edit's removal or truncation remove some from anywhere, and none of them renumbers;
     the numbers they freed stay unused (the next append numbers on after the highest number the
-    session ever gave), and a replace numbers its entries on after them too. A session's numbers
-    may so have gaps: a read returns the number of its first entry and, where its entries' numbers
-    do not run on from it without a gap, the number of each (:attr:`Page.numbers`). The core
+    session ever gave), and a replace numbers its entries on after them too (unless it is given
+    the numbers: a restore that keeps a snapshot's ids writes them as they were, the one write
+    that may give a number again). A session's numbers may so have gaps: a read returns the
+    number of its first entry and, where its entries' numbers do not run on from it without a
+    gap, the number of each (:attr:`Page.numbers`). Numbers stay below 10**15. The core
     knows which entries a page covers, a compaction names what it folds by number, never by
     comparing bytes, and the numbers are the message ids that the store hands out
     (:meth:`~chatstate.stores.BackendStore.history`). Only a deleted (or expired) session may

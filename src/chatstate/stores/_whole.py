@@ -130,7 +130,7 @@ class WholeSessions(Reporting, Generic[E]):
         restore that finds its own first run's session reports True."""
         session_id = check_session_id(session_id)
         messages, summary, seconds = check_snapshot(snapshot)
-        numbers = snapshot_numbers(snapshot)  # type: ignore[arg-type]  # checked above
+        numbers = snapshot_numbers(snapshot)
         # Given only with ids: a backend of one's own may take no numbers.
         kept = {} if numbers is None else {"numbers": numbers}
         token = new_write_id() if write_id is None else check_write_id(write_id)
