@@ -5,12 +5,14 @@
 --
 -- A session's entries are numbered from head to tail - 1, and a number is never given twice in
 -- the session's life: a pop or an edit leaves the numbers it freed unused (tail stays), a save
--- numbers on from tail. "missing" counts the numbers from head to tail - 1 that have no entry,
--- so that the length is tail - head - missing, and a session without gaps (missing 0) is
--- appended to, trimmed and read by arithmetic alone.
+-- numbers on from tail, a restore given numbers takes them (tail never going down). "missing"
+-- counts the numbers from head to tail - 1 that have no entry, so that the length is
+-- tail - head - missing, and a session without gaps (missing 0) is appended to, trimmed and read
+-- by arithmetic alone.
 --
 -- Version 1 had no "missing" (numbers were reused after a pop): migrating adds the column and
--- replaces every function (everything after the line "-- @functions@").
+-- replaces every function (everything after the line "-- @functions@"). So does opening a layout
+-- whose meta row "functions" is below the store's revision (see _schema.FUNCTIONS_REVISION).
 
 CREATE TABLE @schema@.sessions (
     id text PRIMARY KEY,
