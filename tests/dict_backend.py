@@ -155,6 +155,7 @@ class DictBackend:
         overwrite: bool,
         write_id: str,
         fence: str | None,
+        numbers: Sequence[int] | None = None,
     ) -> Written | None:
         if self._seen(session_id, write_id):
             return self._already(session_id)
@@ -164,8 +165,9 @@ class DictBackend:
         self._fence(session_id, fence)
         self._remember(session_id, write_id)
         start = 0 if old is None else old.tail  # numbered on after every number given
-        numbers = list(range(start, start + len(entries)))
-        row = self._rows[session_id] = _Row(list(entries), numbers, start + len(entries), summary)
+        seqs = list(range(start, start + len(entries))) if numbers is None else list(numbers)
+        tail = max(seqs[-1] + 1, start)
+        row = self._rows[session_id] = _Row(list(entries), seqs, tail, summary)
         row.version = old.version + 1 if old is not None else next(self._numbers) * 1000
         row.generation = next(self._numbers)
         self._expire_in(row, ttl)
@@ -275,7 +277,7 @@ class DictBackend:
         if row is None:
             return None
         ttl = None if row.expires_at is None else row.expires_at - self._clock()
-        return RawSession(row.entries[:], row.summary, ttl)
+        return RawSession(row.entries[:], row.summary, ttl, row.seqs[:])
 
     async def time_left(self, session_id: str) -> float | Literal[False] | None:
         row = self._live(session_id)

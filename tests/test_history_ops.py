@@ -212,3 +212,28 @@ async def test_an_edit_racing_turns_loses_none_of_them(store: BackendStore[Any])
         f"q{i}" for i in range(30)
     )
     assert len(stored) == 61
+
+
+async def test_a_regenerated_reply_can_be_streamed() -> None:
+    store = InMemoryStateStore()
+    await store.append("s", [_user("q"), _assistant("old")])
+    async with Pipeline(
+        StateMiddleware(store), ProviderMiddleware(ScriptedProvider(["a new answer"]))
+    ) as pipe:
+        async with pipe.stream_regenerate("s") as turn:
+            chunks = [chunk.text async for chunk in turn]
+        assert "".join(chunks) == "a new answer" and len(chunks) > 1
+        assert turn.result is not None and turn.result.response.text == "a new answer"
+    assert await store.load("s") == [_user("q"), _assistant("a new answer")]
+
+
+async def test_a_regenerate_stream_cut_off_leaves_the_old_reply() -> None:
+    store = InMemoryStateStore()
+    await store.append("s", [_user("q"), _assistant("old")])
+    async with Pipeline(
+        StateMiddleware(store), ProviderMiddleware(ScriptedProvider(["one two three four"]))
+    ) as pipe:
+        async with pipe.stream_regenerate("s") as turn:
+            async for _ in turn:
+                break  # the reader leaves after the first chunk
+    assert await store.load("s") == [_user("q"), _assistant("old")]

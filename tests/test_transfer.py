@@ -331,3 +331,20 @@ async def test_an_import_run_again_with_its_write_id_counts_its_own_sessions() -
         await import_sessions(store, lines, write_id="import-2")
     with pytest.raises(InvalidInputError):
         await import_sessions(store, lines, write_id="")
+
+
+async def test_an_export_carries_the_ids_and_an_import_checks_them() -> None:
+    store = InMemoryStateStore()
+    await store.append("s", [Message(role="user", content=text) for text in "abc"])
+    await store.pop("s")
+    await store.append("s", [Message(role="user", content="d")])
+    (line,) = [line async for line in export_sessions(store, ["s"])]
+    assert json.loads(line)["ids"] == ["0", "1", "3"]
+    bad = json.loads(line) | {"ids": ["0", "1"]}
+    with pytest.raises(InvalidInputError, match="line 1: a snapshot's ids"):
+        await import_sessions(InMemoryStateStore(), [json.dumps(bad)])
+    old = json.loads(line)
+    del old["ids"]  # as 0.1.0 wrote it: ids made afresh
+    other = InMemoryStateStore()
+    await import_sessions(other, [json.dumps(old)])
+    assert (await other.history("s")).ids == ["0", "1", "2"]

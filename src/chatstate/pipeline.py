@@ -274,14 +274,25 @@ class Pipeline:
         it read. Needs a :class:`~chatstate.StateMiddleware` over a store with history operations
         (:class:`~chatstate.stores.SessionHistory`); a session without a user message raises
         :class:`~chatstate.errors.InvalidInputError`."""
-        context = RequestContext(
+        return await self._run(self._again(session_id, options))
+
+    def stream_regenerate(self, session_id: str, **options: Any) -> StreamedTurn:
+        """:meth:`regenerate`, its new reply streamed as :meth:`stream` streams a turn's: the
+        old reply is replaced when the stream has ended. A stream cut off before its end leaves
+        the old reply, unless the state middleware's ``on_interrupt="keep_partial"`` stores the
+        new one as far as it went in its place."""
+        context = self._again(session_id, options)
+        return StreamedTurn(context, self._run, ExecutionResult.of, self._background.group)
+
+    def _again(self, session_id: str, options: dict[str, Any]) -> RequestContext:
+        """The context of a turn run again: its message comes from the session."""
+        return RequestContext(
             session_id=check_session_id(session_id),
             message=_NOT_LOADED,
             options=options,
             task_group=self._background.group,
             regenerate=True,
         )
-        return await self._run(context)
 
     def stream_with_session(
         self, session_id: str, role: str, content: Any, **options: Any

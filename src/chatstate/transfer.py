@@ -8,12 +8,15 @@ write, with its summary and its expiry, and an existing session is never replace
 The export format is one JSON object a line, one line a session::
 
     {"format": "chatstate.session/1", "session_id": "user-ada", "messages": [...],
-     "summary": null, "expires_at": "2026-11-25T10:00:00+00:00"}
+     "summary": null, "expires_at": "2026-11-25T10:00:00+00:00", "ids": ["0", "1", ...]}
 
 ``messages`` holds each message as :class:`~chatstate.Message` serialises it (the same JSON as
 the stores keep: ``{"role": "user", "content": "Hello"}``, defaults left out), oldest first, so a
 line reads as an OpenAI-style conversation too; ``expires_at`` is when the session was due to
-expire (UTC), or null. From an encrypted store (``encryption=``) the export
+expire (UTC), or null; ``ids`` the messages' ids (added in 0.2; a line without them, as 0.1.0
+wrote, imports with ids made afresh), which an import keeps, as a fork does: links to a message
+stay good across a move from one store to another. From an encrypted store (``encryption=``) the
+export
 holds the plain messages: it is meant to be kept as carefully as the keys.
 """
 
@@ -39,7 +42,7 @@ from chatstate.errors import (
 )
 from chatstate.messages import Message
 from chatstate.stores._writes import check_write_id, new_write_id
-from chatstate.stores.base import TTL, SessionSnapshot, SessionTransfer
+from chatstate.stores.base import TTL, SessionSnapshot, SessionTransfer, snapshot_numbers
 
 __all__ = [
     "EXPORT_FORMAT",
@@ -90,6 +93,8 @@ async def export_sessions(
             "summary": None if snapshot.summary is None else _dump(snapshot.summary),
             "expires_at": expires_at,
         }
+        if snapshot.ids is not None:
+            line["ids"] = snapshot.ids
         yield json.dumps(line, ensure_ascii=False, separators=(",", ":")) + "\n"
 
 
@@ -221,7 +226,9 @@ async def fork_session(
     """Copy the session ``source`` (its history, summary and, by default, its time left) to
     the new session ``target``: branch a conversation, as PromptKit's fork does. The source is
     read in one atomic snapshot and the fork written in one atomic write; from then on the two
-    go on apart. Returns what was copied.
+    go on apart. The copy keeps the source's message ids (the same message has the same id in
+    both: a link into the shared part of the conversation is good in either). Returns what was
+    copied.
 
     Raises :class:`~chatstate.errors.SessionNotFoundError` if ``source`` does not exist, and
     :class:`~chatstate.errors.SessionExistsError` if ``target`` exists, unless ``overwrite``
@@ -307,11 +314,12 @@ def _parse(text: str, number: int) -> tuple[str, SessionSnapshot, float | None]:
             f"{where}: 'expires_at' must be an ISO 8601 time with its UTC offset (as exports "
             f"write it, e.g. 2026-12-02T06:00:00+00:00) or null, got {expires_at}"
         )
-    return (
-        session_id,
-        SessionSnapshot(history, summary),
-        None if moment is None else moment.timestamp(),
-    )
+    parsed = SessionSnapshot(history, summary, ids=line.get("ids"))
+    try:
+        snapshot_numbers(parsed)
+    except InvalidInputError as exc:
+        raise InvalidInputError(f"{where}: {exc}") from None
+    return session_id, parsed, None if moment is None else moment.timestamp()
 
 
 async def _each(items: Iterable[Any] | AsyncIterable[Any]) -> AsyncIterator[Any]:

@@ -181,6 +181,7 @@ class MemoryBackend(ConversationIndex, Expiries, Edits):
         overwrite: bool,
         write_id: str,
         fence: str | None,
+        numbers: Sequence[int] | None = None,
     ) -> Written | None:
         session = self._live(session_id)
         ids = session.writes if session is not None else self._deleted_ids(session_id)
@@ -191,7 +192,11 @@ class MemoryBackend(ConversationIndex, Expiries, Edits):
         start = 0 if session is None else session.next_number()
         session = self._to_write(session_id, session, ids, write_id, fence)
         session.entries, session.summary = list(entries), summary
-        session.head, session.seqs = start, None  # numbered on after every number given
+        if numbers is None:
+            session.head, session.seqs = start, None  # numbered on after every number given
+        else:  # as given; the next number after them and after every one given before
+            session.seqs, session.tail = list(numbers), max(numbers[-1] + 1, start)
+            session.settle()
         session.version += 1
         session.generation += 1
         self._set_expiry(session_id, session, ttl)
@@ -269,7 +274,7 @@ class MemoryBackend(ConversationIndex, Expiries, Edits):
             return None
         expires_at = session.expires_at
         ttl = None if expires_at is None else max(expires_at - self._clock(), 1e-3)
-        return RawSession(session.entries[:], session.summary, ttl)
+        return RawSession(session.entries[:], session.summary, ttl, list(session.numbers()))
 
     async def time_left(self, session_id: str) -> float | Literal[False] | None:
         session = self._live(session_id)

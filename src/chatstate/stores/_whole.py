@@ -14,7 +14,13 @@ from chatstate.stores._codec import Codec
 from chatstate.stores._reporting import Reporting
 from chatstate.stores._reporting import clock as _clock
 from chatstate.stores._writes import check_write_id, fence_for, new_write_id
-from chatstate.stores.base import Fold, SessionSnapshot, check_snapshot, run_fold
+from chatstate.stores.base import (
+    Fold,
+    SessionSnapshot,
+    check_snapshot,
+    run_fold,
+    snapshot_numbers,
+)
 
 __all__ = ["WholeSessions"]
 
@@ -105,7 +111,8 @@ class WholeSessions(Reporting, Generic[E]):
         messages, _ = self._codec.decode(raw.entries, on_corrupt="raise", session_id=session_id)
         summary = self._decode_one(raw.summary, session_id, "raise")
         self._report("snapshot", session_id, started, len(messages))
-        return SessionSnapshot(messages, summary, raw.ttl)
+        ids = None if raw.numbers is None else [str(number) for number in raw.numbers]
+        return SessionSnapshot(messages, summary, raw.ttl, ids)
 
     async def restore(
         self,
@@ -116,10 +123,16 @@ class WholeSessions(Reporting, Generic[E]):
         write_id: str | None = None,
     ) -> bool:
         """Write ``snapshot`` as the whole session in one step; an existing session only with
-        ``overwrite`` (see :class:`~chatstate.stores.SessionTransfer`). ``write_id`` as for
-        :meth:`append`: a retried restore that finds its own first run's session reports True."""
+        ``overwrite`` (see :class:`~chatstate.stores.SessionTransfer`). A snapshot with ``ids``
+        (as :meth:`snapshot` gives it) keeps them: each message has the same id after the
+        restore, and the session's next messages are numbered after them (and after every id
+        the session gave before, if it existed). ``write_id`` as for :meth:`append`: a retried
+        restore that finds its own first run's session reports True."""
         session_id = check_session_id(session_id)
         messages, summary, seconds = check_snapshot(snapshot)
+        numbers = snapshot_numbers(snapshot)  # type: ignore[arg-type]  # checked above
+        # Given only with ids: a backend of one's own may take no numbers.
+        kept = {} if numbers is None else {"numbers": numbers}
         token = new_write_id() if write_id is None else check_write_id(write_id)
         encode = self._codec.encode
         entries = encode(messages, session_id=session_id)
@@ -136,6 +149,7 @@ class WholeSessions(Reporting, Generic[E]):
                 overwrite=bool(overwrite),
                 write_id=token,
                 fence=fence_for(self, session_id),
+                **kept,
             )
         except Exception as exc:
             self._fail(

@@ -6,6 +6,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import timedelta
+from itertools import pairwise
 from types import TracebackType
 from typing import TYPE_CHECKING, Protocol, Self, TypeAlias, runtime_checkable
 
@@ -221,11 +222,15 @@ class SessionSummaries(Protocol):
 @dataclass(frozen=True, slots=True)
 class SessionSnapshot:
     """A whole session as it stood at one instant: its history, oldest first, its summary (None
-    if it has none) and the seconds it had left to live (None: no expiry)."""
+    if it has none), the seconds it had left to live (None: no expiry), and the messages' ids
+    (one per message, as :meth:`~chatstate.stores.SessionHistory.history` gives them; None: a
+    restore numbers them afresh). Two snapshots are equal when their contents are: the ids
+    take no part in it."""
 
     messages: list[Message] = field(default_factory=list)
     summary: Message | None = None
     ttl: float | None = None
+    ids: list[str] | None = field(default=None, compare=False)
 
 
 @runtime_checkable
@@ -275,7 +280,8 @@ async def run_fold(
 
 
 def check_snapshot(snapshot: object) -> tuple[list[Message], Message | None, float | None]:
-    """A snapshot's messages, summary and TTL in seconds, checked (stores share this)."""
+    """A snapshot's messages, summary and TTL in seconds, checked (stores share this; see
+    :func:`snapshot_numbers` for its ids)."""
     if not isinstance(snapshot, SessionSnapshot):
         raise InvalidInputError(f"expected a SessionSnapshot, got {type(snapshot).__name__}")
     messages = as_messages(snapshot.messages)
@@ -287,3 +293,25 @@ def check_snapshot(snapshot: object) -> tuple[list[Message], Message | None, flo
             f"{type(snapshot.summary).__name__}"
         )
     return messages, snapshot.summary, check_ttl(snapshot.ttl)
+
+
+def snapshot_numbers(snapshot: SessionSnapshot) -> list[int] | None:
+    """The sequence numbers a snapshot's ``ids`` name, checked: one per message, each a message
+    id (decimal digits), strictly increasing; None for no ids."""
+    ids = snapshot.ids
+    if ids is None:
+        return None
+    if not isinstance(ids, list | tuple) or len(ids) != len(snapshot.messages):
+        raise InvalidInputError(
+            f"a snapshot's ids must be a list of one id per message ({len(snapshot.messages)}), "
+            f"got {type(ids).__name__}"
+            + (f" of {len(ids)}" if isinstance(ids, list | tuple) else "")
+        )
+    numbers = []
+    for index, each in enumerate(ids):
+        if type(each) is not str or not (each.isascii() and each.isdigit()) or len(each) > 18:
+            raise InvalidInputError(f"a snapshot's ids[{index}] is not a message id: {each!r}")
+        numbers.append(int(each))
+    if any(later <= earlier for earlier, later in pairwise(numbers)):
+        raise InvalidInputError("a snapshot's ids must grow from the first message to the last")
+    return numbers

@@ -19,8 +19,15 @@ from chatstate.errors import (
     VersionConflictError,
 )
 from chatstate.messages import Message, ToolCall
-from chatstate.stores.base import SessionHistory, StateStore, VersionedStore
+from chatstate.stores.base import (
+    SessionHistory,
+    SessionSnapshot,
+    SessionTransfer,
+    StateStore,
+    VersionedStore,
+)
 from chatstate.testing._samples import _assistant, _turns, _user, sample_conversation
+from chatstate.transfer import export_sessions, fork_session, import_sessions
 
 
 async def _history(store: StateStore) -> Any:
@@ -227,3 +234,41 @@ class HistoryConformance:
         with pytest.raises(MessageNotFoundError):
             await history.edit_message("nobody", "0", _user("x"))
         assert await store.load("s") == _turns(2)
+
+    async def test_a_restore_import_or_fork_keeps_the_ids(self, store: StateStore) -> None:
+        history = await _history(store)
+        if not isinstance(store, SessionTransfer):
+            pytest.skip(f"{type(store).__name__} is not a SessionTransfer")
+        await store.append("s", _turns(5))
+        await history.delete_message("s", (await history.history("s")).ids[1])  # a gap
+        page = await history.history("s")
+        snapshot = await store.snapshot("s")
+        assert snapshot is not None and snapshot.ids == page.ids
+        # A restore elsewhere, over an existing session, a fork and an export/import.
+        assert await store.restore("copy", snapshot)
+        assert (await history.history("copy")).ids == page.ids
+        await store.append("other", _turns(9, "o"))
+        assert await store.restore("other", snapshot, overwrite=True)
+        assert (await history.history("other")).ids == page.ids
+        await store.append("other", [_user("next")])
+        after = (await history.history("other")).ids
+        assert int(after[-1]) >= 9  # after every id the session gave, its 9 first ones too
+        await fork_session(store, "s", "fork")
+        assert (await history.history("fork")).ids == page.ids
+        lines = [line async for line in export_sessions(store, ["s"])]
+        await import_sessions(store, lines, on_conflict="overwrite")
+        assert (await history.history("s")).ids == page.ids
+        assert await store.load("s") == [m.message for m in page.messages]
+
+    async def test_a_restore_refuses_ids_that_are_not_ids(self, store: StateStore) -> None:
+        await _history(store)
+        if not isinstance(store, SessionTransfer):
+            pytest.skip(f"{type(store).__name__} is not a SessionTransfer")
+        messages = _turns(2)
+        for ids in [["0"], ["1", "0"], ["0", "0"], ["0", "x"], ["0", "-1"], "01", [0, 1]]:
+            with pytest.raises(InvalidInputError):
+                await store.restore("s", SessionSnapshot(messages, ids=ids))  # type: ignore[arg-type]
+        assert await store.load("s") == []
+        assert await store.restore("s", SessionSnapshot(messages, ids=["7", "40"]))
+        await store.append("s", [_user("next")])
+        assert (await store.history("s")).ids == ["7", "40", "41"]  # type: ignore[attr-defined]
