@@ -38,6 +38,7 @@ from chatstate.stores._events import Operation
 from chatstate.stores._reporting import Reporting
 from chatstate.stores._reporting import clock as _clock
 from chatstate.stores._writes import check_write_id, fence_for, new_write_id
+from chatstate.stores.base import MAX_ID_DIGITS
 from chatstate.window import is_valid_window
 
 __all__ = ["HistoryOps", "HistoryPage", "StoredMessage"]
@@ -93,7 +94,7 @@ class HistoryPage:
 def _number(message_id: object, name: str = "message_id") -> int:
     """The sequence number an id names; InvalidInputError for anything that is not an id."""
     if type(message_id) is str and message_id.isascii() and message_id.isdigit():
-        if len(message_id) <= 20:
+        if len(message_id) <= MAX_ID_DIGITS:
             return int(message_id)
     raise InvalidInputError(
         f"{name} must be a message id as the store gives them (decimal digits), got {message_id!r}"

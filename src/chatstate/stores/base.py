@@ -295,6 +295,11 @@ def check_snapshot(snapshot: object) -> tuple[list[Message], Message | None, flo
     return messages, snapshot.summary, check_ttl(snapshot.ttl)
 
 
+MAX_ID_DIGITS = 15
+"""The most digits of a message id: every backend keeps numbers below 10**15 exactly (Redis's
+scripts count in doubles)."""
+
+
 def snapshot_numbers(snapshot: SessionSnapshot) -> list[int] | None:
     """The sequence numbers a snapshot's ``ids`` name, checked: one per message, each a message
     id (decimal digits), strictly increasing; None for no ids."""
@@ -309,7 +314,11 @@ def snapshot_numbers(snapshot: SessionSnapshot) -> list[int] | None:
         )
     numbers = []
     for index, each in enumerate(ids):
-        if type(each) is not str or not (each.isascii() and each.isdigit()) or len(each) > 18:
+        if (
+            type(each) is not str
+            or not (each.isascii() and each.isdigit())
+            or len(each) > MAX_ID_DIGITS
+        ):
             raise InvalidInputError(f"a snapshot's ids[{index}] is not a message id: {each!r}")
         numbers.append(int(each))
     if any(later <= earlier for earlier, later in pairwise(numbers)):

@@ -221,7 +221,7 @@ class HistoryConformance:
     async def test_bad_ids_and_arguments_are_refused(self, store: StateStore) -> None:
         history = await _history(store)
         await store.append("s", _turns(2))
-        for bad in ["", "x", "-1", "1.0", " 1", "\u0661", 1, None]:
+        for bad in ["", "x", "-1", "1.0", " 1", "\u0661", 1, None, "1" + "0" * 15]:
             with pytest.raises(InvalidInputError):
                 await history.delete_message("s", bad)
         with pytest.raises(InvalidInputError):
@@ -265,7 +265,17 @@ class HistoryConformance:
         if not isinstance(store, SessionTransfer):
             pytest.skip(f"{type(store).__name__} is not a SessionTransfer")
         messages = _turns(2)
-        for ids in [["0"], ["1", "0"], ["0", "0"], ["0", "x"], ["0", "-1"], "01", [0, 1]]:
+        huge = "1" + "0" * 15  # 10**15: more than every backend keeps exactly
+        for ids in [
+            ["0"],
+            ["1", "0"],
+            ["0", "0"],
+            ["0", "x"],
+            ["0", "-1"],
+            "01",
+            [0, 1],
+            ["0", huge],
+        ]:
             with pytest.raises(InvalidInputError):
                 await store.restore("s", SessionSnapshot(messages, ids=ids))  # type: ignore[arg-type]
         assert await store.load("s") == []
