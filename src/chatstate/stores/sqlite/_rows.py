@@ -26,6 +26,7 @@ from chatstate.stores._writes import remember
 __all__ = [
     "ENTRIES",
     "LIVE",
+    "NUMBERED",
     "ROW",
     "Row",
     "as_written",
@@ -46,6 +47,9 @@ ROW = (
 )
 LIVE = "(s.expires_at IS NULL OR s.expires_at > ?)"
 ENTRIES = "SELECT entry FROM chatstate_messages WHERE session_id = ? AND seq >= ? ORDER BY seq"
+NUMBERED = (
+    "SELECT seq, entry FROM chatstate_messages WHERE session_id = ? AND seq >= ? ORDER BY seq"
+)
 
 Row = tuple[int, int, float | None, int, int, bytes | None, int | None, int | None]
 """A session's row: head, tail, expires_at, version, generation, summary, and its gaps row's

@@ -17,6 +17,7 @@ from chatstate.stores._writes import DELETED_IDS_TTL, seen
 from chatstate.stores.sqlite._rows import (
     ENTRIES,
     LIVE,
+    NUMBERED,
     ROW,
     Row,
     as_written,
@@ -74,11 +75,7 @@ class Transactions:
             missing = gaps(db, session_id, row)
             if missing:  # the newest by count, each with its number
                 numbered = (
-                    db.execute(
-                        "SELECT seq, entry FROM chatstate_messages WHERE session_id = ? "
-                        "ORDER BY seq",
-                        (session_id,),
-                    ).fetchall()
+                    db.execute(NUMBERED, (session_id, head)).fetchall()
                     if limit is None
                     else newest(db, session_id, limit)
                     if limit
@@ -271,11 +268,7 @@ class Transactions:
             ).fetchone()
             if row is None:
                 return None
-            numbered = db.execute(
-                "SELECT seq, entry FROM chatstate_messages WHERE session_id = ? AND seq >= ? "
-                "ORDER BY seq",
-                (session_id, row[0]),
-            ).fetchall()
+            numbered = db.execute(NUMBERED, (session_id, row[0])).fetchall()
             ttl = None if row[2] is None else max(row[2] - now, 1e-3)
             return RawSession(
                 [entry for _, entry in numbered], row[5], ttl, [seq for seq, _ in numbered]
