@@ -246,9 +246,19 @@ class PostgresBackend:
         overwrite: bool,
         write_id: str,
         fence: str | None,
+        numbers: Sequence[int] | None = None,
     ) -> Written | None:
         row = await self._row(
-            "replace", session_id, entries, summary, ttl, overwrite, write_id, fence, self._now()
+            "replace",
+            session_id,
+            entries,
+            summary,
+            ttl,
+            overwrite,
+            write_id,
+            fence,
+            self._now(),
+            None if numbers is None else list(numbers),
         )
         if row is None:
             return None  # it exists, and no overwrite
@@ -342,8 +352,8 @@ class PostgresBackend:
         row = await self._row("snapshot", session_id, self._now())
         if row is None:
             return None
-        entries, summary, left = row
-        return RawSession(entries, summary, None if left is None else max(left, 1e-3))
+        entries, summary, left, numbers = row
+        return RawSession(entries, summary, None if left is None else max(left, 1e-3), numbers)
 
     async def time_left(self, session_id: str) -> float | Literal[False] | None:
         row = await self._row("time_left", session_id, self._now())

@@ -53,14 +53,15 @@ QUERIES = {
     "range_after_touch": _TOUCHED + _AFTER,
     "range_before_touch": _TOUCHED + _BEFORE,
     "snapshot": "SELECT ARRAY(SELECT entry FROM {s}.messages WHERE session_id = s.id "
-    "AND seq >= s.head ORDER BY seq), s.summary, s.expires_at - {s}._now($2) "
+    "AND seq >= s.head ORDER BY seq), s.summary, s.expires_at - {s}._now($2), "
+    "ARRAY(SELECT seq FROM {s}.messages WHERE session_id = s.id AND seq >= s.head ORDER BY seq) "
     "FROM {s}.sessions s WHERE s.id = $1 AND s.live "
     "AND (s.expires_at IS NULL OR s.expires_at > {s}._now($2))",
     "time_left": "SELECT s.expires_at - {s}._now($2) FROM {s}.sessions s WHERE s.id = $1 "
     "AND s.live AND (s.expires_at IS NULL OR s.expires_at > {s}._now($2))",
     "append": "SELECT * FROM {s}.append($1, $2, $3, $4, $5, $6, $7, $8)",
     "append_many": "SELECT * FROM {s}.append_many($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-    "replace": "SELECT * FROM {s}.replace($1, $2, $3, $4, $5, $6, $7, $8)",
+    "replace": "SELECT * FROM {s}.replace($1, $2, $3, $4, $5, $6, $7, $8, $9)",
     "delete": "SELECT {s}.delete($1, $2, $3, $4, $5)",
     "compact": "SELECT {s}.compact($1, $2, $3, $4, $5, $6)",
     "pop": "SELECT * FROM {s}.pop($1, $2, $3, $4, $5, $6)",

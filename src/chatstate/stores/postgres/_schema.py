@@ -3,7 +3,7 @@
 Everything lives in one PostgreSQL schema (``chatstate`` unless the store is given another name),
 so two apps share a database by naming two schemas. ``schema.sql`` beside this module holds the
 layout (see it for the tables and their functions; ``editing.sql`` holds the functions of the
-history operations); ``<schema>.meta`` holds its version. The
+history operations); ``<schema>.meta`` holds its version, and the revision of its functions. The
 first store to open a database creates the layout under a transaction-scoped advisory lock (two
 processes starting at once take turns); a layout of an older version is migrated in the same
 transaction, and one written by a newer chatstate is refused, never misread.
@@ -17,6 +17,7 @@ from importlib import resources
 from chatstate.errors import ConfigurationError, UnsupportedFormatError
 
 __all__ = [
+    "FUNCTIONS_REVISION",
     "MIGRATION_TIMEOUT",
     "SCHEMA_VERSION",
     "check_schema_name",
@@ -29,6 +30,13 @@ SCHEMA_VERSION = 2
 """The layout of the tables and functions; a database written by a newer one is refused.
 Version 2 counts the numbers a pop or an edit left unused (``sessions.missing``) and has the
 functions ``pop`` and ``edit``."""
+
+FUNCTIONS_REVISION = 1
+"""The revision of the functions within the layout (``meta`` row ``functions``; none: 0). A store
+that finds an older one creates or replaces every function, so that a change of the functions
+alone needs no new layout. Revision 1: ``replace`` takes the entries' numbers (``p_numbers``), its
+eight-argument form dropped; that breaks a caller of revision 0, which only the unreleased layout 2
+of the same day had. Within a released layout a revision keeps the calls of the one before."""
 
 _NAME = re.compile(r"[a-z_][a-z0-9_]{0,47}")
 
@@ -80,8 +88,9 @@ _MIGRATIONS = {
 
 
 async def migrate(connection: object, schema: str) -> int:
-    """Create or migrate the layout in ``schema`` on an asyncpg connection; returns the version
-    found before (0: none). UnsupportedFormatError for a newer one."""
+    """Create or migrate the layout in ``schema`` on an asyncpg connection (or, in a layout of
+    this version, replace functions of an older revision); returns the version found before (0:
+    none). UnsupportedFormatError for a newer one."""
     import asyncpg
 
     assert isinstance(connection, asyncpg.Connection)
@@ -90,9 +99,13 @@ async def migrate(connection: object, schema: str) -> int:
         await connection.execute("SET LOCAL statement_timeout = 0", timeout=timeout)
         await connection.execute(_LOCK, schema, timeout=timeout)
         await connection.execute(_META.format(schema=schema), timeout=timeout)
-        found = await connection.fetchval(
-            f"SELECT value FROM {schema}.meta WHERE name = 'schema'", timeout=timeout
+        meta = await connection.fetchrow(
+            "SELECT max(value) FILTER (WHERE name = 'schema'), "
+            f"coalesce(max(value) FILTER (WHERE name = 'functions'), 0) FROM {schema}.meta",
+            timeout=timeout,
         )
+        assert meta is not None  # an aggregate's one row
+        found, revision = meta
         if found is not None and found > SCHEMA_VERSION:
             raise UnsupportedFormatError(
                 f"the PostgreSQL schema {schema!r} was written by a newer chatstate (layout "
@@ -114,4 +127,15 @@ async def migrate(connection: object, schema: str) -> int:
                 SCHEMA_VERSION,
                 timeout=timeout,
             )
+        elif revision < FUNCTIONS_REVISION:  # this layout, older functions
+            await connection.execute(functions(schema), timeout=timeout)
+        else:
+            return int(found)
+        # Every function was just created or replaced: they are of this revision.
+        await connection.execute(
+            f"INSERT INTO {schema}.meta VALUES ('functions', $1) "
+            "ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+            FUNCTIONS_REVISION,
+            timeout=timeout,
+        )
         return int(found or 0)

@@ -5,12 +5,14 @@
 --
 -- A session's entries are numbered from head to tail - 1, and a number is never given twice in
 -- the session's life: a pop or an edit leaves the numbers it freed unused (tail stays), a save
--- numbers on from tail. "missing" counts the numbers from head to tail - 1 that have no entry,
--- so that the length is tail - head - missing, and a session without gaps (missing 0) is
--- appended to, trimmed and read by arithmetic alone.
+-- numbers on from tail, a restore given numbers takes them (tail never going down). "missing"
+-- counts the numbers from head to tail - 1 that have no entry, so that the length is
+-- tail - head - missing, and a session without gaps (missing 0) is appended to, trimmed and read
+-- by arithmetic alone.
 --
 -- Version 1 had no "missing" (numbers were reused after a pop): migrating adds the column and
--- replaces every function (everything after the line "-- @functions@").
+-- replaces every function (everything after the line "-- @functions@"). So does opening a layout
+-- whose meta row "functions" is below the store's revision (see _schema.FUNCTIONS_REVISION).
 
 CREATE TABLE @schema@.sessions (
     id text PRIMARY KEY,
@@ -211,17 +213,24 @@ BEGIN
     length := r.tail + v_count - v_head - v_missing; version := r.version + 1; applied := true;
 END $$;
 
--- A save or a restore: the whole session, numbered on from its tail (a new one from 0). No row
--- when it exists and not p_overwrite.
+-- A save or a restore: the whole session, numbered on from its tail (a new one from 0), or, with
+-- p_numbers (one per entry, increasing, checked by the caller), under those numbers: the numbers
+-- between them, and from the last to a higher tail the session had, are missing ones (the tail
+-- never goes down). No row when it exists and not p_overwrite. (Until p_numbers came, in revision 1
+-- of these functions, it had eight arguments: that one is dropped, not left as an overload.)
+DROP FUNCTION IF EXISTS @schema@.replace(text, bytea[], bytea, float8, boolean, text, text, float8);
 CREATE OR REPLACE FUNCTION @schema@.replace(
     p_id text, p_entries bytea[], p_summary bytea, p_ttl float8, p_overwrite boolean,
-    p_write text, p_fence text, p_now float8
+    p_write text, p_fence text, p_now float8, p_numbers bigint[]
 ) RETURNS TABLE (length bigint, version bigint, applied boolean)
 LANGUAGE plpgsql AS $$
 #variable_conflict use_column
 DECLARE
     v_now float8 := @schema@._now(p_now);
     r @schema@.sessions := @schema@._lock(p_id, v_now);
+    v_count bigint := cardinality(p_entries);
+    v_had bigint := 0;
+    v_tail bigint;
 BEGIN
     IF @schema@._seen(r.ids, p_write) THEN
         RETURN QUERY SELECT CASE WHEN r.live THEN r.tail - r.head - r.missing ELSE 0 END,
@@ -234,20 +243,28 @@ BEGIN
     PERFORM @schema@._fence(p_id, p_fence, v_now);
     IF r.live THEN
         DELETE FROM @schema@.messages WHERE session_id = p_id;
-        r.version := r.version + 1; r.generation := r.generation + 1; r.head := r.tail;
+        r.version := r.version + 1; r.generation := r.generation + 1; v_had := r.tail;
     ELSE
-        r.version := @schema@._seed(); r.generation := @schema@._seed(); r.head := 0;
+        r.version := @schema@._seed(); r.generation := @schema@._seed();
     END IF;
-    INSERT INTO @schema@.messages (session_id, seq, entry)
-    SELECT p_id, r.head + ordinality - 1, entry
-    FROM unnest(p_entries) WITH ORDINALITY AS t(entry, ordinality);
+    IF p_numbers IS NULL THEN
+        r.head := v_had; v_tail := v_had + v_count;
+        INSERT INTO @schema@.messages (session_id, seq, entry)
+        SELECT p_id, v_had + ordinality - 1, entry
+        FROM unnest(p_entries) WITH ORDINALITY AS t(entry, ordinality);
+    ELSE
+        r.head := p_numbers[1];
+        v_tail := greatest(p_numbers[cardinality(p_numbers)] + 1, v_had);
+        INSERT INTO @schema@.messages (session_id, seq, entry)
+        SELECT p_id, t.seq, t.entry FROM unnest(p_numbers, p_entries) AS t(seq, entry);
+    END IF;
     UPDATE @schema@.sessions SET
-        live = true, head = r.head, tail = r.head + cardinality(p_entries), missing = 0,
+        live = true, head = r.head, tail = v_tail, missing = v_tail - r.head - v_count,
         expires_at = CASE WHEN p_ttl IS NULL THEN NULL ELSE v_now + p_ttl END,
         version = r.version, generation = r.generation, summary = p_summary,
         ids = @schema@._remember(r.ids, p_write), existed = NULL
     WHERE id = p_id;
-    length := cardinality(p_entries); version := r.version; applied := true;
+    length := v_count; version := r.version; applied := true;
     RETURN NEXT;
 END $$;
 

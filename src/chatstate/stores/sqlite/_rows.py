@@ -2,16 +2,16 @@
 missing numbers, its write ids, the lease's fence, and the entries by number.
 
 Missing numbers: a session's entries are numbered from ``head`` to ``tail - 1``, and a pop or an
-edit leaves numbers in that range without an entry (the numbers are never given again). How many
-is kept in ``chatstate_gaps``, a row only for a session that has such numbers, so that a session
-without them (every one that no pop or edit touched) is read, appended to and trimmed as in
+edit leaves numbers in that range without an entry (the numbers are never given again), as does a
+replace given numbers with gaps between them (a restore, an import or a fork). How many is kept in
+``chatstate_gaps``, a row only for a session that has such numbers, so that a session without them
+(every one that no pop, edit or replace with gaps touched) is read, appended to and trimmed as in
 0.1.0, by arithmetic on ``head`` and ``tail``. The row holds the session's ``version`` at the time
-it was written: a release that knows no gaps (0.1.0) writes the session without touching it,
-which changes the version, and the count is then taken again from the entries themselves. (A
-session with gaps that 0.1.0 deletes leaves its gaps row behind: a row of three numbers, stale by
-the version of any session made again under that id, and removed by a later write to it here. No
-sweep looks for such rows: that would read the whole table for what only a mixed deployment
-leaves.)
+it was written: a release that knows no gaps (0.1.0) writes the session without touching it, which
+changes the version, and the count is then taken again from the entries themselves. (A session with
+gaps that 0.1.0 deletes leaves its gaps row behind: a row of three numbers, stale by the version of
+any session made again under that id, and removed by a later write to it here. No sweep looks for
+such rows: that would read the whole table for what only a mixed deployment leaves.)
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from chatstate.stores._writes import remember
 __all__ = [
     "ENTRIES",
     "LIVE",
+    "NUMBERED",
     "ROW",
     "Row",
     "as_written",
@@ -46,6 +47,9 @@ ROW = (
 )
 LIVE = "(s.expires_at IS NULL OR s.expires_at > ?)"
 ENTRIES = "SELECT entry FROM chatstate_messages WHERE session_id = ? AND seq >= ? ORDER BY seq"
+NUMBERED = (
+    "SELECT seq, entry FROM chatstate_messages WHERE session_id = ? AND seq >= ? ORDER BY seq"
+)
 
 Row = tuple[int, int, float | None, int, int, bytes | None, int | None, int | None]
 """A session's row: head, tail, expires_at, version, generation, summary, and its gaps row's

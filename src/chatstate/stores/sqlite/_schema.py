@@ -3,15 +3,17 @@
 The layout is that of 0.1.0 (schema 1) with two tables more: a file written by any release opens
 as it is.
 
-- ``chatstate_sessions``: one row a session. Its entries are numbered from ``head`` to
-  ``tail - 1`` (a trim or a compaction raises ``head``); a number is never given twice in a
-  session's life (a pop or an edit leaves the numbers it freed unused, a save numbers on from
-  ``tail``); ``expires_at`` in Unix seconds (NULL: never); ``version`` changes with every write,
-  ``generation`` with every write that is not an append; ``summary`` the summary's entry.
+- ``chatstate_sessions``: one row a session. Its entries are numbered from ``head`` to ``tail - 1``
+  (a trim or a compaction raises ``head``); a number is never given twice in a session's life (a pop
+  or an edit leaves the numbers it freed unused, a save numbers on from ``tail``, a restore given
+  numbers takes them, ``tail`` never going down); ``expires_at`` in Unix seconds (NULL: never);
+  ``version`` changes with every write, ``generation`` with every write that is not an append;
+  ``summary`` the summary's entry.
 - ``chatstate_messages``: the entries, keyed by (session, number), so a load reads one range.
 - ``chatstate_gaps``: for a session whose numbers from ``head`` to ``tail - 1`` are not all
-  entries (after a pop or an edit), how many are not (``missing``), as of its ``version``
-  (see :mod:`chatstate.stores.sqlite._rows`); a session without gaps has no row. Added in 0.2.
+  entries (after a pop, an edit, or a restore given numbers with gaps), how many are not
+  (``missing``), as of its ``version`` (see :mod:`chatstate.stores.sqlite._rows`); a session
+  without gaps has no row. Added in 0.2.
 - ``chatstate_leases``: one row a held lease (token, expiry).
 - ``chatstate_writes``: the last write ids of a session (see :mod:`chatstate.stores._writes`),
   dropped with it; after a delete, kept until ``expires_at``, with whether the delete found the

@@ -117,9 +117,10 @@ class SQLiteBackend:
         overwrite: bool,
         write_id: str,
         fence: str | None,
+        numbers: Sequence[int] | None = None,
     ) -> Written | None:
         return await self._thread.run(
-            self._tx.replace, session_id, entries, summary, ttl, overwrite, write_id, fence
+            self._tx.replace, session_id, entries, summary, ttl, overwrite, write_id, fence, numbers
         )
 
     async def delete(self, session_id: str, *, write_id: str, fence: str | None) -> bool:

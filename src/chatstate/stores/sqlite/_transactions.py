@@ -17,6 +17,7 @@ from chatstate.stores._writes import DELETED_IDS_TTL, seen
 from chatstate.stores.sqlite._rows import (
     ENTRIES,
     LIVE,
+    NUMBERED,
     ROW,
     Row,
     as_written,
@@ -74,11 +75,7 @@ class Transactions:
             missing = gaps(db, session_id, row)
             if missing:  # the newest by count, each with its number
                 numbered = (
-                    db.execute(
-                        "SELECT seq, entry FROM chatstate_messages WHERE session_id = ? "
-                        "ORDER BY seq",
-                        (session_id,),
-                    ).fetchall()
+                    db.execute(NUMBERED, (session_id, head)).fetchall()
                     if limit is None
                     else newest(db, session_id, limit)
                     if limit
@@ -173,6 +170,7 @@ class Transactions:
         overwrite: bool,
         write_id: str,
         fence: str | None,
+        numbers: Sequence[int] | None = None,
     ) -> Written | None:
         with self._transaction(db) as now:
             row = self._live_row(db, session_id, now)
@@ -184,23 +182,30 @@ class Transactions:
             if fence is not None:
                 check_fence(db, session_id, fence, now)
             db.execute("DELETE FROM chatstate_messages WHERE session_id = ?", (session_id,))
-            # Numbered on after every number the session gave (a new session: from 0).
-            head = 0 if row is None else row[1]
-            insert(db, session_id, head, entries)
+            had = 0 if row is None else row[1]
+            # Numbered on after every number the session gave (a new session: from 0), or by
+            # the numbers given: those between them, and from the last to a higher tail the
+            # session had, are gaps (a number is still never given twice).
+            seqs = range(had, had + len(entries)) if numbers is None else numbers
+            head, tail = seqs[0], max(seqs[-1] + 1, had)
+            db.executemany(
+                "INSERT INTO chatstate_messages (session_id, seq, entry) VALUES (?, ?, ?)",
+                [(session_id, seq, entry) for seq, entry in zip(seqs, entries, strict=True)],
+            )
             version, generation = (row[3] + 1, row[4] + 1) if row else (seed(), seed())
             db.execute(
                 "INSERT OR REPLACE INTO chatstate_sessions VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (
                     session_id,
                     head,
-                    head + len(entries),
+                    tail,
                     None if ttl is None else now + ttl,
                     version,
                     generation,
                     summary,
                 ),
             )
-            set_gaps(db, session_id, row, 0, version)
+            set_gaps(db, session_id, row, tail - head - len(entries), version)
             remember_write(db, session_id, ids, write_id)
             self._sweep_if_due(db, now)
             return Written(len(entries), version)
@@ -263,9 +268,11 @@ class Transactions:
             ).fetchone()
             if row is None:
                 return None
-            entries = [entry for (entry,) in db.execute(ENTRIES, (session_id, row[0]))]
+            numbered = db.execute(NUMBERED, (session_id, row[0])).fetchall()
             ttl = None if row[2] is None else max(row[2] - now, 1e-3)
-            return RawSession(entries, row[5], ttl)
+            return RawSession(
+                [entry for _, entry in numbered], row[5], ttl, [seq for seq, _ in numbered]
+            )
 
     def time_left(self, db: sqlite3.Connection, session_id: str) -> float | Literal[False] | None:
         with self._transaction(db, write=False) as now:
