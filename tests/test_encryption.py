@@ -203,8 +203,11 @@ def _fixture_messages() -> list[Message]:
 
 
 def _load_fixture(backend: DictBackend, entries: str, summary: str) -> None:
+    stored = [bytes.fromhex(entry) for entry in FIXTURE[entries]]
     backend._rows[FIXTURE["session_id"]] = _Row(
-        entries=[bytes.fromhex(entry) for entry in FIXTURE[entries]],
+        entries=stored,
+        seqs=list(range(len(stored))),
+        tail=len(stored),
         summary=bytes.fromhex(FIXTURE[summary]),
         version=7,
         generation=7,

@@ -302,3 +302,23 @@ async def test_versions_live_and_go_with_their_session(
     assert set(await client.hkeys(store.key("s", "meta"))) <= WRITE_IDS_FIELDS
     assert 0 < await client.pttl(store.key("s", "meta")) <= 600_000
     assert await store.version("s") == 0
+
+
+async def test_a_client_slow_to_close_leaves_the_store_closed(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """redis-py raises TimeoutError when a connection takes longer than socket_connect_timeout
+    to close (seen on a loaded machine after a failover): the store's aclose logs it and ends."""
+    import fakeredis
+    from redis.exceptions import TimeoutError as RedisTimeout
+
+    class SlowToClose(fakeredis.FakeAsyncRedis):  # type: ignore[misc]
+        async def aclose(self, close_connection_pool: bool | None = None) -> None:
+            await super().aclose()
+            raise RedisTimeout("Timed out closing connection after 0.3")
+
+    store = RedisStateStore(SlowToClose(), owns_client=True)
+    await store.append("s", [Message(role="user", content="hi")])
+    with caplog.at_level("WARNING", logger="chatstate"):
+        await store.aclose()
+    assert "closing the Redis client's connections failed" in caplog.text

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import logging
 import math
 import warnings
 from collections.abc import Sequence
@@ -34,6 +35,8 @@ if TYPE_CHECKING:
     RedisClient: TypeAlias = Redis | RedisCluster
 else:
     RedisClient = Any
+
+logger = logging.getLogger("chatstate")
 
 __all__ = [
     "DEFAULT_CONNECT_TIMEOUT",
@@ -301,9 +304,13 @@ class RedisStateStore(BackendStore[bytes]):
             return
         await super().aclose()
         if self._owns_client:
-            await self.client.aclose()
-            for close in self._closers:
-                await close()
+            for close in (self.client.aclose, *self._closers):
+                try:
+                    await close()
+                except (RedisError, OSError) as exc:
+                    # A connection slow to close (a server gone, a loaded machine): it is
+                    # dropped all the same, and the store is closed.
+                    logger.warning("closing the Redis client's connections failed: %s", exc)
 
 
 _STORE_OPTIONS = frozenset(inspect.signature(RedisStateStore.__init__).parameters) - {
