@@ -129,10 +129,13 @@ class ConnectionTransport:
             if connection.is_connected:
                 # Unread data or an end of file: the server closed it (a restart, an idle timeout)
                 # or it is out of step. Reconnect now rather than fail the caller's command.
-                try:
-                    stale = await getattr(connection, _CAN_READ_NAME)()
-                except (RedisConnectionError, OSError):
-                    stale = True
+                if _reads_fast(connection):
+                    stale = _stale(connection._parser)
+                else:
+                    try:
+                        stale = await getattr(connection, _CAN_READ_NAME)()
+                    except (RedisConnectionError, OSError):
+                        stale = True
                 if stale:
                     await connection.disconnect()
         except BaseException:
@@ -165,10 +168,11 @@ class ConnectionTransport:
             # socket_timeout). A failure inside send or read (a timeout, a cancel) disconnects
             # the connection, so it goes back clean and reconnects on its next use.
             async with asyncio.timeout(connection.socket_timeout):
-                await connection.send_packed_command(packed, False)
                 if _reads_fast(connection):
+                    await _send(connection, packed)
                     replies = await _read_replies(connection, len(commands))
                 else:
+                    await connection.send_packed_command(packed, False)
                     for _ in range(len(commands)):
                         try:
                             replies.append(await connection.read_response(timeout=math.inf))
@@ -194,13 +198,51 @@ class ConnectionTransport:
 
 
 def _reads_fast(connection: AbstractConnection) -> bool:
-    """Whether the replies can be taken from the connection's hiredis reader directly: its own
-    parser, and redis-py's own read_response (a class that overrides it, a test's fault
-    injection, gets its own)."""
+    """Whether the commands can be written to the connection's stream and the replies taken from
+    its hiredis reader directly: its own parser, and redis-py's own send_packed_command,
+    read_response and can_read (a class that overrides one, a test's fault injection or a
+    bench's counter, gets its own)."""
+    kind = type(connection)
     return (
         type(connection._parser) is _AsyncHiredisParser
-        and type(connection).read_response is AbstractConnection.read_response
+        and kind.read_response is AbstractConnection.read_response
+        and kind.send_packed_command is AbstractConnection.send_packed_command
+        and getattr(kind, _CAN_READ_NAME) is getattr(AbstractConnection, _CAN_READ_NAME)
     )
+
+
+def _stale(parser: Any) -> bool:
+    """redis-py's can_read of an idle hiredis connection, without its two coroutines: unread
+    data, an end of file, or a parser already disconnected."""
+    return (
+        not parser._connected
+        or parser._reader.has_data()
+        or parser._stream.at_eof()
+        or bool(parser._stream._buffer)
+    )
+
+
+async def _send(connection: AbstractConnection, packed: bytes | list[bytes]) -> None:
+    """redis-py's send_packed_command of a connected connection, without its own timeout, which
+    the exchange's deadline covers: redis-py's is an ``asyncio.wait_for``, a task and an event
+    loop iteration more per write. Errors as redis-py's: the connection disconnected, an
+    OSError raised as a ConnectionError."""
+    writer: Any = connection._writer
+    try:
+        if isinstance(packed, bytes):
+            writer.write(packed)
+        else:
+            writer.writelines(packed)
+        await writer.drain()
+    except OSError as exc:
+        await connection.disconnect(nowait=True)
+        number, message = exc.args[:2] if len(exc.args) > 1 else ("UNKNOWN", exc)
+        raise RedisConnectionError(
+            f"Error {number} while writing to socket. {message}."
+        ) from exc
+    except BaseException:
+        await connection.disconnect(nowait=True)
+        raise
 
 
 async def _read_replies(connection: AbstractConnection, count: int) -> list[Any]:
