@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Sequence
-from typing import Literal, Protocol, TypeVar
+from typing import Any, Literal, Protocol, TypeVar
 
 from chatstate import _compression
 from chatstate._checks import check_count
@@ -32,7 +32,6 @@ from chatstate.stores._envelope import (
     FORMAT_VERSION,
     _check_size,
     _envelope,
-    _json,
     check_sizes,
     decode_aligned,
     decode_entries,
@@ -153,8 +152,9 @@ class EntryCodec:
         self._compress = _compression.compressor(compression)
         self._max_bytes = max_bytes
         self._encryption = encryption
-        # entry -> (message, None) for a plain entry, (message, (session, kind)) for a sealed one
-        self._cache: OrderedDict[bytes, tuple[Message, tuple[str, bytes] | None]] = OrderedDict()
+        # entry -> its message (a plain entry), or (message, (session, kind)) for a sealed one,
+        # which only its own session and place may take
+        self._cache: OrderedDict[bytes, Message | tuple[Message, tuple[str, bytes]]] = OrderedDict()
         self._cache_bytes = cache_bytes
         self._held = 0
 
@@ -196,22 +196,36 @@ class EntryCodec:
         """The entries of ``messages``, which are remembered for the loads that follow. A message
         whose JSON is over ``max_bytes`` raises InvalidMessageError (and nothing is encoded)."""
         compress_over, max_bytes = self._compress_over, self._max_bytes
+        # A payload no longer than this is stored as it is (unless it carries a token count).
+        small = min(
+            _NO_LIMIT if max_bytes is None else max_bytes,
+            _NO_LIMIT if compress_over is None else compress_over,
+        )
         method, compress = self._compress
         entries = []
         for index, message in enumerate(messages):
-            payload = _json(message)
+            payload = message.__pydantic_serializer__.to_json(message, exclude_defaults=True)
+            if len(payload) <= small and getattr(message, "_tokens", None) is None:
+                entries.append(_PLAIN_HEADER + payload)  # the common entry, without the calls
+                continue
             if max_bytes is not None and len(payload) > max_bytes:
                 _check_size(index, len(payload), max_bytes)  # raises
             entries.append(_envelope(payload, compress_over, method, compress, tokens_of(message)))
-        owner = None
         encryption = self._encryption
         if encryption is not None:
             kind = SUMMARY if summary else HISTORY
             entries = [encryption.seal(entry, session_id, kind) for entry in entries]
-            owner = (session_id, kind)
-        if self._cache_bytes:
+            if self._cache_bytes:
+                for entry, message in zip(entries, messages, strict=True):
+                    self._remember(entry, message, (session_id, kind))
+        elif self._cache_bytes:
+            cache = self._cache
             for entry, message in zip(entries, messages, strict=True):
-                self._remember(entry, message, owner)
+                if entry not in cache:
+                    cache[entry] = message
+                    self._held += _cost(entry)
+            if self._held > self._cache_bytes:
+                self._evict()
         return entries
 
     def decode(
@@ -228,21 +242,28 @@ class EntryCodec:
             # A load this long (an unbounded history) would only push the windows of other
             # sessions out of the cache, and pay for it on every entry.
             return _kept(self._decode_all(entries, on_corrupt, session_id, kind))
-        get, keep = self._cache.get, self._cache.move_to_end
-        found: list[Message | None] = []
-        missing: list[int] = []
-        for entry in entries:
-            hit = get(entry)
-            if hit is not None and (hit[1] is None or hit[1] == (session_id, kind)):
-                keep(entry)  # least recently used first out: live windows stay, trimmed go
-                found.append(hit[0])
-            else:
-                missing.append(len(found))
-                found.append(None)
-        if not missing:
-            return found, 0  # type: ignore[return-value]  # no None left
-        unseen = [entries[index] for index in missing]
+        cache = self._cache
+        keep = cache.move_to_end
+        found: list[Any] = list(map(cache.get, entries))
+        if _MESSAGE_ONLY.issuperset(map(type, found)):
+            # Every entry remembered, and plain: the common load, in loops of C. Least recently
+            # used first out: live windows stay, trimmed entries go (any() runs every call, as
+            # each returns None).
+            any(map(keep, entries))
+            return found, 0
         owner = (session_id, kind)
+        missing: list[int] = []
+        for index, hit in enumerate(found):
+            if hit is None or (type(hit) is tuple and hit[1] != owner):
+                missing.append(index)
+                found[index] = None
+            else:
+                if type(hit) is tuple:
+                    found[index] = hit[0]
+                keep(entries[index])
+        if not missing:
+            return found, 0
+        unseen = [entries[index] for index in missing]
         skipped = 0
         decoded = self._decode_all(unseen, on_corrupt, session_id, kind)
         for index, entry, message in zip(missing, unseen, decoded, strict=True):
@@ -253,7 +274,7 @@ class EntryCodec:
                 self._remember(entry, message, owner if entry[:1] == _SEALED else None)
         if skipped:
             return _kept(found)
-        return found, 0  # type: ignore[return-value]  # no None left
+        return found, 0  # no None left
 
     def _decode_all(
         self, entries: Sequence[bytes], on_corrupt: OnCorrupt, session_id: str, kind: bytes
@@ -310,14 +331,22 @@ class EntryCodec:
         cache = self._cache
         if entry in cache:
             return
-        cache[entry] = (message, owner)
+        cache[entry] = message if owner is None else (message, owner)
         self._held += _cost(entry)
+        if self._held > self._cache_bytes:
+            self._evict()
+
+    def _evict(self) -> None:
+        """Forget the least recently used entries until the cache is within its bytes."""
+        cache = self._cache
         while self._held > self._cache_bytes and cache:
             oldest, _ = cache.popitem(last=False)
             self._held -= _cost(oldest)
 
 
+_NO_LIMIT = 1 << 62
 _SEALED = bytes((ENCRYPTED,))
+_MESSAGE_ONLY = frozenset({Message})
 
 
 def _kept(messages: list[Message | None]) -> tuple[list[Message], int]:
