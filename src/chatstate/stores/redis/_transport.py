@@ -157,8 +157,23 @@ class ConnectionTransport:
     async def execute_many(self, commands: Sequence[Command]) -> list[Any]:
         return await self._exchange(commands)
 
+    def _ready(self) -> AbstractConnection | None:
+        """The next idle connection if it is known good without an await (connected, read
+        directly, nothing unread): what :meth:`_connected` would give, without its coroutines.
+        None otherwise, and it stays idle for :meth:`_connected` to check and reconnect."""
+        idle = self._idle
+        if idle:
+            connection = idle[-1]
+            if (
+                connection.is_connected
+                and _reads_fast(connection)
+                and not _stale(connection._parser)
+            ):
+                return idle.pop()
+        return None
+
     async def _exchange(self, commands: Sequence[Command]) -> list[Any]:
-        connection = await self._connected()
+        connection = self._ready() or await self._connected()
         if self._pack is not None:
             packed: bytes | list[bytes] = self._packed(commands)
         else:
