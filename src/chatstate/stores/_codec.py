@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Sequence
-from typing import Any, Literal, Protocol, TypeVar
+from typing import Literal, Protocol, TypeVar
 
 from chatstate import _compression
 from chatstate._checks import check_count
@@ -152,9 +152,8 @@ class EntryCodec:
         self._compress = _compression.compressor(compression)
         self._max_bytes = max_bytes
         self._encryption = encryption
-        # entry -> its message (a plain entry), or (message, (session, kind)) for a sealed one,
-        # which only its own session and place may take
-        self._cache: OrderedDict[bytes, Message | tuple[Message, tuple[str, bytes]]] = OrderedDict()
+        # entry -> (message, None) for a plain entry, (message, (session, kind)) for a sealed one
+        self._cache: OrderedDict[bytes, tuple[Message, tuple[str, bytes] | None]] = OrderedDict()
         self._cache_bytes = cache_bytes
         self._held = 0
 
@@ -222,7 +221,7 @@ class EntryCodec:
             cache = self._cache
             for entry, message in zip(entries, messages, strict=True):
                 if entry not in cache:
-                    cache[entry] = message
+                    cache[entry] = (message, None)
                     self._held += _cost(entry)
             if self._held > self._cache_bytes:
                 self._evict()
@@ -242,28 +241,21 @@ class EntryCodec:
             # A load this long (an unbounded history) would only push the windows of other
             # sessions out of the cache, and pay for it on every entry.
             return _kept(self._decode_all(entries, on_corrupt, session_id, kind))
-        cache = self._cache
-        keep = cache.move_to_end
-        found: list[Any] = list(map(cache.get, entries))
-        if _MESSAGE_ONLY.issuperset(map(type, found)):
-            # Every entry remembered, and plain: the common load, in loops of C. Least recently
-            # used first out: live windows stay, trimmed entries go (any() runs every call, as
-            # each returns None).
-            any(map(keep, entries))
-            return found, 0
-        owner = (session_id, kind)
+        get, keep = self._cache.get, self._cache.move_to_end
+        found: list[Message | None] = []
         missing: list[int] = []
-        for index, hit in enumerate(found):
-            if hit is None or (type(hit) is tuple and hit[1] != owner):
-                missing.append(index)
-                found[index] = None
+        for entry in entries:
+            hit = get(entry)
+            if hit is not None and (hit[1] is None or hit[1] == (session_id, kind)):
+                keep(entry)  # least recently used first out: live windows stay, trimmed go
+                found.append(hit[0])
             else:
-                if type(hit) is tuple:
-                    found[index] = hit[0]
-                keep(entries[index])
+                missing.append(len(found))
+                found.append(None)
         if not missing:
-            return found, 0
+            return found, 0  # type: ignore[return-value]  # no None left
         unseen = [entries[index] for index in missing]
+        owner = (session_id, kind)
         skipped = 0
         decoded = self._decode_all(unseen, on_corrupt, session_id, kind)
         for index, entry, message in zip(missing, unseen, decoded, strict=True):
@@ -274,7 +266,7 @@ class EntryCodec:
                 self._remember(entry, message, owner if entry[:1] == _SEALED else None)
         if skipped:
             return _kept(found)
-        return found, 0  # no None left
+        return found, 0  # type: ignore[return-value]  # no None left
 
     def _decode_all(
         self, entries: Sequence[bytes], on_corrupt: OnCorrupt, session_id: str, kind: bytes
@@ -331,7 +323,7 @@ class EntryCodec:
         cache = self._cache
         if entry in cache:
             return
-        cache[entry] = message if owner is None else (message, owner)
+        cache[entry] = (message, owner)
         self._held += _cost(entry)
         if self._held > self._cache_bytes:
             self._evict()
@@ -346,7 +338,6 @@ class EntryCodec:
 
 _NO_LIMIT = 1 << 62
 _SEALED = bytes((ENCRYPTED,))
-_MESSAGE_ONLY = frozenset({Message})
 
 
 def _kept(messages: list[Message | None]) -> tuple[list[Message], int]:
