@@ -32,7 +32,6 @@ from chatstate.stores._envelope import (
     FORMAT_VERSION,
     _check_size,
     _envelope,
-    _json,
     check_sizes,
     decode_aligned,
     decode_entries,
@@ -196,22 +195,36 @@ class EntryCodec:
         """The entries of ``messages``, which are remembered for the loads that follow. A message
         whose JSON is over ``max_bytes`` raises InvalidMessageError (and nothing is encoded)."""
         compress_over, max_bytes = self._compress_over, self._max_bytes
+        # A payload no longer than this is stored as it is (unless it carries a token count).
+        small = min(
+            _NO_LIMIT if max_bytes is None else max_bytes,
+            _NO_LIMIT if compress_over is None else compress_over,
+        )
         method, compress = self._compress
         entries = []
         for index, message in enumerate(messages):
-            payload = _json(message)
+            payload = message.__pydantic_serializer__.to_json(message, exclude_defaults=True)
+            if len(payload) <= small and getattr(message, "_tokens", None) is None:
+                entries.append(_PLAIN_HEADER + payload)  # the common entry, without the calls
+                continue
             if max_bytes is not None and len(payload) > max_bytes:
                 _check_size(index, len(payload), max_bytes)  # raises
             entries.append(_envelope(payload, compress_over, method, compress, tokens_of(message)))
-        owner = None
         encryption = self._encryption
         if encryption is not None:
             kind = SUMMARY if summary else HISTORY
             entries = [encryption.seal(entry, session_id, kind) for entry in entries]
-            owner = (session_id, kind)
-        if self._cache_bytes:
+            if self._cache_bytes:
+                for entry, message in zip(entries, messages, strict=True):
+                    self._remember(entry, message, (session_id, kind))
+        elif self._cache_bytes:
+            cache = self._cache
             for entry, message in zip(entries, messages, strict=True):
-                self._remember(entry, message, owner)
+                if entry not in cache:
+                    cache[entry] = (message, None)
+                    self._held += _cost(entry)
+            if self._held > self._cache_bytes:
+                self._evict()
         return entries
 
     def decode(
@@ -312,11 +325,18 @@ class EntryCodec:
             return
         cache[entry] = (message, owner)
         self._held += _cost(entry)
+        if self._held > self._cache_bytes:
+            self._evict()
+
+    def _evict(self) -> None:
+        """Forget the least recently used entries until the cache is within its bytes."""
+        cache = self._cache
         while self._held > self._cache_bytes and cache:
             oldest, _ = cache.popitem(last=False)
             self._held -= _cost(oldest)
 
 
+_NO_LIMIT = 1 << 62
 _SEALED = bytes((ENCRYPTED,))
 
 

@@ -94,6 +94,8 @@ class ConnectionTransport:
         )
         self._idle: list[AbstractConnection] = []
         self._held: list[AbstractConnection] = []
+        # Packed commands and command heads that recur (see _packed).
+        self._known: dict[Command, bytes] = {}
 
     async def _connected(self) -> AbstractConnection:
         """A connection, connected: a failure here means no command left the client."""
@@ -129,10 +131,13 @@ class ConnectionTransport:
             if connection.is_connected:
                 # Unread data or an end of file: the server closed it (a restart, an idle timeout)
                 # or it is out of step. Reconnect now rather than fail the caller's command.
-                try:
-                    stale = await getattr(connection, _CAN_READ_NAME)()
-                except (RedisConnectionError, OSError):
-                    stale = True
+                if _reads_fast(connection):
+                    stale = _stale(connection._parser)
+                else:
+                    try:
+                        stale = await getattr(connection, _CAN_READ_NAME)()
+                    except (RedisConnectionError, OSError):
+                        stale = True
                 if stale:
                     await connection.disconnect()
         except BaseException:
@@ -152,11 +157,25 @@ class ConnectionTransport:
     async def execute_many(self, commands: Sequence[Command]) -> list[Any]:
         return await self._exchange(commands)
 
+    def _ready(self) -> AbstractConnection | None:
+        """The next idle connection if it is known good without an await (connected, read
+        directly, nothing unread): what :meth:`_connected` would give, without its coroutines.
+        None otherwise, and it stays idle for :meth:`_connected` to check and reconnect."""
+        idle = self._idle
+        if idle:
+            connection = idle[-1]
+            if (
+                connection.is_connected
+                and _reads_fast(connection)
+                and not _stale(connection._parser)
+            ):
+                return idle.pop()
+        return None
+
     async def _exchange(self, commands: Sequence[Command]) -> list[Any]:
-        connection = await self._connected()
-        pack = self._pack
-        if pack is not None:
-            packed: bytes | list[bytes] = b"".join([pack(command) for command in commands])
+        connection = self._ready() or await self._connected()
+        if self._pack is not None:
+            packed: bytes | list[bytes] = self._packed(commands)
         else:
             packed = connection.pack_commands(commands)
         replies: list[Any] = []
@@ -165,10 +184,11 @@ class ConnectionTransport:
             # socket_timeout). A failure inside send or read (a timeout, a cancel) disconnects
             # the connection, so it goes back clean and reconnects on its next use.
             async with asyncio.timeout(connection.socket_timeout):
-                await connection.send_packed_command(packed, False)
                 if _reads_fast(connection):
+                    await _send(connection, packed)
                     replies = await _read_replies(connection, len(commands))
                 else:
+                    await connection.send_packed_command(packed, False)
                     for _ in range(len(commands)):
                         try:
                             replies.append(await connection.read_response(timeout=math.inf))
@@ -182,6 +202,38 @@ class ConnectionTransport:
             self._idle.append(connection)
         return replies
 
+    def _packed(self, commands: Sequence[Command]) -> bytes:
+        """The commands packed by hiredis, but for what recurs, packed once: a session's load
+        (its LRANGE, the same every turn) and the head of a script on a session's keys (EVALSHA,
+        the script, its keys), which then takes only its arguments packed. Packing costs about
+        a microsecond a command, most of it in the C library's sprintf for each length."""
+        pack = self._pack
+        assert pack is not None
+        known = self._known
+        if len(known) >= _KNOWN_KEPT:
+            known.clear()
+        parts: list[bytes] = []
+        for command in commands:
+            name = command[0]
+            if name == "LRANGE":
+                packed = known.get(command)
+                if packed is None:
+                    packed = known[command] = pack(command)
+                parts.append(packed)
+            elif name == "EVALSHA" and type(command[2]) is int:
+                split = 3 + command[2]
+                head = command[:split]
+                packed = known.get(head)
+                if packed is None:
+                    packed = known[head] = _without_count(pack(head))
+                parts.append(b"*%d\r\n" % len(command))
+                parts.append(packed)
+                if len(command) > split:
+                    parts.append(_without_count(pack(command[split:])))
+            else:
+                parts.append(pack(command))
+        return b"".join(parts)
+
     def detach(self) -> list[AbstractConnection]:
         """Stop using the held connections; returns them, for :meth:`release`."""
         held, self._held, self._idle = self._held, [], []
@@ -193,14 +245,59 @@ class ConnectionTransport:
                 await self._pool.release(connection)
 
 
+_KNOWN_KEPT = 65_536
+"""Packed commands and heads a transport keeps (then it starts afresh)."""
+
+
+def _without_count(packed: bytes) -> bytes:
+    """A packed command's arguments, without the count that starts it (``*<n>\\r\\n``)."""
+    return packed[packed.index(b"\r\n") + 2 :]
+
+
 def _reads_fast(connection: AbstractConnection) -> bool:
-    """Whether the replies can be taken from the connection's hiredis reader directly: its own
-    parser, and redis-py's own read_response (a class that overrides it, a test's fault
-    injection, gets its own)."""
+    """Whether the commands can be written to the connection's stream and the replies taken from
+    its hiredis reader directly: its own parser, and redis-py's own send_packed_command,
+    read_response and can_read (a class that overrides one, a test's fault injection or a
+    bench's counter, gets its own)."""
+    kind = type(connection)
     return (
         type(connection._parser) is _AsyncHiredisParser
-        and type(connection).read_response is AbstractConnection.read_response
+        and kind.read_response is AbstractConnection.read_response
+        and kind.send_packed_command is AbstractConnection.send_packed_command
+        and getattr(kind, _CAN_READ_NAME) is getattr(AbstractConnection, _CAN_READ_NAME)
     )
+
+
+def _stale(parser: Any) -> bool:
+    """redis-py's can_read of an idle hiredis connection, without its two coroutines: unread
+    data, an end of file, or a parser already disconnected."""
+    return (
+        not parser._connected
+        or parser._reader.has_data()
+        or parser._stream.at_eof()
+        or bool(parser._stream._buffer)
+    )
+
+
+async def _send(connection: AbstractConnection, packed: bytes | list[bytes]) -> None:
+    """redis-py's send_packed_command of a connected connection, without its own timeout, which
+    the exchange's deadline covers: redis-py's is an ``asyncio.wait_for``, a task and an event
+    loop iteration more per write. Errors as redis-py's: the connection disconnected, an
+    OSError raised as a ConnectionError."""
+    writer: Any = connection._writer
+    try:
+        if isinstance(packed, bytes):
+            writer.write(packed)
+        else:
+            writer.writelines(packed)
+        await writer.drain()
+    except OSError as exc:
+        await connection.disconnect(nowait=True)
+        number, message = exc.args[:2] if len(exc.args) > 1 else ("UNKNOWN", exc)
+        raise RedisConnectionError(f"Error {number} while writing to socket. {message}.") from exc
+    except BaseException:
+        await connection.disconnect(nowait=True)
+        raise
 
 
 async def _read_replies(connection: AbstractConnection, count: int) -> list[Any]:
