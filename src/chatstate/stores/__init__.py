@@ -4,8 +4,10 @@ stores (each the core over a backend of its own)."""
 from typing import TYPE_CHECKING, Any
 
 from chatstate.stores._backend import (
+    KEEP,
     Backend,
     BackendCensus,
+    Describing,
     Editing,
     EditOutcome,
     ErrorKind,
@@ -40,10 +42,12 @@ if TYPE_CHECKING:
     from chatstate.stores.redis import RedisStateStore
 
 __all__ = [
+    "KEEP",
     "TTL",
     "Backend",
     "BackendCensus",
     "BackendStore",
+    "Describing",
     "EditOutcome",
     "Editing",
     "Encryption",

@@ -72,6 +72,33 @@ Write ids and fences
     nothing, in the same atomic step (a repeated write is recognised first: it was applied
     while the lease was held).
 
+Session metadata (the optional :class:`Describing` protocol)
+    A backend that also keeps each session's *metadata* (a small document of the application's,
+    encoded by the codec into one entry, opaque to the backend like the others) and two times
+    (Unix seconds, by the backend's clock): ``created``, when the session was created (kept by
+    every later write, gone with the session), and ``updated``, when its history was last
+    written (an append, a replace, an edit or a pop; not a compaction, not a metadata write, not
+    a read). Such a backend has :meth:`Describing.write_meta`, and its other methods take
+    keywords the core passes only to it:
+
+    - ``read(..., meta=True)`` fills :attr:`Page.meta`, :attr:`Page.created` and
+      :attr:`Page.updated` in the same step (0.0: a time the backend does not know, as for a
+      session written before it kept them);
+    - ``append(..., meta=entry)`` writes the metadata entry with the entries, atomically;
+    - ``replace(..., meta=entry | None)`` makes ``meta`` the session's metadata (None: none);
+      without the keyword (``meta=KEEP``) a replace keeps the metadata the session has;
+    - ``snapshot`` returns the metadata entry in :attr:`RawSession.meta`.
+
+    The metadata expires with the session (a sliding ``touch`` extends it too), and goes with it
+    (a delete, or a pop or edit that empties the session).
+
+The conversation index
+    Members of a user's index are short texts (the store makes them; a conversation id, or a
+    session id with a prefix), each with its last activity and its deadline. A listing is
+    newest first, ties broken by the member, descending (so a cursor is exact); given
+    ``after=(last_active, member)``, it starts after that pair in that order (the core passes
+    ``after`` only when a caller pages by cursor).
+
 Every method is one atomic step (one Lua script, one transaction) and, on a networked backend,
 one round trip. Methods raise the backend's own exceptions: the core maps them, through the
 backend's :meth:`Backend.error_kind`, to chatstate's typed errors.
@@ -81,11 +108,14 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from typing import Generic, Literal, Protocol, TypeAlias, TypeVar
+from enum import Enum
+from typing import Final, Generic, Literal, Protocol, TypeAlias, TypeVar, runtime_checkable
 
 __all__ = [
     "Backend",
+    "KEEP",
     "BackendCensus",
+    "Describing",
     "EditOutcome",
     "Editing",
     "ErrorKind",
@@ -97,6 +127,16 @@ __all__ = [
 ]
 
 E = TypeVar("E")
+
+
+class Keep(Enum):
+    """The type of :data:`KEEP`."""
+
+    KEEP = "keep"
+
+
+KEEP: Final = Keep.KEEP
+"""``replace(meta=KEEP)``: keep the session's metadata as it is (the default)."""
 
 ErrorKind: TypeAlias = Literal["wrong_type", "unavailable", "timeout", "other"]
 """How the core reports a backend's exception: ``wrong_type`` (the session's storage holds data
@@ -111,6 +151,9 @@ class Page(Generic[E]):
     generation and whole length, and the number of each entry (``numbers``) where they are not
     ``first_seq``, ``first_seq + 1``, ... (None: they are).
 
+    With ``meta=True`` (a :class:`Describing` backend), the session's metadata entry (None: it
+    has none) and its creation and last history write, in Unix seconds (0.0: not known).
+
     An unknown or expired session reads as ``Page([], 0)``.
     """
 
@@ -121,6 +164,9 @@ class Page(Generic[E]):
     generation: int = 0
     length: int = 0
     numbers: list[int] | None = None
+    meta: E | None = None
+    created: float = 0.0
+    updated: float = 0.0
 
     def seqs(self) -> list[int]:
         """The number of each entry, oldest first."""
@@ -168,13 +214,14 @@ class Fenced(Exception):
 @dataclass(frozen=True, slots=True)
 class RawSession(Generic[E]):
     """A whole session as stored: its entries, oldest first, the summary entry, the seconds it
-    has left (None: no expiry), and each entry's number (None: a backend that does not say;
-    the built-in ones do)."""
+    has left (None: no expiry), each entry's number (None: a backend that does not say;
+    the built-in ones do), and its metadata entry (a :class:`Describing` backend's; None: none)."""
 
     entries: list[E] = field(default_factory=list)
     summary: E | None = None
     ttl: float | None = None
     numbers: list[int] | None = None
+    meta: E | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -297,9 +344,17 @@ class Backend(Protocol[E]):
         ...
 
     async def list_conversations(
-        self, user_session: str, *, now: float, offset: int, limit: int
+        self,
+        user_session: str,
+        *,
+        now: float,
+        offset: int,
+        limit: int,
+        after: tuple[float, str] | None = None,
     ) -> list[tuple[str, float]]:
-        """The user's live conversations, most recent first: ``(id, last active)`` pairs."""
+        """The user's live members, most recent first (ties: the member, descending):
+        ``(member, last active)`` pairs, skipping ``offset``; with ``after``, only those after
+        that ``(last active, member)`` in this order (the core then passes ``offset=0``)."""
         ...
 
     async def drop_conversations(self, user_session: str) -> list[str]:
@@ -370,4 +425,20 @@ class Editing(Protocol[E]):
         applied=False)`` with the session as it is now, whatever the other arguments say. The
         checks go in this order: the write id, the fence (raises), no session (``"missing"``),
         the version (``"stale"``), no such entry (``"missing"``)."""
+        ...
+
+
+@runtime_checkable
+class Describing(Protocol[E]):
+    """A backend that keeps each session's metadata and its created and updated times (see the
+    module): the built-in backends do. Its ``read``, ``append`` and ``replace`` take ``meta``,
+    and its snapshots carry the metadata."""
+
+    async def write_meta(
+        self, session_id: str, meta: E | None, *, write_id: str, fence: str | None
+    ) -> Written | None:
+        """Make ``meta`` the session's metadata (None: remove it), atomically, keeping its
+        history, version, generation, times and expiry; None (and nothing written) if there is
+        no session. A remembered ``write_id`` changes nothing and returns ``Written(length,
+        version, applied=False)``; the fence as for every write (checked after the write id)."""
         ...
