@@ -20,7 +20,7 @@ from chatstate.stores.postgres import SCHEMA_VERSION, PostgresBackend
 from chatstate.stores.sqlite import SQLiteBackend
 
 from .conftest import FakeClock, kinds, store_of_kind
-from .postgres_wire import counting, store
+from .postgres_wire import counting, old_layout, store
 
 _ids = iter(range(1, 1 << 30))
 
@@ -437,13 +437,15 @@ async def test_one_round_trip_per_history_call(postgres_dsn: str, pg_schema: str
 
 @pytest.mark.postgres
 async def test_a_schema_of_layout_1_is_migrated(postgres_dsn: str, pg_schema: str) -> None:
-    async with store(postgres_dsn, pg_schema) as ours:
-        await _append(ours.backend, "s", b"a", b"b", b"c")
+    # Layout 1: no count of missing numbers, no pop or edit (numbers were reused after a pop).
+    await old_layout(postgres_dsn, pg_schema, 1)
     raw = await asyncpg.connect(postgres_dsn)
-    try:  # layout 1: no count of missing numbers, and no pop or edit
-        await raw.execute(f"ALTER TABLE {pg_schema}.sessions DROP COLUMN missing")
-        await raw.execute(f"DROP FUNCTION {pg_schema}.pop, {pg_schema}.edit")
-        await raw.execute(f"UPDATE {pg_schema}.meta SET value = 1")
+    try:  # its own append, of eight arguments
+        await raw.execute(
+            f"SELECT * FROM {pg_schema}.append('s', $1, NULL, NULL, $2, NULL, NULL, 0)",
+            [b"a", b"b", b"c"],
+            _wid(),
+        )
     finally:
         await raw.close()
     async with store(postgres_dsn, pg_schema) as ours:
@@ -455,6 +457,6 @@ async def test_a_schema_of_layout_1_is_migrated(postgres_dsn: str, pg_schema: st
     raw = await asyncpg.connect(postgres_dsn)
     try:
         version = f"SELECT value FROM {pg_schema}.meta WHERE name = 'schema'"
-        assert await raw.fetchval(version) == SCHEMA_VERSION == 2
+        assert await raw.fetchval(version) == SCHEMA_VERSION == 3
     finally:
         await raw.close()

@@ -15,10 +15,10 @@ import asyncpg
 import pytest
 
 from chatstate.stores import Fenced, Page, SQLiteStateStore, Written
-from chatstate.stores.postgres._schema import FUNCTIONS_REVISION
+from chatstate.stores.postgres._schema import FUNCTIONS_REVISION, SCHEMA_VERSION
 
 from .conftest import kinds, store_of_kind
-from .postgres_wire import counting, store
+from .postgres_wire import counting, old_layout, store
 
 _ids = iter(range(1, 1 << 30))
 
@@ -230,11 +230,15 @@ async def test_one_round_trip_per_numbered_replace_and_snapshot(
 async def test_a_layout_2_of_revision_0_gets_the_new_functions(
     postgres_dsn: str, pg_schema: str
 ) -> None:
-    async with store(postgres_dsn, pg_schema) as ours:
-        await _append(ours.backend, "s", b"a", b"b", b"c")
-        await ours.backend.pop("s", 1, write_id=_wid(), fence=None)
+    await old_layout(postgres_dsn, pg_schema, 2)
     raw = await asyncpg.connect(postgres_dsn)
     try:  # as this morning's layout 2 left it: replace of eight arguments, no revision row
+        await raw.execute(
+            f"SELECT * FROM {pg_schema}.append('s', $1, NULL, NULL, $2, NULL, NULL, 0)",
+            [b"a", b"b", b"c"],
+            _wid(),
+        )
+        await raw.execute(f"SELECT * FROM {pg_schema}.pop('s', 1, $1, NULL, NULL, 600)", _wid())
         await raw.execute(f"DROP FUNCTION {pg_schema}.replace")
         await raw.execute(
             f"CREATE FUNCTION {pg_schema}.replace(p_id text, p_entries bytea[], "
@@ -254,7 +258,7 @@ async def test_a_layout_2_of_revision_0_gets_the_new_functions(
     raw = await asyncpg.connect(postgres_dsn)
     try:
         meta = dict(await raw.fetch(f"SELECT name, value FROM {pg_schema}.meta"))
-        assert meta == {"schema": 2, "functions": FUNCTIONS_REVISION}
+        assert meta == {"schema": SCHEMA_VERSION, "functions": FUNCTIONS_REVISION}
         count = (
             "SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "
             "WHERE n.nspname = $1 AND p.proname = 'replace'"

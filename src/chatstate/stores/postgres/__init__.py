@@ -3,9 +3,9 @@ one round trip per call, every write one server-side transaction.
 
 :class:`PostgresStateStore` is the store core over :class:`PostgresBackend`, whose parts are
 private modules: ``_schema`` (creating and migrating the layout of ``schema.sql`` in a schema of
-the store's own), ``_backend`` (every operation as one statement on a pooled asyncpg connection;
-the statements that are not function calls in ``_queries``) and ``_errors`` (what asyncpg's
-exceptions mean).
+the store's own), ``_backend`` (every operation as one statement on a pooled asyncpg connection
+of ``_pool``; the statements that are not function calls in ``_queries``) and ``_errors`` (what
+asyncpg's exceptions mean).
 """
 
 try:

@@ -6,23 +6,27 @@ statements are in ``_queries``), which runs its whole
 transaction on the server: the write-id check, the lease's fence, the insert, the trim, the
 expiry, the version, and, when one is due, a chunk of the expiry sweep. A write refused by its
 fence raises SQLSTATE ``CSFEN`` there, so nothing of it commits.
+
+A session's metadata entry and its created and updated times are columns of its row (layout 3):
+a read with ``meta=True`` is the same one statement with three more columns, an append with
+``meta`` the same one call of ``append`` with one more argument (NULL without it), and they
+expire, are swept and are deleted with the row.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from typing import Any, Literal, TypeVar
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any, Literal
 
-import anyio
 import asyncpg
 
-from chatstate.errors import ChatStateError
 from chatstate.stores._backend import (
+    KEEP,
     BackendCensus,
     EditOutcome,
     ErrorKind,
     Fenced,
+    Keep,
     Page,
     Popped,
     RawSession,
@@ -30,28 +34,17 @@ from chatstate.stores._backend import (
 )
 from chatstate.stores._writes import DELETED_IDS_TTL
 from chatstate.stores.postgres._batch import AppendBatcher, Item, Row
-from chatstate.stores.postgres._errors import FENCED, NotSent, error_kind
-from chatstate.stores.postgres._queries import QUERIES
-from chatstate.stores.postgres._schema import migrate
+from chatstate.stores.postgres._errors import error_kind
+from chatstate.stores.postgres._pool import SWEEP_CHUNK, PostgresCalls, no_reset
 
 __all__ = ["SWEEP_CHUNK", "PostgresBackend", "no_reset"]
 
-SWEEP_CHUNK = 500
-"""Sessions deleted by one chunk of a sweep, and ids read by one step of a listing."""
 
-_T = TypeVar("_T")
-
-
-async def no_reset(connection: object) -> None:
-    """Give ``asyncpg.create_pool(reset=no_reset)``: no reset of a connection given back to the
-    pool (the store leaves no session state on it), which saves asyncpg's reset query, a round
-    trip, on every release."""
-
-
-class PostgresBackend:
+class PostgresBackend(PostgresCalls):
     """The :class:`~chatstate.stores.Backend` of
-    :class:`~chatstate.stores.postgres.PostgresStateStore`: a pool (given, or made from ``dsn``
-    on first use), the tables and functions of ``schema`` (created or migrated on first use)."""
+    :class:`~chatstate.stores.postgres.PostgresStateStore` (and its
+    :class:`~chatstate.stores.Describing`): a pool (given, or made from ``dsn`` on first use), the
+    tables and functions of ``schema`` (created or migrated on first use)."""
 
     name = "postgres"
 
@@ -66,17 +59,14 @@ class PostgresBackend:
         sweep_interval: float | None,
         batch_appends: bool = True,
     ) -> None:
-        self.schema = schema
-        self.dsn = dsn
-        self._pool = pool
-        self._pool_options = pool_options or {}
-        self._owns_pool = pool is None
-        self._ready = False
-        self._starting = anyio.Lock()
-        self._clock = clock
-        self._sweep_interval = sweep_interval
-        self._next_sweep = 0.0
-        self._sql = {name: query.format(s=schema) for name, query in QUERIES.items()}
+        super().__init__(
+            pool,
+            dsn=dsn,
+            pool_options=pool_options,
+            schema=schema,
+            clock=clock,
+            sweep_interval=sweep_interval,
+        )
         self.expirations = 0
         """Expired sessions deleted by this instance's sweeps."""
         self.batcher = AppendBatcher(self._append_one, self._append_many) if batch_appends else None
@@ -84,92 +74,6 @@ class PostgresBackend:
 
     def __repr__(self) -> str:
         return f"PostgresBackend(schema={self.schema!r})"
-
-    @property
-    def pool(self) -> asyncpg.Pool | None:
-        """The connection pool (None until an owned one is made)."""
-        return self._pool
-
-    def _now(self) -> float | None:
-        """The time a call runs at: the store's clock, or None for the server's."""
-        return None if self._clock is None else self._clock()
-
-    async def _start(self) -> asyncpg.Pool:
-        """The pool, made if the store owns it, and the layout, created or migrated."""
-        async with self._starting:
-            if self._pool is None:
-                options = {"min_size": 1, "max_size": 10, "reset": no_reset}
-                try:
-                    self._pool = await asyncpg.create_pool(
-                        self.dsn, **{**options, **self._pool_options}
-                    )
-                except Exception as exc:
-                    raise NotSent(f"could not connect to PostgreSQL: {exc}") from exc
-            if not self._ready:
-                connection = await self._acquire(self._pool)
-                try:
-                    await migrate(connection, self.schema)
-                except ChatStateError:  # a layout of a newer chatstate
-                    raise
-                except BaseException as exc:
-                    connection.terminate()
-                    if not isinstance(exc, Exception):
-                        raise
-                    # The call itself was never sent: nothing of it was applied.
-                    raise NotSent(f"the store's schema could not be set up: {exc!r}") from exc
-                finally:
-                    await self._pool.release(connection)
-                self._ready = True
-            return self._pool
-
-    async def _acquire(self, pool: asyncpg.Pool) -> Any:
-        try:
-            return await pool.acquire()
-        except Exception as exc:
-            raise NotSent(f"no PostgreSQL connection could be had: {exc}") from exc
-
-    async def _run(self, call: Callable[[Any], Awaitable[_T]]) -> _T:
-        """``call`` on a connection of the pool, given back at the end."""
-        pool = self._pool if self._ready else await self._start()
-        assert pool is not None
-        connection = await self._acquire(pool)
-        try:
-            return await call(connection)
-        except asyncpg.PostgresError as exc:
-            if exc.sqlstate == FENCED:
-                raise Fenced(str(exc)) from exc
-            if exc.severity_en != "ERROR":  # FATAL, PANIC: the server is ending the connection
-                connection.terminate()
-            raise
-        except BaseException:
-            # Lost, timed out, cancelled, or in a state asyncpg cannot go on from: never given to
-            # the next caller as it is (the pool makes a new connection in its place).
-            connection.terminate()
-            raise
-        finally:
-            await pool.release(connection)
-
-    async def _row(self, name: str, *args: object) -> Any:
-        query = self._sql[name]
-        return await self._run(lambda connection: connection.fetchrow(query, *args))
-
-    async def _value(self, name: str, *args: object) -> Any:
-        query = self._sql[name]
-        return await self._run(lambda connection: connection.fetchval(query, *args))
-
-    async def _rows(self, name: str, *args: object) -> list[Any]:
-        query = self._sql[name]
-        return await self._run(lambda connection: connection.fetch(query, *args))
-
-    def _sweep_chunk(self) -> int:
-        """A chunk of the sweep to run in this write, when one is due (once per interval)."""
-        if self._sweep_interval is None:
-            return 0
-        now = time.time() if self._clock is None else self._clock()
-        if now < self._next_sweep:
-            return 0
-        self._next_sweep = now + self._sweep_interval
-        return SWEEP_CHUNK
 
     # -- sessions --------------------------------------------------------------------------------
 
@@ -181,22 +85,26 @@ class PostgresBackend:
         summary: bool,
         touch: float | None,
         numbers: bool,
+        meta: bool = False,
     ) -> Page[bytes]:
-        if not (numbers or summary or touch):
+        if not (numbers or summary or touch or meta):
             entries = await self._value("load", session_id, limit, self._now())
             return Page([] if entries is None else entries, 0)
-        if touch is None:
-            row = await self._row("read", session_id, limit, self._now(), summary)
-        else:
-            row = await self._row("touch", session_id, limit, self._now(), summary, touch)
+        name = ("read" if touch is None else "touch") + ("_meta" if meta else "")
+        extra = () if touch is None else (touch,)
+        row = await self._row(name, session_id, limit, self._now(), summary, *extra)
         if row is None:
             return Page([], 0)
-        head, tail, missing, version, generation, kept, entries, seqs = row
+        head, tail, missing, version, generation, kept, entries, seqs = row[:8]
         if seqs is not None:  # gaps: each entry's number
             first = seqs[0] if seqs else tail
-            return Page(entries, first, kept, version, generation, tail - head - missing, seqs)
-        start = head if limit is None else max(head, tail - limit)
-        return Page(entries, start, kept, version, generation, tail - head)
+            page = Page(entries, first, kept, version, generation, tail - head - missing, seqs)
+        else:
+            start = head if limit is None else max(head, tail - limit)
+            page = Page(entries, start, kept, version, generation, tail - head)
+        if meta:
+            page.meta, page.created, page.updated = row[8:]
+        return page
 
     async def append(
         self,
@@ -207,8 +115,9 @@ class PostgresBackend:
         ttl: float | None,
         write_id: str,
         fence: str | None,
+        meta: bytes | None = None,
     ) -> Written:
-        item = (session_id, entries, max_entries, ttl, write_id, fence)
+        item = (session_id, entries, max_entries, ttl, write_id, fence, meta)
         if self.batcher is None:
             length, version, trimmed, applied, fenced = await self._append_one(item)
         else:
@@ -218,7 +127,8 @@ class PostgresBackend:
         return Written(length, version, trimmed, applied)
 
     async def _append_one(self, item: Item) -> Row:
-        row = await self._row("append", *item, self._now(), self._sweep_chunk())
+        *call, meta = item
+        row = await self._row("append", *call, self._now(), self._sweep_chunk(), meta)
         return (*row, False)
 
     async def _append_many(self, items: list[Item]) -> list[Row]:
@@ -233,6 +143,8 @@ class PostgresBackend:
             [item[5] for item in items],
             self._now(),
             self._sweep_chunk(),
+            # None for a batch without metadata: one NULL, not an array of them.
+            None if all(item[6] is None for item in items) else [item[6] for item in items],
         )
         return [tuple(row) for row in rows]
 
@@ -247,7 +159,9 @@ class PostgresBackend:
         write_id: str,
         fence: str | None,
         numbers: Sequence[int] | None = None,
+        meta: bytes | Keep | None = KEEP,
     ) -> Written | None:
+        keep = meta is KEEP
         row = await self._row(
             "replace",
             session_id,
@@ -259,6 +173,8 @@ class PostgresBackend:
             fence,
             self._now(),
             None if numbers is None else list(numbers),
+            None if isinstance(meta, Keep) else meta,
+            keep,
         )
         if row is None:
             return None  # it exists, and no overwrite
@@ -352,8 +268,19 @@ class PostgresBackend:
         row = await self._row("snapshot", session_id, self._now())
         if row is None:
             return None
-        entries, summary, left, numbers = row
-        return RawSession(entries, summary, None if left is None else max(left, 1e-3), numbers)
+        entries, summary, left, numbers, meta = row
+        ttl = None if left is None else max(left, 1e-3)
+        return RawSession(entries, summary, ttl, numbers, meta)
+
+    async def write_meta(
+        self, session_id: str, meta: bytes | None, *, write_id: str, fence: str | None
+    ) -> Written | None:
+        length, version, applied = await self._row(
+            "write_meta", session_id, meta, write_id, fence, self._now()
+        )
+        if length is None:
+            return None  # no session: nothing written
+        return Written(length, version, applied=applied)
 
     async def time_left(self, session_id: str) -> float | Literal[False] | None:
         row = await self._row("time_left", session_id, self._now())
@@ -382,9 +309,18 @@ class PostgresBackend:
         await self._value("index", user_session, conversation_id, now, deadline)
 
     async def list_conversations(
-        self, user_session: str, *, now: float, offset: int, limit: int
+        self,
+        user_session: str,
+        *,
+        now: float,
+        offset: int,
+        limit: int,
+        after: tuple[float, str] | None = None,
     ) -> list[tuple[str, float]]:
-        rows = await self._rows("list", user_session, now, limit, offset)
+        if after is None:
+            rows = await self._rows("list", user_session, now, limit, offset)
+        else:
+            rows = await self._rows("list_after", user_session, now, limit, offset, *after)
         return [(conversation_id, last_active) for conversation_id, last_active in rows]
 
     async def drop_conversations(self, user_session: str) -> list[str]:

@@ -22,8 +22,8 @@ import anyio
 
 __all__ = ["AppendBatcher", "BatchAbandoned", "Item"]
 
-Item = tuple[str, Sequence[bytes], int | None, float | None, str, str | None]
-"""One append: session id, entries, bound, ttl, write id, fence."""
+Item = tuple[str, Sequence[bytes], int | None, float | None, str, str | None, bytes | None]
+"""One append: session id, entries, bound, ttl, write id, fence, metadata (None: none given)."""
 
 Row = tuple[int, int, bool, bool, bool]
 """What an append gives: length, version, trimmed, applied, fenced."""

@@ -26,6 +26,18 @@ _PAGE = (
     "s.head, s.tail, s.missing, s.version, s.generation, CASE WHEN $4 THEN s.summary END, "
     f"{_ENTRIES}, {_NUMBERS}"
 )
+# With meta=True: the metadata entry and the times (NULL: not known, read as 0).
+_META = "s.meta, coalesce(s.created_at, 0), coalesce(s.updated_at, 0)"
+_READ = f"FROM {{s}}.sessions s WHERE s.id = $1 AND {_LIVE}"
+_TOUCH = f"UPDATE {{s}}.sessions s SET expires_at = {{s}}._now($3) + $5 WHERE s.id = $1 AND {_LIVE}"
+# The listing: the user's live members newest first, ties by the member in code point order
+# (the index conversations_recent, read backwards), from a cursor with list_after.
+_LIST = (
+    "WITH gone AS (DELETE FROM {{s}}.conversations WHERE user_session = $1 "
+    "AND deadline <= $2) SELECT conversation_id, last_active FROM {{s}}.conversations "
+    "WHERE user_session = $1 AND (deadline IS NULL OR deadline > $2){after} "
+    'ORDER BY last_active DESC, conversation_id COLLATE "C" DESC LIMIT $3 OFFSET $4'
+)
 # read_range: a session's numbers and entries after $2, or before $2 (NULL: all) newest first.
 _RANGE = "s.head, s.tail, s.missing, s.version, s.generation, p.seqs, p.entries"
 _AFTER = (
@@ -45,23 +57,26 @@ _TOUCHED = (
 )
 QUERIES = {
     "load": f"SELECT {_ENTRIES} FROM {{s}}.sessions s WHERE s.id = $1 AND {_LIVE}",
-    "read": f"SELECT {_PAGE} FROM {{s}}.sessions s WHERE s.id = $1 AND {_LIVE}",
-    "touch": f"UPDATE {{s}}.sessions s SET expires_at = {{s}}._now($3) + $5 "
-    f"WHERE s.id = $1 AND {_LIVE} RETURNING {_PAGE}",
+    "read": f"SELECT {_PAGE} {_READ}",
+    "touch": f"{_TOUCH} RETURNING {_PAGE}",
+    "read_meta": f"SELECT {_PAGE}, {_META} {_READ}",
+    "touch_meta": f"{_TOUCH} RETURNING {_PAGE}, {_META}",
     "range_after": f"SELECT {_RANGE} FROM {{s}}.sessions s {_AFTER} WHERE s.id = $1 AND {_LIVE}",
     "range_before": f"SELECT {_RANGE} FROM {{s}}.sessions s {_BEFORE} WHERE s.id = $1 AND {_LIVE}",
     "range_after_touch": _TOUCHED + _AFTER,
     "range_before_touch": _TOUCHED + _BEFORE,
     "snapshot": "SELECT ARRAY(SELECT entry FROM {s}.messages WHERE session_id = s.id "
     "AND seq >= s.head ORDER BY seq), s.summary, s.expires_at - {s}._now($2), "
-    "ARRAY(SELECT seq FROM {s}.messages WHERE session_id = s.id AND seq >= s.head ORDER BY seq) "
+    "ARRAY(SELECT seq FROM {s}.messages WHERE session_id = s.id AND seq >= s.head ORDER BY seq), "
+    "s.meta "
     "FROM {s}.sessions s WHERE s.id = $1 AND s.live "
     "AND (s.expires_at IS NULL OR s.expires_at > {s}._now($2))",
     "time_left": "SELECT s.expires_at - {s}._now($2) FROM {s}.sessions s WHERE s.id = $1 "
     "AND s.live AND (s.expires_at IS NULL OR s.expires_at > {s}._now($2))",
-    "append": "SELECT * FROM {s}.append($1, $2, $3, $4, $5, $6, $7, $8)",
-    "append_many": "SELECT * FROM {s}.append_many($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-    "replace": "SELECT * FROM {s}.replace($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+    "append": "SELECT * FROM {s}.append($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+    "append_many": "SELECT * FROM {s}.append_many($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+    "replace": "SELECT * FROM {s}.replace($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+    "write_meta": "SELECT * FROM {s}.write_meta($1, $2, $3, $4, $5)",
     "delete": "SELECT {s}.delete($1, $2, $3, $4, $5)",
     "compact": "SELECT {s}.compact($1, $2, $3, $4, $5, $6)",
     "pop": "SELECT * FROM {s}.pop($1, $2, $3, $4, $5, $6)",
@@ -77,10 +92,8 @@ QUERIES = {
     "index": "INSERT INTO {s}.conversations VALUES ($1, $2, $3, $4) "
     "ON CONFLICT (user_session, conversation_id) DO UPDATE SET "
     "last_active = excluded.last_active, deadline = excluded.deadline",
-    "list": "WITH gone AS (DELETE FROM {s}.conversations WHERE user_session = $1 "
-    "AND deadline <= $2) SELECT conversation_id, last_active FROM {s}.conversations "
-    "WHERE user_session = $1 AND (deadline IS NULL OR deadline > $2) "
-    "ORDER BY last_active DESC, conversation_id LIMIT $3 OFFSET $4",
+    "list": _LIST.format(after=""),
+    "list_after": _LIST.format(after=' AND (last_active, conversation_id COLLATE "C") < ($5, $6)'),
     "drop": "DELETE FROM {s}.conversations WHERE user_session = $1 RETURNING conversation_id",
     "ids": "SELECT id FROM {s}.sessions WHERE id > $1 AND live "
     "AND (expires_at IS NULL OR expires_at > {s}._now($2)) ORDER BY id LIMIT $3",

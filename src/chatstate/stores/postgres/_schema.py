@@ -26,17 +26,21 @@ __all__ = [
     "migrate",
 ]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 """The layout of the tables and functions; a database written by a newer one is refused.
 Version 2 counts the numbers a pop or an edit left unused (``sessions.missing``) and has the
-functions ``pop`` and ``edit``."""
+functions ``pop`` and ``edit``; version 3 keeps each session's metadata and its created and
+updated times (``sessions.meta``, ``created_at``, ``updated_at``), has the function
+``write_meta``, and indexes the conversations by recency (``conversations_recent``)."""
 
 FUNCTIONS_REVISION = 1
 """The revision of the functions within the layout (``meta`` row ``functions``; none: 0). A store
 that finds an older one creates or replaces every function, so that a change of the functions
 alone needs no new layout. Revision 1: ``replace`` takes the entries' numbers (``p_numbers``), its
 eight-argument form dropped; that breaks a caller of revision 0, which only the unreleased layout 2
-of the same day had. Within a released layout a revision keeps the calls of the one before."""
+of the same day had. Within a released layout a revision keeps the calls of the one before (a new
+layout replaces every function and may change their calls: layout 3's ``append``,
+``append_many`` and ``replace`` take the metadata)."""
 
 _NAME = re.compile(r"[a-z_][a-z0-9_]{0,47}")
 
@@ -83,6 +87,11 @@ def functions(schema: str) -> str:
 _MIGRATIONS = {
     # 1 -> 2: numbers are never given twice; the count of those without an entry.
     1: "ALTER TABLE {schema}.sessions ADD COLUMN missing bigint NOT NULL DEFAULT 0",
+    # 2 -> 3: the metadata and the times (NULL, so no rewrite: not known for the sessions there
+    # are), and the listing's order as an index.
+    2: "ALTER TABLE {schema}.sessions ADD COLUMN meta bytea, ADD COLUMN created_at float8, "
+    "ADD COLUMN updated_at float8; CREATE INDEX conversations_recent ON {schema}.conversations "
+    '(user_session, last_active, conversation_id COLLATE "C")',
 }
 """What takes the tables of a version to the next; every function is then replaced."""
 

@@ -1,7 +1,7 @@
--- The history operations of schema version 2 (a pop, an edit by number), beside schema.sql's
--- functions and in the same form: "@schema@" is the store's schema, a NULL "now" the server's
--- clock, every function one transaction. They are created, and replaced by a migration, with the
--- functions of schema.sql.
+-- The history operations of schema version 2 (a pop, an edit by number) and the metadata's write
+-- of version 3, beside schema.sql's functions and in the same form: "@schema@" is the store's
+-- schema, a NULL "now" the server's clock, every function one transaction. They are created, and
+-- replaced by a migration, with the functions of schema.sql.
 
 -- The newest p_count entries removed and returned (oldest first); their numbers stay unused. A pop
 -- that empties the session deletes it, its write ids kept p_keep seconds as a delete keeps them.
@@ -34,16 +34,13 @@ BEGIN
           ORDER BY seq DESC LIMIT p_count) t;
     IF v_taken >= r.tail - r.head - r.missing THEN
         DELETE FROM @schema@.messages WHERE session_id = p_id;
-        UPDATE @schema@.sessions SET
-            live = false, head = 0, tail = 0, missing = 0, expires_at = v_now + p_keep,
-            summary = NULL, ids = @schema@._remember(r.ids, p_write), existed = true
-        WHERE id = p_id;
+        PERFORM @schema@._bury(p_id, r.ids, p_write, v_now + p_keep, true);
         RETURN;
     END IF;
     DELETE FROM @schema@.messages WHERE session_id = p_id AND seq >= v_from;
     UPDATE @schema@.sessions SET
         missing = r.missing + v_taken, version = r.version + 1, generation = r.generation + 1,
-        ids = @schema@._remember(r.ids, p_write)
+        updated_at = v_now, ids = @schema@._remember(r.ids, p_write)
     WHERE id = p_id;
     length := r.tail - r.head - r.missing - v_taken; version := r.version + 1;
 END $$;
@@ -102,15 +99,39 @@ BEGIN
     END IF;
     v_missing := r.missing + v_removed + v_later;
     IF r.tail - r.head - v_missing = 0 THEN
-        UPDATE @schema@.sessions SET
-            live = false, head = 0, tail = 0, missing = 0, expires_at = v_now + p_keep,
-            summary = NULL, ids = @schema@._remember(r.ids, p_write), existed = true
-        WHERE id = p_id;
+        PERFORM @schema@._bury(p_id, r.ids, p_write, v_now + p_keep, true);
         RETURN;
     END IF;
     UPDATE @schema@.sessions SET
         missing = v_missing, version = r.version + 1, generation = r.generation + 1,
-        ids = @schema@._remember(r.ids, p_write)
+        updated_at = v_now, ids = @schema@._remember(r.ids, p_write)
     WHERE id = p_id;
     length := r.tail - r.head - v_missing; version := r.version + 1;
+END $$;
+
+-- The session's metadata made p_meta (NULL: none); its history, version, generation, times and
+-- expiry kept. No session: length NULL, and nothing written (not even the write id).
+CREATE OR REPLACE FUNCTION @schema@.write_meta(
+    p_id text, p_meta bytea, p_write text, p_fence text, p_now float8,
+    OUT length bigint, OUT version bigint, OUT applied boolean
+)
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+    v_now float8 := @schema@._now(p_now);
+    r @schema@.sessions := @schema@._lock(p_id, v_now);
+BEGIN
+    applied := NOT @schema@._seen(r.ids, p_write);
+    IF applied THEN
+        PERFORM @schema@._fence(p_id, p_fence, v_now);
+        IF NOT r.live THEN
+            RETURN;
+        END IF;
+        UPDATE @schema@.sessions SET meta = p_meta, ids = @schema@._remember(r.ids, p_write)
+        WHERE id = p_id;
+    END IF;
+    length := 0; version := 0;
+    IF r.live THEN
+        length := r.tail - r.head - r.missing; version := r.version;
+    END IF;
 END $$;

@@ -1,4 +1,4 @@
--- The layout of schema version 2: the tables, and one function per write, so that a write is one
+-- The layout of schema version 3: the tables, and one function per write, so that a write is one
 -- round trip and one transaction. "@schema@" is replaced by the store's schema name (checked to be
 -- a plain lowercase identifier) before this runs. Times are Unix seconds (float8); a NULL "now"
 -- argument means the server's clock.
@@ -10,9 +10,17 @@
 -- tail - head - missing, and a session without gaps (missing 0) is appended to, trimmed and read
 -- by arithmetic alone.
 --
--- Version 1 had no "missing" (numbers were reused after a pop): migrating adds the column and
--- replaces every function (everything after the line "-- @functions@"). So does opening a layout
--- whose meta row "functions" is below the store's revision (see _schema.FUNCTIONS_REVISION).
+-- A session's metadata entry and its two times live in its row, so that they expire, are swept
+-- and are deleted with it (a tombstone has none): "created_at" is set by the write that creates
+-- the session and kept by every later one, "updated_at" by every write of its history (append,
+-- replace, pop, edit; not a compaction, not write_meta). A session written before layout 3 has
+-- NULL times until a write sets them (read as 0: not known).
+--
+-- Version 1 had no "missing" (numbers were reused after a pop), version 2 no "meta",
+-- "created_at", "updated_at" and no index of the conversations by recency: migrating adds what a
+-- version lacks (_schema._MIGRATIONS) and replaces every function (everything after the line
+-- "-- @functions@"). So does opening a layout whose meta row "functions" is below the store's
+-- revision (see _schema.FUNCTIONS_REVISION).
 
 CREATE TABLE @schema@.sessions (
     id text PRIMARY KEY,
@@ -25,7 +33,10 @@ CREATE TABLE @schema@.sessions (
     summary bytea,
     ids text NOT NULL DEFAULT '',   -- the last write ids, each followed by a newline
     existed boolean,                -- a tombstone's: whether its delete found the session
-    missing bigint NOT NULL DEFAULT 0  -- numbers from head to tail - 1 without an entry
+    missing bigint NOT NULL DEFAULT 0,  -- numbers from head to tail - 1 without an entry
+    meta bytea,                     -- the metadata entry (NULL: none)
+    created_at float8,              -- the session's creation (NULL: not known)
+    updated_at float8               -- its history's last write (NULL: not known)
 );
 CREATE INDEX sessions_expiry ON @schema@.sessions (expires_at) WHERE expires_at IS NOT NULL;
 
@@ -52,6 +63,10 @@ CREATE TABLE @schema@.conversations (
 );
 CREATE INDEX conversations_deadline ON @schema@.conversations (deadline)
     WHERE deadline IS NOT NULL;
+-- A listing's order, read backwards: newest first, ties by the member in code point order
+-- (COLLATE "C", whatever the database's collation), so that a cursor is exact.
+CREATE INDEX conversations_recent
+    ON @schema@.conversations (user_session, last_active, conversation_id COLLATE "C");
 
 -- @functions@
 
@@ -82,6 +97,9 @@ BEGIN
         r.ids := '';
         r.existed := NULL;
         r.summary := NULL;
+        r.meta := NULL;
+        r.created_at := NULL;
+        r.updated_at := NULL;
     END IF;
     RETURN r;
 END $$;
@@ -94,6 +112,19 @@ CREATE OR REPLACE FUNCTION @schema@._remember(p_ids text, p_write text) RETURNS 
 LANGUAGE sql IMMUTABLE AS $$
     SELECT CASE WHEN length(p_ids) >= 31 * 17 THEN substr(p_ids, length(p_ids) - 31 * 17 + 1)
                 ELSE p_ids END || p_write || E'\n'
+$$;
+
+-- The session's row made a tombstone (after a delete, or a pop or an edit that emptied it): no
+-- entries' numbers, summary, metadata or times; its write ids, with p_write, kept until p_until.
+CREATE OR REPLACE FUNCTION @schema@._bury(
+    p_id text, p_ids text, p_write text, p_until float8, p_existed boolean
+) RETURNS void
+LANGUAGE sql AS $$
+    UPDATE @schema@.sessions SET
+        live = false, head = 0, tail = 0, missing = 0, expires_at = p_until, summary = NULL,
+        meta = NULL, created_at = NULL, updated_at = NULL,
+        ids = @schema@._remember(p_ids, p_write), existed = p_existed
+    WHERE id = p_id
 $$;
 
 -- Raises (SQLSTATE CSFEN, the transaction rolled back) unless p_fence holds the lease.
@@ -142,10 +173,12 @@ BEGIN
 END $$;
 
 -- The hot path, written out: no call of a helper unless the session is new, expired, fenced or
--- due for a sweep; one row, not a set, returned.
+-- due for a sweep; one row, not a set, returned. p_meta (not NULL) becomes the session's metadata.
+-- (Until layout 3 it had no p_meta: that form is dropped, not left as an overload.)
+DROP FUNCTION IF EXISTS @schema@.append(text, bytea[], bigint, float8, text, text, float8, integer);
 CREATE OR REPLACE FUNCTION @schema@.append(
     p_id text, p_entries bytea[], p_max bigint, p_ttl float8, p_write text, p_fence text,
-    p_now float8, p_sweep integer,
+    p_now float8, p_sweep integer, p_meta bytea,
     OUT length bigint, OUT version bigint, OUT trimmed boolean, OUT applied boolean
 )
 LANGUAGE plpgsql AS $$
@@ -197,12 +230,15 @@ BEGIN
             DELETE FROM @schema@.messages WHERE session_id = p_id AND seq < v_head;
         END IF;
     END IF;
-    -- The summary is left as it is (a live session's) or cleared, never written back.
+    -- The summary and the metadata are left as they are (a live session's) or cleared, never
+    -- written back; so is the time of the session's creation.
     UPDATE @schema@.sessions SET
         live = true, head = v_head, tail = r.tail + v_count, missing = v_missing,
         expires_at = v_now + p_ttl,
         version = r.version + 1, generation = r.generation,
         summary = CASE WHEN r.live THEN summary END,
+        meta = CASE WHEN p_meta IS NOT NULL THEN p_meta WHEN r.live THEN meta END,
+        created_at = CASE WHEN r.live THEN created_at ELSE v_now END, updated_at = v_now,
         ids = CASE WHEN octet_length(r.ids) >= 32 * 17 THEN substr(r.ids, 18) ELSE r.ids END
               || p_write || E'\n',
         existed = NULL
@@ -216,12 +252,17 @@ END $$;
 -- A save or a restore: the whole session, numbered on from its tail (a new one from 0), or, with
 -- p_numbers (one per entry, increasing, checked by the caller), under those numbers: the numbers
 -- between them, and from the last to a higher tail the session had, are missing ones (the tail
--- never goes down). No row when it exists and not p_overwrite. (Until p_numbers came, in revision 1
--- of these functions, it had eight arguments: that one is dropped, not left as an overload.)
+-- never goes down). The metadata becomes p_meta (NULL: none), or with p_keep_meta stays the
+-- session's. No row when it exists and not p_overwrite. (Until p_numbers came, in revision 1 of
+-- these functions, it had eight arguments, and until layout 3 nine: those are dropped, not left
+-- as overloads.)
 DROP FUNCTION IF EXISTS @schema@.replace(text, bytea[], bytea, float8, boolean, text, text, float8);
+DROP FUNCTION IF EXISTS @schema@.replace(
+    text, bytea[], bytea, float8, boolean, text, text, float8, bigint[]);
 CREATE OR REPLACE FUNCTION @schema@.replace(
     p_id text, p_entries bytea[], p_summary bytea, p_ttl float8, p_overwrite boolean,
-    p_write text, p_fence text, p_now float8, p_numbers bigint[]
+    p_write text, p_fence text, p_now float8, p_numbers bigint[], p_meta bytea,
+    p_keep_meta boolean
 ) RETURNS TABLE (length bigint, version bigint, applied boolean)
 LANGUAGE plpgsql AS $$
 #variable_conflict use_column
@@ -262,6 +303,8 @@ BEGIN
         live = true, head = r.head, tail = v_tail, missing = v_tail - r.head - v_count,
         expires_at = CASE WHEN p_ttl IS NULL THEN NULL ELSE v_now + p_ttl END,
         version = r.version, generation = r.generation, summary = p_summary,
+        meta = CASE WHEN NOT p_keep_meta THEN p_meta WHEN r.live THEN meta END,
+        created_at = CASE WHEN r.live THEN created_at ELSE v_now END, updated_at = v_now,
         ids = @schema@._remember(r.ids, p_write), existed = NULL
     WHERE id = p_id;
     length := v_count; version := r.version; applied := true;
@@ -285,10 +328,7 @@ BEGIN
     IF r.live THEN
         DELETE FROM @schema@.messages WHERE session_id = p_id;
     END IF;
-    UPDATE @schema@.sessions SET
-        live = false, head = 0, tail = 0, missing = 0, expires_at = v_now + p_keep,
-        summary = NULL, ids = @schema@._remember(r.ids, p_write), existed = r.live
-    WHERE id = p_id;
+    PERFORM @schema@._bury(p_id, r.ids, p_write, v_now + p_keep, r.live);
     RETURN r.live;
 END $$;
 
@@ -329,9 +369,13 @@ END $$;
 -- them by session, so that two batches lock their sessions in the same order and never
 -- deadlock); each item's entries are its p_counts[i] elements of p_entries, in turn. An item
 -- refused by its fence is rolled back alone (fenced true) and the others go on.
+-- (p_metas: each item's metadata, NULL for none, or NULL for none of them. Until layout 3 it had
+-- no p_metas: that form is dropped.)
+DROP FUNCTION IF EXISTS @schema@.append_many(
+    text[], integer[], bytea[], bigint[], float8[], text[], text[], float8, integer);
 CREATE OR REPLACE FUNCTION @schema@.append_many(
     p_ids text[], p_counts integer[], p_entries bytea[], p_max bigint[], p_ttl float8[],
-    p_writes text[], p_fences text[], p_now float8, p_sweep integer
+    p_writes text[], p_fences text[], p_now float8, p_sweep integer, p_metas bytea[]
 ) RETURNS TABLE (length bigint, version bigint, trimmed boolean, applied boolean, fenced boolean)
 LANGUAGE plpgsql AS $$
 #variable_conflict use_column
@@ -345,12 +389,12 @@ BEGIN
         IF p_fences[i] IS NULL THEN
             r := @schema@.append(
                 p_ids[i], p_entries[v_from : v_from + p_counts[i] - 1], p_max[i], p_ttl[i],
-                p_writes[i], NULL, p_now, v_sweep);
+                p_writes[i], NULL, p_now, v_sweep, p_metas[i]);
         ELSE
             BEGIN  -- a savepoint, only for an item that carries a fence
                 r := @schema@.append(
                     p_ids[i], p_entries[v_from : v_from + p_counts[i] - 1], p_max[i], p_ttl[i],
-                    p_writes[i], p_fences[i], p_now, v_sweep);
+                    p_writes[i], p_fences[i], p_now, v_sweep, p_metas[i]);
             EXCEPTION WHEN SQLSTATE 'CSFEN' THEN
                 fenced := true;
             END;
