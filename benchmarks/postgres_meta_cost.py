@@ -104,8 +104,8 @@ def main() -> None:
     parser.add_argument("--worker", metavar="DSN", help=argparse.SUPPRESS)
     options = parser.parse_args()
     if options.worker:
-        figures = asyncio.run(_worker(options.worker, options.calls, options.sessions, options.meta))
-        print(json.dumps(figures))
+        work = _worker(options.worker, options.calls, options.sessions, options.meta)
+        print(json.dumps(asyncio.run(work)))
         return
     import asyncpg
 
@@ -131,7 +131,8 @@ def main() -> None:
     finally:
         asyncio.run(admin(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)"))
     for name, figures in results.items():
-        line = ", ".join(f"{key} {statistics.median(values):,.0f}" for key, values in figures.items())
+        medians = {key: statistics.median(values) for key, values in figures.items()}
+        line = ", ".join(f"{key} {value:,.0f}" for key, value in medians.items())
         print(f"{name}: {line}  (median of {options.rounds} rounds)")
     sys.stdout.flush()
 
