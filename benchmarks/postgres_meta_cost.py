@@ -1,5 +1,8 @@
 """The PostgreSQL backend's hot path on several checkouts, side by side: appends and plain loads
-per second, one caller on one connection (so a call's cost, not a batch's, is what is timed).
+per second, one caller on one connection (so a call's cost, not a batch's, is what is timed), and
+the CPU each call costs the server (the connection's backend process, by ``/proc/<pid>/schedstat``;
+the server must run on this machine) and the client (``time.process_time``): measures that a
+machine busy with other work moves less than it moves wall time.
 
 Each version runs in a fresh process of its own (``NAME=PYTHON[:PYTHONPATH]``), in turn,
 alternating rounds, in a database of the run's own on the server of ``--dsn`` (dropped at the
@@ -11,7 +14,8 @@ backend has them, appends that carry a metadata entry of 100 B and reads with ``
     python benchmarks/postgres_meta_cost.py before=/work/main/.venv/bin/python:/tmp/before/src \\
         after=/work/main/.venv/bin/python:src --rounds 5 --meta
 
-It prints the median of the rounds per version and operation.
+It prints, per version and operation, the median of the rounds: calls per second, and the
+server's and the client's CPU per call in microseconds.
 """
 
 from __future__ import annotations
@@ -55,27 +59,33 @@ async def _worker(dsn: str, calls: int, sessions: int, meta: bool) -> dict[str, 
             **extra,
         )
 
-    async def timed(call: Any) -> float:
-        start = time.perf_counter()
+    pid = await pool.fetchval("SELECT pg_backend_pid()")  # the pool's one connection
+
+    def server_cpu() -> float:
+        with open(f"/proc/{pid}/schedstat") as stat:
+            return int(stat.read().split()[0]) / 1e9
+
+    async def timed(name: str, call: Any) -> None:
+        server, client, start = server_cpu(), time.process_time(), time.perf_counter()
         for n in range(calls):
             await call(ids[n % sessions])
-        return calls / (time.perf_counter() - start)
+        figures[f"{name}/s"] = calls / (time.perf_counter() - start)
+        figures[f"{name} server µs"] = (server_cpu() - server) / calls * 1e6
+        figures[f"{name} client µs"] = (time.process_time() - client) / calls * 1e6
+
+    figures: dict[str, float] = {}
 
     try:
         for session in ids:
             for _ in range(HISTORY // 2):
                 await append(session)
         plain = {"limit": HISTORY, "summary": False, "touch": None, "numbers": False}
-        figures = {
-            "append/s": await timed(append),
-            "load/s": await timed(lambda session: backend.read(session, **plain)),
-        }
+        await timed("append", append)
+        await timed("load", lambda session: backend.read(session, **plain))
         if meta and hasattr(backend, "write_meta"):
             described = b"m" * 100
-            figures["append+meta/s"] = await timed(lambda s: append(s, meta=described))
-            figures["read+meta/s"] = await timed(
-                lambda session: backend.read(session, **{**plain, "meta": True})
-            )
+            await timed("append+meta", lambda session: append(session, meta=described))
+            await timed("read+meta", lambda session: backend.read(session, **plain, meta=True))
         return figures
     finally:
         await backend.drop_schema()
@@ -132,8 +142,9 @@ def main() -> None:
         asyncio.run(admin(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)"))
     for name, figures in results.items():
         medians = {key: statistics.median(values) for key, values in figures.items()}
-        line = ", ".join(f"{key} {value:,.0f}" for key, value in medians.items())
-        print(f"{name}: {line}  (median of {options.rounds} rounds)")
+        print(f"{name} (median of {options.rounds} rounds):")
+        for key, value in medians.items():
+            print(f"  {key:24} {value:10,.1f}")
     sys.stdout.flush()
 
 

@@ -1,12 +1,14 @@
 """Helpers of the PostgreSQL tests: connection classes that count round trips (the bench's, see
-:class:`chatstate.bench.postgres.CountingConnection`), stores in a schema of a test's own, and
-schemas of the layouts of earlier versions."""
+:class:`chatstate.bench.postgres.CountingConnection`), stores in a schema of a test's own,
+schemas of the layouts of earlier versions, and a transaction that holds a session's row."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
+import anyio
 import asyncpg
 
 from chatstate.bench.postgres import CountingConnection
@@ -40,5 +42,20 @@ async def old_layout(dsn: str, schema: str, version: int) -> None:
         await connection.execute(f"INSERT INTO {schema}.meta VALUES ('schema', $1)", version)
         if version >= 2:  # revision 1 of its functions
             await connection.execute(f"INSERT INTO {schema}.meta VALUES ('functions', 1)")
+    finally:
+        await connection.close()
+
+
+async def hold_the_session_row(
+    dsn: str, schema: str, seconds: float, held: asyncio.Event | anyio.Event
+) -> None:
+    """A transaction that locks the session's row (then sets ``held``) and sleeps (pg_sleep)
+    before committing."""
+    connection = await asyncpg.connect(dsn)
+    try:
+        async with connection.transaction():
+            await connection.execute(f"SELECT FROM {schema}.sessions WHERE id = 's' FOR UPDATE")
+            held.set()
+            await connection.execute(f"SELECT pg_sleep({seconds})")
     finally:
         await connection.close()

@@ -28,7 +28,7 @@ from chatstate.errors import (
 from chatstate.stores.postgres import PostgresStateStore
 from chatstate.testing.postgres_server import PostgresServer
 
-from .postgres_wire import store
+from .postgres_wire import hold_the_session_row, store
 
 pytestmark = pytest.mark.postgres
 
@@ -189,26 +189,13 @@ async def _at_least(value: Callable[[], int], count: int) -> bool:
     return value() >= count
 
 
-async def _hold_the_session_row(dsn: str, schema: str, seconds: float, held: asyncio.Event) -> None:
-    """A transaction that locks the session's row (then sets ``held``) and sleeps (pg_sleep)
-    before committing."""
-    connection = await asyncpg.connect(dsn)
-    try:
-        async with connection.transaction():
-            await connection.execute(f"SELECT FROM {schema}.sessions WHERE id = 's' FOR UPDATE")
-            held.set()
-            await connection.execute(f"SELECT pg_sleep({seconds})")
-    finally:
-        await connection.close()
-
-
 async def test_statement_timeout_gives_a_typed_error_and_writes_nothing(
     postgres_dsn: str, pg_schema: str
 ) -> None:
     async with store(postgres_dsn, pg_schema, server_settings={"statement_timeout": "200"}) as ours:
         await ours.append("s", _messages("before"))
         held = asyncio.Event()
-        holder = asyncio.ensure_future(_hold_the_session_row(postgres_dsn, pg_schema, 1.0, held))
+        holder = asyncio.ensure_future(hold_the_session_row(postgres_dsn, pg_schema, 1.0, held))
         await held.wait()
         with pytest.raises(StateSaveError, match="statement timeout") as raised:
             await ours.append("s", _messages("turn"))
@@ -227,7 +214,7 @@ async def test_a_stalled_server_gives_outcome_unknown_and_the_retry_stores_once(
     async with store(postgres_dsn, pg_schema, command_timeout=1.0) as ours:
         await ours.append("s", _messages("before"))
         held = asyncio.Event()
-        holder = asyncio.ensure_future(_hold_the_session_row(postgres_dsn, pg_schema, 3.0, held))
+        holder = asyncio.ensure_future(hold_the_session_row(postgres_dsn, pg_schema, 3.0, held))
         await held.wait()
         with pytest.raises(OutcomeUnknownError) as raised:
             await ours.append("s", _messages("turn"), write_id="turn-1")
