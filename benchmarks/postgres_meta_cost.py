@@ -14,8 +14,9 @@ backend has them, appends that carry a metadata entry of 100 B and reads with ``
     python benchmarks/postgres_meta_cost.py before=/work/main/.venv/bin/python:/tmp/before/src \\
         after=/work/main/.venv/bin/python:src --rounds 5 --meta
 
-It prints, per version and operation, the median of the rounds: calls per second, and the
-server's and the client's CPU per call in microseconds.
+It prints, per version and operation, the median of the rounds and their range: calls per second,
+and the server's and the client's CPU per call in microseconds. Name a version twice (``before``
+and ``before2``, the same checkout) to see how far two runs of one version differ.
 """
 
 from __future__ import annotations
@@ -141,10 +142,10 @@ def main() -> None:
     finally:
         asyncio.run(admin(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)"))
     for name, figures in results.items():
-        medians = {key: statistics.median(values) for key, values in figures.items()}
-        print(f"{name} (median of {options.rounds} rounds):")
-        for key, value in medians.items():
-            print(f"  {key:24} {value:10,.1f}")
+        print(f"{name} (median of {options.rounds} rounds, and their range):")
+        for key, values in figures.items():
+            median, low, high = statistics.median(values), min(values), max(values)
+            print(f"  {key:24} {median:10,.1f}   ({low:,.1f} to {high:,.1f})")
     sys.stdout.flush()
 
 

@@ -4,11 +4,9 @@ schemas of the layouts of earlier versions, and a transaction that holds a sessi
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-import anyio
 import asyncpg
 
 from chatstate.bench.postgres import CountingConnection
@@ -46,9 +44,11 @@ async def old_layout(dsn: str, schema: str, version: int) -> None:
         await connection.close()
 
 
-async def hold_the_session_row(
-    dsn: str, schema: str, seconds: float, held: asyncio.Event | anyio.Event
-) -> None:
+class _Event(Protocol):
+    def set(self) -> None: ...
+
+
+async def hold_the_session_row(dsn: str, schema: str, seconds: float, held: _Event) -> None:
     """A transaction that locks the session's row (then sets ``held``) and sleeps (pg_sleep)
     before committing."""
     connection = await asyncpg.connect(dsn)

@@ -40,7 +40,7 @@ BEGIN
     DELETE FROM @schema@.messages WHERE session_id = p_id AND seq >= v_from;
     UPDATE @schema@.sessions SET
         missing = r.missing + v_taken, version = r.version + 1, generation = r.generation + 1,
-        updated_at = v_now, ids = @schema@._remember(r.ids, p_write)
+        updated_at = @schema@._clock(p_now), ids = @schema@._remember(r.ids, p_write)
     WHERE id = p_id;
     length := r.tail - r.head - r.missing - v_taken; version := r.version + 1;
 END $$;
@@ -104,7 +104,7 @@ BEGIN
     END IF;
     UPDATE @schema@.sessions SET
         missing = v_missing, version = r.version + 1, generation = r.generation + 1,
-        updated_at = v_now, ids = @schema@._remember(r.ids, p_write)
+        updated_at = @schema@._clock(p_now), ids = @schema@._remember(r.ids, p_write)
     WHERE id = p_id;
     length := r.tail - r.head - v_missing; version := r.version + 1;
 END $$;

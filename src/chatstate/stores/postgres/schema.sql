@@ -73,6 +73,11 @@ CREATE INDEX conversations_recent
 CREATE OR REPLACE FUNCTION @schema@._now(p_now float8) RETURNS float8
 LANGUAGE sql STABLE AS $$ SELECT coalesce(p_now, extract(epoch FROM statement_timestamp())) $$;
 
+-- The time of a history write, read once the session's row is locked (so that the writes of a
+-- session have their times in the order they commit): p_now, or the server's clock now.
+CREATE OR REPLACE FUNCTION @schema@._clock(p_now float8) RETURNS float8
+LANGUAGE sql VOLATILE AS $$ SELECT coalesce(p_now, extract(epoch FROM clock_timestamp())) $$;
+
 -- The session's row, locked (created as an expired tombstone if there is none, so that two
 -- writers of a new session take turns). An expired row comes back as no session and no write ids,
 -- its entries deleted.
@@ -174,11 +179,12 @@ END $$;
 
 -- The hot path, written out: no call of a helper unless the session is new, expired, fenced or
 -- due for a sweep; one row, not a set, returned. p_meta (not NULL) becomes the session's metadata.
--- (Until layout 3 it had no p_meta: that form is dropped, not left as an overload.)
+-- (Until layout 3 it had no p_meta: that form is dropped, not left as an overload, and a call of
+-- its eight arguments, by a store of layout 2 still running, is this one's without metadata.)
 DROP FUNCTION IF EXISTS @schema@.append(text, bytea[], bigint, float8, text, text, float8, integer);
 CREATE OR REPLACE FUNCTION @schema@.append(
     p_id text, p_entries bytea[], p_max bigint, p_ttl float8, p_write text, p_fence text,
-    p_now float8, p_sweep integer, p_meta bytea,
+    p_now float8, p_sweep integer, p_meta bytea DEFAULT NULL,
     OUT length bigint, OUT version bigint, OUT trimmed boolean, OUT applied boolean
 )
 LANGUAGE plpgsql AS $$
@@ -190,6 +196,7 @@ DECLARE
     v_skip bigint := 0;
     v_head bigint;
     v_missing bigint;
+    v_at float8;
 BEGIN
     SELECT * INTO r FROM @schema@.sessions WHERE id = p_id FOR UPDATE;
     IF NOT FOUND OR r.expires_at <= v_now THEN
@@ -231,14 +238,15 @@ BEGIN
         END IF;
     END IF;
     -- The summary and the metadata are left as they are (a live session's) or cleared, never
-    -- written back; so is the time of the session's creation.
+    -- written back; so is the time of the session's creation. (_clock, written out.)
+    v_at := coalesce(p_now, extract(epoch FROM clock_timestamp()));
     UPDATE @schema@.sessions SET
         live = true, head = v_head, tail = r.tail + v_count, missing = v_missing,
         expires_at = v_now + p_ttl,
         version = r.version + 1, generation = r.generation,
         summary = CASE WHEN r.live THEN summary END,
         meta = CASE WHEN p_meta IS NOT NULL THEN p_meta WHEN r.live THEN meta END,
-        created_at = CASE WHEN r.live THEN created_at ELSE v_now END, updated_at = v_now,
+        created_at = CASE WHEN r.live THEN created_at ELSE v_at END, updated_at = v_at,
         ids = CASE WHEN octet_length(r.ids) >= 32 * 17 THEN substr(r.ids, 18) ELSE r.ids END
               || p_write || E'\n',
         existed = NULL
@@ -255,14 +263,14 @@ END $$;
 -- never goes down). The metadata becomes p_meta (NULL: none), or with p_keep_meta stays the
 -- session's. No row when it exists and not p_overwrite. (Until p_numbers came, in revision 1 of
 -- these functions, it had eight arguments, and until layout 3 nine: those are dropped, not left
--- as overloads.)
+-- as overloads; a call of nine, by a store of layout 2 still running, keeps the metadata.)
 DROP FUNCTION IF EXISTS @schema@.replace(text, bytea[], bytea, float8, boolean, text, text, float8);
 DROP FUNCTION IF EXISTS @schema@.replace(
     text, bytea[], bytea, float8, boolean, text, text, float8, bigint[]);
 CREATE OR REPLACE FUNCTION @schema@.replace(
     p_id text, p_entries bytea[], p_summary bytea, p_ttl float8, p_overwrite boolean,
-    p_write text, p_fence text, p_now float8, p_numbers bigint[], p_meta bytea,
-    p_keep_meta boolean
+    p_write text, p_fence text, p_now float8, p_numbers bigint[], p_meta bytea DEFAULT NULL,
+    p_keep_meta boolean DEFAULT true
 ) RETURNS TABLE (length bigint, version bigint, applied boolean)
 LANGUAGE plpgsql AS $$
 #variable_conflict use_column
@@ -272,6 +280,7 @@ DECLARE
     v_count bigint := cardinality(p_entries);
     v_had bigint := 0;
     v_tail bigint;
+    v_at float8 := @schema@._clock(p_now);
 BEGIN
     IF @schema@._seen(r.ids, p_write) THEN
         RETURN QUERY SELECT CASE WHEN r.live THEN r.tail - r.head - r.missing ELSE 0 END,
@@ -304,7 +313,7 @@ BEGIN
         expires_at = CASE WHEN p_ttl IS NULL THEN NULL ELSE v_now + p_ttl END,
         version = r.version, generation = r.generation, summary = p_summary,
         meta = CASE WHEN NOT p_keep_meta THEN p_meta WHEN r.live THEN meta END,
-        created_at = CASE WHEN r.live THEN created_at ELSE v_now END, updated_at = v_now,
+        created_at = CASE WHEN r.live THEN created_at ELSE v_at END, updated_at = v_at,
         ids = @schema@._remember(r.ids, p_write), existed = NULL
     WHERE id = p_id;
     length := v_count; version := r.version; applied := true;
@@ -370,12 +379,12 @@ END $$;
 -- deadlock); each item's entries are its p_counts[i] elements of p_entries, in turn. An item
 -- refused by its fence is rolled back alone (fenced true) and the others go on.
 -- (p_metas: each item's metadata, NULL for none, or NULL for none of them. Until layout 3 it had
--- no p_metas: that form is dropped.)
+-- no p_metas: that form is dropped, and a call without them is a call of this one.)
 DROP FUNCTION IF EXISTS @schema@.append_many(
     text[], integer[], bytea[], bigint[], float8[], text[], text[], float8, integer);
 CREATE OR REPLACE FUNCTION @schema@.append_many(
     p_ids text[], p_counts integer[], p_entries bytea[], p_max bigint[], p_ttl float8[],
-    p_writes text[], p_fences text[], p_now float8, p_sweep integer, p_metas bytea[]
+    p_writes text[], p_fences text[], p_now float8, p_sweep integer, p_metas bytea[] DEFAULT NULL
 ) RETURNS TABLE (length bigint, version bigint, trimmed boolean, applied boolean, fenced boolean)
 LANGUAGE plpgsql AS $$
 #variable_conflict use_column
