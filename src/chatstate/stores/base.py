@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from itertools import pairwise
 from types import TracebackType
-from typing import TYPE_CHECKING, Protocol, Self, TypeAlias, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, Self, TypeAlias, runtime_checkable
 
 from chatstate._checks import check_ttl
 from chatstate.errors import InvalidInputError, InvalidMessageError
@@ -224,13 +224,15 @@ class SessionSnapshot:
     """A whole session as it stood at one instant: its history, oldest first, its summary (None
     if it has none), the seconds it had left to live (None: no expiry), and the messages' ids
     (one per message, as :meth:`~chatstate.stores.SessionHistory.history` gives them; None: a
-    restore numbers them afresh). Two snapshots are equal when their contents are: the ids
-    take no part in it."""
+    restore numbers them afresh), and its metadata (None: none; see
+    :meth:`~chatstate.stores.BackendStore.set_metadata`). Two snapshots are equal when their
+    contents are: the ids take no part in it."""
 
     messages: list[Message] = field(default_factory=list)
     summary: Message | None = None
     ttl: float | None = None
     ids: list[str] | None = field(default=None, compare=False)
+    metadata: dict[str, Any] | None = None
 
 
 @runtime_checkable
