@@ -112,8 +112,8 @@ from enum import Enum
 from typing import Final, Generic, Literal, Protocol, TypeAlias, TypeVar, runtime_checkable
 
 __all__ = [
-    "Backend",
     "KEEP",
+    "Backend",
     "BackendCensus",
     "Describing",
     "EditOutcome",

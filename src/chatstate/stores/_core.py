@@ -290,12 +290,11 @@ class BackendStore(Listing, Leasing, HistoryOps[E], WholeSessions[E]):
 
         ``metadata`` (a dict of JSON values: :func:`~chatstate.stores.check_metadata`) becomes
         the session's metadata in the same atomic step (see :meth:`set_metadata`)."""
-        return (
-            await self.append_versioned(
-                session_id, messages, max_messages=max_messages, ttl=ttl, write_id=write_id,
-                metadata=metadata,
-            )  # fmt: skip
-        )[0]
+        written = await self.append_versioned(
+            session_id, messages, max_messages=max_messages, ttl=ttl, write_id=write_id,
+            metadata=metadata,
+        )  # fmt: skip
+        return written[0]
 
     async def append_versioned(
         self,

@@ -39,8 +39,8 @@ __all__ = [
     "decode_aligned",
     "decode_entries",
     "decode_entry",
-    "entry_payload",
     "encode_entry",
+    "entry_payload",
 ]
 
 FORMAT_VERSION = 3

@@ -19,9 +19,9 @@ _SWEEP_CHUNK = 1000
 
 class _Session:
     __slots__ = (
+        "created",
         "entries",
         "expires_at",
-        "created",
         "generation",
         "head",
         "indexed_at",

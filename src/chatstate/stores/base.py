@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -16,12 +16,14 @@ from chatstate.messages import Message, as_messages
 
 if TYPE_CHECKING:
     from chatstate.stores._history import HistoryPage
+    from chatstate.stores._metadata import SessionInfo
 
 __all__ = [
     "TTL",
     "Fold",
     "SessionHistory",
     "SessionLeases",
+    "SessionMetadata",
     "SessionSnapshot",
     "SessionSummaries",
     "SessionTransfer",
@@ -233,6 +235,29 @@ class SessionSnapshot:
     ttl: float | None = None
     ids: list[str] | None = field(default=None, compare=False)
     metadata: dict[str, Any] | None = None
+
+
+@runtime_checkable
+class SessionMetadata(Protocol):
+    """A store that keeps a small JSON document per session (optional; the built-in stores do):
+    a title, tags, anything of the application's, with the times the store keeps. See
+    :class:`~chatstate.stores.SessionInfo`."""
+
+    async def metadata(self, session_id: str) -> SessionInfo | None:
+        """The session's metadata and times; None if there is no session."""
+        ...
+
+    async def set_metadata(
+        self, session_id: str, metadata: Mapping[str, Any] | None, *, write_id: str | None = None
+    ) -> bool:
+        """Replace the session's metadata (None: remove it); False if there is no session."""
+        ...
+
+    async def load_with_metadata(
+        self, session_id: str, *, limit: int | None = None
+    ) -> tuple[list[Message], SessionInfo | None]:
+        """The history and the metadata, in one step."""
+        ...
 
 
 @runtime_checkable
