@@ -41,6 +41,7 @@ from chatstate.errors import (
     SessionNotFoundError,
 )
 from chatstate.messages import Message
+from chatstate.sessions import index_fork
 from chatstate.stores._metadata import check_metadata
 from chatstate.stores._writes import check_write_id, new_write_id
 from chatstate.stores.base import TTL, SessionSnapshot, SessionTransfer, snapshot_numbers
@@ -230,8 +231,10 @@ async def fork_session(
     the new session ``target``: branch a conversation, as PromptKit's fork does. The source is
     read in one atomic snapshot and the fork written in one atomic write; from then on the two
     go on apart. The copy keeps the source's message ids (the same message has the same id in
-    both: a link into the shared part of the conversation is good in either). Returns what was
-    copied.
+    both: a link into the shared part of the conversation is good in either), and its metadata.
+    A fork of a user's conversation (``user-{id}-conv-{cid}``), or into one, is registered under
+    that user (:class:`~chatstate.sessions.Conversations`: listed with the user's sessions,
+    erased with them). Returns what was copied.
 
     Raises :class:`~chatstate.errors.SessionNotFoundError` if ``source`` does not exist, and
     :class:`~chatstate.errors.SessionExistsError` if ``target`` exists, unless ``overwrite``
@@ -262,6 +265,9 @@ async def fork_session(
             "replace it)",
             session_id=target,
         )
+    # Where a user owns it (a conversation's id, the fork's or the source's), the fork is
+    # registered under that user: listed with the conversations, erased with them.
+    await index_fork(store, source, target, ttl=snapshot.ttl)
     return snapshot
 
 
