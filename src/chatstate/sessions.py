@@ -18,6 +18,7 @@ and erasing a user's data is one call.
 from __future__ import annotations
 
 import base64
+import builtins
 import json
 import secrets
 import time
@@ -283,7 +284,7 @@ class Conversations:
             async for session_id in self.store.session_ids():
                 if session_id.startswith(prefix) and session_id not in ids:
                     ids.append(session_id)
-        removed: list[str] = []
+        removed: builtins.list[str] = []
         await self._delete_all([*ids, user_session], removed)
         dropped = await self.store.drop_conversations(user_session)
         known = set(ids)
@@ -291,7 +292,7 @@ class Conversations:
         await self._delete_all([sid for sid in stragglers if sid not in known], removed)
         return ErasureReport(removed)
 
-    async def _delete_all(self, session_ids: list[str], removed: list[str]) -> None:
+    async def _delete_all(self, session_ids: builtins.list[str], removed: builtins.list[str]) -> None:
         async def delete(session_id: str) -> None:
             if await self.store.delete(session_id):
                 removed.append(session_id)
@@ -304,8 +305,8 @@ class Conversations:
         return self.session_id(user_id, member)
 
     async def _summaries(
-        self, user_id: str, pairs: list[tuple[str, float]], *, keep_missing: bool
-    ) -> list[ConversationSummary]:
+        self, user_id: str, pairs: builtins.list[tuple[str, float]], *, keep_missing: bool
+    ) -> builtins.list[ConversationSummary]:
         """The summaries of index members, with each session's metadata (one read each, all at
         once) where the store keeps it."""
         sessions = [self._session_of(user_id, member) for member, _ in pairs]
