@@ -292,7 +292,9 @@ class Conversations:
         await self._delete_all([sid for sid in stragglers if sid not in known], removed)
         return ErasureReport(removed)
 
-    async def _delete_all(self, session_ids: builtins.list[str], removed: builtins.list[str]) -> None:
+    async def _delete_all(
+        self, session_ids: builtins.list[str], removed: builtins.list[str]
+    ) -> None:
         async def delete(session_id: str) -> None:
             if await self.store.delete(session_id):
                 removed.append(session_id)
