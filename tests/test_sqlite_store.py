@@ -332,7 +332,7 @@ async def test_conversations_are_indexed_in_the_file(tmp_path: Path) -> None:
         await store.append(first, _turn(1))
         await conversations.record("ada", "c2")
         assert [c.conversation_id for c in await conversations.list("ada")] == ["c2", "c1"]
-        assert await conversations.erase("ada") == 2
+        assert (await conversations.erase("ada")).sessions == [first]  # c2 had no session
         assert await conversations.list("ada") == [] and await store.load(first) == []
 
 
