@@ -318,9 +318,10 @@ class SQLiteStateStore(BackendStore[bytes]):
     - ``sliding_ttl``, ``near_cache``, ``hooks``: as for every store
       (:class:`~chatstate.stores.BackendStore`).
 
-    Besides the :class:`~chatstate.StateStore` protocol it keeps summaries, numbers writes,
-    holds cross-process turn leases (a row with a token and an expiry), snapshots and restores
-    whole sessions and indexes a user's conversations.
+    Besides the :class:`~chatstate.StateStore` protocol it keeps summaries and each session's
+    metadata (with its created and updated times, by ``clock``), numbers writes, holds
+    cross-process turn leases (a row with a token and an expiry), snapshots and restores whole
+    sessions and indexes a user's conversations.
     """
 
     backend: SQLiteBackend
