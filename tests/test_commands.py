@@ -7,10 +7,12 @@ import asyncio
 import io
 from pathlib import Path
 
+import anyio
 import pytest
 
 from chatstate import Message, RedisStateStore
 from chatstate.cli import main
+from chatstate.sessions import Conversations
 from chatstate.stores.sqlite import SQLiteStateStore
 from chatstate.testing.redis_server import RedisServer, find_free_port
 
@@ -178,3 +180,44 @@ def test_export_import_and_fork_between_sqlite_files(
     assert "line 1" in capsys.readouterr().err
     assert main(["import", "--store", second, str(tmp_path / "missing.jsonl")]) == 2
     assert "cannot read" in capsys.readouterr().err
+
+
+def test_sessions_of_a_user_list_titles_newest_first_a_page_at_a_time(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "chat.db"
+
+    async def fill() -> None:
+        async with SQLiteStateStore(path) as store:
+            conversations = Conversations(store)
+            for name in ["trip", "gifts", "recipes"]:
+                session_id = await conversations.record("42", name)
+                await store.append(
+                    session_id,
+                    [Message(role="user", content=name)],
+                    metadata={"title": name.title()},
+                )
+                await anyio.sleep(0.01)
+
+    asyncio.run(fill())
+    store = ["--store", f"sqlite:///{path}"]
+    assert main(["sessions", *store, "--user", "42", "--limit", "2"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["session", "title", "updated"]
+    assert [line.split()[:2] for line in lines[1:3]] == [
+        ["user-42-conv-recipes", "Recipes"],
+        ["user-42-conv-gifts", "Gifts"],
+    ]
+    more = lines[3]
+    assert more.startswith("(more: chatstate sessions --user 42 --cursor ")
+    cursor = more.split("--cursor ")[1].rstrip(")")
+    assert main(["sessions", *store, "--user", "42", "--cursor", cursor]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[:2] for line in lines[1:]] == [["user-42-conv-trip", "Trip"]]
+    assert main(["sessions", *store, "--user", "nobody"]) == 1
+    assert "has no sessions" in capsys.readouterr().err
+    assert main(["sessions", *store, "--limit", "1"]) == 0
+    captured = capsys.readouterr()
+    assert len(captured.out.splitlines()) == 1 and "stopped at --limit 1" in captured.err
+    assert main(["sessions", *store, "--cursor", cursor]) == 2
+    assert "--cursor pages the sessions of a --user" in capsys.readouterr().err

@@ -67,7 +67,7 @@ COMMANDS: tuple[Command, ...] = (
     ),
     Command(
         "sessions",
-        commands.SESSIONS_HELP,
+        commands.SESSIONS_HELP.splitlines()[0],
         commands.SESSIONS_HELP,
         commands.add_sessions_arguments,
         commands.run_sessions,

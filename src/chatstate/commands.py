@@ -225,30 +225,71 @@ def _with_history(store: StateStore) -> SessionHistory:
 
 # sessions --------------------------------------------------------------------------------------
 
-SESSIONS_HELP = "list the sessions of a store (by SCAN, never KEYS)"
+SESSIONS_HELP = """list the sessions of a store (by SCAN, never KEYS), or a user's, newest first
+
+  chatstate sessions --store redis://localhost:6379/0               every session id
+  chatstate sessions --store sqlite:///chat.db --user 42            user 42's, with titles
+  chatstate sessions --store ... --user 42 --cursor CURSOR          the next page"""
 
 
 def add_sessions_arguments(parser: argparse.ArgumentParser) -> None:
     add_store_argument(parser)
-    parser.add_argument("--max", type=int, default=1000, help="stop after this many")
+    parser.add_argument(
+        "--user", metavar="ID", help="the sessions of this user (conversations, forks, others)"
+    )
+    parser.add_argument(
+        "--limit",
+        "--max",
+        dest="limit",
+        type=int,
+        default=None,
+        help="sessions a page with --user (default 20); else stop after this many (1000)",
+    )
+    parser.add_argument("--cursor", help="with --user: the page after this one's end")
 
 
 def run_sessions(args: argparse.Namespace) -> int:
     async def sessions(store: StateStore) -> int:
+        if args.user is not None:
+            return await _user_sessions(store, args)
+        if args.cursor is not None:
+            raise ConfigurationError("--cursor pages the sessions of a --user")
         listing = getattr(store, "session_ids", None)
         if listing is None:
             print(f"chatstate sessions: {args.store} cannot list its sessions", file=sys.stderr)
             return 1
+        limit = 1000 if args.limit is None else args.limit
         count = 0
         async for session_id in listing():
             print(session_id)
             count += 1
-            if count >= args.max:
-                print(f"... (stopped at --max {args.max})", file=sys.stderr)
+            if count >= limit:
+                print(f"... (stopped at --limit {limit})", file=sys.stderr)
                 break
         return 0
 
     return _run(args, sessions)
+
+
+async def _user_sessions(store: StateStore, args: argparse.Namespace) -> int:
+    from chatstate.sessions import Conversations
+
+    page = await Conversations(store).page(
+        args.user, limit=20 if args.limit is None else args.limit, cursor=args.cursor
+    )
+    rows = [("session", "title", "updated")]
+    for each in page.conversations:
+        when = each.updated_at or each.last_active
+        rows.append((each.session_id, each.title or "", when.strftime("%Y-%m-%d %H:%M:%S UTC")))
+    if len(rows) == 1:
+        print(f"chatstate sessions: user {args.user!r} has no sessions there", file=sys.stderr)
+        return 1
+    widths = [max(len(row[column]) for row in rows) for column in range(2)]
+    for row in rows:
+        print(f"{row[0]:<{widths[0]}}  {row[1]:<{widths[1]}}  {row[2]}")
+    if page.next_cursor is not None:
+        print(f"(more: chatstate sessions --user {args.user} --cursor {page.next_cursor})")
+    return 0
 
 
 # stats -----------------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ import logging
 import time
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Literal
+from typing import Any, Literal
 
 import anyio
 
@@ -25,7 +25,8 @@ from chatstate.errors import (
 from chatstate.messages import Message
 from chatstate.middleware._regenerate import drop_old_reply, load_last_turn
 from chatstate.pipeline import CallNext, RequestContext
-from chatstate.stores.base import SessionLeases, StateStore
+from chatstate.sessions import ConversationIndex, index_session
+from chatstate.stores.base import SessionLeases, SessionMetadata, StateStore
 from chatstate.summaries import Summaries, SummaryConfig
 from chatstate.tokens import ESTIMATE, Tally, TokenCounter
 from chatstate.window import TokenBudget
@@ -87,6 +88,14 @@ class StateMiddlewareConfig:
       what the user saw.
       A turn whose lease ran out (which cancels it) stores nothing: the store's fence refuses
       the write.
+    - ``index_conversations``: after each turn of a session whose id follows the conversation
+      pattern (``user-{id}-conv-{cid}``: :class:`~chatstate.sessions.Conversations`), register
+      it under its user, active now, for ``ttl`` (on by default; the built-in stores index). A
+      registration that fails is logged and counted in ``StateMiddleware.index_errors``: the
+      turn stands, stored.
+
+    A turn's ``context.metadata``, if a middleware set it, is stored as the session's metadata
+    in the turn's own append (see :meth:`~chatstate.stores.BackendStore.set_metadata`).
     """
 
     max_messages: int = 20
@@ -101,6 +110,7 @@ class StateMiddlewareConfig:
     token_counter: TokenCounter = ESTIMATE
     summary: SummaryConfig | None = None
     on_interrupt: InterruptPolicy = "discard"
+    index_conversations: bool = True
 
     def __post_init__(self) -> None:
         check_max_messages(self.max_messages)
@@ -135,7 +145,7 @@ class StateMiddlewareConfig:
             raise ConfigurationError(
                 f"on_load_error must be 'continue' or 'raise', got {self.on_load_error!r}"
             )
-        for flag in ("lock", "lazy"):
+        for flag in ("lock", "lazy", "index_conversations"):
             if not isinstance(getattr(self, flag), bool):
                 raise ConfigurationError(
                     f"{flag} must be a bool, got {type(getattr(self, flag)).__name__}"
@@ -170,6 +180,7 @@ class StateMiddleware:
 
     __slots__ = (
         "_budget",
+        "_index",
         "_keep_partial",
         "_lazy",
         "_lease",
@@ -180,6 +191,7 @@ class StateMiddleware:
         "_summaries",
         "_ttl",
         "config",
+        "index_errors",
         "load_errors",
         "store",
     )
@@ -221,8 +233,11 @@ class StateMiddleware:
                     f"lease_ttl needs a store with leases; {type(store).__name__} has no lease()"
                 )
             self._lease = (config.lease_ttl.total_seconds(), config.lease_timeout.total_seconds())
+        self._index = config.index_conversations and isinstance(store, ConversationIndex)
         self.load_errors = 0
         """Loads that failed (and, with ``on_load_error="continue"``, were replaced by [])."""
+        self.index_errors = 0
+        """Registrations of a turn's conversation that failed (see ``index_conversations``)."""
 
     def __repr__(self) -> str:
         return f"StateMiddleware({self.store!r}, {self.config!r})"
@@ -341,10 +356,23 @@ class StateMiddleware:
         try:
             if context.regenerate:
                 await drop_old_reply(self.store, context)
-            length = await self.store.append(
-                session_id, new_messages, max_messages=self._stored_limit, ttl=self._ttl
-            )
-        except (StateSaveError, LeaseLostError):
+            metadata = context.metadata
+            if metadata is None:
+                length = await self.store.append(
+                    session_id, new_messages, max_messages=self._stored_limit, ttl=self._ttl
+                )
+            elif isinstance(self.store, SessionMetadata):
+                store: Any = self.store
+                length = await store.append(
+                    session_id, new_messages, max_messages=self._stored_limit, ttl=self._ttl,
+                    metadata=metadata,
+                )  # fmt: skip
+            else:
+                raise ConfigurationError(
+                    f"the turn set context.metadata, and {type(self.store).__name__} keeps no "
+                    "session metadata"
+                )
+        except (StateSaveError, LeaseLostError, ConfigurationError):
             raise  # the store's own: it carries the write id (or, fenced, says why)
         except Exception as exc:
             raise StateSaveError(
@@ -352,5 +380,16 @@ class StateMiddleware:
                 session_id=session_id,
                 messages=new_messages,
             ) from exc
+        if self._index:
+            await self._register(session_id)
         context.timings["save"] = time.perf_counter() - saving
         return length
+
+    async def _register(self, session_id: str) -> None:
+        """Index the turn's conversation under its user (never failing the stored turn)."""
+        ttl = None if self._ttl is None else self._ttl.total_seconds()
+        try:
+            await index_session(self.store, session_id, ttl=ttl)
+        except ChatStateError as exc:
+            self.index_errors += 1
+            logger.warning("session %r was not indexed under its user: %s", session_id, exc)
