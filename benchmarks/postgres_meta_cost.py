@@ -4,8 +4,8 @@ the CPU each call costs the server (the connection's backend process, by ``/proc
 the server must run on this machine) and the client (``time.process_time``): measures that a
 machine busy with other work moves less than it moves wall time.
 
-Each version runs in a fresh process of its own (``NAME=PYTHON[:PYTHONPATH]``), in turn,
-alternating rounds, in a database of the run's own on the server of ``--dsn`` (dropped at the
+Each version runs in a fresh process of its own (``NAME=PYTHON[:PYTHONPATH]``), once a round,
+in a new order each round, in a database of the run's own on the server of ``--dsn`` (dropped at the
 end), each round in a schema of its own: ``--sessions`` sessions seeded with 20 entries of 200 B,
 then ``--calls`` appends of two entries of 200 B (``max_entries=20``, a TTL), round robin over the
 sessions, then as many plain loads of the newest 20. ``--meta`` also times, for the versions whose
@@ -25,6 +25,7 @@ import argparse
 import asyncio
 import json
 import os
+import random
 import secrets
 import statistics
 import subprocess
@@ -134,7 +135,8 @@ def main() -> None:
     results: dict[str, dict[str, list[float]]] = {}
     try:
         for _ in range(options.rounds):
-            for version in options.versions:
+            # In a new order each round: no version always runs after another's database work.
+            for version in random.sample(options.versions, len(options.versions)):
                 name, _, where = version.partition("=")
                 python, _, path = where.partition(":")
                 for key, value in _run(python, path or None, dsn, options).items():
