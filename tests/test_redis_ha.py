@@ -317,20 +317,20 @@ def test_every_script_touches_only_the_keys_it_declares() -> None:
     from importlib.resources import files
 
     lua = files("chatstate.stores.redis").joinpath("lua")
-    helpers = lua.joinpath("_writes.lua").read_text()
+    preludes = ("_writes.lua", "_lifecycle.lua")
+    helpers = "".join(lua.joinpath(name).read_text() for name in preludes)
     # The helpers take a key as a parameter, or the session's keys (a table); their callers must
     # pass one of KEYS, or KEYS itself.
     keys = set(re.findall(r"redis\.call\('\w+', (\w+)", helpers))
     assert keys == {"lease", "meta", "key", "keys"}
     for script in lua.iterdir():
+        if script.name in preludes:
+            continue
         source = script.read_text()
         for argument in re.findall(r"redis\.call\('\w+', ([^,)]+)", source):
-            if script.name != "_writes.lua":
-                # KEYS[n], KEYS[i], or a key of ``for _, key in ipairs(KEYS)``.
-                looped = argument == "key" and "for _, key in ipairs(KEYS)" in source
-                assert re.fullmatch(r"KEYS\[\w+\]", argument) or looped, (script.name, argument)
-        if script.name == "_writes.lua":
-            continue
+            # KEYS[n], KEYS[i], or a key of ``for _, key in ipairs(KEYS)``.
+            looped = argument == "key" and "for _, key in ipairs(KEYS)" in source
+            assert re.fullmatch(r"KEYS\[\w+\]", argument) or looped, (script.name, argument)
         for call in re.findall(r"\b(?:fenced|replayed|expire)\(([^,]+),", source):
             assert re.fullmatch(r"KEYS\[\w+\]", call), (script.name, call)
         for call in re.findall(r"\b(?:erase|adopt)\(([^,)]+)", source):

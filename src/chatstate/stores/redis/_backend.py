@@ -8,9 +8,10 @@ Layout, for a session id escaped into a hash tag (``%`` → ``%25``, ``{`` → `
     {prefix}:{<id>}:meta       hash    tail (the number the next entry takes), gen, ver,
                                        s (1: a summary exists), h (the gaps in the numbers,
                                        if any), m (1: metadata exists), c and u (created and
-                                       updated: the server's TIME in ms), w1-w4 and wn (the
-                                       last 32 write ids, 8 bytes each, a ring); after a delete
-                                       only the ids and x (whether it existed), for 10 minutes
+                                       updated: the server's TIME, Unix seconds with six
+                                       decimals), w1-w4 and wn (the last 32 write ids, 8 bytes
+                                       each, a ring); after a delete only the ids and x
+                                       (whether it existed), for 10 minutes
     {prefix}:{<id>}:gaps       string  the gaps, when too long for the meta hash (h is "*")
     {prefix}:{<id>}:metadata   string  the session's metadata entry, if it has one (up to
                                        64 KiB: not in the meta hash, which it would convert)
@@ -195,9 +196,9 @@ class RedisBackend:
         page = Page(entries, tail - len(entries), kept or None, version, generation, length)
         if gaps and entries:
             number_page(page, tail, gaps, length - len(entries))
-        if meta:
-            page.meta, created, updated = reply[7] or None, reply[8], reply[9]
-            page.created, page.updated = created / 1000, updated / 1000
+        if meta:  # the times as text (Unix seconds), or None: not known
+            page.meta, created, updated = reply[7], reply[8], reply[9]
+            page.created, page.updated = float(created or 0), float(updated or 0)
         return page
 
     async def read_range(

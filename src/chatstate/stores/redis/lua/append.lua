@@ -23,19 +23,18 @@ for i = 7, #ARGV, 1000 do
 end
 local before = n - count
 local field, ids, written = remember(meta, meta[5], ARGV[4])
-local now = now_ms()
+local time = now()
 local ver, summary, gaps, described = false, false, false, meta[10]
 if before > 0 and meta[6] then  -- the common case: the generation stays
   ver, summary, gaps = tonumber(meta[7]) + 1, meta[8], meta[9]
   redis.call('HSET', KEYS[3], 'tail', tonumber(meta[6]) + count, 'ver', ver, field, ids,
-             'wn', written, 'u', now)
+             'wn', written, 'u', time)
 else
   local tail, gen
   if before == 0 then  -- a new session (any meta left is a deleted one's: its ids stay)
     tail, gen, ver = 0, tonumber(ARGV[3]), tonumber(ARGV[3]) + 1
     described = false
     redis.call('HDEL', KEYS[3], 'x', 's', 'h', 'm')
-    redis.call('HSET', KEYS[3], 'c', now)
     if ARGV[6] == '' then redis.call('DEL', KEYS[6]) end  -- none left by another version
   else  -- a list written by 0.1.0: numbered from 0, as a read of it reported
     tail, gen, ver = before, 0, tonumber(redis.call('GET', KEYS[4]) or 1) + 1
@@ -43,7 +42,8 @@ else
     if summary then redis.call('HSET', KEYS[3], 's', 1) end
   end
   redis.call('HSET', KEYS[3], 'tail', tail + count, 'gen', gen, 'ver', ver, field, ids,
-             'wn', written, 'u', now)
+             'wn', written, 'u', time)
+  if before == 0 then redis.call('HSET', KEYS[3], 'c', time) end
   redis.call('DEL', KEYS[4])
 end
 if ARGV[6] ~= '' then
@@ -70,7 +70,7 @@ local ttl = tonumber(ARGV[2])
 for i = 1, 6 do
   if i == 1 or i == 3 or (i == 2 and summary) or (i == 5 and gaps == '*')
       or (i == 6 and described) then
-    expire(KEYS[i], ttl)
+    if ttl > 0 then redis.call('PEXPIRE', KEYS[i], ttl) else redis.call('PERSIST', KEYS[i]) end
   end
 end
 return {n, ver, trimmed, 1}

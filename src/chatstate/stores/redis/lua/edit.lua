@@ -65,7 +65,7 @@ elseif not entry then
 end
 ver = ver + 1
 redis.call('HSET', KEYS[3], 'tail', tail, 'gen', gen + 1, 'ver', ver, field, ids,
-           'wn', written, 'u', now_ms())
+           'wn', written, 'u', now())
 if not meta[6] then adopt(KEYS) end
 if gaps ~= g then N.store(meta[9], gaps) end
 return {kept, ver, 1}

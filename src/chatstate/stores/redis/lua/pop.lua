@@ -37,7 +37,7 @@ local tail = tonumber(meta[6]) or n
 local ver = (tonumber(meta[7]) or tonumber(redis.call('GET', KEYS[4]) or 1)) + 1
 -- A new generation (a fold of what was read before cannot commit); the tail stays.
 redis.call('HSET', KEYS[3], 'tail', tail, 'ver', ver, 'gen', tonumber(ARGV[2]),
-           field, ids, 'wn', written, 'u', now_ms())
+           field, ids, 'wn', written, 'u', now())
 if not meta[6] then adopt(KEYS) end
 local N = numbering()
 local g = N.parse(meta[8])

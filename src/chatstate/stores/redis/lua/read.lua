@@ -5,11 +5,17 @@
 --       2 ms to set the expiry to (0: leave it); 3 '1' to return the summary; 4 '1' to return
 --       the gaps; 5 '1' to return the metadata and the times.
 -- Returns {entries, summary or false, tail, generation, version, length, gaps or false}, and
--- with ARGV[5] then {metadata or false, created (ms; 0: not known), updated (ms; 0: not known)};
+-- with ARGV[5] then {metadata, created, updated} (the times as _writes.lua writes them; false:
+-- none, or not known);
 -- {} if no session. The gaps are the text of _numbers.lua (false: none, or not asked for).
 -- A list without meta was written by 0.1.0: its head is 0, its generation 0, its version that
 -- of its old version key (1 if it had none), until a write gives it a meta hash.
-local meta = redis.call('HMGET', KEYS[3], 'tail', 'gen', 'ver', 'h', 'm', 'c', 'u')
+local meta  -- the times only when asked for: each field looked up costs
+if ARGV[5] == '1' then
+  meta = redis.call('HMGET', KEYS[3], 'tail', 'gen', 'ver', 'h', 'm', 'c', 'u')
+else
+  meta = redis.call('HMGET', KEYS[3], 'tail', 'gen', 'ver', 'h', 'm')
+end
 local length = redis.call('LLEN', KEYS[1])
 if length == 0 then return {} end
 local entries = {}
@@ -30,6 +36,6 @@ local page = {entries, summary, tonumber(meta[1]), tonumber(meta[2]), tonumber(m
               gaps}
 if ARGV[5] == '1' then
   page[8] = meta[5] and redis.call('GET', KEYS[6]) or false
-  page[9], page[10] = tonumber(meta[6]) or 0, tonumber(meta[7]) or 0
+  page[9], page[10] = meta[6] or false, meta[7] or false
 end
 return page

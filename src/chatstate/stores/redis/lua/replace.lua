@@ -58,10 +58,10 @@ end
 local tail = first + n
 if ARGV[7] ~= '' then tail = math.max(tonumber(ARGV[7]), first) end
 local field, ids, written = remember(meta, meta[5], ARGV[4])
-local now = now_ms()
+local time = now()
 redis.call('HSET', KEYS[3], 'tail', tail, 'gen', gen, 'ver', ver, field, ids, 'wn', written,
-           'u', now)
-if kind == 'none' then redis.call('HSET', KEYS[3], 'c', now) end  -- else: the session's kept
+           'u', time)
+if kind == 'none' then redis.call('HSET', KEYS[3], 'c', time) end  -- else: the session's kept
 local ttl = tonumber(ARGV[2])
 for i = 1, 6 do
   if i <= 3 or (i == 6 and described) then expire(KEYS[i], ttl) end
