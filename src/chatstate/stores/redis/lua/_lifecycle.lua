@@ -1,8 +1,8 @@
 -- Shared by the writes that set a session's expiry, remove it or give a 0.1.0 list its meta hash
 -- (put before each when it is loaded; not before append.lua, the hottest script, which needs
--- none of them and does its own expiry). Their keys are the session's KEYS,
--- in the order of the scripts that write it: 1 the list, 2 the summary, 3 the meta hash, 4 the
--- version key of 0.1.0 stores, 5 the gaps, 6 the metadata.
+-- none of them and does its own expiry). Their keys are the session's KEYS, in the order of the
+-- scripts that write it: 1 the list, 2 the summary, 3 the meta hash, 4 the version key of 0.1.0
+-- stores, 5 the gaps, 6 the metadata.
 
 -- Give a session the expiry ms (0: none), on a key that lives and dies with its list.
 local function expire(key, ms)
