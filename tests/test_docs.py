@@ -161,3 +161,21 @@ def test_every_block_runs(
         script.write_text(block)
         monkeypatch.chdir(tmp_path)
         runpy.run_path(str(script), run_name="__main__")
+
+
+def test_the_migration_page_names_the_versions_the_code_writes() -> None:
+    import chatstate
+    from chatstate.stores._envelope import FORMAT_VERSION
+    from chatstate.stores.postgres import SCHEMA_VERSION as POSTGRES_LAYOUT
+    from chatstate.stores.sqlite._schema import SCHEMA_VERSION as SQLITE_SCHEMA
+    from chatstate.transfer import EXPORT_FORMAT
+
+    page = (ROOT / "docs" / "migration.md").read_text()
+    for row in (
+        f"| chatstate (the package) | `{chatstate.__version__}` |",
+        f"| stored entry format | `{FORMAT_VERSION}` |",
+        f"| SQLite schema | `{SQLITE_SCHEMA}` |",
+        f"| PostgreSQL layout | `{POSTGRES_LAYOUT}` |",
+        f"| export format | `{EXPORT_FORMAT}` |",
+    ):
+        assert row in page, f"docs/migration.md: update the row to {row!r} (and say what changed)"
