@@ -91,11 +91,19 @@ class MetadataConformance:
         assert await meta.metadata("nobody") is None
         assert await meta.load("nobody") == []
 
-    async def test_created_stays_and_updated_follows_the_history(self, store: StateStore) -> None:
+    async def test_created_stays_and_updated_follows_the_history(
+        self, store: StateStore, advance_time: AdvanceTime
+    ) -> None:
         meta = await _described(store)
+
+        async def tick() -> None:
+            # A store's times are by its clock: the real one, or one the test gives it.
+            await advance_time(_TICK)
+            await anyio.sleep(_TICK)
+
         await meta.append("s", _turns(2), metadata={"title": "t"})
         first = await meta.metadata("s")
-        await anyio.sleep(_TICK)
+        await tick()
         await meta.set_metadata("s", {"title": "renamed"})
         renamed = await meta.metadata("s")
         assert (renamed.created_at, renamed.updated_at) == (first.created_at, first.updated_at)
@@ -103,14 +111,14 @@ class MetadataConformance:
         appended = await meta.metadata("s")
         assert appended.created_at == first.created_at
         assert _stamp(appended.updated_at) > _stamp(first.updated_at)
-        await anyio.sleep(_TICK)
+        await tick()
         await meta.save("s", _turns(3))
         saved = await meta.metadata("s")
         assert saved.created_at == first.created_at
         assert _stamp(saved.updated_at) > _stamp(appended.updated_at)
         assert saved.metadata == {"title": "renamed"}, "a save keeps the metadata"
         if isinstance(store, SessionHistory):
-            await anyio.sleep(_TICK)
+            await tick()
             await store.pop("s")
             popped = await meta.metadata("s")
             assert _stamp(popped.updated_at) > _stamp(saved.updated_at)
