@@ -312,15 +312,23 @@ class DictBackend:
         self._index.setdefault(user_session, {})[conversation_id] = (now, deadline)
 
     async def list_conversations(
-        self, user_session: str, *, now: float, offset: int, limit: int
+        self,
+        user_session: str,
+        *,
+        now: float,
+        offset: int,
+        limit: int,
+        after: tuple[float, str] | None = None,
     ) -> list[tuple[str, float]]:
-        live = [
-            (conversation_id, at)
-            for conversation_id, (at, deadline) in self._index.get(user_session, {}).items()
-            if deadline is None or deadline > now
-        ]
-        live.sort(key=lambda pair: pair[1], reverse=True)
-        return live[offset : offset + limit]
+        live = sorted(
+            (
+                (at, member)
+                for member, (at, deadline) in self._index.get(user_session, {}).items()
+                if (deadline is None or deadline > now) and (after is None or (at, member) < after)
+            ),
+            reverse=True,
+        )
+        return [(member, at) for at, member in live[offset : offset + limit]]
 
     async def drop_conversations(self, user_session: str) -> list[str]:
         return list(self._index.pop(user_session, {}))

@@ -7,10 +7,12 @@ import asyncio
 import io
 from pathlib import Path
 
+import anyio
 import pytest
 
 from chatstate import Message, RedisStateStore
 from chatstate.cli import main
+from chatstate.sessions import Conversations
 from chatstate.stores.sqlite import SQLiteStateStore
 from chatstate.testing.redis_server import RedisServer, find_free_port
 
@@ -29,14 +31,32 @@ def test_the_chat_remembers_across_restarts_with_a_persistent_store(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    store = ["--store", redis_server.url, "--prefix", key_prefix, "--session", "me"]
-    status, out = _chat(monkeypatch, capsys, "My name is Alice\n/quit\nignored\n", *store)
+    store = ["--store", redis_server.url, "--prefix", key_prefix]
+    status, out = _chat(monkeypatch, capsys, "My name is Alice\n/quit\nignored\n", "me", *store)
     assert status == 0 and "0 messages so far" in out
-    status, out = _chat(monkeypatch, capsys, "What's my name?\n", *store)  # a new process
+    # A new process; `--session ID` is the alias of SESSION (the form `chat` used to take).
+    status, out = _chat(monkeypatch, capsys, "What's my name?\n", *store, "--session", "me")
     assert status == 0 and "2 messages so far" in out and "Alice" in out
     # In memory, a new command starts afresh: nothing is kept after it.
-    status, out = _chat(monkeypatch, capsys, "What's my name?\n", "--session", "me")
+    status, out = _chat(monkeypatch, capsys, "What's my name?\n", "me")
     assert "don't know your name" in out
+
+
+@pytest.mark.parametrize("command", ["chat", "inspect", "history", "undo"])
+def test_a_session_is_named_by_session_or_its_alias_session_option(
+    command: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr("sys.stdin", io.StringIO(""))
+    assert main([command]) == 2
+    assert "required: SESSION" in capsys.readouterr().err
+    assert main([command, "a", "--session", "b"]) == 2
+    assert "SESSION 'a' and --session 'b' differ" in capsys.readouterr().err
+    # The same session both ways is not a conflict; either form alone names it.
+    expected = 0 if command == "chat" else 1  # an empty in-memory store has no session "a"
+    for argv in (["a"], ["--session", "a"], ["a", "--session", "a"]):
+        assert main([command, *argv]) == expected, argv
+        captured = capsys.readouterr()
+        assert "'a'" in captured.out + captured.err, argv
 
 
 def test_inspect_sessions_and_stats_show_a_store(
@@ -55,8 +75,14 @@ def test_inspect_sessions_and_stats_show_a_store(
     assert main(["sessions", *store]) == 0
     assert sorted(capsys.readouterr().out.split("\n")[:-1]) == ["odd {id}%", "user-1"]
     assert main(["stats", *store]) == 0
-    out = capsys.readouterr().out
-    assert "active_sessions    2" in out and "load_latency" in out
+    lines = capsys.readouterr().out.splitlines()
+    # What each figure covers: the census (every instance's, with the server's own counters),
+    # then this command's own calls, not those of the app that wrote the sessions.
+    assert lines[0] == f"what {redis_server.url} holds now, whoever wrote it (a census):"
+    assert lines[1].split() == ["active_sessions", "2"] and lines[4].split()[0] == "expirations"
+    assert lines[6].startswith("calls by this command's own process")
+    assert ["loads", "0"] in [line.split() for line in lines[7:]]
+    assert "load_latency       no calls" in "\n".join(lines[7:])
 
 
 def test_history_pages_by_id_and_undo_removes_a_turn(
@@ -122,9 +148,13 @@ def test_errors_are_one_clear_line(
     "command",
     ["chat", "inspect", "history", "undo", "sessions", "stats", "export", "import", "fork"],
 )
-def test_every_command_has_help(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_every_command_has_help_with_an_example(
+    command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main([command, "--help"]) == 0
-    assert "--store" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "--store" in out
+    assert f"\n  chatstate {command} " in out, "an example, indented, after the summary"
 
 
 def test_a_missing_extra_is_a_clear_line(
@@ -178,3 +208,44 @@ def test_export_import_and_fork_between_sqlite_files(
     assert "line 1" in capsys.readouterr().err
     assert main(["import", "--store", second, str(tmp_path / "missing.jsonl")]) == 2
     assert "cannot read" in capsys.readouterr().err
+
+
+def test_sessions_of_a_user_list_titles_newest_first_a_page_at_a_time(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "chat.db"
+
+    async def fill() -> None:
+        async with SQLiteStateStore(path) as store:
+            conversations = Conversations(store)
+            for name in ["trip", "gifts", "recipes"]:
+                session_id = await conversations.record("42", name)
+                await store.append(
+                    session_id,
+                    [Message(role="user", content=name)],
+                    metadata={"title": name.title()},
+                )
+                await anyio.sleep(0.01)
+
+    asyncio.run(fill())
+    store = ["--store", f"sqlite:///{path}"]
+    assert main(["sessions", *store, "--user", "42", "--limit", "2"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["session", "title", "updated"]
+    assert [line.split()[:2] for line in lines[1:3]] == [
+        ["user-42-conv-recipes", "Recipes"],
+        ["user-42-conv-gifts", "Gifts"],
+    ]
+    more = lines[3]
+    assert more.startswith("(more: chatstate sessions --user 42 --cursor ")
+    cursor = more.split("--cursor ")[1].rstrip(")")
+    assert main(["sessions", *store, "--user", "42", "--cursor", cursor]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[:2] for line in lines[1:]] == [["user-42-conv-trip", "Trip"]]
+    assert main(["sessions", *store, "--user", "nobody"]) == 1
+    assert "has no sessions" in capsys.readouterr().err
+    assert main(["sessions", *store, "--limit", "1"]) == 0
+    captured = capsys.readouterr()
+    assert len(captured.out.splitlines()) == 1 and "stopped at --limit 1" in captured.err
+    assert main(["sessions", *store, "--cursor", cursor]) == 2
+    assert "--cursor pages the sessions of a --user" in capsys.readouterr().err

@@ -5,23 +5,33 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator
 from datetime import timedelta
+from pathlib import Path
+from typing import Any
 
 import pytest
-from redis.asyncio import Redis, RedisCluster
+from redis.asyncio import RedisCluster
 
 from chatstate import (
     ConfigurationError,
     InMemoryStateStore,
+    InvalidInputError,
     InvalidSessionIdError,
     Message,
+    Pipeline,
+    ProviderMiddleware,
     RedisStateStore,
+    ScriptedProvider,
+    StateMiddleware,
+    StateMiddlewareConfig,
     StateStore,
     StoreError,
 )
+from chatstate.pipeline import CallNext, RequestContext
 from chatstate.sessions import Conversations, temporary_session
-from chatstate.testing.redis_server import LocalRedisCluster, RedisServer
+from chatstate.testing.redis_server import LocalRedisCluster
+from chatstate.transfer import fork_session
 
-from .conftest import kinds
+from .conftest import kinds, store_of_kind
 from .redis_wire import WRITE_IDS_FIELDS
 
 
@@ -35,18 +45,16 @@ class Clock:
         return self.now
 
 
-@pytest.fixture(params=kinds("memory", "redis", "redis-cluster"))
-async def store(request: pytest.FixtureRequest, key_prefix: str) -> AsyncIterator[StateStore]:
-    if request.param == "memory":
-        async with InMemoryStateStore() as memory:
-            yield memory
+@pytest.fixture(params=kinds("memory", "sqlite", "redis", "redis-cluster", "postgres"))
+async def store(
+    request: pytest.FixtureRequest, key_prefix: str, tmp_path: Path
+) -> AsyncIterator[StateStore]:
+    if request.param != "redis-cluster":
+        async with store_of_kind(request.param, request, tmp_path) as made:
+            yield made
         return
-    if request.param == "redis":
-        server: RedisServer = request.getfixturevalue("redis_server")
-        client: Redis | RedisCluster = Redis.from_url(server.url)
-    else:
-        cluster: LocalRedisCluster = request.getfixturevalue("redis_cluster")
-        client = RedisCluster.from_url(cluster.url)
+    cluster: LocalRedisCluster = request.getfixturevalue("redis_cluster")
+    client = RedisCluster.from_url(cluster.url)
     async with RedisStateStore(client, prefix=key_prefix) as redis_store:
         yield redis_store
     await client.aclose()
@@ -117,11 +125,12 @@ async def test_erasing_a_user_deletes_every_conversation_and_the_index(
         session_id = await conversations.record("9", name)
         await store.append(session_id, [Message(role="user", content=name)])
     await store.append("user-10-conv-x", [Message(role="user", content="another user")])
-    assert await conversations.erase("9") == 3
+    erased = await conversations.erase("9")
+    assert sorted(erased.sessions) == ["user-9", "user-9-conv-x", "user-9-conv-y", "user-9-conv-z"]
     for session_id in ["user-9", "user-9-conv-x", "user-9-conv-y", "user-9-conv-z"]:
         assert await store.load(session_id) == []
     assert await conversations.list("9") == []
-    assert await conversations.erase("9") == 0  # again: nothing left, no error
+    assert len(await conversations.erase("9")) == 0  # again: nothing left, no error
     assert await store.load("user-10-conv-x") != []  # nobody else's
     if isinstance(store, RedisStateStore):
         left = [key async for key in store.client.scan_iter(match=f"{store.prefix}:{{user-9*")]
@@ -150,5 +159,166 @@ async def test_a_failed_delete_of_an_erase_raises_the_store_s_error_and_a_retry_
     with pytest.raises(StoreError, match="the store is down"):  # not an ExceptionGroup
         await conversations.erase("9")
     store.failing = None
-    assert await conversations.erase("9") == 3  # the index went last: nothing was lost
+    # The index went last: nothing was lost (x and z went at the first try).
+    assert (await conversations.erase("9")).sessions == ["user-9-conv-y"]
     assert [await store.load(f"user-9-conv-{name}") for name in "xyz"] == [[], [], []]
+
+
+# -- pages by cursor, metadata, registration, forks, complete erasure -----------------------------
+
+
+async def test_pages_by_cursor_walk_every_session_once_ties_included(store: StateStore) -> None:
+    clock = Clock()
+    conversations = Conversations(store, ttl=timedelta(hours=1), clock=clock)
+    names = ["a", "b", "c", "d", "e", "f", "g"]
+    for index, name in enumerate(names):
+        if index % 3 == 0:
+            clock.now += 1  # three at a time share their last activity: ties for the cursor
+        await store.append(
+            await conversations.record("42", name), [Message(role="user", content=name)]
+        )
+    seen: list[str | None] = []
+    cursor = None
+    for _ in range(10):
+        page = await conversations.page("42", limit=2, cursor=cursor)
+        seen += [c.conversation_id for c in page.conversations]
+        cursor = page.next_cursor
+        if cursor is None:
+            break
+    # Newest first; within one instant, by id, descending.
+    assert seen == ["g", "f", "e", "d", "c", "b", "a"]
+    one = await conversations.page("42", limit=7)
+    assert [c.conversation_id for c in one.conversations] == seen and one.next_cursor is None
+
+
+async def test_a_session_active_again_moves_to_the_top_and_is_not_repeated(
+    store: StateStore,
+) -> None:
+    clock = Clock()
+    conversations = Conversations(store, ttl=timedelta(hours=1), clock=clock)
+    for name in ["a", "b", "c", "d"]:
+        clock.now += 1
+        await store.append(
+            await conversations.record("42", name), [Message(role="user", content=name)]
+        )
+    first = await conversations.page("42", limit=2)
+    assert [c.conversation_id for c in first.conversations] == ["d", "c"]
+    clock.now += 1
+    await conversations.record("42", "b")  # active again while the user pages
+    second = await conversations.page("42", limit=2, cursor=first.next_cursor)
+    assert [c.conversation_id for c in second.conversations] == ["a"]
+    assert second.next_cursor is None
+    top = await conversations.page("42", limit=1)
+    assert [c.conversation_id for c in top.conversations] == ["b"]
+
+
+async def test_pages_carry_metadata_and_leave_out_sessions_that_are_gone(
+    store: StateStore,
+) -> None:
+    conversations = Conversations(store, ttl=timedelta(hours=1))
+    trip = await conversations.record("42", "trip")
+    await store.append(trip, [Message(role="user", content="hi")], metadata={"title": "Trip"})  # type: ignore[call-arg]
+    await conversations.record("42", "never-written")
+    page = await conversations.page("42")
+    (only,) = page.conversations
+    assert (only.session_id, only.title, only.metadata) == (trip, "Trip", {"title": "Trip"})
+    assert only.created_at is not None and only.updated_at is not None
+    # By offset, as before: every indexed conversation, written or not.
+    listed = await conversations.list("42")
+    assert sorted(c.conversation_id or "" for c in listed) == ["never-written", "trip"]
+
+
+async def test_a_bad_cursor_or_limit_is_refused(store: StateStore) -> None:
+    conversations = Conversations(store)
+    for cursor in ["", "not base64!", "bm90IGpzb24", "WzEsIDJd"]:  # the last: [1, 2]
+        with pytest.raises(InvalidInputError, match="cursor"):
+            await conversations.page("42", cursor=cursor)
+    for limit in [0, 1001, 2.0]:
+        with pytest.raises(ConfigurationError):
+            await conversations.page("42", limit=limit)  # type: ignore[arg-type]
+
+
+async def test_the_middleware_registers_each_turn_s_conversation(store: StateStore) -> None:
+    ttl = timedelta(hours=1)
+    pipe = Pipeline(
+        StateMiddleware(store, StateMiddlewareConfig(ttl=ttl)),
+        ProviderMiddleware(ScriptedProvider()),
+    )
+    conversations = Conversations(store, ttl=ttl)
+    await pipe.execute_with_session("user-5-conv-a", "user", "first")
+    await pipe.execute_with_session("user-5-conv-b", "user", "second")
+    await pipe.execute_with_session("user-5", "user", "the per-user history")
+    await pipe.execute_with_session("plain", "user", "nobody's")
+    page = await conversations.page("5")
+    assert [c.conversation_id for c in page.conversations] == ["b", "a"]
+    await pipe.execute_with_session("user-5-conv-a", "user", "again")
+    assert [c.conversation_id for c in (await conversations.page("5")).conversations] == ["a", "b"]
+    quiet = Pipeline(
+        StateMiddleware(store, StateMiddlewareConfig(index_conversations=False)),
+        ProviderMiddleware(ScriptedProvider()),
+    )
+    await quiet.execute_with_session("user-6-conv-a", "user", "unlisted")
+    assert (await conversations.page("6")).conversations == []
+
+
+async def test_forks_and_registered_sessions_are_listed_and_erased(store: StateStore) -> None:
+    conversations = Conversations(store, ttl=timedelta(hours=1))
+    source = await conversations.record("5", "a")
+    await store.append(source, [Message(role="user", content="hi")])
+    await fork_session(store, source, "draft-of-a")  # registered under user 5 by its source
+    await fork_session(store, "draft-of-a", "user-5-conv-copy")  # by its own id
+    visitor = temporary_session()
+    await store.append(visitor, [Message(role="user", content="before sign-in")], ttl=600)
+    await conversations.register("5", visitor)
+    await store.append("user-5-conv-hidden", [Message(role="user", content="never registered")])
+    await store.append("user-50-conv-a", [Message(role="user", content="another user")])
+    listed = await conversations.page("5")
+    assert {c.session_id for c in listed.conversations} == {
+        source, "draft-of-a", "user-5-conv-copy", visitor,
+    }  # fmt: skip
+    by_id = {c.session_id: c.conversation_id for c in listed.conversations}
+    assert (by_id["draft-of-a"], by_id[visitor], by_id["user-5-conv-copy"]) == (None, None, "copy")
+    assert set(await conversations.session_ids("5")) == {*by_id, "user-5"}
+    erased = await conversations.erase("5")
+    assert sorted(erased.sessions) == sorted(by_id)
+    assert await store.load("user-5-conv-hidden") != []  # not registered: a scan finds it
+    assert (await conversations.erase("5", scan=True)).sessions == ["user-5-conv-hidden"]
+    for session_id in [*by_id, "user-5-conv-hidden"]:
+        assert await store.load(session_id) == []
+    assert await store.load("user-50-conv-a") != []  # another user's: left alone
+
+
+async def test_register_refuses_what_is_not_the_user_s(store: StateStore) -> None:
+    conversations = Conversations(store)
+    with pytest.raises(InvalidInputError, match="another user"):
+        await conversations.register("5", "user-6-conv-a")
+    with pytest.raises(InvalidInputError, match="own session"):
+        await conversations.register("5", "user-5")
+    with pytest.raises(InvalidSessionIdError):
+        await conversations.register("5", "bad\nid")
+
+
+async def test_a_failed_registration_is_counted_and_the_turn_stands() -> None:
+    class IndexDown(InMemoryStateStore):
+        async def index_conversation(self, *args: Any, **kwargs: Any) -> None:
+            raise StoreError("the index is down")
+
+    store = IndexDown()
+    state = StateMiddleware(store)
+    pipe = Pipeline(state, ProviderMiddleware(ScriptedProvider()))
+    await pipe.execute_with_session("user-5-conv-a", "user", "hello")
+    assert state.index_errors == 1
+    assert len(await store.load("user-5-conv-a")) == 2
+
+
+async def test_a_middleware_s_metadata_is_stored_with_the_turn(store: StateStore) -> None:
+    async def titles(context: RequestContext, call_next: CallNext) -> None:
+        await call_next(context)
+        if not context.history:  # the conversation's first turn
+            context.metadata = {"title": context.message.text[:20]}
+
+    pipe = Pipeline(StateMiddleware(store), titles, ProviderMiddleware(ScriptedProvider()))
+    await pipe.execute_with_session("s", "user", "Plan a trip to Lisbon in May")
+    await pipe.execute_with_session("s", "user", "And Porto?")
+    messages, info = await store.load_with_metadata("s")  # type: ignore[attr-defined]
+    assert len(messages) == 4 and info.title == "Plan a trip to Lisbo"

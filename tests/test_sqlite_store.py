@@ -332,7 +332,7 @@ async def test_conversations_are_indexed_in_the_file(tmp_path: Path) -> None:
         await store.append(first, _turn(1))
         await conversations.record("ada", "c2")
         assert [c.conversation_id for c in await conversations.list("ada")] == ["c2", "c1"]
-        assert await conversations.erase("ada") == 2
+        assert (await conversations.erase("ada")).sessions == [first]  # c2 had no session
         assert await conversations.list("ada") == [] and await store.load(first) == []
 
 
@@ -543,11 +543,11 @@ async def test_a_file_written_by_0_1_0_is_read_and_written_in_its_own_layout(
         assert await store.delete("tools") and await store.load("tools") == []
         await store.save("new", _turn(9))
     with contextlib.closing(sqlite3.connect(path)) as raw:
-        # The same tables (and two more, for the write ids and the gaps that pops and edits
-        # leave, which 0.1.0 leaves alone) and schema version, and every session's rows exactly
-        # head..tail-1: what 0.1.0 itself reads.
+        # The same tables (and three more, for the write ids, the gaps that pops and edits
+        # leave and the sessions' metadata, which 0.1.0 leaves alone) and schema version, and
+        # every session's rows exactly head..tail-1: what 0.1.0 itself reads.
         now = sorted(raw.execute("SELECT type, name, sql FROM sqlite_master"))
-        added = {"chatstate_writes", "chatstate_gaps"}
+        added = {"chatstate_writes", "chatstate_gaps", "chatstate_session_meta"}
         assert [row for row in now if row[1] not in added] == tables
         assert added <= {row[1] for row in now}
         assert raw.execute("SELECT value FROM chatstate_meta").fetchall() == [(1,)]

@@ -47,6 +47,7 @@ __all__ = [
     "DecryptionError",
     "InvalidInputError",
     "InvalidMessageError",
+    "InvalidMetadataError",
     "InvalidSessionIdError",
     "LeaseLostError",
     "LeaseTimeoutError",
@@ -82,6 +83,11 @@ class InvalidSessionIdError(InvalidInputError):
 
 class InvalidMessageError(InvalidInputError):
     """Something that should be a valid :class:`~chatstate.Message` is not."""
+
+
+class InvalidMetadataError(InvalidInputError):
+    """A session's metadata is not a JSON object the store can keep (see
+    :func:`chatstate.stores.check_metadata`)."""
 
 
 class ConfigurationError(InvalidInputError):

@@ -124,6 +124,10 @@ class RequestContext:
     """Set for a turn run again (:meth:`Pipeline.regenerate`): the state middleware takes its
     message from the session (its newest user message) and replaces the old reply when it
     stores the new one."""
+    metadata: dict[str, Any] | None = None
+    """The session's metadata, to be stored in the turn's own append (replacing what the
+    session had; None: left as it is): set by a middleware, as a title on a conversation's first
+    turn (:meth:`~chatstate.stores.BackendStore.set_metadata`)."""
 
     async def get_history(self) -> list[Message]:
         """The session's history, loading it first if a middleware deferred the load."""

@@ -6,26 +6,47 @@
 - temporary: ``tmp-`` and 128 random bits, unguessable, for anonymous visitors
   (:func:`temporary_session`).
 
-:class:`Conversations` keeps an index of each user's conversations in the store, so listing them
-(most recent first, paginated) never scans the keyspace, and erasing a user's data is one call.
+:class:`Conversations` keeps an index of each user's sessions in the store: the conversations
+(registered by the :class:`~chatstate.StateMiddleware` after each turn of a session whose id
+follows the pattern, or by :meth:`Conversations.record`), their forks (registered by
+:func:`~chatstate.transfer.fork_session`), and any other session the application gives the user
+(:meth:`Conversations.register`: a temporary session claimed at sign-in). Listing them (most
+recently active first, with their metadata, a page at a time by cursor) never scans the keyspace,
+and erasing a user's data is one call.
 """
 
 from __future__ import annotations
 
+import base64
+import builtins
+import json
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol, runtime_checkable
 
 from chatstate._background import concurrently
 from chatstate._checks import MAX_SESSION_ID_LENGTH, check_session_id, check_ttl
-from chatstate.errors import ConfigurationError, InvalidSessionIdError
+from chatstate.errors import ConfigurationError, InvalidInputError, InvalidSessionIdError
+from chatstate.stores.base import SessionMetadata
 
-__all__ = ["ConversationIndex", "ConversationSummary", "Conversations", "temporary_session"]
+__all__ = [
+    "ConversationIndex",
+    "ConversationPage",
+    "ConversationSummary",
+    "Conversations",
+    "ErasureReport",
+    "owner_of",
+    "temporary_session",
+]
 
+_USER = "user-"
 _CONV = "-conv-"
+_SESSION = "\x1f"
+"""The prefix of an index member that is a whole session id (a fork, a temporary session): no
+session id holds a control character, so no conversation id starts with it."""
 
 
 def temporary_session() -> str:
@@ -33,40 +54,114 @@ def temporary_session() -> str:
     return "tmp-" + secrets.token_urlsafe(16)
 
 
+def owner_of(session_id: str) -> tuple[str, str] | None:
+    """For a conversation's session id (``user-{id}-conv-{cid}``): the user's session
+    (``user-{id}``) and the conversation id; None for any other id."""
+    if not session_id.startswith(_USER):
+        return None
+    at = session_id.find(_CONV, len(_USER))
+    if at <= len(_USER) or at + len(_CONV) == len(session_id):
+        return None
+    return session_id[:at], session_id[at + len(_CONV) :]
+
+
 @dataclass(frozen=True, slots=True)
 class ConversationSummary:
-    """A conversation of a user, as the index knows it."""
+    """A session of a user, as the index knows it: a conversation (``conversation_id``), or a
+    session registered by its id (a fork, a temporary session: ``conversation_id`` None); when
+    it was last active, and (where the store keeps them) its metadata and times."""
 
-    conversation_id: str
+    conversation_id: str | None
     session_id: str
     last_active: datetime
+    metadata: dict[str, Any] = field(default_factory=dict)
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+
+    @property
+    def title(self) -> str | None:
+        """``metadata["title"]`` if it is a str."""
+        title = self.metadata.get("title")
+        return title if isinstance(title, str) else None
+
+
+@dataclass(frozen=True, slots=True)
+class ConversationPage:
+    """A page of a user's sessions, most recently active first, and the cursor of the next
+    page (None: this is the last)."""
+
+    conversations: list[ConversationSummary]
+    next_cursor: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class ErasureReport:
+    """What :meth:`Conversations.erase` removed: the id of every session that existed (the
+    user's conversations, forks, registered sessions and per-user history)."""
+
+    sessions: list[str]
+
+    def __len__(self) -> int:
+        return len(self.sessions)
 
 
 @runtime_checkable
 class ConversationIndex(Protocol):
-    """What a store does to index conversations by user (both built-in stores do)."""
+    """What a store does to index sessions by user (the built-in stores do)."""
 
     async def index_conversation(
         self, user_session: str, conversation_id: str, *, now: float, ttl: float | None
     ) -> None:
-        """Record activity of a conversation now; it leaves the index ``ttl`` seconds later."""
+        """Record activity of a member now; it leaves the index ``ttl`` seconds later."""
 
     async def list_conversations(
         self, user_session: str, *, now: float, offset: int, limit: int
     ) -> list[tuple[str, float]]:
-        """``(conversation id, last active)`` pairs, most recent first; expired ones never."""
+        """``(member, last active)`` pairs, most recent first; expired ones never. (The
+        built-in stores also take ``after=(last active, member)``: a cursor.)"""
 
     async def drop_conversations(self, user_session: str) -> list[str]:
-        """Forget the index; returns every conversation id it held."""
+        """Forget the index; returns every member it held."""
+
+
+async def index_fork(store: Any, source: str, target: str, *, ttl: float | None) -> bool:
+    """Register a fork under its user: the fork's own (its id a conversation's), else the
+    source's (the fork registered by its id); False, doing nothing, when neither id is a
+    conversation's or the store does not index."""
+    if not isinstance(store, ConversationIndex):
+        return False
+    owner = owner_of(target)
+    if owner is None:
+        source_owner = owner_of(source)
+        if source_owner is None:
+            return False
+        owner = source_owner[0], _SESSION + target
+    await store.index_conversation(owner[0], owner[1], now=time.time(), ttl=ttl)
+    return True
+
+
+async def index_session(store: Any, session_id: str, *, ttl: float | None) -> bool:
+    """Register a conversation's session (``user-{id}-conv-{cid}``) under its user, active now,
+    in a store that indexes (what the state middleware does after each turn); False, doing
+    nothing, for any other session id or store."""
+    owner = owner_of(session_id)
+    if owner is None or not isinstance(store, ConversationIndex):
+        return False
+    await store.index_conversation(owner[0], owner[1], now=time.time(), ttl=ttl)
+    return True
 
 
 class Conversations:
-    """The conversations of each user, over a store that can index them.
+    """The sessions of each user, over a store that can index them.
 
-    After each turn of a conversation, :meth:`record` it (with the TTL the conversation's
-    history has, so that no index entry outlives its session); :meth:`list` returns a user's
-    conversations, most recent first, a page at a time, without scanning the keyspace;
-    :meth:`erase` deletes every conversation of a user, the per-user history and the index.
+    A conversation's session (``user-{id}-conv-{cid}``) is registered by the
+    :class:`~chatstate.StateMiddleware` after each turn, with the middleware's TTL (or by
+    :meth:`record`, with this object's ``ttl``: the TTL the conversation's history has, so that
+    no index entry outlives its session); a fork of a registered session by
+    :func:`~chatstate.transfer.fork_session`; any other session by :meth:`register`.
+    :meth:`page` returns a user's sessions, most recently active first, with their metadata, a
+    page at a time by cursor, without scanning the keyspace; :meth:`erase` deletes every session
+    of a user and the index.
     """
 
     def __init__(
@@ -91,7 +186,7 @@ class Conversations:
             raise InvalidSessionIdError(
                 f"a user id must be a non-empty str without {_CONV!r}, got {user_id!r}"
             )
-        return check_session_id(f"user-{user_id}")
+        return check_session_id(f"{_USER}{user_id}")
 
     def session_id(self, user_id: str, conversation_id: str) -> str:
         """The session id of one conversation of a user: ``user-{id}-conv-{cid}``."""
@@ -113,40 +208,148 @@ class Conversations:
         )
         return session_id
 
+    async def register(self, user_id: str, session_id: str) -> None:
+        """Give the user any session (a temporary session claimed at sign-in, a copy made by
+        the application), active now, for as long as the session has left to live (for ever if
+        it never expires; this object's ``ttl`` if it does not exist yet): it is listed with the
+        user's conversations and erased with them."""
+        session_id = check_session_id(session_id)
+        user_session = self.user_session(user_id)
+        if session_id == user_session:
+            raise InvalidInputError(f"{session_id!r} is the user's own session: it needs no index")
+        owner = owner_of(session_id)
+        if owner is not None and owner[0] != user_session:
+            raise InvalidInputError(
+                f"session {session_id!r} is a conversation of another user ({owner[0]!r})"
+            )
+        ttl: float | None = self.ttl
+        if await self.store.exists(session_id):
+            left = await self.store.ttl(session_id)
+            ttl = None if left is None else left.total_seconds()
+        member = owner[1] if owner is not None else _SESSION + session_id
+        await self.store.index_conversation(user_session, member, now=self._clock(), ttl=ttl)
+
     async def session_ids(self, user_id: str) -> list[str]:
-        """The session ids of every live conversation of the user, most recent first, and the
+        """The session ids of every live session of the user, most recent first, and the
         per-user session's last: what to export for a user (``export_sessions``)."""
         user_session = self.user_session(user_id)
         pairs = await self.store.list_conversations(
             user_session, now=self._clock(), offset=0, limit=1 << 30
         )
-        return [*(self.session_id(user_id, cid) for cid, _ in pairs), user_session]
+        return [*(self._session_of(user_id, member) for member, _ in pairs), user_session]
 
     async def list(
         self, user_id: str, *, limit: int = 20, offset: int = 0
     ) -> list[ConversationSummary]:
-        """A page of the user's live conversations, most recently active first."""
+        """A page of the user's live sessions, most recently active first, by offset (a page
+        shifts when a session becomes active meanwhile: :meth:`page` does not)."""
         if type(limit) is not int or limit < 1 or type(offset) is not int or offset < 0:
             raise ConfigurationError(f"limit must be >= 1 and offset >= 0, got {limit}, {offset}")
         pairs = await self.store.list_conversations(
             self.user_session(user_id), now=self._clock(), offset=offset, limit=limit
         )
-        return [
-            ConversationSummary(cid, self.session_id(user_id, cid), datetime.fromtimestamp(at, UTC))
-            for cid, at in pairs
-        ]
+        return await self._summaries(user_id, pairs, keep_missing=True)
 
-    async def erase(self, user_id: str) -> int:
-        """Delete every conversation of the user, the per-user history and the index (for a
-        privacy request); returns how many conversations there were. Safe to repeat: the index
-        goes last, so a failure halfway leaves nothing unlisted."""
+    async def page(
+        self, user_id: str, *, limit: int = 20, cursor: str | None = None
+    ) -> ConversationPage:
+        """A page of the user's live sessions, most recently active first, each with its
+        metadata and times (where the store keeps them), and the cursor of the next page. A
+        session active again since an earlier page moves to the top (the next refresh shows
+        it) and is not repeated further down; a session that no longer exists is left out."""
+        if type(limit) is not int or not 1 <= limit <= 1000:
+            raise ConfigurationError(f"limit must be an int from 1 to 1000, got {limit!r}")
+        after = None if cursor is None else _read_cursor(cursor)
+        pairs = await self.store.list_conversations(
+            self.user_session(user_id), now=self._clock(), offset=0, limit=limit + 1,
+            **({} if after is None else {"after": after}),
+        )  # fmt: skip
+        more = len(pairs) > limit
+        pairs = pairs[:limit]
+        found = await self._summaries(user_id, pairs, keep_missing=False)
+        return ConversationPage(found, _cursor(pairs[-1]) if more else None)
+
+    async def erase(self, user_id: str, *, scan: bool = False) -> ErasureReport:
+        """Delete every session of the user (conversations, forks, registered sessions and the
+        per-user history) and the index, for a privacy request; reports the sessions that
+        existed. Safe to repeat: the index goes last, so a failure halfway leaves nothing
+        unlisted. ``scan`` also deletes every session whose id follows the user's patterns but
+        was never registered (written before chatstate registered conversations, or around the
+        middleware), by scanning every session id: slow on a large store, and thorough."""
         user_session = self.user_session(user_id)
         pairs = await self.store.list_conversations(user_session, now=0.0, offset=0, limit=1 << 30)
-        ids = [cid for cid, _ in pairs]
-        delete = self.store.delete
-        await concurrently(delete, [*(self.session_id(user_id, cid) for cid in ids), user_session])
+        ids = [self._session_of(user_id, member) for member, _ in pairs]
+        if scan:
+            prefix = user_session + _CONV
+            async for session_id in self.store.session_ids():
+                if session_id.startswith(prefix) and session_id not in ids:
+                    ids.append(session_id)
+        removed: builtins.list[str] = []
+        await self._delete_all([*ids, user_session], removed)
         dropped = await self.store.drop_conversations(user_session)
         known = set(ids)
-        stragglers = [cid for cid in dropped if cid not in known]  # recorded meanwhile
-        await concurrently(delete, [self.session_id(user_id, cid) for cid in stragglers])
-        return len(ids) + len(stragglers)
+        stragglers = [self._session_of(user_id, member) for member in dropped]
+        await self._delete_all([sid for sid in stragglers if sid not in known], removed)
+        return ErasureReport(removed)
+
+    async def _delete_all(
+        self, session_ids: builtins.list[str], removed: builtins.list[str]
+    ) -> None:
+        async def delete(session_id: str) -> None:
+            if await self.store.delete(session_id):
+                removed.append(session_id)
+
+        await concurrently(delete, session_ids)
+
+    def _session_of(self, user_id: str, member: str) -> str:
+        if member.startswith(_SESSION):
+            return member[len(_SESSION) :]
+        return self.session_id(user_id, member)
+
+    async def _summaries(
+        self, user_id: str, pairs: builtins.list[tuple[str, float]], *, keep_missing: bool
+    ) -> builtins.list[ConversationSummary]:
+        """The summaries of index members, with each session's metadata (one read each, all at
+        once) where the store keeps it."""
+        sessions = [self._session_of(user_id, member) for member, _ in pairs]
+        infos: dict[str, Any] | None = None
+        if isinstance(self.store, SessionMetadata) and sessions:
+            infos = {}
+            reader = self.store.metadata
+
+            async def read(session_id: str) -> None:
+                infos[session_id] = await reader(session_id)  # type: ignore[index]
+
+            try:
+                await concurrently(read, sessions)
+            except ConfigurationError:  # a store over a backend that keeps no metadata
+                infos = None
+        found = []
+        for (member, at), session_id in zip(pairs, sessions, strict=True):
+            info = None if infos is None else infos.get(session_id)
+            if info is None and infos is not None and not keep_missing:
+                continue
+            found.append(
+                ConversationSummary(
+                    None if member.startswith(_SESSION) else member,
+                    session_id,
+                    datetime.fromtimestamp(at, UTC),
+                    *(() if info is None else (info.metadata, info.created_at, info.updated_at)),
+                )
+            )
+        return found
+
+
+def _cursor(pair: tuple[str, float]) -> str:
+    raw = json.dumps([pair[1], pair[0]], ensure_ascii=False).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _read_cursor(cursor: object) -> tuple[float, str]:
+    try:
+        assert isinstance(cursor, str)
+        at, member = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        assert type(at) in (int, float) and type(member) is str and member
+        return float(at), member
+    except Exception:
+        raise InvalidInputError(f"not a cursor of Conversations.page: {cursor!r}"[:200]) from None

@@ -15,9 +15,9 @@ the stores keep: ``{"role": "user", "content": "Hello"}``, defaults left out), o
 line reads as an OpenAI-style conversation too; ``expires_at`` is when the session was due to
 expire (UTC), or null; ``ids`` the messages' ids (added in 0.2; a line without them, as 0.1.0
 wrote, imports with ids made afresh), which an import keeps, as a fork does: links to a message
-stay good across a move from one store to another. From an encrypted store (``encryption=``) the
-export
-holds the plain messages: it is meant to be kept as carefully as the keys.
+stay good across a move from one store to another; and ``metadata``, the session's metadata
+(added in 0.2, only where the session has some). From an encrypted store (``encryption=``) the
+export holds the plain messages and metadata: it is meant to be kept as carefully as the keys.
 """
 
 from __future__ import annotations
@@ -41,6 +41,8 @@ from chatstate.errors import (
     SessionNotFoundError,
 )
 from chatstate.messages import Message
+from chatstate.sessions import index_fork
+from chatstate.stores._metadata import check_metadata
 from chatstate.stores._writes import check_write_id, new_write_id
 from chatstate.stores.base import TTL, SessionSnapshot, SessionTransfer, snapshot_numbers
 
@@ -95,6 +97,8 @@ async def export_sessions(
         }
         if snapshot.ids is not None:
             line["ids"] = snapshot.ids
+        if snapshot.metadata is not None:
+            line["metadata"] = snapshot.metadata
         yield json.dumps(line, ensure_ascii=False, separators=(",", ":")) + "\n"
 
 
@@ -227,8 +231,10 @@ async def fork_session(
     the new session ``target``: branch a conversation, as PromptKit's fork does. The source is
     read in one atomic snapshot and the fork written in one atomic write; from then on the two
     go on apart. The copy keeps the source's message ids (the same message has the same id in
-    both: a link into the shared part of the conversation is good in either). Returns what was
-    copied.
+    both: a link into the shared part of the conversation is good in either), and its metadata.
+    A fork of a user's conversation (``user-{id}-conv-{cid}``), or into one, is registered under
+    that user (:class:`~chatstate.sessions.Conversations`: listed with the user's sessions,
+    erased with them). Returns what was copied.
 
     Raises :class:`~chatstate.errors.SessionNotFoundError` if ``source`` does not exist, and
     :class:`~chatstate.errors.SessionExistsError` if ``target`` exists, unless ``overwrite``
@@ -259,6 +265,9 @@ async def fork_session(
             "replace it)",
             session_id=target,
         )
+    # Where a user owns it (a conversation's id, the fork's or the source's), the fork is
+    # registered under that user: listed with the conversations, erased with them.
+    await index_fork(store, source, target, ttl=snapshot.ttl)
     return snapshot
 
 
@@ -314,9 +323,12 @@ def _parse(text: str, number: int) -> tuple[str, SessionSnapshot, float | None]:
             f"{where}: 'expires_at' must be an ISO 8601 time with its UTC offset (as exports "
             f"write it, e.g. 2026-12-02T06:00:00+00:00) or null, got {expires_at}"
         )
-    parsed = SessionSnapshot(history, summary, ids=line.get("ids"))
+    metadata = line.get("metadata")
+    parsed = SessionSnapshot(history, summary, ids=line.get("ids"), metadata=metadata)
     try:
         snapshot_numbers(parsed)
+        if metadata is not None:
+            check_metadata(metadata)
     except InvalidInputError as exc:
         raise InvalidInputError(f"{where}: {exc}") from None
     return session_id, parsed, None if moment is None else moment.timestamp()

@@ -23,12 +23,14 @@ from chatstate.stores._events import Hook, Operation, StoreEvent
 from chatstate.stores._history import HistoryPage, StoredMessage
 from chatstate.stores._item_codec import ItemFormat, JsonItems, PydanticItems
 from chatstate.stores._item_store import ItemStore
+from chatstate.stores._metadata import MAX_METADATA_BYTES, SessionInfo, check_metadata
 from chatstate.stores._near_cache import NearCache
 from chatstate.stores.base import (
     TTL,
     Fold,
     SessionHistory,
     SessionLeases,
+    SessionMetadata,
     SessionSnapshot,
     SessionSummaries,
     SessionTransfer,
@@ -43,6 +45,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "KEEP",
+    "MAX_METADATA_BYTES",
     "TTL",
     "Backend",
     "BackendCensus",
@@ -71,7 +74,9 @@ __all__ = [
     "SQLiteBackend",
     "SQLiteStateStore",
     "SessionHistory",
+    "SessionInfo",
     "SessionLeases",
+    "SessionMetadata",
     "SessionSnapshot",
     "SessionSummaries",
     "SessionTransfer",
@@ -80,6 +85,7 @@ __all__ = [
     "StoredMessage",
     "VersionedStore",
     "Written",
+    "check_metadata",
 ]
 
 

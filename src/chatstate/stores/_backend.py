@@ -112,8 +112,8 @@ from enum import Enum
 from typing import Final, Generic, Literal, Protocol, TypeAlias, TypeVar, runtime_checkable
 
 __all__ = [
-    "Backend",
     "KEEP",
+    "Backend",
     "BackendCensus",
     "Describing",
     "EditOutcome",
@@ -428,14 +428,17 @@ class Editing(Protocol[E]):
         ...
 
 
+E_contra = TypeVar("E_contra", contravariant=True)
+
+
 @runtime_checkable
-class Describing(Protocol[E]):
+class Describing(Protocol[E_contra]):
     """A backend that keeps each session's metadata and its created and updated times (see the
     module): the built-in backends do. Its ``read``, ``append`` and ``replace`` take ``meta``,
     and its snapshots carry the metadata."""
 
     async def write_meta(
-        self, session_id: str, meta: E | None, *, write_id: str, fence: str | None
+        self, session_id: str, meta: E_contra | None, *, write_id: str, fence: str | None
     ) -> Written | None:
         """Make ``meta`` the session's metadata (None: remove it), atomically, keeping its
         history, version, generation, times and expiry; None (and nothing written) if there is

@@ -23,7 +23,7 @@ from chatstate.errors import (
     UnknownKeyError,
 )
 from chatstate.messages import Message, tokens_of
-from chatstate.stores._encryption import HISTORY, LEGACY_PREFIX, SUMMARY, Encryption
+from chatstate.stores._encryption import HISTORY, LEGACY_PREFIX, METADATA, SUMMARY, Encryption
 from chatstate.stores._envelope import (
     _PLAIN_HEADER,
     DEFAULT_COMPRESS_OVER,
@@ -37,6 +37,7 @@ from chatstate.stores._envelope import (
     decode_entries,
     decode_entry,
     encode_entry,
+    entry_payload,
 )
 
 # The codec is where the stores find every stage: the envelope's names are re-exported here.
@@ -45,6 +46,7 @@ __all__ = [
     "DEFAULT_MAX_MESSAGE_BYTES",
     "FORMAT_VERSION",
     "Codec",
+    "DocumentCodec",
     "EntryCodec",
     "ObjectCodec",
     "check_sizes",
@@ -85,6 +87,19 @@ class Codec(Protocol[E]):
         ...
 
 
+class DocumentCodec(Protocol[E]):
+    """A codec that also stores a session's metadata (its JSON, checked by the store) as one
+    entry: both built-in codecs are. Metadata needs one."""
+
+    def encode_doc(self, payload: bytes, *, session_id: str) -> E:
+        """The entry of a metadata document's JSON."""
+        ...
+
+    def decode_doc(self, entry: E, *, session_id: str) -> bytes:
+        """The JSON in a metadata entry; CorruptEntryError (or a subclass) if it is damaged."""
+        ...
+
+
 class ObjectCodec:
     """The codec of a backend that keeps the messages themselves (they are immutable): encoding
     checks their size (when ``max_bytes`` is set) and copies the list, decoding is a copy."""
@@ -112,6 +127,12 @@ class ObjectCodec:
         # The backend's page is a new list already, the caller's own (the messages are shared:
         # they cannot change).
         return entries if type(entries) is list else list(entries), 0
+
+    def encode_doc(self, payload: bytes, *, session_id: str) -> bytes:
+        return payload  # immutable: each read parses its own copy
+
+    def decode_doc(self, entry: bytes, *, session_id: str) -> bytes:
+        return entry
 
 
 class EntryCodec:
@@ -268,6 +289,29 @@ class EntryCodec:
             return _kept(found)
         return found, 0  # type: ignore[return-value]  # no None left
 
+    def encode_doc(self, payload: bytes, *, session_id: str) -> bytes:
+        """A metadata document's entry: the envelope (compressed as a message would be), sealed
+        with encryption (as metadata: it opens in that place of that session only)."""
+        method, compress = self._compress
+        entry = _envelope(payload, self._compress_over, method, compress, None)
+        encryption = self._encryption
+        return entry if encryption is None else encryption.seal(entry, session_id, METADATA)
+
+    def decode_doc(self, entry: bytes, *, session_id: str) -> bytes:
+        """The JSON of a metadata entry (every stage backwards, as for a message)."""
+        encryption = self._encryption
+        if entry[:1] == _SEALED:
+            if encryption is None:
+                raise _no_keys(session_id, entry)
+            entry = encryption.open(entry, session_id, METADATA)
+        elif encryption is not None:
+            raise DecryptionError(
+                f"the metadata of session {session_id!r} is not encrypted, in a store that "
+                "encrypts: it was not written through these keys",
+                session_id=session_id,
+            )
+        return entry_payload(entry)[0]
+
     def _decode_all(
         self, entries: Sequence[bytes], on_corrupt: OnCorrupt, session_id: str, kind: bytes
     ) -> list[Message | None]:
@@ -276,13 +320,7 @@ class EntryCodec:
         if encryption is None:
             for entry in entries:
                 if entry[:1] == _SEALED:
-                    key_id = Encryption.key_id_of(entry)
-                    raise UnknownKeyError(
-                        f"an entry of session {session_id!r} is encrypted (key {key_id!r}), and "
-                        "this store was given no keys: give it encryption=Encryption(keys=...)",
-                        session_id=session_id,
-                        key_id=key_id,
-                    )
+                    raise _no_keys(session_id, entry)
             return decode_aligned(entries, on_corrupt=on_corrupt, session_id=session_id)
         # With keys, every entry must open: a plain one may have been forged, so it is refused
         # like a damaged one (but for the messages 0.1.0's EncryptedStore sealed).
@@ -338,6 +376,16 @@ class EntryCodec:
 
 _NO_LIMIT = 1 << 62
 _SEALED = bytes((ENCRYPTED,))
+
+
+def _no_keys(session_id: str, entry: bytes) -> UnknownKeyError:
+    key_id = Encryption.key_id_of(entry)
+    return UnknownKeyError(
+        f"an entry of session {session_id!r} is encrypted (key {key_id!r}), and this store was "
+        "given no keys: give it encryption=Encryption(keys=...)",
+        session_id=session_id,
+        key_id=key_id,
+    )
 
 
 def _kept(messages: list[Message | None]) -> tuple[list[Message], int]:

@@ -9,9 +9,9 @@ ones: bounds, expiry, summaries, versions, snapshots, leases, the conversation i
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import timedelta
-from typing import Literal, Self, TypeAlias, TypeVar
+from typing import Any, Literal, Self, TypeAlias, TypeVar
 
 from chatstate._checks import (
     check_limit,
@@ -275,6 +275,7 @@ class BackendStore(Listing, Leasing, HistoryOps[E], WholeSessions[E]):
         max_messages: int | None = None,
         ttl: TTL = None,
         write_id: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
     ) -> int:
         """Append ``messages`` atomically, keep the newest ``max_messages`` (None or -1: all) and
         set the session to expire ``ttl`` from now (None: never). Returns the new length.
@@ -285,12 +286,15 @@ class BackendStore(Listing, Leasing, HistoryOps[E], WholeSessions[E]):
         (nothing stored) or :class:`~chatstate.errors.OutcomeUnknownError` (perhaps stored), both
         carrying ``messages`` and ``write_id``: retrying with both stores the turn exactly once.
         Under a :meth:`lease` of the session, the append is refused with
-        :class:`~chatstate.errors.LeaseLostError` (nothing stored) if the lease was lost."""
-        return (
-            await self.append_versioned(
-                session_id, messages, max_messages=max_messages, ttl=ttl, write_id=write_id
-            )
-        )[0]
+        :class:`~chatstate.errors.LeaseLostError` (nothing stored) if the lease was lost.
+
+        ``metadata`` (a dict of JSON values: :func:`~chatstate.stores.check_metadata`) becomes
+        the session's metadata in the same atomic step (see :meth:`set_metadata`)."""
+        written = await self.append_versioned(
+            session_id, messages, max_messages=max_messages, ttl=ttl, write_id=write_id,
+            metadata=metadata,
+        )  # fmt: skip
+        return written[0]
 
     async def append_versioned(
         self,
@@ -300,6 +304,7 @@ class BackendStore(Listing, Leasing, HistoryOps[E], WholeSessions[E]):
         max_messages: int | None = None,
         ttl: TTL = None,
         write_id: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
     ) -> tuple[int, int]:
         """:meth:`append`, and the session's version after it."""
         session_id = check_session_id(session_id)
@@ -307,15 +312,18 @@ class BackendStore(Listing, Leasing, HistoryOps[E], WholeSessions[E]):
         bound = check_max_messages(max_messages)
         seconds = check_ttl(ttl)
         token = new_write_id() if write_id is None else check_write_id(write_id)
+        meta = None if metadata is None else {"meta": self._meta_entry(session_id, metadata)}
         entries = self._codec.encode(new, session_id=session_id)
         if not entries:
+            if meta is not None:
+                await self.set_metadata(session_id, metadata, write_id=token)
             started = _clock()
             page = await self._read(session_id, 0, started=started, touch=False)
             return page.length, page.version
         near = self.near_cache
         started = _clock()
         try:
-            if self._append_now is not None:
+            if self._append_now is not None and meta is None:
                 length, version, trimmed, applied = self._append_now(
                     session_id, entries, bound, seconds, token, fence_for(self, session_id)
                 )
@@ -327,6 +335,7 @@ class BackendStore(Listing, Leasing, HistoryOps[E], WholeSessions[E]):
                     ttl=seconds,
                     write_id=token,
                     fence=fence_for(self, session_id),
+                    **meta or {},
                 )
                 length, version = written.length, written.version
                 trimmed, applied = written.trimmed, written.applied

@@ -43,7 +43,7 @@ from chatstate.stores._envelope import ENCRYPTED
 if TYPE_CHECKING:
     from chatstate.messages import Message
 
-__all__ = ["HISTORY", "LEGACY_PREFIX", "SUMMARY", "Encryption"]
+__all__ = ["HISTORY", "LEGACY_PREFIX", "METADATA", "SUMMARY", "Encryption"]
 
 LEGACY_PREFIX: Final = "chatstate-encrypted:"
 """What the content of a message sealed by 0.1.0's EncryptedStore starts with."""
@@ -59,6 +59,7 @@ _KEYS_KEPT = 4096
 
 HISTORY: Final = b"\x00"
 SUMMARY: Final = b"\x01"
+METADATA: Final = b"\x02"
 
 
 class Encryption:

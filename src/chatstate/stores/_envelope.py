@@ -40,6 +40,7 @@ __all__ = [
     "decode_entries",
     "decode_entry",
     "encode_entry",
+    "entry_payload",
 ]
 
 FORMAT_VERSION = 3
@@ -121,6 +122,21 @@ def decode_entry(entry: bytes) -> Message:
     Raises :class:`UnsupportedFormatError` for an entry of a newer format and
     :class:`CorruptEntryError` for one that is damaged.
     """
+    payload, tokens = entry_payload(entry)
+    try:
+        message = Message.model_validate_json(payload)
+    except ValidationError as exc:
+        raise CorruptEntryError(
+            f"stored entry is not a valid message: {describe_error(exc)}"
+        ) from exc
+    if tokens is not None:
+        object.__setattr__(message, "_tokens", tokens)
+    return message
+
+
+def entry_payload(entry: bytes) -> tuple[bytes, int | None]:
+    """The payload of a plain stored entry (decompressed) and its token count (None: none);
+    the errors of :func:`decode_entry`."""
     if len(entry) < 2:
         raise CorruptEntryError(f"stored entry is too short ({len(entry)} bytes)")
     version, flags = entry[0], entry[1]
@@ -147,15 +163,7 @@ def decode_entry(entry: bytes) -> Message:
     payload = entry[start:]
     if compression != _compression.NONE:
         payload = _compression.decompress(compression, payload)
-    try:
-        message = Message.model_validate_json(payload)
-    except ValidationError as exc:
-        raise CorruptEntryError(
-            f"stored entry is not a valid message: {describe_error(exc)}"
-        ) from exc
-    if tokens is not None:
-        object.__setattr__(message, "_tokens", tokens)
-    return message
+    return payload, tokens
 
 
 def decode_entries(

@@ -30,11 +30,13 @@ Operation: TypeAlias = Literal[
     "version",
     "lease",
     "index",
+    "metadata",
 ]
 """What a store was asked to do. ``load`` covers every read of history (with its summary or
 version too); ``lease`` the taking of a lease (``seconds``: the wait); ``index`` the conversation
 index; ``pop`` a pop or an undo (and an item store's pop, :class:`~chatstate.stores.ItemStore`);
-``edit`` an edit or removal of one message by id."""
+``edit`` an edit or removal of one message by id; ``metadata`` a read or write of a session's
+metadata alone (read with the history, it is a ``load``)."""
 
 
 @dataclass(slots=True)

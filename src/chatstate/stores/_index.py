@@ -29,13 +29,24 @@ class Listing(Reporting):
         )
 
     async def list_conversations(
-        self, user_session: str, *, now: float, offset: int, limit: int
+        self,
+        user_session: str,
+        *,
+        now: float,
+        offset: int,
+        limit: int,
+        after: tuple[float, str] | None = None,
     ) -> list[tuple[str, float]]:
-        """A user's live conversations, most recent first (see ``Conversations.list``)."""
+        """A user's live sessions, most recent first (see ``Conversations.page``); with
+        ``after``, those after that ``(last active, member)``."""
         user_session = check_session_id(user_session)
+        # Only when given: a backend of one's own may take no cursor.
+        cursor = {} if after is None else {"after": after}
         return await self._index(
             user_session,
-            self.backend.list_conversations(user_session, now=now, offset=offset, limit=limit),
+            self.backend.list_conversations(
+                user_session, now=now, offset=offset, limit=limit, **cursor
+            ),
         )
 
     async def drop_conversations(self, user_session: str) -> list[str]:

@@ -11,6 +11,7 @@ from typing import Any, Literal
 from chatstate._checks import check_ttl
 from chatstate.errors import ConfigurationError
 from chatstate.stores._backend import (
+    KEEP,
     BackendCensus,
     ErrorKind,
     Fenced,
@@ -72,6 +73,7 @@ class MemoryBackend(ConversationIndex, Expiries, Edits):
         summary: bool,
         touch: float | None,
         numbers: bool = True,
+        meta: bool = False,
     ) -> Page[Any]:
         session = self._sessions.get(session_id)
         if session is None:
@@ -91,7 +93,7 @@ class MemoryBackend(ConversationIndex, Expiries, Edits):
         else:
             each = seqs[len(stored) - len(entries) :]
             first = each[0] if each else session.tail
-        return Page(
+        page = Page(
             entries,
             first,
             session.summary if summary else None,
@@ -100,6 +102,9 @@ class MemoryBackend(ConversationIndex, Expiries, Edits):
             len(stored),
             each,
         )
+        if meta:
+            page.meta, page.created, page.updated = session.meta, session.created, session.updated
+        return page
 
     def entries_now(self, session_id: str, limit: int | None) -> list[Any]:
         """The newest ``limit`` entries (all if None), as :meth:`read` would give them: what the
@@ -124,10 +129,13 @@ class MemoryBackend(ConversationIndex, Expiries, Edits):
         ttl: float | None,
         write_id: str,
         fence: str | None,
+        meta: Any = None,
     ) -> Written:
         length, version, trimmed, applied = self.append_now(
             session_id, entries, max_entries, ttl, write_id, fence
         )
+        if meta is not None and applied:
+            self._sessions[session_id].meta = meta  # in the same step: no await between
         return Written(length, version, trimmed, applied)
 
     def append_now(
@@ -182,6 +190,7 @@ class MemoryBackend(ConversationIndex, Expiries, Edits):
         write_id: str,
         fence: str | None,
         numbers: Sequence[int] | None = None,
+        meta: Any = KEEP,
     ) -> Written | None:
         session = self._live(session_id)
         ids = session.writes if session is not None else self._deleted_ids(session_id)
@@ -192,6 +201,8 @@ class MemoryBackend(ConversationIndex, Expiries, Edits):
         start = 0 if session is None else session.next_number()
         session = self._to_write(session_id, session, ids, write_id, fence)
         session.entries, session.summary = list(entries), summary
+        if meta is not KEEP:
+            session.meta = meta
         if numbers is None:
             session.head, session.seqs = start, None  # numbered on after every number given
         else:  # as given; the next number after them and after every one given before
@@ -274,7 +285,9 @@ class MemoryBackend(ConversationIndex, Expiries, Edits):
             return None
         expires_at = session.expires_at
         ttl = None if expires_at is None else max(expires_at - self._clock(), 1e-3)
-        return RawSession(session.entries[:], session.summary, ttl, list(session.numbers()))
+        return RawSession(
+            session.entries[:], session.summary, ttl, list(session.numbers()), session.meta
+        )
 
     async def time_left(self, session_id: str) -> float | Literal[False] | None:
         session = self._live(session_id)
@@ -358,6 +371,7 @@ class MemoryBackend(ConversationIndex, Expiries, Edits):
             session = self._create(session_id, ids)
         else:
             self._sessions.move_to_end(session_id)
+            session.updated = time.time()
         session.writes = remember(ids, write_id)
         return session
 

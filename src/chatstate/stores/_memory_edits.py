@@ -1,5 +1,6 @@
 """The in-memory backend's history operations (:class:`~chatstate.stores.Editing`): a page of
-entries before or after a number, and an edit or removal by number."""
+entries before or after a number, and an edit or removal by number; and its metadata writes
+(:class:`~chatstate.stores.Describing`)."""
 
 from __future__ import annotations
 
@@ -10,13 +11,14 @@ from typing import TYPE_CHECKING, Any
 
 from chatstate.stores._backend import EditOutcome, Page, Written
 from chatstate.stores._memory_expiry import _Session
-from chatstate.stores._writes import seen
+from chatstate.stores._writes import remember, seen
 
 __all__ = ["Edits"]
 
 
 class Edits:
-    """:meth:`read_range` and :meth:`edit` of :class:`~chatstate.stores.MemoryBackend`."""
+    """:meth:`read_range`, :meth:`edit` and :meth:`write_meta` of
+    :class:`~chatstate.stores.MemoryBackend`."""
 
     _sessions: OrderedDict[str, _Session]
     _clock: Callable[[], float]
@@ -121,3 +123,18 @@ class Edits:
         session.version += 1
         session.generation += 1
         return Written(len(stored), session.version)
+
+    async def write_meta(
+        self, session_id: str, meta: Any, *, write_id: str, fence: str | None
+    ) -> Written | None:
+        session = self._live(session_id)
+        ids = session.writes if session is not None else self._deleted_ids(session_id)
+        if ids and seen(ids, write_id):
+            return self._as_written(session)
+        if fence is not None:
+            self._check_fence(session_id, fence)
+        if session is None:
+            return None
+        session.meta = meta
+        session.writes = remember(ids, write_id)
+        return Written(len(session.entries), session.version)

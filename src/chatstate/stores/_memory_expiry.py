@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import heapq
 import secrets
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -18,14 +19,17 @@ _SWEEP_CHUNK = 1000
 
 class _Session:
     __slots__ = (
+        "created",
         "entries",
         "expires_at",
         "generation",
         "head",
         "indexed_at",
+        "meta",
         "seqs",
         "summary",
         "tail",
+        "updated",
         "version",
         "writes",
     )
@@ -44,6 +48,8 @@ class _Session:
         self.version = secrets.randbits(48) + 1
         self.generation = secrets.randbits(48) + 1
         self.writes = writes  # the last write ids (see chatstate.stores._writes)
+        self.meta: Any = None  # the metadata entry
+        self.created = self.updated = time.time()  # wall-clock seconds
 
     def numbers(self) -> Sequence[int]:
         """The number of each entry (a range while they have no gaps)."""

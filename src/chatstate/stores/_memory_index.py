@@ -19,7 +19,13 @@ class ConversationIndex:
         entries[conversation_id] = (now, None if ttl is None else now + ttl)
 
     async def list_conversations(
-        self, user_session: str, *, now: float, offset: int, limit: int
+        self,
+        user_session: str,
+        *,
+        now: float,
+        offset: int,
+        limit: int,
+        after: tuple[float, str] | None = None,
     ) -> list[tuple[str, float]]:
         entries = self._conversations.get(user_session)
         if not entries:
@@ -30,10 +36,10 @@ class ConversationIndex:
         if not entries:
             del self._conversations[user_session]
             return []
-        ordered = sorted(entries.items(), key=lambda item: item[1][0], reverse=True)
-        return [(conversation_id, at) for conversation_id, (at, _) in ordered][
-            offset : offset + limit
-        ]
+        ordered = sorted(((at, member) for member, (at, _) in entries.items()), reverse=True)
+        if after is not None:
+            ordered = [pair for pair in ordered if pair < after]
+        return [(member, at) for at, member in ordered[offset : offset + limit]]
 
     async def drop_conversations(self, user_session: str) -> list[str]:
         return list(self._conversations.pop(user_session, {}))

@@ -4,14 +4,13 @@ halves of :class:`~chatstate.stores.BackendStore`)."""
 
 from __future__ import annotations
 
-from typing import Generic, Literal, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
 from chatstate._checks import check_session_id
 from chatstate.errors import StateLoadError, StateSaveError, StoreError
 from chatstate.messages import Message
-from chatstate.stores._backend import Backend, Written
-from chatstate.stores._codec import Codec
-from chatstate.stores._reporting import Reporting
+from chatstate.stores._backend import Describing, Written
+from chatstate.stores._metadata import MetadataOps
 from chatstate.stores._reporting import clock as _clock
 from chatstate.stores._writes import check_write_id, fence_for, new_write_id
 from chatstate.stores.base import (
@@ -27,12 +26,9 @@ __all__ = ["WholeSessions"]
 E = TypeVar("E")
 
 
-class WholeSessions(Reporting, Generic[E]):
-    """Folds, snapshots and restores: mixed into :class:`~chatstate.stores.BackendStore`."""
-
-    backend: Backend[E]
-    _codec: Codec[E]
-    _on_corrupt: Literal["skip", "raise"]
+class WholeSessions(MetadataOps[E], Generic[E]):
+    """Folds, snapshots and restores (and the metadata that goes with them): mixed into
+    :class:`~chatstate.stores.BackendStore`."""
 
     def _wrote(self, session_id: str) -> None:
         """A write other than an append ended (or failed, its outcome unknown)."""
@@ -110,9 +106,10 @@ class WholeSessions(Reporting, Generic[E]):
             return None
         messages, _ = self._codec.decode(raw.entries, on_corrupt="raise", session_id=session_id)
         summary = self._decode_one(raw.summary, session_id, "raise")
+        metadata = None if raw.meta is None else self._meta_of(raw.meta, session_id, "raise")
         self._report("snapshot", session_id, started, len(messages))
         ids = None if raw.numbers is None else [str(number) for number in raw.numbers]
-        return SessionSnapshot(messages, summary, raw.ttl, ids)
+        return SessionSnapshot(messages, summary, raw.ttl, ids, metadata)
 
     async def restore(
         self,
@@ -132,7 +129,11 @@ class WholeSessions(Reporting, Generic[E]):
         messages, summary, seconds = check_snapshot(snapshot)
         numbers = snapshot_numbers(snapshot)
         # Given only with ids: a backend of one's own may take no numbers.
-        kept = {} if numbers is None else {"numbers": numbers}
+        kept: dict[str, Any] = {} if numbers is None else {"numbers": numbers}
+        if snapshot.metadata is not None:
+            kept["meta"] = self._meta_entry(session_id, snapshot.metadata)
+        elif isinstance(self.backend, Describing):
+            kept["meta"] = None  # the whole session: no metadata, as in the snapshot
         token = new_write_id() if write_id is None else check_write_id(write_id)
         encode = self._codec.encode
         entries = encode(messages, session_id=session_id)

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import timedelta
 from itertools import pairwise
 from types import TracebackType
-from typing import TYPE_CHECKING, Protocol, Self, TypeAlias, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, Self, TypeAlias, runtime_checkable
 
 from chatstate._checks import check_ttl
 from chatstate.errors import InvalidInputError, InvalidMessageError
@@ -16,12 +16,14 @@ from chatstate.messages import Message, as_messages
 
 if TYPE_CHECKING:
     from chatstate.stores._history import HistoryPage
+    from chatstate.stores._metadata import SessionInfo
 
 __all__ = [
     "TTL",
     "Fold",
     "SessionHistory",
     "SessionLeases",
+    "SessionMetadata",
     "SessionSnapshot",
     "SessionSummaries",
     "SessionTransfer",
@@ -224,13 +226,38 @@ class SessionSnapshot:
     """A whole session as it stood at one instant: its history, oldest first, its summary (None
     if it has none), the seconds it had left to live (None: no expiry), and the messages' ids
     (one per message, as :meth:`~chatstate.stores.SessionHistory.history` gives them; None: a
-    restore numbers them afresh). Two snapshots are equal when their contents are: the ids
-    take no part in it."""
+    restore numbers them afresh), and its metadata (None: none; see
+    :meth:`~chatstate.stores.BackendStore.set_metadata`). Two snapshots are equal when their
+    contents are: the ids take no part in it."""
 
     messages: list[Message] = field(default_factory=list)
     summary: Message | None = None
     ttl: float | None = None
     ids: list[str] | None = field(default=None, compare=False)
+    metadata: dict[str, Any] | None = None
+
+
+@runtime_checkable
+class SessionMetadata(Protocol):
+    """A store that keeps a small JSON document per session (optional; the built-in stores do):
+    a title, tags, anything of the application's, with the times the store keeps. See
+    :class:`~chatstate.stores.SessionInfo`."""
+
+    async def metadata(self, session_id: str) -> SessionInfo | None:
+        """The session's metadata and times; None if there is no session."""
+        ...
+
+    async def set_metadata(
+        self, session_id: str, metadata: Mapping[str, Any] | None, *, write_id: str | None = None
+    ) -> bool:
+        """Replace the session's metadata (None: remove it); False if there is no session."""
+        ...
+
+    async def load_with_metadata(
+        self, session_id: str, *, limit: int | None = None
+    ) -> tuple[list[Message], SessionInfo | None]:
+        """The history and the metadata, in one step."""
+        ...
 
 
 @runtime_checkable

@@ -33,6 +33,7 @@ from chatstate.errors import (
 )
 from chatstate.stores.base import StateStore
 from chatstate.testing._history import HistoryConformance
+from chatstate.testing._metadata import MetadataConformance
 from chatstate.testing._optional import OptionalProtocolsConformance
 from chatstate.testing._samples import (
     AdvanceTime,
@@ -80,7 +81,9 @@ TRICKY_SESSION_IDS = [
 ]
 
 
-class StateStoreConformance(OptionalProtocolsConformance, WriteIdsConformance, HistoryConformance):
+class StateStoreConformance(
+    OptionalProtocolsConformance, WriteIdsConformance, HistoryConformance, MetadataConformance
+):
     """Tests that hold for every StateStore. See the module docstring for the fixtures."""
 
     @pytest.fixture

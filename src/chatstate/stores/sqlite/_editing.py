@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sqlite3
 
-from chatstate.stores._backend import EditOutcome, Page, Written
+from chatstate.stores._backend import KEEP, EditOutcome, Page, Written
 from chatstate.stores._writes import DELETED_IDS_TTL, seen
 from chatstate.stores.sqlite._rows import (
     LIVE,
@@ -13,6 +13,7 @@ from chatstate.stores.sqlite._rows import (
     Row,
     as_written,
     check_fence,
+    described,
     drop,
     gaps,
     remember_write,
@@ -138,5 +139,6 @@ def edit(
             (session_id,),
         )
         set_gaps(db, session_id, row, missing, current + 1)
+        described(db, session_id, row[4] + 1, KEEP, now)
         remember_write(db, session_id, ids, write_id)
         return Written(tail - head - missing, current + 1)

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import sqlite3
 
-from chatstate.stores._backend import Popped
+from chatstate.stores._backend import KEEP, Popped
 from chatstate.stores._writes import DELETED_IDS_TTL, seen
 from chatstate.stores.sqlite._rows import (
     as_written,
     check_fence,
+    described,
     drop,
     gaps,
     newest,
@@ -60,5 +61,6 @@ def pop(
             (session_id,),
         )
         set_gaps(db, session_id, row, missing + len(numbered), version + 1)
+        described(db, session_id, row[4] + 1, KEEP, now)
         remember_write(db, session_id, ids, write_id)
         return Popped(entries, tail - head - missing - len(numbered), version + 1)

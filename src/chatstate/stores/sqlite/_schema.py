@@ -1,7 +1,7 @@
 """The SQLite file: its tables, and opening one (WAL, durability, the layout's version).
 
-The layout is that of 0.1.0 (schema 1) with two tables more: a file written by any release opens
-as it is.
+The layout is that of 0.1.0 (schema 1) with three tables more: a file written by any release
+opens as it is.
 
 - ``chatstate_sessions``: one row a session. Its entries are numbered from ``head`` to ``tail - 1``
   (a trim or a compaction raises ``head``); a number is never given twice in a session's life (a pop
@@ -14,6 +14,12 @@ as it is.
   entries (after a pop, an edit, or a restore given numbers with gaps), how many are not
   (``missing``), as of its ``version`` (see :mod:`chatstate.stores.sqlite._rows`); a session
   without gaps has no row. Added in 0.2.
+- ``chatstate_session_meta``: a session's metadata entry (NULL: none), ``created`` and
+  ``updated`` (Unix seconds; 0.0: not known) and the session's ``generation`` when this release
+  last wrote the row (see :mod:`chatstate.stores.sqlite._rows`). Every session this release
+  creates has one; one that an earlier release made has none until this release writes its
+  history or its metadata (it reads as no metadata, both times 0.0). Added in 0.2, after the
+  other two: a file that a build without it wrote gains it when opened.
 - ``chatstate_leases``: one row a held lease (token, expiry).
 - ``chatstate_writes``: the last write ids of a session (see :mod:`chatstate.stores._writes`),
   dropped with it; after a delete, kept until ``expires_at``, with whether the delete found the
@@ -22,11 +28,14 @@ as it is.
   and deadline.
 - ``chatstate_meta``: ``schema``, the layout's version.
 
-A file of 0.1.0 gains the two tables of 0.2 when opened, and 0.1.0 still reads and writes a
-file that has them: it leaves them alone, and a session it writes has a new version, by which
-0.2 knows that the count of its gaps is stale and counts them again. A session without gaps is
-to 0.1.0 what it always was. One with gaps (it had a pop or an edit) 0.1.0 reads whole and in
-order, but it counts the unused numbers as entries: its length is that much larger, a load of the
+A file of 0.1.0 gains the three tables of 0.2 when opened, and 0.1.0 still reads and writes a
+file that has them: it leaves them alone (no statement of its names them; the tables it knows
+keep their columns, which it inserts by position). A session it writes has a new version, by
+which 0.2 knows that the count of its gaps is stale and counts them again; one it makes again
+(after a delete or an expiry) has a new generation, by which 0.2 knows that the metadata left
+under its id is not its own. Its writes do not move ``updated``. A session without gaps is to
+0.1.0 what it always was. One with gaps (it had a pop or an edit) 0.1.0 reads whole and in order,
+but it counts the unused numbers as entries: its length is that much larger, a load of the
 newest ``limit`` entries and a trim to ``max_messages`` reckon by number (so they give or keep
 fewer entries), and its compaction, which folds a count of entries from the first number, may
 leave entries it summarised in the history.
@@ -85,6 +94,13 @@ CREATE TABLE IF NOT EXISTS chatstate_gaps (
     session_id TEXT PRIMARY KEY,
     missing INTEGER NOT NULL,
     version INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS chatstate_session_meta (
+    session_id TEXT PRIMARY KEY,
+    meta BLOB,
+    created REAL NOT NULL,
+    updated REAL NOT NULL,
+    generation INTEGER NOT NULL
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS chatstate_leases (
     session_id TEXT PRIMARY KEY,

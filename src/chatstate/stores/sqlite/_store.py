@@ -13,9 +13,11 @@ from chatstate._checks import check_ttl
 from chatstate._compression import Compression
 from chatstate.errors import ConfigurationError
 from chatstate.stores._backend import (
+    KEEP,
     BackendCensus,
     EditOutcome,
     ErrorKind,
+    Keep,
     Page,
     Popped,
     RawSession,
@@ -26,7 +28,13 @@ from chatstate.stores._core import BackendStore
 from chatstate.stores._encryption import Encryption
 from chatstate.stores._events import Hook
 from chatstate.stores._near_cache import NearCache
+from chatstate.stores.sqlite._conversations import (
+    drop_conversations,
+    index_conversation,
+    list_conversations,
+)
 from chatstate.stores.sqlite._editing import edit, read_range
+from chatstate.stores.sqlite._meta import write_meta
 from chatstate.stores.sqlite._pop import pop
 from chatstate.stores.sqlite._schema import SYNCHRONOUS, connect
 from chatstate.stores.sqlite._thread import StoreThread
@@ -90,8 +98,9 @@ class SQLiteBackend:
         summary: bool,
         touch: float | None,
         numbers: bool = True,
+        meta: bool = False,
     ) -> Page[bytes]:
-        return await self._thread.run(self._tx.read, session_id, limit, summary, touch)
+        return await self._thread.run(self._tx.read, session_id, limit, summary, touch, meta)
 
     async def append(
         self,
@@ -102,9 +111,10 @@ class SQLiteBackend:
         ttl: float | None,
         write_id: str,
         fence: str | None,
+        meta: bytes | None = None,
     ) -> Written:
         return await self._thread.run(
-            self._tx.append, session_id, entries, max_entries, ttl, write_id, fence
+            self._tx.append, session_id, entries, max_entries, ttl, write_id, fence, meta
         )
 
     async def replace(
@@ -118,9 +128,19 @@ class SQLiteBackend:
         write_id: str,
         fence: str | None,
         numbers: Sequence[int] | None = None,
+        meta: bytes | Keep | None = KEEP,
     ) -> Written | None:
         return await self._thread.run(
-            self._tx.replace, session_id, entries, summary, ttl, overwrite, write_id, fence, numbers
+            self._tx.replace,
+            session_id,
+            entries,
+            summary,
+            ttl,
+            overwrite,
+            write_id,
+            fence,
+            numbers,
+            meta,
         )
 
     async def delete(self, session_id: str, *, write_id: str, fence: str | None) -> bool:
@@ -175,6 +195,13 @@ class SQLiteBackend:
             fence,
         )
 
+    async def write_meta(
+        self, session_id: str, meta: bytes | None, *, write_id: str, fence: str | None
+    ) -> Written | None:
+        return await self._thread.run(
+            functools.partial(write_meta, self._tx), session_id, meta, write_id, fence
+        )
+
     async def snapshot(self, session_id: str) -> RawSession[bytes] | None:
         return await self._thread.run(self._tx.snapshot, session_id)
 
@@ -195,16 +222,28 @@ class SQLiteBackend:
     ) -> None:
         deadline = None if ttl is None else now + ttl
         await self._thread.run(
-            self._tx.index_conversation, user_session, conversation_id, now, deadline
+            functools.partial(index_conversation, self._tx),
+            user_session,
+            conversation_id,
+            now,
+            deadline,
         )
 
     async def list_conversations(
-        self, user_session: str, *, now: float, offset: int, limit: int
+        self,
+        user_session: str,
+        *,
+        now: float,
+        offset: int,
+        limit: int,
+        after: tuple[float, str] | None = None,
     ) -> list[tuple[str, float]]:
-        return await self._thread.run(self._tx.list_conversations, user_session, now, offset, limit)
+        return await self._thread.run(
+            functools.partial(list_conversations, self._tx), user_session, now, offset, limit, after
+        )
 
     async def drop_conversations(self, user_session: str) -> list[str]:
-        return await self._thread.run(self._tx.drop_conversations, user_session)
+        return await self._thread.run(functools.partial(drop_conversations, self._tx), user_session)
 
     async def session_ids(self) -> AsyncIterator[str]:
         """The live sessions' ids in id order, read a chunk (one transaction) at a time."""
@@ -279,9 +318,10 @@ class SQLiteStateStore(BackendStore[bytes]):
     - ``sliding_ttl``, ``near_cache``, ``hooks``: as for every store
       (:class:`~chatstate.stores.BackendStore`).
 
-    Besides the :class:`~chatstate.StateStore` protocol it keeps summaries, numbers writes,
-    holds cross-process turn leases (a row with a token and an expiry), snapshots and restores
-    whole sessions and indexes a user's conversations.
+    Besides the :class:`~chatstate.StateStore` protocol it keeps summaries and each session's
+    metadata (with its created and updated times, by ``clock``), numbers writes, holds
+    cross-process turn leases (a row with a token and an expiry), snapshots and restores whole
+    sessions and indexes a user's conversations.
     """
 
     backend: SQLiteBackend

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Literal
 
-from chatstate.stores._backend import Page, RawSession, Written
+from chatstate.stores._backend import KEEP, Keep, Page, RawSession, Written
 from chatstate.stores._writes import DELETED_IDS_TTL, seen
 from chatstate.stores.sqlite._rows import (
     ENTRIES,
@@ -21,7 +21,10 @@ from chatstate.stores.sqlite._rows import (
     ROW,
     Row,
     as_written,
+    began,
     check_fence,
+    describe,
+    described,
     drop,
     gaps,
     insert,
@@ -58,6 +61,7 @@ class Transactions:
         limit: int | None,
         summary: bool,
         touch: float | None,
+        meta: bool = False,
     ) -> Page[bytes]:
         # A sliding expiry writes: take the write lock at once rather than upgrade to it.
         with self._transaction(db, write=touch is not None) as now:
@@ -82,7 +86,7 @@ class Transactions:
                     else []
                 )
                 numbers = [seq for seq, _ in numbered]
-                return Page(
+                page = Page(
                     [entry for _, entry in numbered],
                     numbers[0] if numbers else tail,
                     kept if summary else None,
@@ -91,13 +95,19 @@ class Transactions:
                     tail - head - missing,
                     numbers,
                 )
-            start = head if limit is None else max(head, tail - limit)
-            entries = (
-                [entry for (entry,) in db.execute(ENTRIES, (session_id, start))]
-                if start < tail
-                else []
-            )
-            return Page(entries, start, kept if summary else None, version, generation, tail - head)
+            else:
+                start = head if limit is None else max(head, tail - limit)
+                entries = (
+                    [entry for (entry,) in db.execute(ENTRIES, (session_id, start))]
+                    if start < tail
+                    else []
+                )
+                page = Page(
+                    entries, start, kept if summary else None, version, generation, tail - head
+                )
+            if meta:
+                page.meta, page.created, page.updated = describe(db, session_id, generation)
+            return page
 
     def append(
         self,
@@ -108,6 +118,7 @@ class Transactions:
         ttl: float | None,
         write_id: str,
         fence: str | None,
+        meta: bytes | None = None,
     ) -> Written:
         with self._transaction(db) as now:
             row = self._live_row(db, session_id, now)
@@ -148,6 +159,7 @@ class Transactions:
                     "INSERT INTO chatstate_sessions VALUES (?, ?, ?, ?, ?, ?, NULL)",
                     (session_id, head, tail, expires_at, version, generation),
                 )
+                began(db, session_id, meta, now, generation)
             else:
                 db.execute(
                     "UPDATE chatstate_sessions SET head = ?, tail = ?, expires_at = ?, "
@@ -156,6 +168,7 @@ class Transactions:
                 )
                 if row[6] is not None:
                     set_gaps(db, session_id, row, missing, version)
+                described(db, session_id, generation, KEEP if meta is None else meta, now)
             remember_write(db, session_id, ids, write_id)
             self._sweep_if_due(db, now)
             return Written(tail - head - missing, version, trimmed)
@@ -171,6 +184,7 @@ class Transactions:
         write_id: str,
         fence: str | None,
         numbers: Sequence[int] | None = None,
+        meta: bytes | Keep | None = KEEP,
     ) -> Written | None:
         with self._transaction(db) as now:
             row = self._live_row(db, session_id, now)
@@ -206,6 +220,10 @@ class Transactions:
                 ),
             )
             set_gaps(db, session_id, row, tail - head - len(entries), version)
+            if row is None:
+                began(db, session_id, None if meta is KEEP else meta, now, generation)
+            else:
+                described(db, session_id, generation, meta, now)
             remember_write(db, session_id, ids, write_id)
             self._sweep_if_due(db, now)
             return Written(len(entries), version)
@@ -271,7 +289,11 @@ class Transactions:
             numbered = db.execute(NUMBERED, (session_id, row[0])).fetchall()
             ttl = None if row[2] is None else max(row[2] - now, 1e-3)
             return RawSession(
-                [entry for _, entry in numbered], row[5], ttl, [seq for seq, _ in numbered]
+                [entry for _, entry in numbered],
+                row[5],
+                ttl,
+                [seq for seq, _ in numbered],
+                describe(db, session_id, row[4])[0],
             )
 
     def time_left(self, db: sqlite3.Connection, session_id: str) -> float | Literal[False] | None:
@@ -319,51 +341,6 @@ class Transactions:
                 (session_id, token),
             )
             return released.rowcount == 1
-
-    # -- the conversation index ------------------------------------------------------------------
-
-    def index_conversation(
-        self,
-        db: sqlite3.Connection,
-        user_session: str,
-        conversation_id: str,
-        now: float,
-        deadline: float | None,
-    ) -> None:
-        with self._transaction(db):
-            db.execute(
-                "INSERT OR REPLACE INTO chatstate_conversations VALUES (?, ?, ?, ?)",
-                (user_session, conversation_id, now, deadline),
-            )
-
-    def list_conversations(
-        self, db: sqlite3.Connection, user_session: str, now: float, offset: int, limit: int
-    ) -> list[tuple[str, float]]:
-        with self._transaction(db):
-            db.execute(
-                "DELETE FROM chatstate_conversations WHERE user_session = ? AND deadline <= ?",
-                (user_session, now),
-            )
-            return db.execute(
-                "SELECT conversation_id, last_active FROM chatstate_conversations "
-                "WHERE user_session = ? ORDER BY last_active DESC, conversation_id "
-                "LIMIT ? OFFSET ?",
-                (user_session, limit, offset),
-            ).fetchall()
-
-    def drop_conversations(self, db: sqlite3.Connection, user_session: str) -> list[str]:
-        with self._transaction(db):
-            ids = [
-                conversation_id
-                for (conversation_id,) in db.execute(
-                    "SELECT conversation_id FROM chatstate_conversations WHERE user_session = ?",
-                    (user_session,),
-                )
-            ]
-            db.execute(
-                "DELETE FROM chatstate_conversations WHERE user_session = ?", (user_session,)
-            )
-            return ids
 
     # -- the whole file --------------------------------------------------------------------------
 
