@@ -35,7 +35,7 @@ else
     tail, gen, ver = 0, tonumber(ARGV[3]), tonumber(ARGV[3]) + 1
     described = false
     redis.call('HDEL', KEYS[3], 'x', 's', 'h', 'm')
-    if ARGV[6] == '' then redis.call('DEL', KEYS[6]) end  -- none left by another version
+    if ARGV[6] == '' then redis.call('DEL', KEYS[6]) end  -- none left by an older delete
   else  -- a list written by 0.1.0: numbered from 0, as a read of it reported
     tail, gen, ver = before, 0, tonumber(redis.call('GET', KEYS[4]) or 1) + 1
     summary = redis.call('EXISTS', KEYS[2]) == 1 and '1'
