@@ -4,7 +4,7 @@ in test_redis_metadata_servers.py).
 
 A session's metadata entry has a key of its own in the session's slot (``:metadata``), flagged
 by ``m`` in the meta hash, whose ``c`` and ``u`` hold its created and updated times (the
-server's clock, ms). They expire with the session and go with it; only history writes move
+writer's clock). They expire with the session and go with it; only history writes move
 ``u``."""
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ Layout, for a session id escaped into a hash tag (``%`` → ``%25``, ``{`` → `
     {prefix}:{<id>}:meta       hash    tail (the number the next entry takes), gen, ver,
                                        s (1: a summary exists), h (the gaps in the numbers,
                                        if any), m (1: metadata exists), c and u (created and
-                                       updated: the server's TIME, Unix seconds with six
+                                       updated: the writer's clock, Unix seconds with six
                                        decimals), w1-w4 and wn (the last 32 write ids, 8 bytes
                                        each, a ring); after a delete only the ids and x
                                        (whether it existed), for 10 minutes
@@ -29,8 +29,8 @@ not fit go to the ``gaps`` key. The summary, the meta hash, the gaps and the met
 with the list (a sliding ``touch`` too), and go with it. A replace given numbers (a restore
 that keeps message ids) writes their gaps the same way. ``c`` is set when a write creates the
 session, ``u`` by every write of its history (append, replace, pop, edit), not by a fold or a
-metadata write; both come from the server's clock (TIME in the scripts, which needs the
-effects replication of Redis 5 and later).
+metadata write; both come from the writing instance's clock (an argument of the script, as
+the other backends take theirs: a TIME in the append script cost a tenth of its instructions).
 
 A list without a meta hash was written by 0.1.0: it reads as numbered from 0, in generation 0,
 at the version of its old ``:version`` key (1 if it has none), and its first write gives it a
@@ -71,6 +71,7 @@ from chatstate.stores.redis import _scripts as lua
 from chatstate.stores.redis._autopipeline import AutoPipeline
 from chatstate.stores.redis._census import Census
 from chatstate.stores.redis._durability import DurableWrites
+from chatstate.stores.redis._edits import now_text
 from chatstate.stores.redis._errors import error_kind
 from chatstate.stores.redis._numbering import number_page, numbers_of, replace_args
 
@@ -230,7 +231,10 @@ class RedisBackend:
         # of Script.run (EVAL only if the server does not know the script).
         head = self._append_heads.get(session_id) or self._append_head(session_id)
         wid = bytes.fromhex(write_id)
-        args = (max_entries or 0, _ms(ttl), _seed(), wid, fence or "", meta or "", *entries)
+        args = (
+            max_entries or 0, _ms(ttl), _seed(), wid, fence or "", meta or "", now_text(),
+            *entries,
+        )  # fmt: skip
         # Repeatable: the write id makes a retry after a lost reply a no-op if the first landed.
         try:
             reply = await self._write(*head, *args, repeatable=True)
@@ -269,6 +273,7 @@ class RedisBackend:
             summary or b"",
             *numbered,
             *described,
+            now_text(),
             *entries,
             repeatable=True,
         )

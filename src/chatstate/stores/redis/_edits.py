@@ -6,6 +6,7 @@ by number, an edit of one entry by number; and a pop of the newest) and its meta
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import Literal
 
@@ -15,6 +16,13 @@ from chatstate.stores.redis._numbering import number_page
 from chatstate.stores.redis._scripts import Execute
 
 __all__ = ["edit", "pop", "read_range", "write_meta"]
+
+
+def now_text() -> str:
+    """This instance's clock for a session's times (created, updated): Unix seconds with six
+    decimals, as the scripts store them (the client's clock, as every backend's: a TIME in the
+    append script cost it a tenth of its instructions)."""
+    return f"{time.time():.6f}"
 
 
 async def read_range(
@@ -66,6 +74,7 @@ async def edit(
         "" if version is None else version,
         bytes.fromhex(write_id),
         fence or "",
+        now_text(),
         *(() if entry is None else (entry,)),
         # Repeatable: the write id makes a retry after a lost reply a no-op if the first landed.
         repeatable=True,
@@ -86,8 +95,9 @@ async def pop(
     """See the backend's ``pop``; ``seed`` the new generation; None: the fence is refused
     (nothing was written). ``keys`` as pop.lua takes them."""
     reply = await lua.POP.run(
-        write, keys, count, seed, bytes.fromhex(write_id), fence or "", repeatable=True
-    )
+        write, keys, count, seed, bytes.fromhex(write_id), fence or "", now_text(),
+        repeatable=True,
+    )  # fmt: skip
     if reply is None:
         return None
     entries, length, version, applied = reply

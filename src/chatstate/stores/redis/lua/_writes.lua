@@ -40,11 +40,3 @@ local function replayed(meta, count)
   redis.call('HSET', meta, 'wn', count or 0)
 end
 
--- The server's clock, for a session's 'c' (created) and 'u' (updated, by a write of its
--- history): Unix seconds with six decimals, as text (made of TIME's two parts without turning
--- them into numbers and back, which costs most of what the TIME does). Writes after TIME need
--- effects replication: Redis's default since 5, its only mode since 7.
-local function now()
-  local t = redis.call('TIME')
-  return t[1] .. '.' .. string.rep('0', 6 - #t[2]) .. t[2]
-end

@@ -4,7 +4,8 @@
 -- ARGV: 1 keep the newest N (0: all); 2 ttl in ms (0: none); 3 a random seed, the generation
 --       and version of a session this creates; 4 the write id; 5 the fence ('': none);
 --       6 the session's metadata entry ('': keep it as it is; an entry is never empty);
---       7.. the entries.
+--       7 the time (Unix seconds, as text: the session's 'u', and 'c' if this creates it);
+--       8.. the entries.
 -- Returns {length, version, trimmed (0/1), applied (0/1)}; false if the fence is refused.
 -- The reads come first and RPUSH is the first write: a key of another type fails the script
 -- (WRONGTYPE) before anything is changed.
@@ -15,15 +16,15 @@ if seen(meta, ARGV[4]) then  -- a retry of a write already applied
   return {redis.call('LLEN', KEYS[1]), tonumber(meta[7]) or 0, 0, 0}
 end
 if fenced(KEYS[7], ARGV[5]) then return false end
-local count = #ARGV - 6
+local count = #ARGV - 7
 local n
 -- unpack() has a stack limit of a few thousand values: push in chunks.
-for i = 7, #ARGV, 1000 do
+for i = 8, #ARGV, 1000 do
   n = redis.call('RPUSH', KEYS[1], unpack(ARGV, i, math.min(i + 999, #ARGV)))
 end
 local before = n - count
 local field, ids, written = remember(meta, meta[5], ARGV[4])
-local time = now()
+local time = ARGV[7]
 local ver, summary, gaps, described = false, false, false, meta[10]
 if before > 0 and meta[6] then  -- the common case: the generation stays
   ver, summary, gaps = tonumber(meta[7]) + 1, meta[8], meta[9]

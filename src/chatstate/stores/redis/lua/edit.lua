@@ -4,7 +4,8 @@
 -- KEYS: 1 the list, 2 the summary, 3 the meta hash, 4 the version key of 0.1.0 stores, 5 the
 --       gaps (see _numbers.lua), 6 the metadata, 7 the lease.
 -- ARGV: 1 the entry's number; 2 '1' to truncate after it; 3 the version the edit is conditional
---       on ('': none); 4 the write id; 5 the fence ('': none); 6 the new entry (none: remove).
+--       on ('': none); 4 the write id; 5 the fence ('': none); 6 the time (Unix seconds, as
+--       text: the session's 'u'); 7 the new entry (none: remove).
 -- Returns {length, version, applied (0/1)} ({0, 0, 1}: the edit emptied the session, which is
 -- deleted as delete.lua deletes it); 'stale' if the version is not ARGV[3]; 'missing' if no
 -- entry has the number (or there is no session); false if the fence is refused.
@@ -30,7 +31,7 @@ local head = tail - length - N.size(g)
 local seq = tonumber(ARGV[1])
 local index = N.index_of(g, head, tail, seq)
 if not index then return 'missing' end
-local entry, truncate = ARGV[6], ARGV[2] == '1'
+local entry, truncate = ARGV[7], ARGV[2] == '1'
 local field, ids, written = remember(meta, meta[5], ARGV[4])
 -- What stays: the entries before it, the entry replaced, and those after it unless truncated.
 local kept = index + (entry and 1 or 0) + (truncate and 0 or length - index - 1)
@@ -65,7 +66,7 @@ elseif not entry then
 end
 ver = ver + 1
 redis.call('HSET', KEYS[3], 'tail', tail, 'gen', gen + 1, 'ver', ver, field, ids,
-           'wn', written, 'u', now())
+           'wn', written, 'u', ARGV[6])
 if not meta[6] then adopt(KEYS) end
 if gaps ~= g then N.store(meta[9], gaps) end
 return {kept, ver, 1}

@@ -5,7 +5,7 @@
 -- KEYS: 1 the list, 2 the summary, 3 the meta hash, 4 the version key of 0.1.0 stores, 5 the
 --       gaps (see _numbers.lua), 6 the metadata, 7 the lease, 8 the last pop's entries.
 -- ARGV: 1 how many to remove (at least 1); 2 a random seed, the new generation; 3 the write id;
---       4 the fence ('': none).
+--       4 the fence ('': none); 5 the time (Unix seconds, as text: the session's 'u').
 -- Returns {entries, length, version, 1}; a retry: {the kept entries or '', length, version, 0};
 -- false if the fence is refused. A pop that empties the session deletes it (as delete.lua).
 -- The numbers it frees stay unused: a gap up to the tail, which stays.
@@ -37,7 +37,7 @@ local tail = tonumber(meta[6]) or n
 local ver = (tonumber(meta[7]) or tonumber(redis.call('GET', KEYS[4]) or 1)) + 1
 -- A new generation (a fold of what was read before cannot commit); the tail stays.
 redis.call('HSET', KEYS[3], 'tail', tail, 'ver', ver, 'gen', tonumber(ARGV[2]),
-           field, ids, 'wn', written, 'u', now())
+           field, ids, 'wn', written, 'u', ARGV[5])
 if not meta[6] then adopt(KEYS) end
 local N = numbering()
 local g = N.parse(meta[8])

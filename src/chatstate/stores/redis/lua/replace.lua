@@ -6,7 +6,8 @@
 --       fence ('': none); 6 the summary ('': none); 7 the last entry's number + 1 ('': number
 --       them on, as below); 8 the gaps between the entries' numbers (the text of _numbers.lua,
 --       made by _numbering.py; '': none); 9 the metadata: 'k' to keep the session's, 's' to
---       set it to ARGV[10], 'd' for none; 10 that entry (or ''); 11.. the entries (at least one).
+--       set it to ARGV[10], 'd' for none; 10 that entry (or ''); 11 the time (Unix seconds, as
+--       text: the session's 'u', and 'c' if this creates it); 12.. the entries (at least one).
 -- Returns {length, version, applied (0/1)}; {0} if the session exists and ARGV[1] is '0';
 -- false if the fence is refused. Without ARGV[7], the entries are numbered on after the highest
 -- number the session gave (a new session: from 0), without gaps. With it, they take the numbers
@@ -44,7 +45,7 @@ elseif ARGV[9] == 'd' or not described then
   described = false
 end
 local n = 0
-for i = 11, #ARGV, 1000 do
+for i = 12, #ARGV, 1000 do
   n = redis.call('RPUSH', KEYS[1], unpack(ARGV, i, math.min(i + 999, #ARGV)))
 end
 redis.call('HDEL', KEYS[3], 'x', 's', 'h')
@@ -58,7 +59,7 @@ end
 local tail = first + n
 if ARGV[7] ~= '' then tail = math.max(tonumber(ARGV[7]), first) end
 local field, ids, written = remember(meta, meta[5], ARGV[4])
-local time = now()
+local time = ARGV[11]
 redis.call('HSET', KEYS[3], 'tail', tail, 'gen', gen, 'ver', ver, field, ids, 'wn', written,
            'u', time)
 if kind == 'none' then redis.call('HSET', KEYS[3], 'c', time) end  -- else: the session's kept
