@@ -10,13 +10,16 @@ CHECKED := src tests examples
 # download a browser of its own.
 export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD := 1
 
+# mkdocs 1.6 prints a notice about a future mkdocs 2 on every run: not ours to act on here.
+export NO_MKDOCS_2_WARNING := 1
+
 # Bytecode is kept (in __pycache__, ignored by git) even where the shell says otherwise: the tests
 # start Python processes by the dozen (examples, README blocks, the CLI, SQLite writers) and pytest
 # rewrites every test module, so without it each run compiles all of chatstate and the tests again
 # (some 4 s of `make test-fast`).
 unexport PYTHONDONTWRITEBYTECODE
 
-.PHONY: demo test test-fast lint typecheck unit unit-fast test-redis-lowest bench redis-server chromium postgres-server clean
+.PHONY: demo test test-fast lint typecheck docs-build docs unit unit-fast test-redis-lowest bench redis-server chromium postgres-server clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -76,10 +79,20 @@ lint: $(VENV)/.installed-dev
 typecheck: $(VENV)/.installed-dev
 	$(BIN)/mypy
 
+# The documentation site (mkdocs.yml, docs/): --strict fails on a broken link or anchor, a page
+# left out of the navigation, a docstring the API reference cannot render. Built into the venv's
+# folder, so a check leaves nothing in the tree; it needs no network (no plugin fetches assets).
+docs-build: $(VENV)/.installed-dev
+	$(BIN)/mkdocs build --strict --quiet --site-dir $(abspath $(VENV))/site
+
+# The site at http://127.0.0.1:8000, rebuilt as the pages and docstrings change.
+docs: $(VENV)/.installed-dev
+	$(BIN)/mkdocs serve --watch src
+
 unit: $(VENV)/.installed-dev redis-server chromium postgres-server
 	$(BIN)/pytest
 
-test: lint typecheck unit test-redis-lowest
+test: lint typecheck docs-build unit test-redis-lowest
 
 # The Redis tests again on the lowest redis-py that pyproject.toml allows (its floor, read from
 # the `redis[hiredis]>=X` there), in a venv of their own: the declared range is the tested range,
@@ -102,7 +115,7 @@ test-redis-lowest: $(VENV_LOWEST)/.installed-dev redis-server
 	@$(VENV_LOWEST)/bin/python -c 'import redis; assert redis.__version__ == "$(REDIS_FLOOR)", redis.__version__; print("redis-py", redis.__version__, "(the floor)")'
 	$(VENV_LOWEST)/bin/pytest $(REDIS_TESTS)
 
-# The same checks and every test that needs no server (markers `redis` and
+# The same checks (the docs' build among them) and every test that needs no server (markers `redis` and
 # `postgres`), no browser (marker
 # `browser`) and is not slow (marker `slow`: the stateful and fuzz runs of every store, a memory
 # soak, a bench run), each property with a fifth of its hypothesis examples (the "fast" profile,
@@ -113,7 +126,7 @@ unit-fast: $(VENV)/.installed-dev
 	$(BIN)/pytest -m "not redis and not postgres and not slow and not browser" --hypothesis-profile=fast
 
 test-fast: $(VENV)/.installed-dev
-	@$(MAKE) --no-print-directory -j2 --output-sync=target lint typecheck unit-fast
+	@$(MAKE) --no-print-directory -j2 --output-sync=target lint typecheck docs-build unit-fast
 
 # `chatstate bench` on the in-memory and SQLite stores, a throw-away redis-server and a throw-away
 # PostgreSQL server; ARGS="--quick" for a smoke run, ARGS="--json bench.json --plot bench.png" to

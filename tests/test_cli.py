@@ -39,6 +39,11 @@ def test_bench_help_lists_its_options(capsys: pytest.CaptureFixture[str]) -> Non
         assert option in printed
 
 
+def test_bench_help_has_examples(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", "--help"]) == 0
+    assert "\n  chatstate bench --quick" in capsys.readouterr().out
+
+
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--version"]) == 0
     assert capsys.readouterr().out.strip() == f"chatstate {chatstate.__version__}"

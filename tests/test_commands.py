@@ -31,14 +31,32 @@ def test_the_chat_remembers_across_restarts_with_a_persistent_store(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    store = ["--store", redis_server.url, "--prefix", key_prefix, "--session", "me"]
-    status, out = _chat(monkeypatch, capsys, "My name is Alice\n/quit\nignored\n", *store)
+    store = ["--store", redis_server.url, "--prefix", key_prefix]
+    status, out = _chat(monkeypatch, capsys, "My name is Alice\n/quit\nignored\n", "me", *store)
     assert status == 0 and "0 messages so far" in out
-    status, out = _chat(monkeypatch, capsys, "What's my name?\n", *store)  # a new process
+    # A new process; `--session ID` is the alias of SESSION (the form `chat` used to take).
+    status, out = _chat(monkeypatch, capsys, "What's my name?\n", *store, "--session", "me")
     assert status == 0 and "2 messages so far" in out and "Alice" in out
     # In memory, a new command starts afresh: nothing is kept after it.
-    status, out = _chat(monkeypatch, capsys, "What's my name?\n", "--session", "me")
+    status, out = _chat(monkeypatch, capsys, "What's my name?\n", "me")
     assert "don't know your name" in out
+
+
+@pytest.mark.parametrize("command", ["chat", "inspect", "history", "undo"])
+def test_a_session_is_named_by_session_or_its_alias_session_option(
+    command: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr("sys.stdin", io.StringIO(""))
+    assert main([command]) == 2
+    assert "required: SESSION" in capsys.readouterr().err
+    assert main([command, "a", "--session", "b"]) == 2
+    assert "SESSION 'a' and --session 'b' differ" in capsys.readouterr().err
+    # The same session both ways is not a conflict; either form alone names it.
+    expected = 0 if command == "chat" else 1  # an empty in-memory store has no session "a"
+    for argv in (["a"], ["--session", "a"], ["a", "--session", "a"]):
+        assert main([command, *argv]) == expected, argv
+        captured = capsys.readouterr()
+        assert "'a'" in captured.out + captured.err, argv
 
 
 def test_inspect_sessions_and_stats_show_a_store(
@@ -57,8 +75,14 @@ def test_inspect_sessions_and_stats_show_a_store(
     assert main(["sessions", *store]) == 0
     assert sorted(capsys.readouterr().out.split("\n")[:-1]) == ["odd {id}%", "user-1"]
     assert main(["stats", *store]) == 0
-    out = capsys.readouterr().out
-    assert "active_sessions    2" in out and "load_latency" in out
+    lines = capsys.readouterr().out.splitlines()
+    # What each figure covers: the census (every instance's, with the server's own counters),
+    # then this command's own calls, not those of the app that wrote the sessions.
+    assert lines[0] == f"what {redis_server.url} holds now, whoever wrote it (a census):"
+    assert lines[1].split() == ["active_sessions", "2"] and lines[4].split()[0] == "expirations"
+    assert lines[6].startswith("calls by this command's own process")
+    assert ["loads", "0"] in [line.split() for line in lines[7:]]
+    assert "load_latency       no calls" in "\n".join(lines[7:])
 
 
 def test_history_pages_by_id_and_undo_removes_a_turn(
@@ -124,9 +148,13 @@ def test_errors_are_one_clear_line(
     "command",
     ["chat", "inspect", "history", "undo", "sessions", "stats", "export", "import", "fork"],
 )
-def test_every_command_has_help(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_every_command_has_help_with_an_example(
+    command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main([command, "--help"]) == 0
-    assert "--store" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "--store" in out
+    assert f"\n  chatstate {command} " in out, "an example, indented, after the summary"
 
 
 def test_a_missing_extra_is_a_clear_line(

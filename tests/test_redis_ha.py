@@ -317,16 +317,21 @@ def test_every_script_touches_only_the_keys_it_declares() -> None:
     from importlib.resources import files
 
     lua = files("chatstate.stores.redis").joinpath("lua")
-    helpers = lua.joinpath("_writes.lua").read_text()
-    # The helpers take a key as a parameter; their callers must pass one of KEYS.
-    assert re.findall(r"redis\.call\('\w+', (\w+)", helpers) == ["lease", "meta"]
+    preludes = ("_writes.lua", "_lifecycle.lua")
+    helpers = "".join(lua.joinpath(name).read_text() for name in preludes)
+    # The helpers take a key as a parameter, or the session's keys (a table); their callers must
+    # pass one of KEYS, or KEYS itself.
+    keys = set(re.findall(r"redis\.call\('\w+', (\w+)", helpers))
+    assert keys == {"lease", "meta", "key", "keys"}
     for script in lua.iterdir():
+        if script.name in preludes:
+            continue
         source = script.read_text()
         for argument in re.findall(r"redis\.call\('\w+', ([^,)]+)", source):
-            if script.name != "_writes.lua":
-                # KEYS[n], KEYS[i], or a key of ``for _, key in ipairs(KEYS)``.
-                looped = argument == "key" and "for _, key in ipairs(KEYS)" in source
-                assert re.fullmatch(r"KEYS\[\w+\]", argument) or looped, (script.name, argument)
-        for call in re.findall(r"\b(?:fenced|replayed)\(([^,]+),", source):
-            if script.name != "_writes.lua":
-                assert re.fullmatch(r"KEYS\[\d\]", call), (script.name, call)
+            # KEYS[n], KEYS[i], or a key of ``for _, key in ipairs(KEYS)``.
+            looped = argument == "key" and "for _, key in ipairs(KEYS)" in source
+            assert re.fullmatch(r"KEYS\[\w+\]", argument) or looped, (script.name, argument)
+        for call in re.findall(r"\b(?:fenced|replayed|expire)\(([^,]+),", source):
+            assert re.fullmatch(r"KEYS\[\w+\]", call), (script.name, call)
+        for call in re.findall(r"\b(?:erase|adopt)\(([^,)]+)", source):
+            assert call == "KEYS", (script.name, call)

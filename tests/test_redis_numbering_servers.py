@@ -43,7 +43,8 @@ async def test_an_append_without_gaps_does_no_more_than_before(
     redis_server: RedisServer, key_prefix: str
 ) -> None:
     # What a session without gaps costs, counted in the server's commands (scripts' included):
-    # the append script reads one more field of the meta hash, and does nothing else new.
+    # the append script reads one more field of the meta hash, and does nothing else new (the
+    # session's updated time is the client's, an argument: no TIME).
     async with RedisStateStore.from_url(redis_server.url, prefix=key_prefix) as store:
         backend, client = store.backend, store.client
         await _append(backend, *_entries(3), keep=4)

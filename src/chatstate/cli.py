@@ -39,14 +39,14 @@ COMMANDS: tuple[Command, ...] = (
     Command("bench", bench.HELP, bench.DESCRIPTION, bench.add_arguments, bench.run),
     Command(
         "chat",
-        commands.CHAT_HELP,
+        commands.CHAT_HELP.splitlines()[0],
         commands.CHAT_HELP,
         commands.add_chat_arguments,
         commands.run_chat,
     ),
     Command(
         "inspect",
-        commands.INSPECT_HELP,
+        commands.INSPECT_HELP.splitlines()[0],
         commands.INSPECT_HELP,
         commands.add_inspect_arguments,
         commands.run_inspect,
@@ -74,28 +74,28 @@ COMMANDS: tuple[Command, ...] = (
     ),
     Command(
         "export",
-        commands.EXPORT_HELP,
+        commands.EXPORT_HELP.splitlines()[0],
         commands.EXPORT_HELP,
         commands.add_export_arguments,
         commands.run_export,
     ),
     Command(
         "import",
-        commands.IMPORT_HELP,
+        commands.IMPORT_HELP.splitlines()[0],
         commands.IMPORT_HELP,
         commands.add_import_arguments,
         commands.run_import,
     ),
     Command(
         "fork",
-        commands.FORK_HELP,
+        commands.FORK_HELP.splitlines()[0],
         commands.FORK_HELP,
         commands.add_fork_arguments,
         commands.run_fork,
     ),
     Command(
         "stats",
-        commands.STATS_HELP,
+        commands.STATS_HELP.splitlines()[0],
         commands.STATS_HELP,
         commands.add_stats_arguments,
         commands.run_stats,
@@ -118,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         command.add_arguments(subparser)
-        subparser.set_defaults(run=command.run)
+        subparser.set_defaults(run=command.run, usage_error=subparser.error)
     return parser
 
 
@@ -127,6 +127,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     status: 0 done, 1 failed, 2 bad usage (argparse's convention), 130 interrupted."""
     try:
         args = build_parser().parse_args(argv)
+        problem = commands.resolve_session(args)
+        if problem is not None:
+            args.usage_error(problem)  # exits 2, with the command's usage
     except SystemExit as exc:  # argparse exits on --help and --version (0) and bad usage (2)
         return exc.code if isinstance(exc.code, int) else 2
     try:

@@ -1,10 +1,11 @@
 """The ``chatstate chat``, ``inspect``, ``history``, ``undo``, ``sessions``, ``stats``,
 ``export``, ``import`` and ``fork`` commands.
 
-Each takes ``--store URL`` (``memory://``, ``sqlite:///chat.db``, ``redis://...``,
-``postgresql://...``; default
-``memory://``, or ``$CHATSTATE_STORE``) and answers a bad URL, an unreachable server or an
-unknown session with one clear line on stderr, not a traceback.
+The same thing has the same form in every command: a session is the positional ``SESSION``
+(``--session ID`` is its alias, the form ``chat`` used to take), a store ``--store URL``
+(``memory://``, ``sqlite:///chat.db``, ``redis://...``, ``postgresql://...``; default ``memory://``,
+or ``$CHATSTATE_STORE``), a user ``--user ID``, a page size ``--limit N``. Each answers a bad URL,
+an unreachable server or an unknown session with one clear line on stderr, not a traceback.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from typing import Any, TextIO
 
+from chatstate._checks import redact_url
 from chatstate.errors import ChatStateError, ConfigurationError, InvalidInputError
 from chatstate.messages import Message
 from chatstate.middleware import ProviderMiddleware, StateMiddleware, StateMiddlewareConfig
@@ -44,12 +46,41 @@ def add_store_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_session_argument(parser: argparse.ArgumentParser, help: str = "the session id") -> None:
+    """The positional ``SESSION``, and ``--session ID`` as its alias."""
+    parser.add_argument("session", metavar="SESSION", nargs="?", help=help)
+    parser.add_argument(
+        "--session",
+        dest="session_option",
+        metavar="ID",
+        help="the same as SESSION (the form `chat` used to take)",
+    )
+
+
+def resolve_session(args: argparse.Namespace) -> str | None:
+    """Settle ``args.session`` from ``SESSION`` or ``--session``; the usage error, if any."""
+    if not hasattr(args, "session_option"):
+        return None  # a command without a session
+    option = args.session_option
+    if option is not None and args.session is not None and option != args.session:
+        return f"SESSION {args.session!r} and --session {option!r} differ: give one"
+    if args.session is None:
+        args.session = option
+    if args.session is None:
+        return "the following arguments are required: SESSION"
+    return None
+
+
+def _is_redis(url: str) -> bool:
+    return url.startswith(("redis://", "rediss://", "unix://", "redis+", "rediss+"))
+
+
 def _run(args: argparse.Namespace, work: Callable[[StateStore], Awaitable[int]]) -> int:
     """Open the store, run ``work``, close; errors as one line and a status."""
 
     async def main() -> int:
         options: dict[str, Any] = {}
-        if args.store.startswith(("redis://", "rediss://", "unix://", "redis+", "rediss+")):
+        if _is_redis(args.store):
             options["prefix"] = args.prefix
         elif args.store.startswith(("postgresql://", "postgres://")):
             options["schema"] = args.schema
@@ -71,11 +102,15 @@ def _run(args: argparse.Namespace, work: Callable[[StateStore], Awaitable[int]])
 
 # chat ------------------------------------------------------------------------------------------
 
-CHAT_HELP = "talk with a session (an offline scripted model unless --provider is given)"
+CHAT_HELP = """talk in a session, a line a turn (an offline scripted model unless --provider)
+
+  chatstate chat me                                        in memory: forgotten at the end
+  chatstate chat me --store sqlite:///chat.db              remembered across restarts
+  chatstate chat me --provider http://localhost:11434/v1 --model llama3.2   a real model"""
 
 
 def add_chat_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--session", required=True, metavar="ID", help="the session to talk in")
+    add_session_argument(parser, "the session to talk in")
     add_store_argument(parser)
     parser.add_argument(
         "--provider",
@@ -120,12 +155,15 @@ def run_chat(args: argparse.Namespace, *, stdin: TextIO | None = None) -> int:
 
 # inspect ---------------------------------------------------------------------------------------
 
-INSPECT_HELP = "print the history of a session"
+INSPECT_HELP = """print the history of a session as a table (`history` adds the message ids)
+
+  chatstate inspect me --store redis://localhost:6379/0             every message
+  chatstate inspect me --store sqlite:///chat.db --limit 10         the newest 10"""
 
 
 def add_inspect_arguments(parser: argparse.ArgumentParser) -> None:
     add_store_argument(parser)
-    parser.add_argument("session", metavar="SESSION", help="the session id")
+    add_session_argument(parser)
     parser.add_argument("--limit", type=int, default=None, help="only the newest N messages")
 
 
@@ -163,14 +201,14 @@ def _table(messages: list[Message], ids: list[str] | None = None) -> str:
 
 HISTORY_HELP = """print a page of a session's history with its message ids
 
-  chatstate history SESSION --store sqlite:///chat.db             the newest 20 messages
-  chatstate history SESSION --store ... --before 41 --limit 50     the 50 before message 41
-  chatstate history SESSION --store ... --after 41                 the 20 after it"""
+  chatstate history me --store sqlite:///chat.db             the newest 20 messages
+  chatstate history me --store ... --before 41 --limit 50     the 50 before message 41
+  chatstate history me --store ... --after 41                 the 20 after it"""
 
 
 def add_history_arguments(parser: argparse.ArgumentParser) -> None:
     add_store_argument(parser)
-    parser.add_argument("session", metavar="SESSION", help="the session id")
+    add_session_argument(parser)
     parser.add_argument("--limit", type=int, default=20, help="messages a page (default 20)")
     where = parser.add_mutually_exclusive_group()
     where.add_argument("--before", metavar="ID", help="the messages before this message id")
@@ -196,12 +234,12 @@ def run_history(args: argparse.Namespace) -> int:
 
 UNDO_HELP = """remove the last whole turn of a session (its newest user message and what follows)
 
-  chatstate undo SESSION --store redis://localhost:6379/0"""
+  chatstate undo me --store redis://localhost:6379/0"""
 
 
 def add_undo_arguments(parser: argparse.ArgumentParser) -> None:
     add_store_argument(parser)
-    parser.add_argument("session", metavar="SESSION", help="the session id")
+    add_session_argument(parser)
 
 
 def run_undo(args: argparse.Namespace) -> int:
@@ -294,7 +332,18 @@ async def _user_sessions(store: StateStore, args: argparse.Namespace) -> int:
 
 # stats -----------------------------------------------------------------------------------------
 
-STATS_HELP = "print a store's metrics"
+STATS_HELP = """print what a store holds (its census) and the calls this command made
+
+  chatstate stats --store redis://localhost:6379/0
+  chatstate stats --store sqlite:///chat.db
+
+The census (sessions, messages, bytes) counts what the store holds, whoever wrote it. Calls,
+errors, trims and latencies are counted in the process that makes them: here, this command's
+own, not your app's (read those in the app, `await store.metrics()`, or export them with
+chatstate.prometheus or chatstate.otel)."""
+
+_CENSUS = ("active_sessions", "avg_history_size", "storage_used")
+_SERVER_COUNTERS = ("expirations", "evictions")  # Redis: the server's INFO stats
 
 
 def add_stats_arguments(parser: argparse.ArgumentParser) -> None:
@@ -304,15 +353,24 @@ def add_stats_arguments(parser: argparse.ArgumentParser) -> None:
 def run_stats(args: argparse.Namespace) -> int:
     async def stats(store: StateStore) -> int:
         metrics = await store.metrics()  # type: ignore[attr-defined]
+        census = _CENSUS + (_SERVER_COUNTERS if _is_redis(args.store) else ())
+        where = redact_url(args.store)
+        kept = " (memory:// keeps nothing after the command)" if where == DEFAULT_STORE else ""
+        print(f"what {where} holds now, whoever wrote it (a census){kept}:")
+        for name in census:
+            print(f"  {name:<18} {getattr(metrics, name)}")
+        print("calls by this command's own process (an app counts its own: store.metrics()):")
         for name in metrics.__dataclass_fields__:
+            if name in census:
+                continue
             value = getattr(metrics, name)
             if hasattr(value, "quantiles"):
                 shown = ", ".join(
                     f"p{_PERCENT[quantile]}={seconds * 1000:.3f} ms"
                     for quantile, seconds in value.quantiles()
                 )
-                value = shown or "no calls yet"
-            print(f"{name:<18} {value}")
+                value = shown or "no calls"
+            print(f"  {name:<18} {value}")
         return 0
 
     return _run(args, stats)
@@ -320,7 +378,11 @@ def run_stats(args: argparse.Namespace) -> int:
 
 # export, import, fork --------------------------------------------------------------------------
 
-EXPORT_HELP = "write sessions as JSON Lines (one line a session), to stdout or --output"
+EXPORT_HELP = """write sessions as JSON Lines (one line a session), to stdout or --output
+
+  chatstate export --store sqlite:///chat.db -o all.jsonl             every session
+  chatstate export --store sqlite:///chat.db --user 42 -o 42.jsonl    user 42's sessions
+  chatstate export --store redis://localhost:6379/0 trip trip-budget  these two"""
 
 
 def add_export_arguments(parser: argparse.ArgumentParser) -> None:
@@ -364,7 +426,11 @@ def run_export(args: argparse.Namespace) -> int:
     return _run(args, export)
 
 
-IMPORT_HELP = "write the sessions of a JSON Lines export into a store"
+IMPORT_HELP = """write the sessions of a JSON Lines export into a store
+
+  chatstate import --store redis://localhost:6379/0 all.jsonl         nothing written on a clash
+  chatstate import --store redis://... all.jsonl --on-conflict skip   keep existing sessions
+  chatstate export --store sqlite:///a.db | chatstate import --store sqlite:///b.db -"""
 
 
 def add_import_arguments(parser: argparse.ArgumentParser) -> None:
@@ -400,7 +466,10 @@ def run_import(args: argparse.Namespace) -> int:
     return _run(args, load)
 
 
-FORK_HELP = "copy a session into a new one (a branch of the conversation)"
+FORK_HELP = """copy a session into a new one (a branch of the conversation)
+
+  chatstate fork trip trip-budget --store sqlite:///chat.db
+  chatstate fork trip trip-budget --store sqlite:///chat.db --overwrite"""
 
 
 def add_fork_arguments(parser: argparse.ArgumentParser) -> None:

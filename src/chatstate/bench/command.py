@@ -28,6 +28,10 @@ asyncpg, one statement per step; and what encryption (encryption=) adds to a loa
 cryptography is installed. Prints a table of ours, floor, ratio (ours / floor) and the targets of
 docs/benchmarks.md. Exit status: 0 when the suite ran (a missed target is a finding, not a
 failure), 1 when it could not run, 2 for bad options or a missing extra.
+
+  chatstate bench --quick                        a smoke run, under 30 seconds
+  chatstate bench --redis-server --postgres-server --json bench.json --plot bench.png
+  chatstate bench --redis redis://localhost:6379/0   on a Redis of your own (plain TCP)
 """
 
 _EXTRA_HINT = 'pip install "chatstate[bench]"'

@@ -31,31 +31,27 @@ INTERRUPTED = {"interrupted": True}
 
 
 class ProviderMiddleware:
-    """The end of a chain: calls ``provider.complete`` with the system prompt (if any), the
-    pinned messages, the session's summary (if any), the history and the turn's messages, and
-    sets the reply as the response of the turn.
+    """The end of a chain: sends the system prompt, the pinned messages, the session's summary,
+    the history and the turn's messages to the provider, and sets its reply as the turn's
+    response. The history is sent without half tool exchanges (:mod:`chatstate.window`) and, with
+    a token budget, cut to what fits; the system prompt, pinned and new messages always go. In a
+    streamed turn the provider's ``stream`` is read by the consumer itself, through
+    ``context.chunk_filters``; an interrupted turn's response is the reply as far as it was read,
+    marked ``{"interrupted": true}``.
 
-    The history is sent without its orphans (a tool result without its call, a call without all
-    of its results: see :mod:`chatstate.window`) and, with a token budget, cut to what fits beside
-    everything else; the system prompt, the pinned messages and the new message are always sent.
-    ``pinned`` messages (few-shot examples, standing instructions) follow the system prompt in
-    every request, before those a middleware adds to ``context.pinned``. ``options`` are default
-    provider options; per-request options override them.
-
-    ``tools`` (see :mod:`chatstate.tools`) are offered to the model (the ``tools`` option); when
-    a reply calls them, they run (the calls of one reply concurrently, each within its timeout,
-    ``tool_timeout`` by default, measured on ``clock``) and the model is asked again with their
-    results, up to ``max_tool_rounds`` rounds (then :class:`~chatstate.errors.ToolRoundsError`,
-    and nothing of the turn is stored). Every message of the turn joins ``new_messages`` in order,
-    each tool exchange whole. Without tools, a reply that calls tools is the turn's response (the
-    caller runs them and sends the results, ``pipe.execute(session_id, [result1, ...])``).
-
-    In a streamed turn (``Pipeline.stream``) the provider's ``stream`` is used, if it has one
-    (else its whole reply is one chunk), and read by the consumer itself
-    (``context.stream.relay``); each chunk goes to the consumer through
-    ``context.chunk_filters``, and each tool result follows as a chunk with ``message``. If the
-    turn is interrupted, the response is the reply as far as it was read (the text of the
-    current round, without its unanswered calls), marked ``{"interrupted": true}``.
+    :param provider: any object with ``async complete(messages, **options)``.
+    :param system_prompt: sent first in every request.
+    :param pinned: messages sent after it in every request (few-shot examples, standing
+        instructions), before those a middleware adds to ``context.pinned``; never stored.
+    :param options: default provider options; a request's own override them.
+    :param tools: offered to the model (:mod:`chatstate.tools`); the calls of a reply run
+        concurrently and the model is asked again with their results. Without tools, a reply
+        that calls tools is the turn's response, for the caller to run them.
+    :param max_tool_rounds: past this many rounds, :class:`~chatstate.errors.ToolRoundsError`
+        and nothing of the turn is stored.
+    :param tool_timeout: each call's time limit, measured on ``clock``; a call past it answers
+        the model with an error result.
+    :param clock: the clock of the tools' timeouts.
     """
 
     __slots__ = (

@@ -41,76 +41,51 @@ InterruptPolicy = Literal["discard", "keep_partial"]
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class StateMiddlewareConfig:
-    """How :class:`StateMiddleware` keeps history.
-
-    - ``max_messages``: the newest messages kept per session and sent to the provider
-      (default 20); ``-1`` keeps everything, which makes every turn slower as history grows.
-    - ``ttl``: how long a session lives after its last turn; ``None`` for ever.
-    - ``on_load_error``: ``"continue"`` runs the turn with empty history when loading fails (logged
-      with the session id and counted in ``StateMiddleware.load_errors``); ``"raise"`` raises
-      :class:`~chatstate.errors.StateLoadError`.
-    - ``lock``: serialise concurrent turns of one session in this process, so turns never
-      interleave (on by default).
-    - ``lease_ttl``: also serialise turns of one session across every instance sharing the store,
-      with the store's lease (the Redis store: SET NX PX with a token, renewed while held,
-      released only by its owner). A lease whose holder died frees itself after ``lease_ttl``.
-      ``None`` (the default) turns it off.
-    - ``lease_timeout``: how long a turn waits for the lease before it raises
-      :class:`~chatstate.errors.LeaseTimeoutError`.
-    - ``lazy``: load the history only when a later middleware or the provider asks for it
-      (``await context.get_history()``, which the provider middleware does); a turn that never
-      asks makes no load call, and its turn is still appended.
-    - ``max_tokens``: a token budget for each request: the provider gets the longest valid window
-      of the history that fits, beside the system prompt, pinned messages, summary and new
-      message, with ``reply_tokens`` left over for the reply. ``None`` (the default): no budget,
-      only ``max_messages`` bounds the window. ``max_messages`` still bounds what is stored and
-      loaded: set it high enough to fill the budget.
-    - ``reply_tokens``: the reserve for the reply; ``None``: a quarter of ``max_tokens``, at most
-      4,096.
-    - ``token_counter``: how tokens are counted (a :class:`~chatstate.tokens.TokenCounter`); the
-      default is an offline estimate. Each message is counted once, when its turn is stored, and
-      its count is stored with it.
-    - ``summary``: fold what leaves the history into a per-session summary, written in the
-      background after a turn (in the task group of ``async with Pipeline(...)``, which a
-      pipeline with summaries needs) and sent before the window (a
-      :class:`~chatstate.summaries.SummaryConfig`; the store must keep summaries, as the built-in
-      ones do). ``None`` (the default): no summaries. With summaries, the folds keep the stored
-      history short; a session may hold up to twice ``max_messages`` while a fold is running
-      late (still sending the newest ``max_messages``), and only past that does the store trim
-      messages that were never summarised.
-    - ``on_interrupt``: what is stored of a turn cut off after the model was asked (a streamed
-      turn whose consumer left early or was cancelled, a turn whose task was cancelled while the
-      model wrote or its tools ran). ``"discard"`` (the default): nothing, as for any turn that
-      did not finish (a turn is stored whole or not at all). ``"keep_partial"``: the turn so far,
-      in one append: its messages, every tool exchange that was whole (never a call without its
-      results), and the reply as far as it was read (streamed: the text the consumer took;
-      empty if none), with ``metadata={"interrupted": true}``, so the next turn's model knows
-      what the user saw.
-      A turn whose lease ran out (which cancels it) stores nothing: the store's fence refuses
-      the write.
-    - ``index_conversations``: after each turn of a session whose id follows the conversation
-      pattern (``user-{id}-conv-{cid}``: :class:`~chatstate.sessions.Conversations`), register
-      it under its user, active now, for ``ttl`` (on by default; the built-in stores index). A
-      registration that fails is logged and counted in ``StateMiddleware.index_errors``: the
-      turn stands, stored.
-
-    A turn's ``context.metadata``, if a middleware set it, is stored as the session's metadata
-    in the turn's own append (see :meth:`~chatstate.stores.BackendStore.set_metadata`).
-    """
+    """How :class:`StateMiddleware` keeps history: what it loads, stores, bounds and
+    serialises. A turn's ``context.metadata``, if a middleware set it, is stored as the session's
+    metadata in the turn's own append."""
 
     max_messages: int = 20
+    """The newest messages kept per session and sent to the provider; ``-1`` keeps everything
+    (every turn gets slower as history grows)."""
     ttl: timedelta | None = None
+    """How long a session lives after its last turn; ``None``: for ever."""
     on_load_error: LoadErrorPolicy = "continue"
+    """A failed load: ``"continue"`` runs the turn with empty history (logged, counted in
+    ``StateMiddleware.load_errors``); ``"raise"`` raises
+    :class:`~chatstate.errors.StateLoadError`."""
     lock: bool = True
+    """Serialise concurrent turns of one session in this process."""
     lease_ttl: timedelta | None = None
+    """Also serialise them across every instance sharing the store, with the store's lease,
+    which frees itself this long after its holder died; ``None``: no lease."""
     lease_timeout: timedelta = timedelta(seconds=30)
+    """How long a turn waits for the lease before :class:`~chatstate.errors.LeaseTimeoutError`."""
     lazy: bool = False
+    """Load the history only when a later middleware or the provider asks for it
+    (``await context.get_history()``); a turn that never asks makes no load, and is stored."""
     max_tokens: int | None = None
+    """A token budget per request: the provider gets the longest valid window of the history that
+    fits beside the system prompt, pinned messages, summary, new message and ``reply_tokens``.
+    ``max_messages`` still bounds what is stored and loaded: set it high enough to fill it."""
     reply_tokens: int | None = None
+    """The budget's reserve for the reply; ``None``: a quarter of ``max_tokens``, at most 4,096."""
     token_counter: TokenCounter = ESTIMATE
+    """How tokens are counted (default: an offline estimate). Each message is counted once, when
+    its turn is stored, and the count is stored with it."""
     summary: SummaryConfig | None = None
+    """Fold what leaves the window into the session's summary, in the background of
+    ``async with Pipeline(...)`` (which a pipeline with summaries needs); while a fold runs late,
+    a session may hold up to twice ``max_messages``. ``None``: no summaries."""
     on_interrupt: InterruptPolicy = "discard"
+    """What is stored of a turn cut off after the model was asked (a stream left early, a task
+    cancelled): ``"discard"``, nothing; ``"keep_partial"``, the turn so far in one append (whole
+    tool exchanges only), the reply as far as it was read marked ``{"interrupted": true}``. A turn
+    whose lease ran out stores nothing."""
     index_conversations: bool = True
+    """Register a session whose id follows the conversation pattern (``user-{id}-conv-{cid}``)
+    under its user after each turn (:class:`~chatstate.sessions.Conversations`); a failure is
+    logged and counted in ``StateMiddleware.index_errors``, and the turn stands."""
 
     def __post_init__(self) -> None:
         check_max_messages(self.max_messages)

@@ -18,27 +18,23 @@ __all__ = ["InMemoryStateStore", "MemoryBackend"]
 
 
 class InMemoryStateStore(BackendStore[Any]):
-    """History kept in this process's memory.
+    """History kept in this process's memory: a load is a dict lookup and a list slice (the
+    immutable messages are shared; the returned list is the caller's). Safe for any number of
+    tasks on one event loop; not for several threads.
 
-    Messages are stored as the immutable :class:`Message` objects they are, so a load costs a dict
-    lookup and a list slice; returned lists are new lists the caller may change freely.
-
-    - ``max_sessions``: at most this many sessions are kept; adding one more evicts the least
-      recently used (loaded or written). ``None`` for no cap.
-    - ``sweep_interval``: expired sessions are never returned (every access checks expiry); their
-      memory is reclaimed when they are touched, and by a sweep of up to 1,000 expired sessions
-      that a write runs at most once per ``sweep_interval`` seconds (no background task).
-      ``None`` turns it off; :meth:`sweep` reclaims every expired session now.
-    - ``clock``: a monotonic clock in seconds, to be replaced in tests; a
-      :class:`chatstate.clock.Clock` (as :class:`chatstate.testing.FakeClock` is) also times the
-      leases, so a test moves both.
-    - ``max_message_bytes``: refuse, with InvalidMessageError and before anything of the call is
-      stored, a message whose JSON is longer (default None: no limit, and no cost).
-    - ``encryption``: an :class:`~chatstate.Encryption`: the messages are kept sealed (bytes),
-      opened on every load (a cache of 16 MiB keeps recently opened ones).
-    - ``sliding_ttl``, ``hooks``: as for every store (:class:`~chatstate.stores.BackendStore`).
-
-    Safe for any number of tasks on one event loop; not for use from several threads at once.
+    :param max_sessions: at most this many sessions; one more evicts the least recently used
+        (loaded or written). ``None``: no cap.
+    :param sweep_interval: expired sessions are never returned, and a write reclaims up to 1,000
+        of them at most once per this many seconds (no background task; ``None``: never).
+        :meth:`sweep` reclaims every expired one now.
+    :param clock: a monotonic clock in seconds; a :class:`chatstate.clock.Clock` (such as
+        :class:`chatstate.testing.FakeClock`) also times the leases, so a test moves both.
+    :param max_message_bytes: refuse, with InvalidMessageError and nothing of the call stored, a
+        message whose JSON is longer (default: no limit, and no cost).
+    :param encryption: keep the messages sealed (:class:`~chatstate.Encryption`), opened on every
+        load (a 16 MiB cache keeps recently opened ones).
+    :param sliding_ttl: as for every store (:class:`~chatstate.stores.BackendStore`).
+    :param hooks: as for every store (:class:`~chatstate.stores.BackendStore`).
     """
 
     backend: MemoryBackend

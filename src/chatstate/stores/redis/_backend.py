@@ -1,4 +1,4 @@
-"""The Redis backend: a session's entries, summary and numbers in one cluster slot.
+"""The Redis backend: a session's entries, summary, numbers and metadata in one cluster slot.
 
 Layout, for a session id escaped into a hash tag (``%`` → ``%25``, ``{`` → ``%7B``, ``}`` →
 ``%7D``, so no id can end the tag early or reach another session's keys)::
@@ -7,10 +7,14 @@ Layout, for a session id escaped into a hash tag (``%`` → ``%25``, ``{`` → `
     {prefix}:{<id>}:summary    string  the summary's entry, once a fold made one
     {prefix}:{<id>}:meta       hash    tail (the number the next entry takes), gen, ver,
                                        s (1: a summary exists), h (the gaps in the numbers,
-                                       if any), w1-w4 and wn (the last 32 write ids, 8 bytes
+                                       if any), m (1: metadata exists), c and u (created and
+                                       updated: the writer's clock, Unix seconds with six
+                                       decimals), w1-w4 and wn (the last 32 write ids, 8 bytes
                                        each, a ring); after a delete only the ids and x
                                        (whether it existed), for 10 minutes
     {prefix}:{<id>}:gaps       string  the gaps, when too long for the meta hash (h is "*")
+    {prefix}:{<id>}:metadata   string  the session's metadata entry, if it has one (up to
+                                       64 KiB: not in the meta hash, which it would convert)
     {prefix}:{<id>}:lease      string  the turn lease's holder
     {prefix}:{<id>}:popped     string  what the session's last pop removed (for a retry of it),
                                        for 10 minutes
@@ -21,12 +25,18 @@ pops and edits from anywhere, and none renumbers. The numbers removed above the 
 (:mod:`._numbering`), and the head's number is ``tail - LLEN - (their total)``: without gaps
 (``h`` absent, nearly every session) ``tail - LLEN``. The meta hash stays small enough for
 Redis's compact encoding of a hash (listpack: every value at most 64 bytes); gaps that would
-not fit go to the ``gaps`` key. The summary, the meta hash and the gaps expire with the list.
-A replace given numbers (a restore that keeps message ids) writes their gaps the same way.
+not fit go to the ``gaps`` key. The summary, the meta hash, the gaps and the metadata expire
+with the list (a sliding ``touch`` too), and go with it. A replace given numbers (a restore
+that keeps message ids) writes their gaps the same way. ``c`` is set when a write creates the
+session, ``u`` by every write of its history (append, replace, pop, edit), not by a fold or a
+metadata write; both come from the writing instance's clock (an argument of the script, as
+the other backends take theirs: a TIME in the append script cost a tenth of its instructions).
 
 A list without a meta hash was written by 0.1.0: it reads as numbered from 0, in generation 0,
 at the version of its old ``:version`` key (1 if it has none), and its first write gives it a
-meta hash (and removes that key).
+meta hash (and removes that key). A meta hash without ``m``, ``c`` or ``u`` (a session written
+before they were kept) reads as no metadata and times not known (0.0); no upgrade is needed:
+the session's next history write sets ``u``, and ``c`` stays unknown.
 
 Every call is one command, and so one round trip: the plain load is a bare ``LRANGE``; every
 other call is one Lua script (``lua/*.lua``), which Redis runs atomically.
@@ -42,21 +52,26 @@ from redis.exceptions import NoScriptError
 
 from chatstate._checks import check_session_id
 from chatstate.stores._backend import (
+    KEEP,
     BackendCensus,
+    Describing,
     Editing,
     EditOutcome,
     ErrorKind,
     Fenced,
+    Keep,
     Page,
     Popped,
     RawSession,
     Written,
 )
+from chatstate.stores.redis import _conversations as conversations
 from chatstate.stores.redis import _edits as edits
 from chatstate.stores.redis import _scripts as lua
 from chatstate.stores.redis._autopipeline import AutoPipeline
 from chatstate.stores.redis._census import Census
 from chatstate.stores.redis._durability import DurableWrites
+from chatstate.stores.redis._edits import now_text
 from chatstate.stores.redis._errors import error_kind
 from chatstate.stores.redis._numbering import number_page, numbers_of, replace_args
 
@@ -104,7 +119,7 @@ class RedisBackend:
         self.durable = durable
         self._execute = pipeline.execute
         self._write = pipeline.execute if durable is None else durable.execute
-        self._keys: dict[str, tuple[str, str, str, str, str, str]] = {}
+        self._keys: dict[str, tuple[str, str, str, str, str, str, str]] = {}
         self._append_heads: dict[str, tuple[str | int, ...]] = {}
         # A SCAN pattern of every session's list (the prefix's glob characters escaped).
         self._sessions_pattern = f"{prefix.translate(_GLOB)}:{{*{_SUFFIX}"
@@ -118,9 +133,9 @@ class RedisBackend:
         checked)."""
         return f"{self.prefix}:{{{check_session_id(session_id).translate(_ESCAPES)}}}:{kind}"
 
-    def _session_keys(self, session_id: str) -> tuple[str, str, str, str, str, str]:
-        """The list, summary, meta, 0.1.0 version, gaps and lease keys of a (checked) session
-        id: the order of the scripts' KEYS."""
+    def _session_keys(self, session_id: str) -> tuple[str, str, str, str, str, str, str]:
+        """The list, summary, meta, 0.1.0 version, gaps, metadata and lease keys of a (checked)
+        session id: the order of the scripts' KEYS (a read takes the first six)."""
         keys = self._keys.get(session_id)
         if keys is None:
             if len(self._keys) >= _KEYS_KEPT:
@@ -132,6 +147,7 @@ class RedisBackend:
                 base + "meta",
                 base + "version",
                 base + "gaps",
+                base + "metadata",
                 base + "lease",
             )
         return keys
@@ -154,9 +170,10 @@ class RedisBackend:
         summary: bool,
         touch: float | None,
         numbers: bool,
+        meta: bool = False,
     ) -> Page[bytes]:
         keys = self._keys.get(session_id) or self._session_keys(session_id)
-        if not (numbers or summary or touch):
+        if not (numbers or summary or touch or meta):
             # The hottest path of all: one LRANGE, nothing else.
             if limit == 0:
                 return Page([], 0)
@@ -166,19 +183,23 @@ class RedisBackend:
         first: int | str = "" if limit == 0 else -limit if limit else 0
         reply = await lua.READ.run(
             self._execute,
-            keys[:5],
+            keys[:6],
             first,
             _ms(touch),
             int(summary),
             int(numbers),
+            int(meta),
             repeatable=True,
         )
         if not reply:
             return Page([], 0)
-        entries, kept, tail, generation, version, length, gaps = reply
+        entries, kept, tail, generation, version, length, gaps = reply[:7]
         page = Page(entries, tail - len(entries), kept or None, version, generation, length)
         if gaps and entries:
             number_page(page, tail, gaps, length - len(entries))
+        if meta:  # the times as text (Unix seconds), or None: not known
+            page.meta, created, updated = reply[7], reply[8], reply[9]
+            page.created, page.updated = float(created or 0), float(updated or 0)
         return page
 
     async def read_range(
@@ -190,7 +211,7 @@ class RedisBackend:
         limit: int,
         touch: float | None,
     ) -> Page[bytes]:
-        keys = self._session_keys(session_id)[:5]
+        keys = self._session_keys(session_id)[:6]
         return await edits.read_range(
             self._execute, keys, before=before, after=after, limit=limit, touch_ms=_ms(touch)
         )
@@ -204,11 +225,16 @@ class RedisBackend:
         ttl: float | None,
         write_id: str,
         fence: str | None,
+        meta: bytes | None = None,
     ) -> Written:
         # The hottest write: its command built from a head kept per session, run without a layer
         # of Script.run (EVAL only if the server does not know the script).
         head = self._append_heads.get(session_id) or self._append_head(session_id)
-        args = (max_entries or 0, _ms(ttl), _seed(), bytes.fromhex(write_id), fence or "", *entries)
+        wid = bytes.fromhex(write_id)
+        args = (
+            max_entries or 0, _ms(ttl), _seed(), wid, fence or "", meta or "", now_text(),
+            *entries,
+        )  # fmt: skip
         # Repeatable: the write id makes a retry after a lost reply a no-op if the first landed.
         try:
             reply = await self._write(*head, *args, repeatable=True)
@@ -231,9 +257,11 @@ class RedisBackend:
         write_id: str,
         fence: str | None,
         numbers: Sequence[int] | None = None,
+        meta: bytes | Keep | None = KEEP,
     ) -> Written | None:
         keys = self._session_keys(session_id)
         numbered = replace_args(numbers)  # the next number after them, and their gaps
+        described = ("k", "") if meta is KEEP else ("d", "") if meta is None else ("s", meta)
         reply = await lua.REPLACE.run(
             self._write,
             keys,
@@ -244,6 +272,8 @@ class RedisBackend:
             fence or "",
             summary or b"",
             *numbered,
+            *described,
+            now_text(),
             *entries,
             repeatable=True,
         )
@@ -266,21 +296,10 @@ class RedisBackend:
         self, session_id: str, count: int, *, write_id: str, fence: str | None
     ) -> Popped[bytes]:
         keys = (*self._session_keys(session_id), self.key(session_id, "popped"))
-        reply = await lua.POP.run(
-            self._write,
-            keys,
-            count,
-            _seed(),
-            bytes.fromhex(write_id),
-            fence or "",
-            repeatable=True,
-        )
-        if reply is None:
+        popped = await edits.pop(self._write, keys, count, _seed(), write_id=write_id, fence=fence)
+        if popped is None:
             raise _fenced(session_id)
-        entries, length, version, applied = reply
-        if not applied:  # a retry: what its first run removed, kept by the script
-            entries = _unpack_popped(entries)
-        return Popped(entries, length, version, bool(applied))
+        return popped
 
     async def edit(
         self,
@@ -311,7 +330,7 @@ class RedisBackend:
     async def compact(
         self, session_id: str, *, generation: int, before_seq: int, summary: bytes, write_id: str
     ) -> bool:
-        keys = self._session_keys(session_id)[:5]
+        keys = self._session_keys(session_id)[:6]
         done = await lua.COMPACT.run(
             self._write,
             keys,
@@ -324,14 +343,23 @@ class RedisBackend:
         return bool(done)
 
     async def snapshot(self, session_id: str) -> RawSession[bytes] | None:
-        keys = self._session_keys(session_id)[:5]
+        keys = self._session_keys(session_id)[:6]
         found = await lua.SNAPSHOT.run(self._execute, keys, repeatable=True)
         if not found:
             return None
-        entries, summary, ms_left, tail, gaps = found
+        entries, summary, ms_left, tail, gaps, meta = found
         ttl = max(ms_left, 1) / 1000 if ms_left >= 0 else None  # -1: no expiry
         numbers = numbers_of(tail, len(entries), gaps or b"", 0, len(entries))
-        return RawSession(entries, summary or None, ttl, numbers)
+        return RawSession(entries, summary or None, ttl, numbers, meta or None)
+
+    async def write_meta(
+        self, session_id: str, meta: bytes | None, *, write_id: str, fence: str | None
+    ) -> Written | None:
+        keys = self._session_keys(session_id)
+        written = await edits.write_meta(self._write, keys, meta, write_id=write_id, fence=fence)
+        if written is False:
+            raise _fenced(session_id)
+        return written
 
     async def time_left(self, session_id: str) -> float | Literal[False] | None:
         ms = int(await self._execute("PTTL", self._session_keys(session_id)[0], repeatable=True))
@@ -362,37 +390,25 @@ class RedisBackend:
     async def index_conversation(
         self, user_session: str, conversation_id: str, *, now: float, ttl: float | None
     ) -> None:
-        deadline = "inf" if ttl is None else str(round((now + ttl) * 1000))
-        await lua.INDEX_CONVERSATION.run(
-            self._execute,
-            self._index_keys(user_session),
-            round(now * 1000),
-            conversation_id,
-            deadline,
-            repeatable=True,
-        )
+        keys = self._index_keys(user_session)
+        await conversations.index(self._execute, keys, conversation_id, now=now, ttl=ttl)
 
     async def list_conversations(
-        self, user_session: str, *, now: float, offset: int, limit: int
+        self,
+        user_session: str,
+        *,
+        now: float,
+        offset: int,
+        limit: int,
+        after: tuple[float, str] | None = None,
     ) -> list[tuple[str, float]]:
-        reply = await lua.LIST_CONVERSATIONS.run(
-            self._execute,
-            self._index_keys(user_session),
-            round(now * 1000),
-            offset,
-            limit,
-            repeatable=True,
+        keys = self._index_keys(user_session)
+        return await conversations.listing(
+            self._execute, keys, now=now, offset=offset, limit=limit, after=after
         )
-        return [
-            (reply[index].decode(), float(reply[index + 1]) / 1000)
-            for index in range(0, len(reply), 2)
-        ]
 
     async def drop_conversations(self, user_session: str) -> list[str]:
-        ids = await lua.DROP_CONVERSATIONS.run(
-            self._execute, self._index_keys(user_session), repeatable=True
-        )
-        return [conversation_id.decode() for conversation_id in ids]
+        return await conversations.drop(self._execute, self._index_keys(user_session))
 
     # -- the whole store -------------------------------------------------------------------------
 
@@ -415,23 +431,11 @@ class RedisBackend:
 
 if TYPE_CHECKING:  # mypy proves that the store core can run the history operations on it
     _EDITING: type[Editing[bytes]] = RedisBackend
+    _DESCRIBING: type[Describing[bytes]] = RedisBackend
 
 
 def _fenced(session_id: str) -> Fenced:
     return Fenced(f"the lease of session {session_id!r} is not held by this write's token")
-
-
-def _unpack_popped(kept: bytes) -> list[bytes]:
-    """The entries pop.lua kept of a pop: after the write id (8 bytes), each entry as its
-    length, ``:`` and its bytes."""
-    entries: list[bytes] = []
-    at = 8 if kept else 0
-    while 0 < at < len(kept):
-        colon = kept.index(b":", at)
-        end = colon + 1 + int(kept[at:colon])
-        entries.append(kept[colon + 1 : end])
-        at = end
-    return entries
 
 
 def _unescape(escaped: str) -> str:

@@ -1,18 +1,28 @@
-"""The Redis backend's history operations (:class:`~chatstate.stores.Editing`): a page of entries
-by number, and an edit of one entry by number. Each is one script (``lua/read_range.lua``,
-``lua/edit.lua``), and so one round trip; :class:`~._backend.RedisBackend` calls them on a
-session's keys."""
+"""The Redis backend's history operations (:class:`~chatstate.stores.Editing`: a page of entries
+by number, an edit of one entry by number; and a pop of the newest) and its metadata write
+(:class:`~chatstate.stores.Describing`). Each is one script (``lua/read_range.lua``,
+``lua/edit.lua``, ``lua/pop.lua``, ``lua/write_meta.lua``), and so one round trip;
+:class:`~._backend.RedisBackend` calls them on a session's keys."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
+from typing import Literal
 
-from chatstate.stores._backend import EditOutcome, Page, Written
+from chatstate.stores._backend import EditOutcome, Page, Popped, Written
 from chatstate.stores.redis import _scripts as lua
 from chatstate.stores.redis._numbering import number_page
 from chatstate.stores.redis._scripts import Execute
 
-__all__ = ["edit", "read_range"]
+__all__ = ["edit", "pop", "read_range", "write_meta"]
+
+
+def now_text() -> str:
+    """This instance's clock for a session's times (created, updated): Unix seconds with six
+    decimals, as the scripts store them (the client's clock, as every backend's: a TIME in the
+    append script cost it a tenth of its instructions)."""
+    return f"{time.time():.6f}"
 
 
 async def read_range(
@@ -64,6 +74,7 @@ async def edit(
         "" if version is None else version,
         bytes.fromhex(write_id),
         fence or "",
+        now_text(),
         *(() if entry is None else (entry,)),
         # Repeatable: the write id makes a retry after a lost reply a no-op if the first landed.
         repeatable=True,
@@ -76,3 +87,55 @@ async def edit(
         return "missing"
     length, new_version, applied = reply
     return Written(length, new_version, applied=bool(applied))
+
+
+async def pop(
+    write: Execute, keys: Sequence[str], count: int, seed: int, *, write_id: str, fence: str | None
+) -> Popped[bytes] | None:
+    """See the backend's ``pop``; ``seed`` the new generation; None: the fence is refused
+    (nothing was written). ``keys`` as pop.lua takes them."""
+    reply = await lua.POP.run(
+        write, keys, count, seed, bytes.fromhex(write_id), fence or "", now_text(),
+        repeatable=True,
+    )  # fmt: skip
+    if reply is None:
+        return None
+    entries, length, version, applied = reply
+    if not applied:  # a retry: what its first run removed, kept by the script
+        entries = _unpack_popped(entries)
+    return Popped(entries, length, version, bool(applied))
+
+
+def _unpack_popped(kept: bytes) -> list[bytes]:
+    """The entries pop.lua kept of a pop: after the write id (8 bytes), each entry as its
+    length, ``:`` and its bytes."""
+    entries: list[bytes] = []
+    at = 8 if kept else 0
+    while 0 < at < len(kept):
+        colon = kept.index(b":", at)
+        end = colon + 1 + int(kept[at:colon])
+        entries.append(kept[colon + 1 : end])
+        at = end
+    return entries
+
+
+async def write_meta(
+    write: Execute, keys: Sequence[str], meta: bytes | None, *, write_id: str, fence: str | None
+) -> Written | Literal[False] | None:
+    """See :meth:`~chatstate.stores.Describing.write_meta`; False: the fence is refused
+    (nothing was written). ``keys`` as write_meta.lua takes them."""
+    reply = await lua.WRITE_META.run(
+        write,
+        keys,
+        bytes.fromhex(write_id),
+        fence or "",
+        *(() if meta is None else (meta,)),
+        # Repeatable: the write id makes a retry after a lost reply a no-op if the first landed.
+        repeatable=True,
+    )
+    if reply is None:
+        return False
+    if not reply:
+        return None  # no session
+    length, version, applied = reply
+    return Written(length, version, applied=bool(applied))

@@ -55,25 +55,38 @@ def _source(name: str) -> str:
     return files(__package__).joinpath("lua", f"{name}.lua").read_text(encoding="utf-8")
 
 
-def script(name: str, *, writes: bool = False, numbers: bool = False) -> Script:
+def script(
+    name: str,
+    *,
+    writes: bool = False,
+    lifecycle: bool = False,
+    numbers: bool = False,
+    touches: bool = False,
+) -> Script:
     """The script in ``lua/<name>.lua``, shipped inside the package; a script that ``writes``
-    a session comes after ``lua/_writes.lua`` (its write ids and fences), one that needs its
-    ``numbers`` after ``lua/_numbers.lua`` (the gaps between them)."""
-    preludes = [_WRITES] * writes + [_NUMBERS] * numbers
+    a session comes after ``lua/_writes.lua`` (its write ids and fences, and the clock), one
+    that sets its expiry, removes it or adopts a 0.1.0 list (``lifecycle``) after
+    ``lua/_lifecycle.lua``, one that needs its ``numbers`` after ``lua/_numbers.lua`` (the gaps
+    between them), a read that ``touches`` (a sliding expiry) after ``lua/_touch.lua``."""
+    preludes = [_WRITES] * writes + [_LIFECYCLE] * lifecycle
+    preludes += [_NUMBERS] * numbers + [_TOUCH] * touches
     return Script(name, "\n".join([*preludes, _source(name)]))
 
 
 _WRITES = _source("_writes")
+_LIFECYCLE = _source("_lifecycle")
 _NUMBERS = _source("_numbers")
-READ = script("read")
-READ_RANGE = script("read_range", numbers=True)
+_TOUCH = _source("_touch")
+READ = script("read", touches=True)
+READ_RANGE = script("read_range", numbers=True, touches=True)
 APPEND = script("append", writes=True, numbers=True)
-REPLACE = script("replace", writes=True, numbers=True)
-DELETE = script("delete", writes=True)
-POP = script("pop", writes=True, numbers=True)
-EDIT = script("edit", writes=True, numbers=True)
-COMPACT = script("compact", writes=True, numbers=True)
+REPLACE = script("replace", writes=True, lifecycle=True, numbers=True)
+DELETE = script("delete", writes=True, lifecycle=True)
+POP = script("pop", writes=True, lifecycle=True, numbers=True)
+EDIT = script("edit", writes=True, lifecycle=True, numbers=True)
+COMPACT = script("compact", writes=True, lifecycle=True, numbers=True)
 SNAPSHOT = script("snapshot")
+WRITE_META = script("write_meta", writes=True, lifecycle=True)
 LEASE_ACQUIRE = script("lease_acquire")
 LEASE_RENEW = script("lease_renew")
 LEASE_RELEASE = script("lease_release")

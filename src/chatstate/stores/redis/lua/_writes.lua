@@ -39,3 +39,4 @@ end
 local function replayed(meta, count)
   redis.call('HSET', meta, 'wn', count or 0)
 end
+

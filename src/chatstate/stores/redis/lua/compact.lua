@@ -1,13 +1,13 @@
 -- Fold the oldest entries into the summary, if the session is still in the generation read.
 -- KEYS: 1 the list, 2 the summary, 3 the meta hash, 4 the version key of 0.1.0 stores, 5 the
---       gaps (see _numbers.lua).
+--       gaps (see _numbers.lua), 6 the metadata (kept, as the times are).
 -- ARGV: 1 the generation read; 2 the sequence number of the first entry kept (those below it
 --       are folded: whatever of them a trim meanwhile left); 3 the new summary; 4 the write id.
 -- Returns 1 if it committed (now or, for a retry, at its first run), 0 if the session was
 -- saved, folded, deleted or restored meanwhile. Appends meanwhile are fine: their entries have
 -- larger numbers and stay.
 local meta = redis.call('HMGET', KEYS[3], 'w1', 'w2', 'w3', 'w4', 'wn', 'tail', 'gen', 'ver',
-                        'h')
+                        'h', 'm')
 if seen(meta, ARGV[4]) then
   replayed(KEYS[3], meta[5])
   return 1
@@ -42,9 +42,9 @@ local field, ids, written = remember(meta, meta[5], ARGV[4])
 redis.call('HSET', KEYS[3], 'tail', tail, 'gen', gen + 1, 'ver', ver + 1, 's', 1, field, ids,
            'wn', written)
 redis.call('DEL', KEYS[4])
--- The summary and the numbers live and die with the list.
+-- The summary, the numbers and the metadata live and die with the list.
 local ttl = redis.call('PTTL', KEYS[1])
-for i = 2, 3 do
-  if ttl > 0 then redis.call('PEXPIRE', KEYS[i], ttl) else redis.call('PERSIST', KEYS[i]) end
+for i = 2, 6 do
+  if i <= 3 or (i == 6 and meta[10]) then expire(KEYS[i], math.max(ttl, 0)) end
 end
 return 1

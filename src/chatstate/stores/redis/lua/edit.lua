@@ -2,9 +2,10 @@
 -- Nothing is renumbered (the numbers freed stay unused: gaps), the expiry and the summary stay;
 -- the version goes up by one and the generation changes.
 -- KEYS: 1 the list, 2 the summary, 3 the meta hash, 4 the version key of 0.1.0 stores, 5 the
---       gaps (see _numbers.lua), 6 the lease.
+--       gaps (see _numbers.lua), 6 the metadata, 7 the lease.
 -- ARGV: 1 the entry's number; 2 '1' to truncate after it; 3 the version the edit is conditional
---       on ('': none); 4 the write id; 5 the fence ('': none); 6 the new entry (none: remove).
+--       on ('': none); 4 the write id; 5 the fence ('': none); 6 the time (Unix seconds, as
+--       text: the session's 'u'); 7 the new entry (none: remove).
 -- Returns {length, version, applied (0/1)} ({0, 0, 1}: the edit emptied the session, which is
 -- deleted as delete.lua deletes it); 'stale' if the version is not ARGV[3]; 'missing' if no
 -- entry has the number (or there is no session); false if the fence is refused.
@@ -14,7 +15,7 @@ if seen(meta, ARGV[4]) then  -- a retry of a write already applied: the session 
   replayed(KEYS[3], meta[5])
   return {redis.call('LLEN', KEYS[1]), tonumber(meta[8]) or 0, 0}
 end
-if fenced(KEYS[6], ARGV[5]) then return false end
+if fenced(KEYS[7], ARGV[5]) then return false end
 local length = redis.call('LLEN', KEYS[1])
 if length == 0 then return 'missing' end
 local tail, gen, ver
@@ -30,15 +31,12 @@ local head = tail - length - N.size(g)
 local seq = tonumber(ARGV[1])
 local index = N.index_of(g, head, tail, seq)
 if not index then return 'missing' end
-local entry, truncate = ARGV[6], ARGV[2] == '1'
+local entry, truncate = ARGV[7], ARGV[2] == '1'
 local field, ids, written = remember(meta, meta[5], ARGV[4])
 -- What stays: the entries before it, the entry replaced, and those after it unless truncated.
 local kept = index + (entry and 1 or 0) + (truncate and 0 or length - index - 1)
 if kept == 0 then  -- emptied: deleted, its write ids kept as delete.lua keeps them
-  redis.call('DEL', KEYS[1], KEYS[2], KEYS[4], KEYS[5])
-  redis.call('HDEL', KEYS[3], 'tail', 'gen', 'ver', 's', 'h')
-  redis.call('HSET', KEYS[3], field, ids, 'wn', written, 'x', 1)
-  redis.call('PEXPIRE', KEYS[3], 600000)
+  erase(KEYS, field, ids, written, 1)
   return {0, 0, 1}
 end
 if entry then redis.call('LSET', KEYS[1], index, entry) end
@@ -68,12 +66,7 @@ elseif not entry then
 end
 ver = ver + 1
 redis.call('HSET', KEYS[3], 'tail', tail, 'gen', gen + 1, 'ver', ver, field, ids,
-           'wn', written)
-if not meta[6] then  -- a 0.1.0 list's meta hash, new: it expires with the list
-  redis.call('DEL', KEYS[4])
-  local ttl = redis.call('PTTL', KEYS[1])
-  if ttl > 0 then redis.call('PEXPIRE', KEYS[3], ttl) end
-  if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('HSET', KEYS[3], 's', 1) end
-end
+           'wn', written, 'u', ARGV[6])
+if not meta[6] then adopt(KEYS) end
 if gaps ~= g then N.store(meta[9], gaps) end
 return {kept, ver, 1}
