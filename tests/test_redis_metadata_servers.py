@@ -6,6 +6,8 @@ cursor on a cluster (the metadata key in the session's slot)."""
 
 from __future__ import annotations
 
+import time
+
 import anyio
 import pytest
 from redis.asyncio import ConnectionPool, Redis, RedisCluster
@@ -18,7 +20,7 @@ from chatstate.testing.redis_server import LocalRedisCluster, RedisServer
 from .redis_wire import wired_client
 from .test_redis_ha import _wait_calls, primary_and_replica  # noqa: F401 (a fixture)
 from .test_redis_integration import CountingConnection
-from .test_redis_metadata import NOW, _append, _described, _replace, _ttls, _wid, _write_meta
+from .test_redis_metadata import _append, _described, _replace, _ttls, _wid, _write_meta
 
 pytestmark = pytest.mark.redis
 
@@ -49,7 +51,7 @@ async def test_one_round_trip_per_call_with_metadata(
         await _described(backend)
         await _replace(backend, b"r", meta=None)
         await backend.snapshot("s")
-        await backend.list_conversations("u", now=NOW, offset=0, limit=2, after=(NOW, "x"))
+        await backend.list_conversations("u", now=time.time(), offset=0, limit=2, after=(1.0, "x"))
         CountingConnection.sent = 0
         for index in range(10):
             await _append(backend, b"b", meta=f"doc {index}".encode())
@@ -57,7 +59,9 @@ async def test_one_round_trip_per_call_with_metadata(
             assert (await _described(backend, touch=60)).meta is None
             await _replace(backend, b"r", meta=b"m")
             assert (await backend.snapshot("s")).meta == b"m"  # type: ignore[union-attr]
-            await backend.list_conversations("u", now=NOW, offset=0, limit=2, after=(NOW, "x"))
+            await backend.list_conversations(
+                "u", now=time.time(), offset=0, limit=2, after=(1.0, "x")
+            )
         assert CountingConnection.sent == 60
     await client.aclose()
     await pool.aclose()
@@ -137,12 +141,13 @@ async def test_metadata_times_and_cursor_on_a_cluster(
             assert raw is not None and raw.meta == page.meta
             list_ttl, _, meta_ttl = await _ttls(client, backend, session)
             assert 0 < meta_ttl <= list_ttl <= 500
-            await backend.index_conversation(session, "m1", now=NOW, ttl=60)
-            await backend.index_conversation(session, "\x1fm2", now=NOW, ttl=60)
+            now = float(round(time.time()))
+            await backend.index_conversation(session, "m1", now=now, ttl=60)
+            await backend.index_conversation(session, "\x1fm2", now=now, ttl=60)
             listed = await backend.list_conversations(
-                session, now=NOW, offset=0, limit=5, after=(NOW, "m1")
+                session, now=now, offset=0, limit=5, after=(now, "m1")
             )
-            assert listed == [("\x1fm2", NOW)]
+            assert listed == [("\x1fm2", now)]
         await anyio.sleep(0.7)  # expired with their sessions, on every node
         for session in sessions:
             assert (await _described(backend, session)).meta is None
