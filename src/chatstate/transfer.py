@@ -1,9 +1,9 @@
 """Whole sessions moved as they are: export to JSON Lines, import back, fork into a new id.
 
 Each works on any store that can read and write a whole session at once
-(:class:`~chatstate.stores.base.SessionTransfer`: the in-memory, SQLite and Redis stores, and the
-wrappers around them), so a session is always copied in one atomic read and written in one atomic
-write, with its summary and its expiry, and an existing session is never replaced unless asked.
+(:class:`~chatstate.stores.base.SessionTransfer`: every built-in store), so a session is always
+copied in one atomic read and written in one atomic write, with its summary and its expiry, and
+an existing session is never replaced unless asked.
 
 The export format is one JSON object a line, one line a session::
 
@@ -73,10 +73,15 @@ def _transfers(store: object) -> SessionTransfer:
 async def export_sessions(
     store: Any, session_ids: Iterable[str] | AsyncIterable[str], *, clock: Any = time.time
 ) -> AsyncIterator[str]:
-    """One line of JSON (ending in a newline) for each of ``session_ids`` that exists, each
-    read in one atomic snapshot; ids of sessions that do not exist (or have expired) are passed
-    over. ``session_ids`` may be an async iterable, such as ``store.session_ids()`` (every
-    session) or, for one user's sessions, ``await Conversations(store).session_ids(user_id)``.
+    """One line of JSON (ending in a newline) for each of ``session_ids`` that exists, each read in
+    one atomic snapshot, in the format of this module (and docs/transfer.md).
+
+    :param store: a store that reads and writes whole sessions
+        (:class:`~chatstate.stores.base.SessionTransfer`).
+    :param session_ids: a list, or an async iterable: ``store.session_ids()`` (every session),
+        ``await Conversations(store).session_ids(user_id)`` (a user's). Ids of sessions that do not
+        exist (or have expired) are passed over.
+    :param clock: the wall clock in Unix seconds that ``expires_at`` is reckoned from.
     """
     transfers = _transfers(store)
     async for session_id in _each(session_ids):
@@ -121,28 +126,23 @@ async def import_sessions(
     clock: Any = time.time,
     write_id: str | None = None,
 ) -> ImportReport:
-    """Write the sessions of exported ``lines`` (blank lines are passed over) into ``store``.
-
-    Every line is read and checked before anything is written: a line that is not UTF-8 JSON,
-    not of :data:`EXPORT_FORMAT`, or holds an invalid session id or message raises
+    """Write the sessions of exported ``lines`` into ``store``, each in one atomic step with its
+    summary. Every line is read and checked before anything is written: a bad one raises
     :class:`~chatstate.errors.InvalidInputError` naming its line number, and nothing is written.
-    Then each session is written in one atomic step, with its summary. (What only the store
-    knows, such as its ``max_message_bytes``, is checked as each session is written: a session
-    it refuses stops the import there, the sessions before it written.)
+    What can stop an import part way, and how to run it again: docs/transfer.md.
 
-    - ``on_conflict``: a session that exists already ``"raise"``-s
-      :class:`~chatstate.errors.SessionExistsError` (the default: the ids are checked before
-      anything is written, and if one exists then, nothing is; one created meanwhile by
-      someone else stops the import there, the sessions before it written), is ``"skip"``-ped,
-      or is replaced (``"overwrite"``).
-    - ``ttl``: ``"recorded"`` (the default) keeps each session's recorded expiry (sessions
-      already past it are not written, and listed in ``expired``); or a TTL for every session
-      (``None``: none expire).
-    - ``write_id``: names the import (any text of 1 to 128 printable characters; by default it
-      makes one). Each session's write carries an id made of it and the session's id, so an
-      import that failed part way (an :class:`~chatstate.errors.OutcomeUnknownError`, a lost
-      connection) can be run again with the same ``write_id`` and the same lines: the sessions
-      its first run wrote count as imported, never as conflicts, and none is written twice.
+    :param store: a store that reads and writes whole sessions
+        (:class:`~chatstate.stores.base.SessionTransfer`).
+    :param lines: the lines of an export (``str`` or ``bytes``, or an async iterable of them);
+        blank lines are passed over.
+    :param on_conflict: a session that exists already ``"raise"``-s
+        :class:`~chatstate.errors.SessionExistsError` (checked before anything is written), is
+        ``"skip"``-ped, or is replaced (``"overwrite"``).
+    :param ttl: ``"recorded"``: each session's recorded expiry (those past it are not written, and
+        listed in ``expired``); or a TTL for every session (``None``: none expire).
+    :param clock: the wall clock in Unix seconds that recorded expiries are compared with.
+    :param write_id: names the import (by default it makes one): an import that failed part way,
+        run again with the same ``write_id`` and lines, writes no session twice.
     """
     if on_conflict not in _CONFLICTS:
         raise ConfigurationError(
@@ -227,22 +227,23 @@ async def fork_session(
     ttl: TTL | Literal["source"] = "source",
     write_id: str | None = None,
 ) -> SessionSnapshot:
-    """Copy the session ``source`` (its history, summary and, by default, its time left) to
-    the new session ``target``: branch a conversation, as PromptKit's fork does. The source is
-    read in one atomic snapshot and the fork written in one atomic write; from then on the two
-    go on apart. The copy keeps the source's message ids (the same message has the same id in
-    both: a link into the shared part of the conversation is good in either), and its metadata.
-    A fork of a user's conversation (``user-{id}-conv-{cid}``), or into one, is registered under
-    that user (:class:`~chatstate.sessions.Conversations`: listed with the user's sessions,
-    erased with them). Returns what was copied.
+    """Copy the session ``source`` (its history, summary, metadata and message ids) to the new
+    session ``target``: read in one atomic snapshot, written in one atomic write, and from then
+    on the two go on apart. A fork of a user's conversation, or into one, is registered under that
+    user (docs/transfer.md). Returns what was copied; raises
+    :class:`~chatstate.errors.SessionNotFoundError` if ``source`` does not exist.
 
-    Raises :class:`~chatstate.errors.SessionNotFoundError` if ``source`` does not exist, and
-    :class:`~chatstate.errors.SessionExistsError` if ``target`` exists, unless ``overwrite``
-    (then it is replaced whole). ``ttl``: the fork's TTL (``None``: it never expires), or
-    ``"source"``: the time the source has left. ``write_id`` names the fork's write (see
-    :meth:`~chatstate.stores.BackendStore.restore`): a fork that failed with
-    :class:`~chatstate.errors.OutcomeUnknownError` run again with the error's ``write_id``
-    reports its own copy, if the first run wrote it, instead of raising SessionExistsError.
+    :param store: a store that reads and writes whole sessions
+        (:class:`~chatstate.stores.base.SessionTransfer`).
+    :param source: the session copied.
+    :param target: the new session's id.
+    :param overwrite: replace ``target`` whole if it exists; else it raises
+        :class:`~chatstate.errors.SessionExistsError`.
+    :param ttl: the fork's TTL (``None``: it never expires), or ``"source"``: the time the source
+        has left.
+    :param write_id: names the fork's write: a fork that failed with
+        :class:`~chatstate.errors.OutcomeUnknownError`, run again with the error's ``write_id``,
+        reports its own copy instead of raising SessionExistsError.
     """
     source, target = check_session_id(source), check_session_id(target)
     if source == target:

@@ -53,18 +53,17 @@ class LangChainMessages:
 
 
 class ChatStateMessageHistory(BaseChatMessageHistory):
-    """A LangChain chat message history kept in a chatstate store.
+    """A LangChain chat message history kept in a chatstate store. The async methods are the
+    interface (``RunnableWithMessageHistory`` calls them from ``ainvoke`` and ``astream``); the
+    sync ones raise TypeError rather than block an event loop. See docs/integrations/langchain.md.
 
-    - ``session_id``: the conversation (a chatstate session id).
-    - ``store``: any chatstate store (its backend, keys, compression), or an
-      :class:`~chatstate.stores.ItemStore` of :class:`LangChainMessages` to share.
-    - ``max_messages``: keep only the newest that many (None: all), trimmed in the append's own
-      step; ``ttl``: forget the session that long after its last write (None: never).
-
-    The async methods (:meth:`aget_messages`, :meth:`aadd_messages`, :meth:`aclear`) are the
-    interface: chatstate's stores are async, and ``RunnableWithMessageHistory`` calls these
-    from ``ainvoke`` and ``astream``. The sync ones (``messages``, ``add_messages``, ``clear``)
-    raise TypeError, saying so, rather than block an event loop.
+    :param session_id: the conversation (a chatstate session id).
+    :param store: any chatstate store (its backend, keys, compression), or an
+        :class:`~chatstate.stores.ItemStore` of :class:`LangChainMessages` to share.
+    :param max_messages: keep only the newest that many (``None``: all), trimmed in the append's
+        own step. With a store only: an item store has its own.
+    :param ttl: forget the session that long after its last write (``None``: never). With a store
+        only, likewise.
     """
 
     def __init__(

@@ -62,21 +62,19 @@ class LlamaIndexMessages:
 
 class ChatStateChatStore(BaseChatStore):
     """A LlamaIndex chat store (its ``BaseChatStore``) kept in a chatstate store: a key is a
-    chatstate session.
+    chatstate session. Every method has its async twin; the sync ones run on the event loop the
+    chat store was last used on from async code, if it still runs, else on one of its own in a
+    thread (:meth:`close` ends it). A Redis store's connections belong to one event loop: use a
+    chat store on Redis from async code, or from sync code only. See
+    docs/integrations/llama-index.md.
 
-    - ``store``: any chatstate store (its backend, keys, compression), or an
-      :class:`~chatstate.stores.ItemStore` of :class:`LlamaIndexMessages`.
-    - ``max_messages``: keep only the newest that many messages of a key (None: all), trimmed in
-      the append's own step; ``ttl``: forget a key that long after its last write (None: never).
-    - ``owns_store``: :meth:`close` (or :meth:`aclose`) closes ``store`` too.
-
-    Every method has its async twin, as LlamaIndex's contract has it. The async ones run on the
-    caller's event loop. The sync ones (``ChatMemoryBuffer.get`` calls them, also from the worker
-    thread of ``aget``) run the same coroutine on the event loop this chat store was last used on
-    from async code, if it still runs, waiting in the calling thread; else, in plain sync code,
-    on an event loop of this chat store's own, in a thread it starts on first use
-    (:meth:`close` ends it). A Redis store's connections belong to one event loop: use a chat
-    store on Redis from async code, or from sync code only.
+    :param store: any chatstate store (its backend, keys, compression), or an
+        :class:`~chatstate.stores.ItemStore` of :class:`LlamaIndexMessages`.
+    :param max_messages: keep only the newest that many messages of a key (``None``: all), trimmed
+        in the append's own step. With a store only: an item store has its own.
+    :param ttl: forget a key that long after its last write (``None``: never). With a store only,
+        likewise.
+    :param owns_store: :meth:`close` (or :meth:`aclose`) closes ``store`` too.
     """
 
     _items: ItemStore[ChatMessage] = PrivateAttr()

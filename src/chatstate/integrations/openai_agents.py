@@ -48,19 +48,18 @@ __all__ = ["ChatStateSession"]
 
 class ChatStateSession:
     """A session of the OpenAI Agents SDK (its ``Session`` protocol) kept in a chatstate store.
+    Writes run to completion even if the caller is cancelled meanwhile (the cancellation is raised
+    after), as the SDK's own sessions do. See docs/integrations/openai-agents.md.
 
-    - ``session_id``: the conversation (a chatstate session id: 1 to 256 printable characters).
-    - ``store``: any chatstate store (its backend, keys, compression), or an
-      :class:`~chatstate.stores.ItemStore` to share among many sessions.
-    - ``max_items``: keep only the newest that many items (None: all), trimmed in the append's
-      own step; ``ttl``: forget the session that long after its last write (None: never). Both
-      apply when ``store`` is a store; an item store has its own.
-    - ``session_settings``: the SDK's ``SessionSettings`` (or a dict of them): its ``limit``
-      is what :meth:`get_items` returns when called without one, as for the SDK's own sessions.
-
-    Writes run to completion even if the caller is cancelled meanwhile (the cancellation is
-    raised after), as the SDK's own sessions do: a cancelled turn never leaves a write half
-    known.
+    :param session_id: the conversation (a chatstate session id: 1 to 256 printable characters).
+    :param store: any chatstate store (its backend, keys, compression), or an
+        :class:`~chatstate.stores.ItemStore` to share among many sessions.
+    :param max_items: keep only the newest that many items (``None``: all), trimmed in the
+        append's own step. With a store only: an item store has its own.
+    :param ttl: forget the session that long after its last write (``None``: never). With a store
+        only, likewise.
+    :param session_settings: the SDK's ``SessionSettings`` (or a dict of them): its ``limit`` is
+        what :meth:`get_items` returns when called without one.
     """
 
     session_settings: SessionSettings | None

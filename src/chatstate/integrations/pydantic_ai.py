@@ -50,17 +50,16 @@ class ModelMessages:
 
 
 class ChatStateMessageHistory:
-    """Sessions of pydantic-ai ``ModelMessage`` lists in a chatstate store.
+    """Sessions of pydantic-ai ``ModelMessage`` lists in a chatstate store. A history read from a
+    bounded session (or with ``limit``) starts at its first turn: the messages before its first
+    user or system prompt are left out. See docs/integrations/pydantic-ai.md.
 
-    - ``store``: any chatstate store (its backend, keys, compression), or an
-      :class:`~chatstate.stores.ItemStore` of :class:`ModelMessages`.
-    - ``max_messages``: keep only the newest that many messages of a session (None: all),
-      trimmed in the append's own step; ``ttl``: forget a session that long after its last write
-      (None: never).
-
-    A history read from a bounded session (or with ``limit``) starts at a turn: messages before
-    its first request with a user or system prompt (a tool call's return without its call,
-    which a model would refuse) are left out.
+    :param store: any chatstate store (its backend, keys, compression), or an
+        :class:`~chatstate.stores.ItemStore` of :class:`ModelMessages`.
+    :param max_messages: keep only the newest that many messages of a session (``None``: all),
+        trimmed in the append's own step. With a store only: an item store has its own.
+    :param ttl: forget a session that long after its last write (``None``: never). With a store
+        only, likewise.
     """
 
     def __init__(

@@ -57,23 +57,23 @@ _AppendNow: TypeAlias = Callable[
 class BackendStore(Listing, Leasing, HistoryOps[E], WholeSessions[E]):
     """A :class:`~chatstate.StateStore` over any :class:`~chatstate.stores.Backend`, with every
     optional capability: summaries, versions, snapshots, leases, the conversation index, metrics
-    and hooks. The built-in stores are this core over their own backends.
+    and hooks. The built-in stores are this core over their own backends; a backend of your own:
+    docs/stores/custom.md.
 
-    - ``codec``: how messages become the backend's entries (default: the
-      :class:`~chatstate.stores._codec.EntryCodec` of the serialising stores: JSON, compressed
-      over 1 KiB, at most 1 MiB a message).
-    - ``encryption``: an :class:`~chatstate.Encryption` (keys): every entry sealed before the
-      backend sees it (with the default codec).
-    - ``on_corrupt``: an entry that cannot be decoded is ``"skip"``-ped (logged and counted in
-      ``corrupt_entries``) or ``"raise"``-s CorruptEntryError. Folds and snapshots always raise:
-      they never summarise, copy or delete what they could not read.
-    - ``sliding_ttl``: every load sets the session to expire this long from now, in the load's
-      own step.
-    - ``near_cache``: a :class:`~chatstate.NearCache`: loads served from this process's memory
-      while the history is known current.
-    - ``hooks``: subscribers to the store's events (see :meth:`add_hook`).
-    - ``clock``: what leases wait and keep time with (a :class:`chatstate.clock.Clock`; tests
-      give a :class:`chatstate.testing.FakeClock`).
+    :param backend: where the entries are kept.
+    :param codec: how messages become the backend's entries (default: the built-in stores' JSON,
+        compressed over 1 KiB, at most 1 MiB a message).
+    :param encryption: seal every entry (:class:`~chatstate.Encryption`) before the backend sees
+        it; with the default codec only (given with a codec, ConfigurationError).
+    :param on_corrupt: an entry that cannot be decoded is ``"skip"``-ped (logged, counted in
+        ``corrupt_entries``) or ``"raise"``-s CorruptEntryError. Folds and snapshots always raise:
+        they never summarise, copy or delete what they could not read.
+    :param sliding_ttl: every load sets the session to expire this long from now, in its own step.
+    :param near_cache: a :class:`~chatstate.NearCache`: loads served from this process's memory
+        while the history is known current.
+    :param hooks: subscribers to the store's events (see :meth:`add_hook`).
+    :param clock: what leases wait and keep time with (a :class:`chatstate.clock.Clock`; tests
+        give a :class:`chatstate.testing.FakeClock`).
     """
 
     backend: Backend[E]

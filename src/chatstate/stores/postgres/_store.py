@@ -35,40 +35,41 @@ DEFAULT_MAX_CONNECTIONS = 20
 
 class PostgresStateStore(BackendStore[bytes]):
     """History in PostgreSQL, shared by every instance of an app, durable with the database's
-    backups and point-in-time recovery.
+    backups and point-in-time recovery. Every call is one round trip: a load one ``SELECT``, a
+    write one call of a server-side function that runs its whole transaction. asyncio only
+    (asyncpg). How it works and fails: docs/stores/postgres.md.
 
-    ``PostgresStateStore(pool)`` uses an ``asyncpg`` pool that you own (and close);
-    :meth:`from_url` (or ``open_store("postgresql://...")``) makes one that the store owns and
-    closes in :meth:`aclose`. The store's tables and functions live in one schema (``schema``,
-    default ``"chatstate"``), created on first use and migrated by later versions; a schema
-    written by a newer chatstate is refused with UnsupportedFormatError. Two apps share a
-    database by naming two schemas.
-
-    Every call is one statement, so one round trip: a load one ``SELECT``; a write one call of a
-    server-side function that runs its whole transaction (write-id check, lease fence, insert,
-    trim, expiry, version). A pool of your own best passes ``reset=no_reset``
-    (:func:`~chatstate.stores.postgres.no_reset`) to ``asyncpg.create_pool``: asyncpg's default
-    reset costs a round trip on every release, and the store leaves nothing on a connection to
-    reset. asyncio only (asyncpg).
-
-    - ``schema``: the PostgreSQL schema of the store's tables (a lowercase identifier).
-    - ``sweep_interval`` (default 60 s): expired sessions are never returned; their rows are
-      deleted by a chunk of up to 500 that a write runs in its own transaction, at most once per
-      ``sweep_interval`` seconds per instance (rows another transaction holds are skipped, so it
-      never waits on a lock). ``None`` turns it off; :meth:`sweep` sweeps everything now.
-    - ``batch_appends`` (on by default): an append made while others of this store are under
-      way joins them: up to 64 go in one statement and one transaction (sorted by session, each
-      still atomic and fenced on its own), so concurrent sessions share round trips and commits.
-      An append with nothing to share with goes out at once. Off, every append is a call alone.
-    - ``clock``: the wall clock (Unix seconds) that expiry and leases are reckoned by; None (the
-      default) is the server's, which every instance shares. Tests give a fake one.
-    - ``on_corrupt``, ``compress_over``, ``compression``, ``max_message_bytes``,
-      ``message_cache_bytes``, ``encryption``, ``sliding_ttl``, ``near_cache``, ``hooks``: as for
-      :class:`~chatstate.stores.sqlite.SQLiteStateStore`.
-
-    Errors: no connection (server down, refused) raises StateSaveError or StateLoadError;
-    a call whose answer did not come (a timeout, the connection lost during it) raises
-    OutcomeUnknownError for a write, which its ``write_id`` makes safe to retry.
+    :param pool: an ``asyncpg`` pool that you own (and close), best made with
+        ``reset=``:func:`~chatstate.stores.postgres.no_reset`; or none, and :meth:`from_url`
+        makes one that the store owns and closes in :meth:`aclose`.
+    :param schema: the PostgreSQL schema (a lowercase identifier) of the store's tables and
+        functions, created on first use; two apps share a database by naming two. A schema
+        written by a newer chatstate is refused with UnsupportedFormatError.
+    :param sweep_interval: expired sessions are never returned; a write deletes up to 500 of them,
+        in a transaction of its own, at most once per this many seconds per instance (``None``:
+        never). :meth:`sweep` deletes every expired one now.
+    :param clock: the wall clock in Unix seconds of expiry and leases; ``None``: the server's,
+        which every instance shares. Tests give a fake one.
+    :param batch_appends: an append made while others are under way joins them in one statement
+        and one commit (each still atomic and fenced on its own); ``False``: every append alone.
+    :param on_corrupt: an entry that cannot be decoded is ``"skip"``-ped (logged, counted in
+        ``corrupt_entries``) or ``"raise"``-s CorruptEntryError.
+    :param compress_over: compress an entry whose JSON is longer than this many bytes, when that
+        makes it smaller (``None``: never).
+    :param compression: ``"auto"`` (zstd where the zstandard package is installed, else zlib),
+        ``"zstd"`` or ``"zlib"``; entries record theirs (docs/stores/redis.md, Compression).
+    :param max_message_bytes: refuse, with InvalidMessageError and nothing of the call stored, a
+        message whose JSON is longer (default 1 MiB; ``None``: no limit).
+    :param message_cache_bytes: bounds a cache of the messages of recent entries, so that a load
+        decodes only the entries it has not seen (0: off).
+    :param sliding_ttl: as for every store (:class:`~chatstate.stores.BackendStore`).
+    :param encryption: seal every entry (:class:`~chatstate.Encryption`) before it reaches the
+        database.
+    :param near_cache: as for every store (:class:`~chatstate.stores.BackendStore`).
+    :param hooks: as for every store (:class:`~chatstate.stores.BackendStore`).
+    :param dsn: instead of a pool: the URL of one to make on first use (what :meth:`from_url`
+        gives).
+    :param pool_options: with ``dsn``: for ``asyncpg.create_pool``.
     """
 
     backend: PostgresBackend

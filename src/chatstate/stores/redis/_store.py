@@ -68,64 +68,48 @@ _UNSET: Any = object()
 
 
 class RedisStateStore(BackendStore[bytes]):
-    """History in Redis (standalone or Cluster), shared by every instance of an app.
+    """History in Redis (standalone or Cluster), shared by every instance of an app. Every call is
+    one round trip, and the commands of concurrent calls share pipelined writes. asyncio only:
+    under trio a call raises :class:`~chatstate.errors.ConfigurationError`. Its keys, compression,
+    pipelining, connections and failures: docs/stores/redis.md.
 
-    ``RedisStateStore(client)`` uses a ``redis.asyncio.Redis`` or ``RedisCluster`` client that you
-    own (and close); :meth:`from_url` makes one that the store owns and closes in :meth:`aclose`.
-    The client must not use ``decode_responses=True``. One client, and so one connection pool,
-    serves every session. Every call is one round trip (see
-    :mod:`chatstate.stores.redis._backend` for the keys); every session has a version, which
-    :class:`~chatstate.NearCache` checks. asyncio only: under trio a call raises
-    :class:`~chatstate.errors.ConfigurationError`.
-
-    - ``prefix``: the first part of every key (default ``"chatstate"``).
-    - ``sliding_ttl``: refresh a session's expiry to this on every load, in the load's round trip.
-    - ``on_corrupt``: an entry that cannot be decoded is ``"skip"``-ped (logged and counted in
-      ``corrupt_entries``; the rest of the history loads) or ``"raise"``-s CorruptEntryError.
-    - ``compress_over`` (default 1024): compress entries whose JSON is longer than this many
-      bytes, when that makes them smaller; ``None`` never compresses. Every entry records how it
-      was written, so compressed and plain entries load together whatever the setting.
-    - ``compression``: ``"auto"`` (the default): zstd, which the ``redis`` extra installs (about
-      twice as fast as zlib to write, as small on chat text), else zlib from the standard
-      library; or ``"zstd"`` or ``"zlib"`` by name. Reading zstd entries needs the zstandard
-      package: give every instance sharing the store the ``redis`` extra (or pin ``"zlib"``).
-    - ``owns_client``: close the client in :meth:`aclose` (what :meth:`from_url` sets).
-    - ``auto_pipeline`` (on by default): the commands of concurrent calls go out together, in one
-      pipelined write per event-loop iteration, each still atomic on its own; a call with nothing
-      to share its write with goes out at once. ``max_batch`` commands per write at most,
-      ``max_in_flight`` writes (and so connections) at once, ``max_pending`` queued commands
-      before callers wait for room. Off, every call is a command of its own on the client.
-    - ``retry``: a :class:`~chatstate.RetryPolicy` (default: 3 tries). Every call is retried
-      after a lost connection or a timeout: a write carries its write id, which the session
-      remembers, so a retry never applies it twice. ``None``: no retries. A client of your own
-      keeps its own retries too (``from_url`` turns redis-py's off: the store's policy is the
-      one to tune).
-    - ``max_message_bytes``: a message whose JSON is longer (default 1 MiB) is refused with
-      InvalidMessageError before anything of its call is stored; None: no limit.
-    - ``message_cache_bytes``: the messages of recently written and read entries are kept,
-      keyed by the entry's exact bytes, so a load decodes only the entries it has not seen (about
-      two a turn) instead of its whole window; this bounds the cache's estimated memory (default
-      32 MiB, about 22,000 messages of 200 bytes; 0 turns it off). It never serves stale history:
-      every load still reads the entries from Redis.
-    - ``census_keys``: keys a :meth:`metrics` call scans at most (see :meth:`metrics`).
-    - ``encryption``: an :class:`~chatstate.Encryption`: every entry sealed (after compression)
-      before it reaches Redis; nothing of the history is readable there.
-    - ``near_cache``: a :class:`~chatstate.NearCache`: warm loads from this process's memory
-      while the history is known current (with session affinity, most turns).
-    - ``hooks``: subscribers to the store's events (see :meth:`add_hook`).
-    - ``durability``: when a write (append, save, delete, restore, fold, pop, edit) is
-      acknowledged.
-      ``"primary"`` (the default): once the primary applied it; Redis replicates
-      asynchronously, so a failover can lose it. ``"replicas"``: once ``min_replicas`` (1)
-      replicas have it too: each write is followed by ``WAIT`` in the same round trip; a write
-      that no replica acknowledged within ``durability_timeout`` (1 s) raises
-      :class:`~chatstate.errors.OutcomeUnknownError`, which its write id makes safe to retry.
-      See docs/durability.md for what each promises and costs.
-    - ``versioned``: deprecated and ignored (versions are always kept).
-
-    Connections: with auto-pipelining the store uses at most ``max_in_flight`` connections of the
-    client's pool, whatever the number of concurrent sessions, and keeps them until
-    :meth:`aclose`; 1,000 concurrent sessions neither exhaust the pool nor queue for it.
+    :param client: a ``redis.asyncio.Redis`` or ``RedisCluster`` client, not with
+        ``decode_responses=True``, that you own (and close); :meth:`from_url` makes one that the
+        store owns. Its one connection pool serves every session.
+    :param prefix: the first part of every key.
+    :param sliding_ttl: as for every store (:class:`~chatstate.stores.BackendStore`).
+    :param on_corrupt: an entry that cannot be decoded is ``"skip"``-ped (logged, counted in
+        ``corrupt_entries``) or ``"raise"``-s CorruptEntryError.
+    :param compress_over: compress an entry whose JSON is longer than this many bytes, when that
+        makes it smaller (``None``: never).
+    :param compression: ``"auto"`` (zstd where the zstandard package is installed, else zlib),
+        ``"zstd"`` or ``"zlib"``. Entries record theirs, but reading zstd needs zstandard on
+        every instance (the ``redis`` extra brings it).
+    :param owns_client: close the client in :meth:`aclose` (what :meth:`from_url` sets).
+    :param auto_pipeline: the commands of concurrent calls go out together, one pipelined write
+        per event-loop iteration, each still atomic; ``False``: every command on its own.
+    :param max_batch: commands per pipelined write at most.
+    :param max_in_flight: pipelined writes at once, and so connections of the client's pool the
+        store uses (and keeps until :meth:`aclose`).
+    :param max_pending: queued commands at most; past them, callers wait for room.
+    :param message_cache_bytes: bounds a cache of the messages of recent entries, so that a load
+        decodes only the entries it has not seen (0: off); every load still reads Redis.
+    :param retry: retries a call after a lost connection or a timeout (a write's id makes a retry
+        never apply it twice); ``None``: no retries. A client of your own keeps its own too.
+    :param max_message_bytes: refuse, with InvalidMessageError and nothing of the call stored, a
+        message whose JSON is longer (default 1 MiB; ``None``: no limit).
+    :param census_keys: keys a :meth:`metrics` call scans at most.
+    :param encryption: seal every entry (:class:`~chatstate.Encryption`) before it reaches Redis.
+    :param near_cache: as for every store (:class:`~chatstate.stores.BackendStore`).
+    :param hooks: as for every store (:class:`~chatstate.stores.BackendStore`).
+    :param durability: when a write is acknowledged: ``"primary"``, once the primary applied it
+        (a failover can lose it); ``"replicas"``, once ``min_replicas`` replicas have it too
+        (docs/durability.md).
+    :param min_replicas: with ``"replicas"``: how many must have each write.
+    :param durability_timeout: with ``"replicas"``: seconds a write waits for them; short of them
+        it raises :class:`~chatstate.errors.OutcomeUnknownError`, which its write id makes safe to
+        retry.
+    :param versioned: deprecated and ignored (every session has a version).
     """
 
     backend: RedisBackend

@@ -289,39 +289,37 @@ class SQLiteBackend:
 
 class SQLiteStateStore(BackendStore[bytes]):
     """History in a SQLite database file: it survives restarts, needs no server, and may be shared
-    by several processes on one machine.
+    by several processes on one machine. Every call is one transaction, on a thread of the store's
+    own so that no file I/O blocks the event loop (asyncio or trio). How it works and what it keeps
+    besides the messages: docs/stores/sqlite.md.
 
-    ``SQLiteStateStore("chat.db")`` (or ``open_store("sqlite:///chat.db")``) creates the file
-    and its tables on first use; ``":memory:"`` keeps a private database in memory. Every call
-    is one transaction, run on a thread of the store's own so that no file I/O blocks the event
-    loop (asyncio or trio): an append inserts the messages, trims the session to
-    ``max_messages`` and sets its expiry in one transaction, so a crash, a concurrent writer or
-    a cancelled caller never leaves half of it. The database runs in WAL mode: readers do not
-    wait for the writer.
-
-    - ``busy_timeout`` (default 30 s): how long a write waits for another process's write
-      before failing with StateSaveError (nothing of it written).
-    - ``synchronous`` (default ``"NORMAL"``): SQLite's durability setting. In WAL mode
-      ``"NORMAL"`` loses no committed turn when the app crashes, only, at worst, the last turns
-      when the machine loses power; ``"FULL"`` syncs every commit to disk (slower).
-    - ``sweep_interval`` (default 60 s): expired sessions are never returned; their rows are
-      deleted by a sweep of up to 500 of them that a write runs, in its transaction, at most
-      once per ``sweep_interval`` seconds (no background task). ``None`` turns it off;
-      :meth:`sweep` deletes every expired session now.
-    - ``clock``: the wall clock, Unix seconds (expiry is shared across processes and restarts),
-      to be replaced in tests.
-    - ``on_corrupt``, ``compress_over``, ``compression``, ``max_message_bytes`` and
-      ``message_cache_bytes`` as for :class:`~chatstate.stores.redis.RedisStateStore`: entries
-      are stored in the same format.
-    - ``encryption``: an :class:`~chatstate.Encryption`: every entry sealed before it reaches
-      the file (nothing of the history readable in it, its WAL or a backup).
-    - ``sliding_ttl``, ``near_cache``, ``hooks``: as for every store
-      (:class:`~chatstate.stores.BackendStore`).
-
-    Besides the :class:`~chatstate.StateStore` protocol it keeps summaries and each session's
-    metadata (with its created and updated times, by ``clock``), numbers writes, holds
-    cross-process turn leases (a row with a token and an expiry), snapshots and restores whole
-    sessions and indexes a user's conversations.
+    :param path: the database file, created with its tables on first use; ``":memory:"``: a
+        private database in memory.
+    :param busy_timeout: seconds a write waits for another process's write before it fails with
+        StateSaveError (nothing of it written).
+    :param synchronous: SQLite's durability setting. ``"NORMAL"`` (WAL mode) loses no committed
+        turn when the app crashes, at worst the last ones when the machine loses power;
+        ``"FULL"`` syncs every commit to disk (slower).
+    :param sweep_interval: expired sessions are never returned; a write deletes up to 500 of them,
+        in its transaction, at most once per this many seconds (no background task; ``None``:
+        never). :meth:`sweep` deletes every expired one now.
+    :param clock: the wall clock in Unix seconds of expiry, leases and the sessions' times (shared
+        across processes and restarts); tests give a fake one.
+    :param on_corrupt: an entry that cannot be decoded is ``"skip"``-ped (logged, counted in
+        ``corrupt_entries``) or ``"raise"``-s CorruptEntryError.
+    :param compress_over: compress an entry whose JSON is longer than this many bytes, when that
+        makes it smaller (``None``: never).
+    :param compression: ``"auto"`` (zstd where the zstandard package is installed, else zlib),
+        ``"zstd"`` or ``"zlib"``; entries record theirs (docs/stores/redis.md, Compression).
+    :param max_message_bytes: refuse, with InvalidMessageError and nothing of the call stored, a
+        message whose JSON is longer (default 1 MiB; ``None``: no limit).
+    :param message_cache_bytes: bounds a cache of the messages of recent entries, so that a load
+        decodes only the entries it has not seen (0: off).
+    :param sliding_ttl: as for every store (:class:`~chatstate.stores.BackendStore`).
+    :param encryption: seal every entry (:class:`~chatstate.Encryption`) before it reaches the
+        file: nothing of the history is readable in it, its WAL or a backup.
+    :param near_cache: as for every store (:class:`~chatstate.stores.BackendStore`).
+    :param hooks: as for every store (:class:`~chatstate.stores.BackendStore`).
     """
 
     backend: SQLiteBackend
