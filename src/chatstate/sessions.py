@@ -30,6 +30,7 @@ from typing import Any, Protocol, runtime_checkable
 from chatstate._background import concurrently
 from chatstate._checks import MAX_SESSION_ID_LENGTH, check_session_id, check_ttl
 from chatstate.errors import ConfigurationError, InvalidInputError, InvalidSessionIdError
+from chatstate.stores._metadata import title_of
 from chatstate.stores.base import SessionMetadata
 
 __all__ = [
@@ -81,8 +82,7 @@ class ConversationSummary:
     @property
     def title(self) -> str | None:
         """``metadata["title"]`` if it is a str."""
-        title = self.metadata.get("title")
-        return title if isinstance(title, str) else None
+        return title_of(self.metadata)
 
 
 @dataclass(frozen=True, slots=True)

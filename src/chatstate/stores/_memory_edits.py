@@ -93,12 +93,9 @@ class Edits:
         write_id: str,
         fence: str | None,
     ) -> Written | EditOutcome:
-        session = self._live(session_id)
-        ids = session.writes if session is not None else self._deleted_ids(session_id)
-        if ids and seen(ids, write_id):
-            return self._as_written(session)
-        if fence is not None:
-            self._check_fence(session_id, fence)
+        session, ids, repeated = self._checked(session_id, write_id, fence)
+        if repeated is not None:
+            return repeated
         if session is None:
             return "missing"
         if version is not None and session.version != version:
@@ -124,15 +121,25 @@ class Edits:
         session.generation += 1
         return Written(len(stored), session.version)
 
-    async def write_meta(
-        self, session_id: str, meta: Any, *, write_id: str, fence: str | None
-    ) -> Written | None:
+    def _checked(
+        self, session_id: str, write_id: str, fence: str | None
+    ) -> tuple[_Session | None, str, Written | None]:
+        """The live session, its write ids, and what a write whose id it remembers returns
+        (None: not such a write); the fence checked after the write id (raises Fenced)."""
         session = self._live(session_id)
         ids = session.writes if session is not None else self._deleted_ids(session_id)
         if ids and seen(ids, write_id):
-            return self._as_written(session)
+            return session, ids, self._as_written(session)
         if fence is not None:
             self._check_fence(session_id, fence)
+        return session, ids, None
+
+    async def write_meta(
+        self, session_id: str, meta: Any, *, write_id: str, fence: str | None
+    ) -> Written | None:
+        session, ids, repeated = self._checked(session_id, write_id, fence)
+        if repeated is not None:
+            return repeated
         if session is None:
             return None
         session.meta = meta

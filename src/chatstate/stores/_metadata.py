@@ -58,8 +58,13 @@ class SessionInfo:
     @property
     def title(self) -> str | None:
         """``metadata["title"]`` if it is a str (the key a chat sidebar shows)."""
-        title = self.metadata.get("title")
-        return title if isinstance(title, str) else None
+        return title_of(self.metadata)
+
+
+def title_of(metadata: Mapping[str, Any]) -> str | None:
+    """A session's title: ``metadata["title"]`` if it is a str."""
+    title = metadata.get("title")
+    return title if isinstance(title, str) else None
 
 
 def check_metadata(metadata: object) -> bytes:
