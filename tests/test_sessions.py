@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import time
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -236,6 +238,27 @@ async def test_a_bad_cursor_or_limit_is_refused(store: StateStore) -> None:
     for limit in [0, 1001, 2.0]:
         with pytest.raises(ConfigurationError):
             await conversations.page("42", limit=limit)  # type: ignore[arg-type]
+
+
+async def test_a_forged_cursor_is_refused_before_the_store_sees_it(store: StateStore) -> None:
+    # A cursor comes back from a client: a time that no backend can convert (NaN, inf, 1e308:
+    # ValueError, OverflowError from Redis's ms), or a member no store can take (a surrogate:
+    # UnicodeEncodeError; NUL: PostgreSQL's error, reported as the store failing).
+    conversations = Conversations(store, ttl=timedelta(hours=1))
+    await store.append(await conversations.record("42", "x"), [Message(role="user", content="x")])
+    forged = ['[NaN, "x"]', '[Infinity, "x"]', '[1e308, "x"]', '[-1e308, "x"]', '[1, "a\\u0000b"]',
+              '[1, "\\ud800"]', '[1, ""]', '[true, "x"]']  # fmt: skip
+    for raw in forged:
+        cursor = base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+        with pytest.raises(InvalidInputError, match="cursor"):
+            await conversations.page("42", cursor=cursor)
+    page = await conversations.page("42", limit=1, cursor=_a_cursor(time.time() + 60, "x"))
+    assert [c.conversation_id for c in page.conversations] == ["x"]
+
+
+def _a_cursor(at: float, member: str) -> str:
+    raw = json.dumps([at, member]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
 async def test_the_middleware_registers_each_turn_s_conversation(store: StateStore) -> None:
