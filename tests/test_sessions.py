@@ -166,6 +166,34 @@ async def test_a_failed_delete_of_an_erase_raises_the_store_s_error_and_a_retry_
     assert [await store.load(f"user-9-conv-{name}") for name in "xyz"] == [[], [], []]
 
 
+async def test_a_turn_that_lands_during_an_erase_is_erased_too() -> None:
+    # A turn of the user's conversation writes it again just after the erase deleted it, and
+    # registers it before the erase drops the index: the drop must not leave it unlisted.
+    class Racing(InMemoryStateStore):
+        turn: Any = None
+
+        async def delete(self, session_id: str) -> bool:
+            deleted = await super().delete(session_id)
+            if self.turn is not None and session_id == "user-9-conv-x":
+                turn, self.turn = self.turn, None
+                await turn()
+            return deleted
+
+    store = Racing()
+    pipe = Pipeline(StateMiddleware(store), ProviderMiddleware(ScriptedProvider()))
+    await pipe.execute_with_session("user-9-conv-x", "user", "hello")
+    await pipe.execute_with_session("user-9-conv-y", "user", "hello")
+
+    async def turn() -> None:
+        await pipe.execute_with_session("user-9-conv-x", "user", "one more")
+
+    store.turn = turn
+    conversations = Conversations(store)
+    erased = await conversations.erase("9")
+    assert sorted(erased.sessions) == ["user-9-conv-x", "user-9-conv-y"]  # each once
+    assert await store.load("user-9-conv-x") == []
+
+
 # -- pages by cursor, metadata, registration, forks, complete erasure -----------------------------
 
 

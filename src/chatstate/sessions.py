@@ -287,10 +287,10 @@ class Conversations:
         removed: builtins.list[str] = []
         await self._delete_all([*ids, user_session], removed)
         dropped = await self.store.drop_conversations(user_session)
-        known = set(ids)
-        stragglers = [self._session_of(user_id, member) for member in dropped]
-        await self._delete_all([sid for sid in stragglers if sid not in known], removed)
-        return ErasureReport(removed)
+        # Every member the drop took, not only those registered since the listing: a turn that
+        # wrote a session again after its delete above registered it again before the drop.
+        await self._delete_all([self._session_of(user_id, member) for member in dropped], removed)
+        return ErasureReport(list(dict.fromkeys(removed)))
 
     async def _delete_all(
         self, session_ids: builtins.list[str], removed: builtins.list[str]
