@@ -249,3 +249,32 @@ def test_sessions_of_a_user_list_titles_newest_first_a_page_at_a_time(
     assert len(captured.out.splitlines()) == 1 and "stopped at --limit 1" in captured.err
     assert main(["sessions", *store, "--cursor", cursor]) == 2
     assert "--cursor pages the sessions of a --user" in capsys.readouterr().err
+
+
+def test_a_page_of_a_user_s_sessions_that_are_all_gone_still_gives_the_next_cursor(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Conversations.page leaves out sessions that no longer exist: a page of them is empty and
+    # still has a next page, which the command must not hide behind "has no sessions".
+    path = tmp_path / "chat.db"
+
+    async def fill() -> None:
+        async with SQLiteStateStore(path) as store:
+            conversations = Conversations(store)
+            kept = await conversations.record("42", "kept")
+            await store.append(kept, [Message(role="user", content="hi")], metadata={"title": "K"})
+            for name in ["deleted", "deleted-too"]:
+                await anyio.sleep(0.01)
+                session_id = await conversations.record("42", name)
+                await store.append(session_id, [Message(role="user", content=name)])
+                await store.delete(session_id)
+
+    asyncio.run(fill())
+    store = ["--store", f"sqlite:///{path}"]
+    assert main(["sessions", *store, "--user", "42", "--limit", "2"]) == 0
+    more = capsys.readouterr().out.splitlines()[-1]
+    assert more.startswith("(more: chatstate sessions --user 42 --cursor ")
+    cursor = more.split("--cursor ")[1].rstrip(")")
+    assert main(["sessions", *store, "--user", "42", "--cursor", cursor]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[:2] for line in lines[1:]] == [["user-42-conv-kept", "K"]]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import time
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -164,6 +166,34 @@ async def test_a_failed_delete_of_an_erase_raises_the_store_s_error_and_a_retry_
     assert [await store.load(f"user-9-conv-{name}") for name in "xyz"] == [[], [], []]
 
 
+async def test_a_turn_that_lands_during_an_erase_is_erased_too() -> None:
+    # A turn of the user's conversation writes it again just after the erase deleted it, and
+    # registers it before the erase drops the index: the drop must not leave it unlisted.
+    class Racing(InMemoryStateStore):
+        turn: Any = None
+
+        async def delete(self, session_id: str) -> bool:
+            deleted = await super().delete(session_id)
+            if self.turn is not None and session_id == "user-9-conv-x":
+                turn, self.turn = self.turn, None
+                await turn()
+            return deleted
+
+    store = Racing()
+    pipe = Pipeline(StateMiddleware(store), ProviderMiddleware(ScriptedProvider()))
+    await pipe.execute_with_session("user-9-conv-x", "user", "hello")
+    await pipe.execute_with_session("user-9-conv-y", "user", "hello")
+
+    async def turn() -> None:
+        await pipe.execute_with_session("user-9-conv-x", "user", "one more")
+
+    store.turn = turn
+    conversations = Conversations(store)
+    erased = await conversations.erase("9")
+    assert sorted(erased.sessions) == ["user-9-conv-x", "user-9-conv-y"]  # each once
+    assert await store.load("user-9-conv-x") == []
+
+
 # -- pages by cursor, metadata, registration, forks, complete erasure -----------------------------
 
 
@@ -236,6 +266,27 @@ async def test_a_bad_cursor_or_limit_is_refused(store: StateStore) -> None:
     for limit in [0, 1001, 2.0]:
         with pytest.raises(ConfigurationError):
             await conversations.page("42", limit=limit)  # type: ignore[arg-type]
+
+
+async def test_a_forged_cursor_is_refused_before_the_store_sees_it(store: StateStore) -> None:
+    # A cursor comes back from a client: a time that no backend can convert (NaN, inf, 1e308:
+    # ValueError, OverflowError from Redis's ms), or a member no store can take (a surrogate:
+    # UnicodeEncodeError; NUL: PostgreSQL's error, reported as the store failing).
+    conversations = Conversations(store, ttl=timedelta(hours=1))
+    await store.append(await conversations.record("42", "x"), [Message(role="user", content="x")])
+    forged = ['[NaN, "x"]', '[Infinity, "x"]', '[1e308, "x"]', '[-1e308, "x"]', '[1, "a\\u0000b"]',
+              '[1, "\\ud800"]', '[1, ""]', '[true, "x"]']  # fmt: skip
+    for raw in forged:
+        cursor = base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+        with pytest.raises(InvalidInputError, match="cursor"):
+            await conversations.page("42", cursor=cursor)
+    page = await conversations.page("42", limit=1, cursor=_a_cursor(time.time() + 60, "x"))
+    assert [c.conversation_id for c in page.conversations] == ["x"]
+
+
+def _a_cursor(at: float, member: str) -> str:
+    raw = json.dumps([at, member]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
 async def test_the_middleware_registers_each_turn_s_conversation(store: StateStore) -> None:

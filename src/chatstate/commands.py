@@ -319,11 +319,12 @@ async def _user_sessions(store: StateStore, args: argparse.Namespace) -> int:
     for each in page.conversations:
         when = each.updated_at or each.last_active
         rows.append((each.session_id, each.title or "", when.strftime("%Y-%m-%d %H:%M:%S UTC")))
-    if len(rows) == 1:
+    if len(rows) == 1 and page.next_cursor is None:
         print(f"chatstate sessions: user {args.user!r} has no sessions there", file=sys.stderr)
         return 1
+    # A page may be empty and have a next one: its sessions were deleted, their entries kept.
     widths = [max(len(row[column]) for row in rows) for column in range(2)]
-    for row in rows:
+    for row in rows if len(rows) > 1 else ():
         print(f"{row[0]:<{widths[0]}}  {row[1]:<{widths[1]}}  {row[2]}")
     if page.next_cursor is not None:
         print(f"(more: chatstate sessions --user {args.user} --cursor {page.next_cursor})")

@@ -287,10 +287,10 @@ class Conversations:
         removed: builtins.list[str] = []
         await self._delete_all([*ids, user_session], removed)
         dropped = await self.store.drop_conversations(user_session)
-        known = set(ids)
-        stragglers = [self._session_of(user_id, member) for member in dropped]
-        await self._delete_all([sid for sid in stragglers if sid not in known], removed)
-        return ErasureReport(removed)
+        # Every member the drop took, not only those registered since the listing: a turn that
+        # wrote a session again after its delete above registered it again before the drop.
+        await self._delete_all([self._session_of(user_id, member) for member in dropped], removed)
+        return ErasureReport(list(dict.fromkeys(removed)))
 
     async def _delete_all(
         self, session_ids: builtins.list[str], removed: builtins.list[str]
@@ -346,10 +346,17 @@ def _cursor(pair: tuple[str, float]) -> str:
 
 
 def _read_cursor(cursor: object) -> tuple[float, str]:
+    # A cursor comes back from a client: only a time (finite, of a date: NaN, inf and 1e308 fail
+    # a backend's conversions) and a member that could be in an index (no surrogate or NUL,
+    # which no store can take) pass to the store. Checked with ifs, not asserts (python -O).
     try:
-        assert isinstance(cursor, str)
+        if not isinstance(cursor, str):
+            raise TypeError
         at, member = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-        assert type(at) in (int, float) and type(member) is str and member
+        if type(at) not in (int, float) or type(member) is not str:
+            raise TypeError
+        datetime.fromtimestamp(at, UTC)  # NaN, inf or out of range: raises
+        check_session_id(member.removeprefix(_SESSION))
         return float(at), member
     except Exception:
         raise InvalidInputError(f"not a cursor of Conversations.page: {cursor!r}"[:200]) from None
