@@ -23,6 +23,7 @@ from chatstate import (
     ProviderMiddleware,
     RedisStateStore,
     ScriptedProvider,
+    SessionNotFoundError,
     StateMiddleware,
     StateMiddlewareConfig,
     StateStore,
@@ -30,6 +31,7 @@ from chatstate import (
 )
 from chatstate.pipeline import CallNext, RequestContext
 from chatstate.sessions import Conversations, temporary_session
+from chatstate.testing import FakeClock
 from chatstate.testing.redis_server import LocalRedisCluster
 from chatstate.transfer import fork_session
 
@@ -373,3 +375,67 @@ async def test_a_middleware_s_metadata_is_stored_with_the_turn(store: StateStore
     await pipe.execute_with_session("s", "user", "And Porto?")
     messages, info = await store.load_with_metadata("s")  # type: ignore[attr-defined]
     assert len(messages) == 4 and info.title == "Plan a trip to Lisbo"
+
+
+async def test_forks_of_any_of_a_user_s_sessions_are_erased_with_them() -> None:
+    store = InMemoryStateStore()
+    conversations = Conversations(store)
+    source = await conversations.record("5", "a")
+    await store.append(source, [Message(role="user", content="hi")])
+    visitor = temporary_session()
+    await store.append(visitor, [Message(role="user", content="before sign-in")])
+    await conversations.register("5", visitor)
+    await fork_session(store, source, "draft")  # registered: its source is a conversation
+    await conversations.fork("5", "draft", "draft-2")  # a fork of a fork
+    await conversations.fork("5", visitor, "visitor-copy")  # a fork of a temporary session
+    with pytest.raises(InvalidInputError, match="another user"):
+        await conversations.fork("5", source, "user-6-conv-x")
+    assert await store.load("user-6-conv-x") == []  # refused before anything was written
+    erased = await conversations.erase("5")
+    assert sorted(erased.sessions) == sorted([source, visitor, "draft", "draft-2", "visitor-copy"])
+
+
+async def test_a_session_registered_by_its_id_stays_listed_while_its_turns_keep_it_alive() -> None:
+    clock = FakeClock()
+    store = InMemoryStateStore(clock=clock)
+    wall = Clock()
+    conversations = Conversations(store, clock=wall)
+    await store.append("tmp-x", [Message(role="user", content="hi")], ttl=100)
+    await conversations.register("5", "tmp-x")
+    for _ in range(3):  # 270 s: well past the 100 s the session had when it was registered
+        clock.advance(90)
+        wall.now += 90
+        await store.append("tmp-x", [Message(role="user", content="still here")], ttl=100)
+    listed = await conversations.page("5")
+    assert [c.session_id for c in listed.conversations] == ["tmp-x"]
+    assert (await conversations.erase("5")).sessions == ["tmp-x"]
+
+
+async def test_on_a_sliding_expiry_the_middleware_registers_for_as_long_as_loads_go_on() -> None:
+    deadlines: list[float | None] = []
+
+    class Recording(InMemoryStateStore):
+        async def index_conversation(self, *args: Any, ttl: float | None, **kwargs: Any) -> None:
+            deadlines.append(ttl)
+            await super().index_conversation(*args, ttl=ttl, **kwargs)
+
+    for store in [Recording(), Recording(sliding_ttl=timedelta(hours=1))]:
+        config = StateMiddlewareConfig(ttl=timedelta(hours=1))
+        pipe = Pipeline(StateMiddleware(store, config), ProviderMiddleware(ScriptedProvider()))
+        await pipe.execute_with_session("user-5-conv-a", "user", "hello")
+    assert deadlines == [3600.0, None]
+
+
+async def test_register_refuses_another_user_s_own_session() -> None:
+    conversations = Conversations(InMemoryStateStore())
+    with pytest.raises(InvalidInputError, match="another user's own session"):
+        await conversations.register("5", "user-6")
+
+
+async def test_metadata_without_messages_needs_a_session() -> None:
+    store = InMemoryStateStore()
+    with pytest.raises(SessionNotFoundError):
+        await store.append("nobody", [], metadata={"title": "lost"})
+    await store.append("s", [Message(role="user", content="hi")])
+    assert await store.append("s", [], metadata={"title": "kept"}) == 1
+    assert (await store.metadata("s")).metadata == {"title": "kept"}  # type: ignore[union-attr]

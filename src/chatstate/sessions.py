@@ -31,7 +31,7 @@ from chatstate._background import concurrently
 from chatstate._checks import MAX_SESSION_ID_LENGTH, check_session_id, check_ttl
 from chatstate.errors import ConfigurationError, InvalidInputError, InvalidSessionIdError
 from chatstate.stores._metadata import title_of
-from chatstate.stores.base import SessionMetadata
+from chatstate.stores.base import SessionMetadata, SessionSnapshot
 
 __all__ = [
     "ConversationIndex",
@@ -136,6 +136,7 @@ async def index_fork(store: Any, source: str, target: str, *, ttl: float | None)
         if source_owner is None:
             return False
         owner = source_owner[0], _SESSION + target
+        ttl = None  # registered by its id: indexed until the user's erase (see register)
     await store.index_conversation(owner[0], owner[1], now=time.time(), ttl=ttl)
     return True
 
@@ -210,9 +211,29 @@ class Conversations:
 
     async def register(self, user_id: str, session_id: str) -> None:
         """Give the user any session (a temporary session claimed at sign-in, a copy made by
-        the application), active now, for as long as the session has left to live (for ever if
-        it never expires; this object's ``ttl`` if it does not exist yet): it is listed with the
-        user's conversations and erased with them."""
+        the application), active now: it is listed with the user's sessions and erased with
+        them. A session registered by its id stays in the index until :meth:`erase` (its turns
+        may keep it alive for any time; :meth:`page` leaves it out once it no longer exists);
+        one of the user's conversations is recorded (:meth:`record`)."""
+        user_session, member = self._member(user_id, session_id)
+        ttl = self.ttl if not member.startswith(_SESSION) else None
+        await self.store.index_conversation(user_session, member, now=self._clock(), ttl=ttl)
+
+    async def fork(self, user_id: str, source: str, target: str, **options: Any) -> SessionSnapshot:
+        """:func:`~chatstate.transfer.fork_session` (``options`` as it takes them), the fork
+        registered under the user: a fork of any session of theirs (a fork of a fork, of a
+        temporary session), which ``fork_session`` alone registers only when one of the two ids
+        is a conversation's. The fork's owner is checked before anything is written."""
+        from chatstate.transfer import fork_session
+
+        self._member(user_id, target)
+        snapshot = await fork_session(self.store, source, target, **options)
+        await self.register(user_id, target)
+        return snapshot
+
+    def _member(self, user_id: str, session_id: str) -> tuple[str, str]:
+        """The user's session and the index member of ``session_id``; InvalidInputError for a
+        session that is not the user's to register (the user's own, another user's)."""
         session_id = check_session_id(session_id)
         user_session = self.user_session(user_id)
         if session_id == user_session:
@@ -222,12 +243,9 @@ class Conversations:
             raise InvalidInputError(
                 f"session {session_id!r} is a conversation of another user ({owner[0]!r})"
             )
-        ttl: float | None = self.ttl
-        if await self.store.exists(session_id):
-            left = await self.store.ttl(session_id)
-            ttl = None if left is None else left.total_seconds()
-        member = owner[1] if owner is not None else _SESSION + session_id
-        await self.store.index_conversation(user_session, member, now=self._clock(), ttl=ttl)
+        if owner is None and session_id.startswith(_USER):
+            raise InvalidInputError(f"session {session_id!r} is another user's own session")
+        return user_session, owner[1] if owner is not None else _SESSION + session_id
 
     async def session_ids(self, user_id: str) -> list[str]:
         """The session ids of every live session of the user, most recent first, and the

@@ -84,7 +84,8 @@ class StateMiddlewareConfig:
     whose lease ran out stores nothing."""
     index_conversations: bool = True
     """Register a session whose id follows the conversation pattern (``user-{id}-conv-{cid}``)
-    under its user after each turn (:class:`~chatstate.sessions.Conversations`); a failure is
+    under its user after each turn (:class:`~chatstate.sessions.Conversations`), for ``ttl``
+    (for ever on a store with a sliding expiry, whose loads keep a session alive); a failure is
     logged and counted in ``StateMiddleware.index_errors``, and the turn stands."""
 
     def __post_init__(self) -> None:
@@ -363,6 +364,8 @@ class StateMiddleware:
     async def _register(self, session_id: str) -> None:
         """Index the turn's conversation under its user (never failing the stored turn)."""
         ttl = None if self._ttl is None else self._ttl.total_seconds()
+        if getattr(self.store, "sliding_ttl", None) is not None:
+            ttl = None  # its loads keep the session alive past its last turn's ttl
         try:
             await index_session(self.store, session_id, ttl=ttl)
         except ChatStateError as exc:

@@ -22,7 +22,12 @@ from chatstate._checks import (
 )
 from chatstate._locks import KeyedLock
 from chatstate.clock import SYSTEM_CLOCK, Clock
-from chatstate.errors import ConfigurationError, StateLoadError, StateSaveError
+from chatstate.errors import (
+    ConfigurationError,
+    SessionNotFoundError,
+    StateLoadError,
+    StateSaveError,
+)
 from chatstate.messages import Message, as_messages
 from chatstate.stores._backend import Backend, Page
 from chatstate.stores._codec import (
@@ -127,6 +132,11 @@ class BackendStore(Listing, Leasing, HistoryOps[E], WholeSessions[E]):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.backend!r})"
+
+    @property
+    def sliding_ttl(self) -> float | None:
+        """The sliding expiry in seconds (every load sets it; None: none)."""
+        return self._touch
 
     # -- reads -----------------------------------------------------------------------------------
 
@@ -315,8 +325,14 @@ class BackendStore(Listing, Leasing, HistoryOps[E], WholeSessions[E]):
         meta = None if metadata is None else {"meta": self._meta_entry(session_id, metadata)}
         entries = self._codec.encode(new, session_id=session_id)
         if not entries:
-            if meta is not None:
-                await self.set_metadata(session_id, metadata, write_id=token)
+            if meta is not None and not await self.set_metadata(
+                session_id, metadata, write_id=token
+            ):
+                raise SessionNotFoundError(
+                    f"session {session_id!r} does not exist: its metadata comes with its first "
+                    "messages; nothing was stored",
+                    session_id=session_id,
+                )
             started = _clock()
             page = await self._read(session_id, 0, started=started, touch=False)
             return page.length, page.version
