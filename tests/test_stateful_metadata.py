@@ -11,7 +11,7 @@ import pytest
 from hypothesis import strategies as st
 from hypothesis.stateful import rule
 
-from chatstate import Message
+from chatstate import Message, SessionNotFoundError
 
 from .conftest import kinds
 from .test_stateful import KINDS, SESSIONS, Model, StoreMachine, _messages, run_machine
@@ -84,8 +84,13 @@ class MetadataMachine(StoreMachine):
         self, session: str, count: int, document: dict[str, Any] | None, ttl: float | None
     ) -> None:
         messages = _messages(count)
-        length = self.run(self.backend.store.append(session, messages, ttl=ttl, metadata=document))
-        assert length == self.model.append(session, messages, None, ttl, document)
+        append = self.backend.store.append(session, messages, ttl=ttl, metadata=document)
+        if not messages and document is not None and self.model.metadata(session) is None:
+            # Metadata without messages needs a session: refused, nothing stored.
+            with pytest.raises(SessionNotFoundError):
+                self.run(append)
+            return
+        assert self.run(append) == self.model.append(session, messages, None, ttl, document)
 
     @rule(session=st.sampled_from(SESSIONS), document=DOCUMENTS)
     def set_metadata(self, session: str, document: dict[str, Any] | None) -> None:
