@@ -300,14 +300,24 @@ def test_the_codec_decodes_only_entries_it_has_not_seen(monkeypatch: pytest.Monk
 
     monkeypatch.setattr(codec_module, "decode_aligned", counting)
     writer, reader = EntryCodec(), EntryCodec()
-    entries = writer.encode(_distinct(20))
+    entries = writer.encode(_distinct(20), session_id="s")
     assert writer.decode(entries, on_corrupt="raise", session_id="s") == (_distinct(20), 0)
     assert decoded == []  # what it wrote, it knows
     assert reader.decode(entries, on_corrupt="raise", session_id="s") == (_distinct(20), 0)
     assert reader.decode(entries, on_corrupt="raise", session_id="s") == (_distinct(20), 0)
-    window = entries[2:] + writer.encode(_distinct(22, 20))
+    window = entries[2:] + writer.encode(_distinct(22, 20), session_id="s")
     assert reader.decode(window, on_corrupt="raise", session_id="s") == (_distinct(22, 2), 0)
     assert decoded == [20, 2]  # the first read, then only the new turn
+    longer = entries[:2] + window  # older entries, then the window
+    assert reader.decode(longer, on_corrupt="raise", session_id="s") == (_distinct(22), 0)
+    assert decoded == [20, 2, 2]
+    edited = window[:5] + writer.encode(_distinct(1, 0), session_id="s") + window[6:]
+    expected = _distinct(7, 2) + _distinct(1) + _distinct(22, 8)
+    assert reader.decode(edited, on_corrupt="raise", session_id="s") == (expected, 0)
+    # Bytes the window holds, in the same order, are served: the rest is decoded.
+    assert reader.decode(entries[:3], on_corrupt="raise", session_id="other")[0] == (
+        _distinct(3)
+    )  # windows are per session
 
 
 def test_the_codec_keeps_positions_around_corrupt_entries() -> None:
@@ -324,25 +334,30 @@ def test_the_codec_keeps_positions_around_corrupt_entries() -> None:
 
 def test_the_codec_cache_is_bounded_and_drops_the_least_recently_used() -> None:
     codec = EntryCodec(cache_bytes=20_000)
-    live = codec.encode(_distinct(5))
+    live = codec.encode(_distinct(5), session_id="live")
     for start in range(5, 200, 5):
-        codec.decode(live, on_corrupt="raise", session_id="s")  # live entries stay in use
-        codec.encode(_distinct(start + 5, start))
-        assert codec._held <= 20_000
+        codec.decode(live, on_corrupt="raise", session_id="live")  # its window stays in use
+        codec.encode(_distinct(start + 5, start), session_id=f"other {start}")
+        assert codec._cache.held <= 20_000
     assert all(entry in codec._cache for entry in live)
     assert len(codec._cache) < 30
+    one = EntryCodec(cache_bytes=20_000)  # a window over the budget on its own keeps its newest
+    entries = one.encode(_distinct(40), session_id="s")
+    assert one._cache.held <= 20_000
+    assert entries[-1] in one._cache and entries[0] not in one._cache
+    assert one.decode(entries, on_corrupt="raise", session_id="s") == (_distinct(40), 0)
     off = EntryCodec(cache_bytes=0)
     assert off.decode(off.encode(_distinct(3)), on_corrupt="raise", session_id="s")[0] == (
         _distinct(3)
     )
-    assert not off._cache
+    assert not len(off._cache)
 
 
 def test_long_loads_bypass_the_codec_cache() -> None:
     writer, reader = EntryCodec(), EntryCodec()
     entries = writer.encode(_distinct(300))
     assert reader.decode(entries, on_corrupt="raise", session_id="s") == (_distinct(300), 0)
-    assert not reader._cache  # an unbounded history does not push the windows out
+    assert not len(reader._cache)  # an unbounded history does not push the windows out
     assert (
         reader.decode(entries[-20:], on_corrupt="raise", session_id="s")[0]
         == (_distinct(300)[-20:])

@@ -9,8 +9,8 @@ which keeps the immutable messages themselves.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Sequence
+from itertools import compress
 from typing import Literal, Protocol, TypeVar
 
 from chatstate import _compression
@@ -39,6 +39,7 @@ from chatstate.stores._envelope import (
     encode_entry,
     entry_payload,
 )
+from chatstate.stores._windows import MAX_WINDOW, Windows, cost
 
 # The codec is where the stores find every stage: the envelope's names are re-exported here.
 __all__ = [
@@ -56,9 +57,6 @@ __all__ = [
 ]
 
 E = TypeVar("E")
-
-_MAX_CACHED_LOAD = 256
-"""Loads of more entries than this bypass the codec's cache."""
 
 OnCorrupt = Literal["skip", "raise"]
 
@@ -139,15 +137,16 @@ class EntryCodec:
     """Turns messages into stored entries and back, remembering recent ones.
 
     A session's history changes by a turn at a time, so most entries a load reads were written or
-    read a moment ago. The codec keeps the messages of the entries it encoded or decoded lately,
-    keyed by the entry's exact bytes (an entry always decodes to the same immutable message; an
-    encrypted one only in its own session and place, which the cache checks), so a load decodes
-    only what it has not seen: about two entries a turn instead of the whole window. The cache is
-    bounded by ``cache_bytes``, an estimate of the memory its entries hold; the least recently
-    used go first, so entries trimmed out of every window leave before live ones. It pays while
-    the windows of the active sessions fit: the default 32 MiB holds about 22,000 messages of 200
-    bytes. Loads of more than 256 entries bypass it. ``cache_bytes=0`` turns it off (and keeps no
-    plaintext in memory beyond what a call returns).
+    read a moment ago. The codec keeps, per session, the entries it last read or wrote there with
+    their messages (:mod:`chatstate.stores._windows`), and a load takes the messages of the entries
+    it shares with that window, found by comparing bytes (an entry always decodes to the same
+    immutable message; an encrypted one only in its own session and place, where the window is
+    kept), so it decodes only what it has not seen: about two entries a turn instead of the whole
+    window. The cache is bounded by ``cache_bytes``, an estimate of the memory its entries hold;
+    the windows of the least recently used sessions go first. It pays while the windows of the
+    active sessions fit: the default 32 MiB holds about 22,000 messages of 200 bytes. Loads of
+    more than 256 entries bypass it. ``cache_bytes=0`` turns it off (and keeps no plaintext in
+    memory beyond what a call returns).
     """
 
     __slots__ = (
@@ -156,7 +155,6 @@ class EntryCodec:
         "_compress",
         "_compress_over",
         "_encryption",
-        "_held",
         "_max_bytes",
     )
 
@@ -173,10 +171,8 @@ class EntryCodec:
         self._compress = _compression.compressor(compression)
         self._max_bytes = max_bytes
         self._encryption = encryption
-        # entry -> (message, None) for a plain entry, (message, (session, kind)) for a sealed one
-        self._cache: OrderedDict[bytes, tuple[Message, tuple[str, bytes] | None]] = OrderedDict()
+        self._cache = Windows(cache_bytes)
         self._cache_bytes = cache_bytes
-        self._held = 0
 
     @classmethod
     def for_store(
@@ -232,20 +228,11 @@ class EntryCodec:
                 _check_size(index, len(payload), max_bytes)  # raises
             entries.append(_envelope(payload, compress_over, method, compress, tokens_of(message)))
         encryption = self._encryption
+        kind = SUMMARY if summary else HISTORY
         if encryption is not None:
-            kind = SUMMARY if summary else HISTORY
             entries = [encryption.seal(entry, session_id, kind) for entry in entries]
-            if self._cache_bytes:
-                for entry, message in zip(entries, messages, strict=True):
-                    self._remember(entry, message, (session_id, kind))
-        elif self._cache_bytes:
-            cache = self._cache
-            for entry, message in zip(entries, messages, strict=True):
-                if entry not in cache:
-                    cache[entry] = (message, None)
-                    self._held += _cost(entry)
-            if self._held > self._cache_bytes:
-                self._evict()
+        if self._cache_bytes and entries:
+            self._cache.extend((session_id, kind), entries, list(messages))
         return entries
 
     def decode(
@@ -258,36 +245,30 @@ class EntryCodec:
     ) -> tuple[list[Message], int]:
         """The messages of ``entries``, decoding only the entries it does not remember."""
         kind = SUMMARY if summary else HISTORY
-        if not self._cache_bytes or len(entries) > _MAX_CACHED_LOAD:
+        if not self._cache_bytes or not entries or len(entries) > MAX_WINDOW:
             # A load this long (an unbounded history) would only push the windows of other
             # sessions out of the cache, and pay for it on every entry.
             return _kept(self._decode_all(entries, on_corrupt, session_id, kind))
-        get, keep = self._cache.get, self._cache.move_to_end
-        found: list[Message | None] = []
-        missing: list[int] = []
-        for entry in entries:
-            hit = get(entry)
-            if hit is not None and (hit[1] is None or hit[1] == (session_id, kind)):
-                keep(entry)  # least recently used first out: live windows stay, trimmed go
-                found.append(hit[0])
-            else:
-                missing.append(len(found))
-                found.append(None)
-        if not missing:
-            return found, 0  # type: ignore[return-value]  # no None left
-        unseen = [entries[index] for index in missing]
-        owner = (session_id, kind)
-        skipped = 0
+        key = (session_id, kind)
+        entries = list(entries)  # the cache's own: the caller's list may change
+        span = self._cache.known(key, entries)
+        if span is not None and span[1] - span[0] == len(entries):
+            # The common load: the session's window, shifted by the turns written since.
+            self._cache.keep(key, entries, span[2], span[3])
+            return span[2].copy(), 0
+        start, stop, known, costs = span or (0, 0, [], [])
+        unseen = entries[:start] + entries[stop:]
         decoded = self._decode_all(unseen, on_corrupt, session_id, kind)
-        for index, entry, message in zip(missing, unseen, decoded, strict=True):
-            if message is None:
-                skipped += 1
-            else:
-                found[index] = message
-                self._remember(entry, message, owner if entry[:1] == _SEALED else None)
-        if skipped:
-            return _kept(found)
-        return found, 0  # type: ignore[return-value]  # no None left
+        found = decoded[:start] + known + decoded[start:]
+        costs = [cost(entry) for entry in entries[:start]] + costs
+        costs += [cost(entry) for entry in entries[stop:]]
+        kept, skipped = _kept(found)
+        if skipped:  # the window holds what was read
+            read = [message is not None for message in found]
+            entries = list(compress(entries, read))
+            costs = list(compress(costs, read))
+        self._cache.keep(key, entries, kept.copy(), costs)
+        return kept, skipped
 
     def encode_doc(self, payload: bytes, *, session_id: str) -> bytes:
         """A metadata document's entry: the envelope (compressed as a message would be), sealed
@@ -357,22 +338,6 @@ class EntryCodec:
                 raise
             return None
 
-    def _remember(self, entry: bytes, message: Message, owner: tuple[str, bytes] | None) -> None:
-        cache = self._cache
-        if entry in cache:
-            return
-        cache[entry] = (message, owner)
-        self._held += _cost(entry)
-        if self._held > self._cache_bytes:
-            self._evict()
-
-    def _evict(self) -> None:
-        """Forget the least recently used entries until the cache is within its bytes."""
-        cache = self._cache
-        while self._held > self._cache_bytes and cache:
-            oldest, _ = cache.popitem(last=False)
-            self._held -= _cost(oldest)
-
 
 _NO_LIMIT = 1 << 62
 _SEALED = bytes((ENCRYPTED,))
@@ -398,10 +363,3 @@ def _is_legacy(message: Message) -> bool:
     """Whether ``message`` is one that 0.1.0's EncryptedStore stored in place of a message."""
     content = message.content
     return type(content) is str and content.startswith(LEGACY_PREFIX) and message.role == "user"
-
-
-def _cost(entry: bytes) -> int:
-    """Estimated bytes that remembering an entry holds: the entry, its message (whose text is
-    about the size of a plain entry's JSON, and several times a compressed one's), and about
-    1 KiB of objects around them (measured: 0.9 KiB for a short text message)."""
-    return len(entry) * (2 if entry[1:2] == _PLAIN_HEADER[1:] else 5) + 1024
