@@ -114,3 +114,24 @@ async def test_a_backend_without_metadata_says_so() -> None:
         snapshot = await store.snapshot("s")
         assert snapshot is not None and snapshot.metadata is None
         assert await store.restore("copy", snapshot)
+
+
+def test_a_damaged_entry_skipped_once_is_read_again_and_raised_when_asked() -> None:
+    # A load that skipped every entry it read leaves the session's window empty; the next load
+    # (a snapshot, which raises) must decode again, not trip over the empty window.
+    codec = EntryCodec.for_store(
+        compress_over=1024,
+        compression="auto",
+        message_cache_bytes=1 << 20,
+        max_message_bytes=1 << 20,
+    )
+    damaged = b"\x01\x00\xff"
+    assert codec.decode([damaged], on_corrupt="skip", session_id="s", summary=True) == ([], 1)
+    with pytest.raises(CorruptEntryError):
+        codec.decode([damaged], on_corrupt="raise", session_id="s", summary=True)
+    (good,) = codec.encode([Message(role="user", content="hi")], session_id="s")
+    assert codec.decode([damaged, good], on_corrupt="skip", session_id="s") == (
+        [Message(role="user", content="hi")],
+        1,
+    )
+    assert codec.decode([good], on_corrupt="raise", session_id="s")[0][0].text == "hi"

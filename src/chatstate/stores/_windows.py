@@ -66,7 +66,7 @@ class Windows:
         entries of the window, in its order; with their messages and costs. None if they do not
         meet."""
         window = self._windows.get(key)
-        if window is None:
+        if window is None or not window.entries:  # none, or all a load read was skipped
             return None
         held = window.entries
         first = entries[0]
