@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import chatstate
-from chatstate import commands
+from chatstate import commands, transfer_commands
 from chatstate.bench import command as bench
 
 __all__ = ["COMMANDS", "Command", "build_parser", "main"]
@@ -74,24 +74,24 @@ COMMANDS: tuple[Command, ...] = (
     ),
     Command(
         "export",
-        commands.EXPORT_HELP.splitlines()[0],
-        commands.EXPORT_HELP,
-        commands.add_export_arguments,
-        commands.run_export,
+        transfer_commands.EXPORT_HELP.splitlines()[0],
+        transfer_commands.EXPORT_HELP,
+        transfer_commands.add_export_arguments,
+        transfer_commands.run_export,
     ),
     Command(
         "import",
-        commands.IMPORT_HELP.splitlines()[0],
-        commands.IMPORT_HELP,
-        commands.add_import_arguments,
-        commands.run_import,
+        transfer_commands.IMPORT_HELP.splitlines()[0],
+        transfer_commands.IMPORT_HELP,
+        transfer_commands.add_import_arguments,
+        transfer_commands.run_import,
     ),
     Command(
         "fork",
-        commands.FORK_HELP.splitlines()[0],
-        commands.FORK_HELP,
-        commands.add_fork_arguments,
-        commands.run_fork,
+        transfer_commands.FORK_HELP.splitlines()[0],
+        transfer_commands.FORK_HELP,
+        transfer_commands.add_fork_arguments,
+        transfer_commands.run_fork,
     ),
     Command(
         "stats",
