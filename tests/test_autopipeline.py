@@ -346,11 +346,12 @@ async def test_a_burst_is_split_evenly_over_the_writes_that_may_start(
 ) -> None:
     # One write of everything would leave the client idle while the server runs it: a burst is
     # split over the free writes (here 3: the first caller's own write is in flight), each of at
-    # least 8 commands.
+    # least 8 commands. A queue longer than one batch (max_batch) fills full batches instead.
     client, connection = wired_client(redis_server.url)
-    pipeline = AutoPipeline(client, max_in_flight=4)
+    pipeline = AutoPipeline(client, max_in_flight=4, max_batch=128)
     await pipeline.execute("PING")  # connected: the burst's first caller does not wait for it
-    for burst, expected in ((100, [1, 33, 33, 33]), (17, [1, 8, 8]), (9, [1, 8])):
+    bursts = ((100, [1, 33, 33, 33]), (17, [1, 8, 8]), (9, [1, 8]), (300, [1, 43, 128, 128]))
+    for burst, expected in bursts:
         connection.writes.clear()
         keys = [f"{key_prefix}:{n}" for n in range(burst)]
         replies = await asyncio.gather(*(pipeline.execute("INCR", key) for key in keys))
