@@ -11,7 +11,6 @@ from typing import Any
 
 import pytest
 from redis.asyncio import ConnectionPool, Redis, RedisCluster
-from redis.asyncio.connection import Connection
 
 from chatstate import (
     Message,
@@ -23,20 +22,11 @@ from chatstate import (
     StateMiddleware,
     StateMiddlewareConfig,
 )
+from chatstate.bench.redis_counting import CountingConnection
 from chatstate.stores.redis._transport import ConnectionTransport
 from chatstate.testing.redis_server import LocalRedisCluster, RedisServer, find_free_port
 
 pytestmark = pytest.mark.redis  # every test here talks to a real server (`tls_server` its own)
-
-
-class CountingConnection(Connection):
-    """Counts the writes to the server: one per round trip, however many commands it carries."""
-
-    sent = 0
-
-    async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
-        CountingConnection.sent += 1
-        await super().send_packed_command(command, check_health)
 
 
 @pytest.fixture

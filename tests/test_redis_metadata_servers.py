@@ -14,12 +14,12 @@ from redis.asyncio import ConnectionPool, Redis, RedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from chatstate import RedisStateStore
+from chatstate.bench.redis_counting import CountingConnection
 from chatstate.stores import Written
 from chatstate.testing.redis_server import LocalRedisCluster, RedisServer
 
 from .redis_wire import wired_client
 from .test_redis_ha import _wait_calls, primary_and_replica  # noqa: F401 (a fixture)
-from .test_redis_integration import CountingConnection
 from .test_redis_metadata import _append, _described, _replace, _ttls, _wid, _write_meta
 
 pytestmark = pytest.mark.redis

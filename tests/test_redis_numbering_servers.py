@@ -9,11 +9,11 @@ import pytest
 from redis.asyncio import ConnectionPool, Redis, RedisCluster
 
 from chatstate import RedisStateStore
+from chatstate.bench.redis_counting import CountingConnection
 from chatstate.stores import Written
 from chatstate.testing.redis_server import LocalRedisCluster, RedisServer
 
 from .test_redis_ha import _wait_calls, primary_and_replica  # noqa: F401 (a fixture)
-from .test_redis_integration import CountingConnection
 from .test_redis_numbering import _append, _edit, _entries, _replace, _wid
 
 pytestmark = pytest.mark.redis

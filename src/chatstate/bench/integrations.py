@@ -120,7 +120,7 @@ async def _run(
     options: BenchOptions,
     progress: Progress,
 ) -> Measured:
-    from chatstate.bench.redis import _round_trips
+    from chatstate.bench.redis_counting import round_trips
 
     sides, floor_name = make_sides(bench, options)
     ids = [f"{scenario.key}{sessions}-{index}" for index in range(sessions)]
@@ -129,7 +129,7 @@ async def _run(
         ids,
         turns=options.turns,
         rounds=options.repeats,
-        round_trips=_round_trips,
+        round_trips=round_trips,
         progress=progress,
     )
     metrics: list[SideMetric] = [

@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import contextlib
 import uuid
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from operator import attrgetter
-from typing import Any, ClassVar
+from typing import Any
 
 import redis
 from redis.asyncio import BlockingConnectionPool, Redis
-from redis.asyncio.connection import Connection
 from redis.exceptions import RedisError
 
 from chatstate._checks import redact_url
@@ -27,6 +26,7 @@ from chatstate.bench import encryption, scenarios
 from chatstate.bench import workload as w
 from chatstate.bench.measure import ConcurrentFigures, Progress, compare_concurrent
 from chatstate.bench.options import BenchError, BenchOptions
+from chatstate.bench.redis_counting import CountingConnection, round_trips
 from chatstate.bench.redis_floors import NaiveDictRedisFloor, PydanticRedisFloor
 from chatstate.bench.results import (
     LOAD_P99_CONCURRENT,
@@ -64,47 +64,6 @@ from chatstate.stores.redis import RedisStateStore
 
 FAILURES: tuple[type[Exception], ...] = (RedisError,)
 """What a Redis scenario may raise when the server fails (beside ChatStateError and OSError)."""
-
-
-class CountingConnection(Connection):
-    """Counts writes to the server: one per round trip, however many commands it carries.
-
-    The count is taken at the connection's socket stream (every ``write`` and ``writelines``),
-    not by overriding a method of redis-py's connection: the store's transport writes to that
-    stream directly when the connection is redis-py's own, and a connection class that overrides
-    ``send_packed_command`` would send it down redis-py's slower path instead (a measure that
-    changes what it measures)."""
-
-    sent: ClassVar[int] = 0
-
-    async def _connect(self) -> None:
-        await super()._connect()  # type: ignore[no-untyped-call]
-        self._writer = _CountingWriter(self._writer)  # type: ignore[assignment]
-
-
-class _CountingWriter:
-    """An ``asyncio.StreamWriter`` that counts its writes into ``CountingConnection.sent``."""
-
-    __slots__ = ("_writer", "drain")
-
-    def __init__(self, writer: Any) -> None:
-        self._writer = writer
-        self.drain = writer.drain
-
-    def write(self, data: bytes) -> None:
-        CountingConnection.sent += 1
-        self._writer.write(data)
-
-    def writelines(self, data: Iterable[bytes]) -> None:
-        CountingConnection.sent += 1
-        self._writer.writelines(data)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._writer, name)
-
-
-def _round_trips() -> int:
-    return CountingConnection.sent
 
 
 @dataclass(slots=True)
@@ -268,7 +227,7 @@ async def run_scenario(
         ids,
         turns=options.turns,
         rounds=options.repeats,
-        round_trips=_round_trips,
+        round_trips=round_trips,
         progress=progress,
     )
     rows = _rows(scenario, sessions, options, figures)
@@ -294,7 +253,7 @@ async def encrypted_load(
         ids,
         turns=options.turns,
         rounds=options.repeats,
-        round_trips=_round_trips,
+        round_trips=round_trips,
         progress=progress,
     )
     details = concurrent_details(sessions, options.turns, figures)
